@@ -1,0 +1,132 @@
+"""Settings, read once from the environment and then passed around frozen.
+
+Every variable is documented in `.env.example` and the README's configuration
+table; `tests/test_docs.py` checks the three agree. `Settings.from_env` raises
+`ConfigError` with a message that says what to set.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from .errors import ConfigError
+
+DEFAULT_API_BASE = "https://api.videosdk.live"
+DEFAULT_DATABASE_URL = "sqlite:///instance/roomwarden.db"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean; use true or false")
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not value >= minimum:  # also rejects NaN
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum:g}")
+    return value
+
+
+def _public_key_text(raw: str | None) -> str | None:
+    """`VIDEOSDK_WEBHOOK_PUBLIC_KEY` is PEM text or the path of a PEM file."""
+    if raw is None or raw.strip() == "":
+        return None
+    if "-----BEGIN" in raw:
+        # Process managers that read .env files cannot hold newlines; accept "\n".
+        return raw.replace("\\n", "\n")
+    path = Path(raw.strip())
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ConfigError(
+            f"VIDEOSDK_WEBHOOK_PUBLIC_KEY is neither PEM text nor a readable file: "
+            f"{path}: {exc.strerror}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    api_key: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
+    api_base: str = DEFAULT_API_BASE
+    webhook_public_key: str | None = None
+    webhook_verify: bool = True
+    rules_file: Path = Path("rules.yaml")
+    database_url: str = DEFAULT_DATABASE_URL
+    dry_run: bool = False
+    api_timeout: float = 30.0
+    max_attempts: int = 10
+    lease_seconds: float = 120.0
+    poll_interval: float = 0.5
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        api_base = (env.get("VIDEOSDK_API_BASE") or DEFAULT_API_BASE).strip().rstrip("/")
+        if not api_base.startswith(("http://", "https://")):
+            raise ConfigError(f"VIDEOSDK_API_BASE={api_base!r} must start with https:// (or http://)")
+        settings = cls(
+            api_key=(env.get("VIDEOSDK_API_KEY") or "").strip() or None,
+            secret_key=(env.get("VIDEOSDK_SECRET_KEY") or "").strip() or None,
+            api_base=api_base,
+            webhook_public_key=_public_key_text(env.get("VIDEOSDK_WEBHOOK_PUBLIC_KEY")),
+            webhook_verify=_flag(env, "WEBHOOK_VERIFY", True),
+            rules_file=Path(env.get("RULES_FILE") or "rules.yaml"),
+            database_url=(env.get("DATABASE_URL") or DEFAULT_DATABASE_URL).strip(),
+            dry_run=_flag(env, "DRY_RUN", False),
+            api_timeout=_number(env, "VIDEOSDK_TIMEOUT_SECONDS", 30.0, minimum=0.1),
+            max_attempts=int(_number(env, "ACTION_MAX_ATTEMPTS", 10, minimum=1)),
+            lease_seconds=_number(env, "ACTION_LEASE_SECONDS", 120.0, minimum=1),
+            poll_interval=_number(env, "WORKER_POLL_SECONDS", 0.5, minimum=0.01),
+            log_level=(env.get("LOG_LEVEL") or "INFO").strip().upper(),
+        )
+        if settings.lease_seconds <= settings.api_timeout:
+            raise ConfigError(
+                "ACTION_LEASE_SECONDS must exceed VIDEOSDK_TIMEOUT_SECONDS, or a slow call "
+                "could outlive its lease and be made twice"
+            )
+        return settings
+
+    def require_credentials(self) -> None:
+        """Refuse to run without credentials, unless nothing will be called."""
+        if self.dry_run:
+            return
+        missing = [
+            name
+            for name, value in (("VIDEOSDK_API_KEY", self.api_key), ("VIDEOSDK_SECRET_KEY", self.secret_key))
+            if not value
+        ]
+        if missing:
+            raise ConfigError(
+                f"{' and '.join(missing)} must be set (from the VideoSDK dashboard, API keys page), "
+                "or set DRY_RUN=true to record decisions without calling the API"
+            )
+
+    @property
+    def acts(self) -> bool:
+        """Whether decisions may become real API calls.
+
+        Off in dry-run mode, and off when webhook verification is off: a room is
+        never deactivated on an unverified delivery.
+        """
+        return self.webhook_verify and not self.dry_run

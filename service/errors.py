@@ -1,0 +1,70 @@
+"""The one exception tree of roomwarden.
+
+    RoomwardenError
+    ├── ConfigError          settings missing or invalid; the process refuses to start
+    ├── RulesError           a rules file failed to load; carries every problem found
+    ├── DeliveryRejected     a webhook delivery refused with a 4xx; carries the status
+    │   ├── SignatureInvalid     401: missing, garbled or wrong `videosdk-signature`
+    │   └── PayloadInvalid       400: not JSON, or not the shape its event type needs
+    └── Unavailable          a dependency is down; the sender should retry (503)
+        ├── KeyUnavailable       no webhook public key yet (fetch failed, none pinned)
+        └── StoreUnavailable     the database is locked or unreachable
+
+Outbound API calls do not raise: they return an `ApiResult` (see `videosdk.py`),
+because every outcome, failures included, is data the worker records.
+"""
+
+from __future__ import annotations
+
+
+class RoomwardenError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(RoomwardenError):
+    """A setting is missing or invalid. The message says what to set."""
+
+
+class RulesError(RoomwardenError):
+    """A rules file failed to load.
+
+    `problems` holds one `file:line:col: message` string per error, in file order.
+    """
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class DeliveryRejected(RoomwardenError):
+    """A delivery the service refuses. `status` is the HTTP status to answer."""
+
+    status = 400
+
+    def __init__(self, message: str, *, fields: dict | None = None):
+        self.message = message
+        self.fields = fields
+        super().__init__(message)
+
+
+class SignatureInvalid(DeliveryRejected):
+    status = 401
+
+
+class PayloadInvalid(DeliveryRejected):
+    status = 400
+
+
+class Unavailable(RoomwardenError):
+    """Something the service needs is down; answer 503 so the sender retries."""
+
+    status = 503
+    retry_after = 5
+
+
+class KeyUnavailable(Unavailable):
+    pass
+
+
+class StoreUnavailable(Unavailable):
+    pass

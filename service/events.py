@@ -1,0 +1,132 @@
+"""A webhook delivery's body, read once at the edge into an immutable `Event`.
+
+`parse_event(raw)` raises `PayloadInvalid` (a 400 with field-level messages) for
+anything that is not a well-formed body; it never raises anything else, whatever
+the bytes. It does not check signatures: that happens before, on the raw bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from marshmallow import ValidationError
+
+from .errors import PayloadInvalid
+from .schemas import ENVELOPE, data_schema_for
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    data: Mapping[str, Any]  # the raw `data` object, read-only
+    known: bool  # whether the service understands this event type
+    room_id: str | None = None
+    session_id: str | None = None
+    participant_id: str | None = None
+    participant_name: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+
+    @property
+    def session_duration(self) -> float | None:
+        """Seconds from `data.start` to `data.end`; None if either is missing or unreadable."""
+        if self.start is None or self.end is None or self.end < self.start:
+            return None
+        return (self.end - self.start).total_seconds()
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _decode_json(raw: bytes) -> Any:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadInvalid(f"body is not UTF-8 (byte {exc.start})") from None
+    if not text.strip():
+        raise PayloadInvalid("body is empty; expected a JSON object")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise PayloadInvalid("body is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, NaN, integers too long to convert
+        raise PayloadInvalid(f"body is not valid JSON: {exc}") from None
+
+
+def parse_event(raw: bytes) -> Event:
+    body = _decode_json(raw)
+    try:
+        envelope = ENVELOPE.load(body)
+    except ValidationError as exc:
+        raise PayloadInvalid("body is not a VideoSDK webhook", fields=exc.messages) from None
+    except RecursionError:
+        raise PayloadInvalid("body is nested too deeply") from None
+    event_type, data = envelope["webhookType"], envelope["data"]
+    schema = data_schema_for(event_type)
+    if schema is None:
+        return Event(type=event_type, data=MappingProxyType(data), known=False,
+                     room_id=_maybe_str(data.get("meetingId")),
+                     session_id=_maybe_str(data.get("sessionId")))
+    try:
+        fields = schema.load(data)
+    except ValidationError as exc:
+        raise PayloadInvalid(f"{event_type} body is missing or has invalid fields",
+                             fields={"data": exc.messages}) from None
+    return Event(
+        type=event_type,
+        data=MappingProxyType(data),
+        known=True,
+        room_id=fields["meetingId"],
+        session_id=fields["sessionId"],
+        participant_id=fields.get("participantId"),
+        participant_name=fields.get("participantName"),
+        start=parse_timestamp(fields.get("start")),
+        end=parse_timestamp(fields.get("end")),
+    )
+
+
+def _maybe_str(value: Any) -> str | None:
+    # Unknown events are only recorded; keep a room id for lookups when it looks like one.
+    return value if isinstance(value, str) and 0 < len(value) <= 128 else None
+
+
+_TIMESTAMP = re.compile(
+    r"^\s*(\d{4})-(\d{1,2})-(\d{1,2})(?:[T ](\d{1,2}):(\d{1,2})(?::(\d{1,2})(?:[.,](\d+))?)?)?"
+    r"\s*(Z|z|[+-]\d{2}(?::?\d{2})?)?\s*$"
+)
+
+
+def parse_timestamp(value: str | None) -> datetime | None:
+    """Read an ISO-8601 timestamp leniently; None when it cannot be read.
+
+    VideoSDK's documented examples include times such as `15:60:35`, so fields
+    that overflow (60 seconds, 60 minutes) roll over instead of failing. A
+    timestamp without an offset is taken as UTC.
+    """
+    if not value:
+        return None
+    match = _TIMESTAMP.match(value)
+    if not match:
+        return None
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    try:
+        base = datetime(int(year), int(month), int(day), tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    micro = int((fraction or "0")[:6].ljust(6, "0"))
+    moment = base + timedelta(hours=int(hour or 0), minutes=int(minute or 0),
+                              seconds=int(second or 0), microseconds=micro)
+    if offset and offset not in ("Z", "z"):
+        sign = 1 if offset[0] == "+" else -1
+        digits = offset[1:].replace(":", "")
+        shift = timedelta(hours=int(digits[:2]), minutes=int(digits[2:4] or 0))
+        if shift >= timedelta(hours=24):
+            return None
+        moment -= sign * shift
+    return moment

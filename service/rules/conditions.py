@@ -1,0 +1,105 @@
+"""The condition tree of a rule's `when:`, evaluated in three-valued logic.
+
+Each node has one `evaluate(facts)` that returns a `Trace`: its result and how it
+got there. A result is True, False, or None (*unknown*: a field it needed was
+missing or of the wrong kind). Unknown propagates the way SQL's NULL does:
+`not unknown` is unknown, `all` is false if any child is false, `any` is true
+if any child is true. A rule fires only on True, so an event the service could
+not fully read never deactivates a room.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from . import fields
+from .fields import MISSING, Facts
+from .operators import OPERATORS
+
+
+@dataclass(frozen=True)
+class Trace:
+    node: str  # "all", "any", "not" or an operator name
+    result: bool | None
+    children: tuple["Trace", ...] = ()
+    field: str | None = None
+    operand: Any = None
+    actual: Any = None
+
+    def to_dict(self) -> dict:
+        if self.field is None:
+            return {"node": self.node, "result": self.result,
+                    "children": [c.to_dict() for c in self.children]}
+        return {"node": self.node, "result": self.result, "field": self.field,
+                "operand": self.operand,
+                "actual": None if self.actual is MISSING else self.actual,
+                "missing": self.actual is MISSING}
+
+    def lines(self, depth: int = 0) -> list[str]:
+        """The trace as indented text, one condition a line."""
+        mark = {True: "yes", False: "no ", None: "?  "}[self.result]
+        pad = "  " * depth
+        if self.field is None:
+            out = [f"{pad}{mark} {self.node}"]
+            for child in self.children:
+                out.extend(child.lines(depth + 1))
+            return out
+        actual = "missing" if self.actual is MISSING else _show(self.actual)
+        return [f"{pad}{mark} {self.field} {self.node} {_show(self.operand)}  (actual: {actual})"]
+
+
+def _show(value: Any) -> str:
+    """A value as it would be written in rules.yaml or JSON."""
+    try:
+        return json.dumps(list(value) if isinstance(value, tuple) else value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+@dataclass(frozen=True)
+class Compare:
+    field: str
+    op: str
+    operand: Any  # as written, for traces and docs
+    compiled: Any  # what the operator tests against (a compiled regex for `matches`)
+
+    def evaluate(self, facts: Facts) -> Trace:
+        actual = fields.read(facts, self.field)
+        result = OPERATORS[self.op].test(actual, self.compiled)
+        return Trace(self.op, result, field=self.field, operand=self.operand, actual=actual)
+
+
+@dataclass(frozen=True)
+class All:
+    children: tuple
+
+    def evaluate(self, facts: Facts) -> Trace:
+        traces = tuple(child.evaluate(facts) for child in self.children)
+        results = [t.result for t in traces]
+        result = False if False in results else (None if None in results else True)
+        return Trace("all", result, traces)
+
+
+@dataclass(frozen=True)
+class Any_:
+    children: tuple
+
+    def evaluate(self, facts: Facts) -> Trace:
+        traces = tuple(child.evaluate(facts) for child in self.children)
+        results = [t.result for t in traces]
+        result = True if True in results else (None if None in results else False)
+        return Trace("any", result, traces)
+
+
+@dataclass(frozen=True)
+class Not:
+    child: Any
+
+    def evaluate(self, facts: Facts) -> Trace:
+        trace = self.child.evaluate(facts)
+        return Trace("not", None if trace.result is None else not trace.result, (trace,))
+
+
+Condition = Compare | All | Any_ | Not

@@ -1,0 +1,309 @@
+"""Load a rules file: YAML text in, a frozen `RuleSet` out, or every problem with its position.
+
+`load_rules(path)` raises `RulesError` listing each problem as
+`file:line:col: message`; it never raises anything else for bad input. The
+YAML is read with YAML 1.2 booleans (only true/false), so `on:` is the key
+"on", not the boolean true that PyYAML's default YAML 1.1 reading makes it.
+Duplicate keys, unknown keys, fields and operators, and operands of the wrong
+kind are errors: nothing in a rules file is silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from ..errors import RulesError
+from . import fields
+from .conditions import All, Any_, Compare, Condition, Not
+from .model import ACTIONS, Rule, RuleSet
+from .operators import OPERATORS
+
+_BOOL = "tag:yaml.org,2002:bool"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans and no implicit timestamps."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _TIMESTAMP)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+TOP_KEYS = ("version", "rules")
+RULE_KEYS = ("name", "description", "on", "when", "action")
+COMBINATORS = ("all", "any", "not")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
+_EVENT_PATTERN = re.compile(r"^[a-z0-9*?\[\]._-]{1,100}\Z")
+
+
+@dataclass(frozen=True)
+class Problem:
+    source: str
+    line: int
+    col: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}:{self.col}: {self.message}"
+
+
+def _hint(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+class _Reader:
+    """Walks the YAML node tree, building rules and collecting problems."""
+
+    def __init__(self, loader: _Loader, source: str):
+        self.loader = loader
+        self.source = source
+        self.problems: list[Problem] = []
+
+    def error(self, node: Node, message: str) -> None:
+        mark = node.start_mark
+        self.problems.append(Problem(self.source, mark.line + 1, mark.column + 1, message))
+
+    def value(self, node: Node) -> Any:
+        """A scalar, or a list of scalars, as Python values."""
+        if isinstance(node, ScalarNode):
+            return self.loader.construct_object(node, deep=True)
+        if isinstance(node, SequenceNode):
+            return [self.value(item) for item in node.value]
+        return {"<mapping>": True}  # callers reject this with a kind error
+
+    def mapping(self, node: Node, what: str) -> list[tuple[Node, str, Node]] | None:
+        if not isinstance(node, MappingNode):
+            self.error(node, f"{what} must be a mapping of key: value")
+            return None
+        entries, seen = [], {}
+        for key_node, value_node in node.value:
+            key = self.value(key_node) if isinstance(key_node, ScalarNode) else None
+            if not isinstance(key, str):
+                self.error(key_node, f"keys in {what} must be strings")
+                continue
+            if key in seen:
+                self.error(key_node, f"duplicate key '{key}' in {what} (first at line {seen[key]})")
+                continue
+            seen[key] = key_node.start_mark.line + 1
+            entries.append((key_node, key, value_node))
+        return entries
+
+    def string(self, node: Node, what: str) -> str | None:
+        value = self.value(node) if isinstance(node, ScalarNode) else None
+        if not isinstance(value, str) or not value:
+            self.error(node, f"{what} must be a non-empty string")
+            return None
+        return value
+
+    # -- the file -------------------------------------------------------------
+
+    def rule_set(self, root: Node | None) -> tuple[Rule, ...]:
+        if root is None:
+            self.problems.append(Problem(self.source, 1, 1, "the file is empty; expected 'version: 1' and 'rules:'"))
+            return ()
+        entries = self.mapping(root, "the rules file")
+        if entries is None:
+            return ()
+        present = {key: (key_node, value) for key_node, key, value in entries}
+        for key_node, key, _ in entries:
+            if key not in TOP_KEYS:
+                self.error(key_node, f"unknown top-level key '{key}'{_hint(key, TOP_KEYS)}")
+        if "version" not in present:
+            self.error(root, "missing 'version: 1'")
+        else:
+            node = present["version"][1]
+            if self.value(node) != 1 or isinstance(self.value(node), bool):
+                self.error(node, "unsupported version; this service reads 'version: 1'")
+        if "rules" not in present:
+            self.error(root, "missing 'rules:' (a list of rules)")
+            return ()
+        rules_node = present["rules"][1]
+        if isinstance(rules_node, ScalarNode) and self.value(rules_node) is None:
+            return ()  # `rules:` with nothing under it: a valid file that does nothing
+        if not isinstance(rules_node, SequenceNode):
+            self.error(rules_node, "'rules' must be a list of rules")
+            return ()
+        rules, names = [], {}
+        for item in rules_node.value:
+            rule = self.rule(item)
+            if rule is None:
+                continue
+            if rule.name in names:
+                self.error(item, f"duplicate rule name '{rule.name}' (first at line {names[rule.name]})")
+                continue
+            names[rule.name] = rule.line
+            rules.append(rule)
+        return tuple(rules)
+
+    def rule(self, node: Node) -> Rule | None:
+        entries = self.mapping(node, "a rule")
+        if entries is None:
+            return None
+        before = len(self.problems)
+        present = {}
+        for key_node, key, value in entries:
+            if key not in RULE_KEYS:
+                self.error(key_node, f"unknown rule key '{key}'{_hint(key, RULE_KEYS)}")
+            present[key] = value
+        for required in ("name", "on", "action"):
+            if required not in present:
+                self.error(node, f"a rule needs '{required}:'")
+        name = self.string(present["name"], "'name'") if "name" in present else None
+        if name is not None and not _NAME.match(name):
+            self.error(present["name"], "'name' may hold only letters, digits, '_', '.' and '-'")
+        on = self.on(present["on"]) if "on" in present else ()
+        action = None
+        if "action" in present:
+            action = self.string(present["action"], "'action'")
+            if action is not None and action not in ACTIONS:
+                self.error(present["action"], f"unknown action '{action}'{_hint(action, ACTIONS)}; "
+                                              f"known: {', '.join(ACTIONS)}")
+        when = self.condition(present["when"], "'when'") if "when" in present else None
+        description = self.string(present["description"], "'description'") if "description" in present else None
+        if len(self.problems) > before:
+            return None
+        return Rule(name=name, on=on, action=action, when=when, description=description,
+                    line=node.start_mark.line + 1)
+
+    def on(self, node: Node) -> tuple[str, ...]:
+        items = node.value if isinstance(node, SequenceNode) else [node]
+        if not items:
+            self.error(node, "'on' needs at least one event type")
+        patterns = []
+        for item in items:
+            pattern = self.string(item, "an event type in 'on'")
+            if pattern is None:
+                continue
+            if not _EVENT_PATTERN.match(pattern):
+                self.error(item, f"'{pattern}' is not an event type or glob (lowercase, digits, '-', '*', '?')")
+                continue
+            patterns.append(pattern)
+        return tuple(patterns)
+
+    # -- conditions ------------------------------------------------------------
+
+    def condition(self, node: Node, what: str) -> Condition | None:
+        entries = self.mapping(node, what)
+        if entries is None:
+            return None
+        if not entries:
+            self.error(node, f"{what} is empty; remove it, or give at least one condition")
+            return None
+        parts: list[Condition] = []
+        for key_node, key, value in entries:
+            if key in ("all", "any"):
+                part = self.combination(key, value)
+            elif key == "not":
+                inner = self.condition(value, "'not'")
+                part = Not(inner) if inner is not None else None
+            elif fields.is_field(key):
+                part = self.comparisons(key, value)
+            else:
+                known = list(fields.FIELDS) + list(COMBINATORS)
+                self.error(key_node, f"unknown field '{key}'{_hint(key, known)} "
+                                     f"(fields: {', '.join(fields.FIELDS)}, data.<path>)")
+                part = None
+            if part is not None:
+                parts.append(part)
+        if len(parts) != len(entries):
+            return None
+        return parts[0] if len(parts) == 1 else All(tuple(parts))
+
+    def combination(self, key: str, node: Node) -> Condition | None:
+        if not isinstance(node, SequenceNode) or not node.value:
+            self.error(node, f"'{key}' needs a non-empty list of conditions")
+            return None
+        children = [self.condition(item, f"an item of '{key}'") for item in node.value]
+        if any(child is None for child in children):
+            return None
+        return (All if key == "all" else Any_)(tuple(children))
+
+    def comparisons(self, field: str, node: Node) -> Condition | None:
+        kind = fields.field_kind(field)
+        if isinstance(node, ScalarNode):
+            return self.compare(field, "eq", node, kind)
+        if isinstance(node, SequenceNode):
+            self.error(node, f"'{field}' is given a list; to test membership write {{in: [...]}}")
+            return None
+        entries = self.mapping(node, f"the conditions on '{field}'")
+        if entries is None:
+            return None
+        if not entries:
+            self.error(node, f"no operator given for '{field}'")
+            return None
+        parts = []
+        for key_node, op, operand_node in entries:
+            if op not in OPERATORS:
+                self.error(key_node, f"unknown operator '{op}'{_hint(op, OPERATORS)} "
+                                     f"(operators: {', '.join(OPERATORS)})")
+                continue
+            parts.append(self.compare(field, op, operand_node, kind))
+        if len(parts) != len(entries) or None in parts:
+            return None
+        return parts[0] if len(parts) == 1 else All(tuple(parts))
+
+    def compare(self, field: str, op: str, node: Node, kind: str | None) -> Compare | None:
+        operand = self.value(node)
+        problem = OPERATORS[op].check(operand, kind)
+        if problem:
+            self.error(node, f"'{field}: {{{op}: ...}}' {problem}")
+            return None
+        frozen = tuple(operand) if isinstance(operand, list) else operand
+        return Compare(field, op, frozen, OPERATORS[op].compile(frozen))
+
+
+def parse_rules(text: str, source: str = "<rules>") -> tuple[RuleSet | None, list[Problem]]:
+    """Read rules from text: the rule set (None if there were problems) and the problems."""
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        return None, [Problem(source, line, col, f"not valid YAML: {exc.problem or exc.context}")]
+    except yaml.YAMLError as exc:
+        return None, [Problem(source, 1, 1, f"not valid YAML: {exc}")]
+    finally:
+        loader.dispose()
+    reader = _Reader(loader, source)
+    try:
+        rules = reader.rule_set(root)
+    except RecursionError:
+        return None, [Problem(source, 1, 1, "the file is nested too deeply")]
+    except yaml.MarkedYAMLError as exc:  # an explicit tag the safe loader refuses, say
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        return None, [Problem(source, line, col, f"not valid here: {exc.problem or exc.context}")]
+    if reader.problems:
+        return None, sorted(reader.problems, key=lambda p: (p.line, p.col))
+    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return RuleSet(rules=rules, source=source, sha256=sha), []
+
+
+def load_rules(path: str | Path) -> RuleSet:
+    """Load a rules file, or raise `RulesError` with every problem found."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RulesError([f"{path}:1:1: cannot read the rules file: {exc.strerror}"]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RulesError([f"{path}:1:1: the rules file is not UTF-8"]) from None
+    rule_set, problems = parse_rules(text, str(path))
+    if problems:
+        raise RulesError([str(p) for p in problems])
+    return rule_set

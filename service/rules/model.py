@@ -1,0 +1,66 @@
+"""A loaded rules file: frozen, validated, and indexed by event type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+
+from .conditions import Condition
+
+# What each action does at VideoSDK; the worker maps these names to API calls.
+ACTIONS = {
+    "deactivate": "POST /v2/rooms/deactivate: the room can never be joined again",
+}
+
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    on: tuple[str, ...]  # event types or globs
+    action: str
+    when: Condition | None = None
+    description: str | None = None
+    line: int = 0  # where the rule starts in its file
+
+    def applies_to(self, event_type: str) -> bool:
+        return any(fnmatchcase(event_type, pattern) for pattern in self.on)
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    rules: tuple[Rule, ...]
+    source: str = "<rules>"
+    sha256: str = ""
+    version: int = 1
+    # Rules by exact event type, plus those using globs; filled in __post_init__ so
+    # that evaluating an event costs only the rules that can apply to its type.
+    _exact: dict = field(default_factory=dict, repr=False, compare=False)
+    _globbed: tuple = field(default=(), repr=False, compare=False)
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        globbed = []
+        for position, rule in enumerate(self.rules):
+            if any(_GLOB_CHARS & set(p) for p in rule.on):
+                globbed.append(position)
+            else:
+                for pattern in rule.on:
+                    self._exact.setdefault(pattern, []).append(position)
+        object.__setattr__(self, "_globbed", tuple(globbed))
+
+    @property
+    def short_hash(self) -> str:
+        return self.sha256[:12]
+
+    def rules_for(self, event_type: str) -> tuple[Rule, ...]:
+        """The rules whose `on:` covers this event type, in file order."""
+        cached = self._cache.get(event_type)
+        if cached is None:
+            positions = set(self._exact.get(event_type, ()))
+            positions.update(i for i in self._globbed if self.rules[i].applies_to(event_type))
+            cached = tuple(self.rules[i] for i in sorted(positions))
+            if len(self._cache) < 4096:  # event types are open-ended; bound the memo
+                self._cache[event_type] = cached
+        return cached

@@ -1,0 +1,128 @@
+"""Comparison operators: `field: {operator: operand}`.
+
+Each operator validates its operand when the rules load (`check` returns an error
+message or None) and tests a value when an event is evaluated (`test` returns
+True, False, or None for *unknown*: the field is missing or of another kind).
+Only `exists` gives a definite answer about a missing field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from numbers import Real
+from typing import Any, Callable
+
+from .fields import MISSING
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, bool)) or _is_number(value)
+
+
+def _same(actual: Any, operand: Any) -> bool:
+    """Equality that never confuses true with 1 or "1" with 1."""
+    if isinstance(actual, bool) or isinstance(operand, bool):
+        return isinstance(actual, bool) and isinstance(operand, bool) and actual == operand
+    if _is_number(actual) and _is_number(operand):
+        return actual == operand
+    return type(actual) is type(operand) and actual == operand
+
+
+@dataclass(frozen=True)
+class Operator:
+    name: str
+    doc: str
+    check: Callable[[Any, str | None], str | None]  # (operand, field kind) -> error or None
+    test: Callable[[Any, Any], bool | None]  # (actual or MISSING, compiled operand)
+    compile: Callable[[Any], Any] = lambda operand: operand
+
+
+def _check_scalar(operand, kind):
+    if not _is_scalar(operand):
+        return "needs a single value (a string, number, true, false or null)"
+    if kind == "number" and not _is_number(operand):
+        return "needs a number for this field"
+    if kind == "string" and not isinstance(operand, str):
+        return "needs a string for this field; quote it"
+    return None
+
+
+def _check_list(operand, kind):
+    if not isinstance(operand, list) or not operand:
+        return "needs a non-empty list of values"
+    for item in operand:
+        problem = _check_scalar(item, kind)
+        if problem:
+            return f"list item {item!r} {problem}"
+    return None
+
+
+def _check_number(operand, kind):
+    if not _is_number(operand):
+        return "needs a number"
+    if kind == "string":
+        return "compares numbers, but this field is a string"
+    return None
+
+
+def _check_regex(operand, kind):
+    if not isinstance(operand, str):
+        return "needs a regular expression as a string"
+    if kind == "number":
+        return "matches strings, but this field is a number"
+    try:
+        re.compile(operand)
+    except re.error as exc:
+        return f"bad regular expression: {exc}"
+    return None
+
+
+def _check_bool(operand, kind):
+    return None if isinstance(operand, bool) else "needs true or false"
+
+
+def _present(test):
+    def wrapped(actual, operand):
+        return None if actual is MISSING else test(actual, operand)
+    return wrapped
+
+
+def _ordered(compare):
+    def test(actual, operand):
+        if actual is MISSING or not _is_number(actual):
+            return None
+        return compare(actual, operand)
+    return test
+
+
+def _matches(actual, pattern):
+    if actual is MISSING or not isinstance(actual, str):
+        return None
+    return pattern.search(actual) is not None
+
+
+OPERATORS: dict[str, Operator] = {op.name: op for op in (
+    Operator("eq", "equal to the operand (also written `field: value`)", _check_scalar,
+             _present(lambda a, o: _same(a, o))),
+    Operator("ne", "not equal to the operand", _check_scalar,
+             _present(lambda a, o: not _same(a, o))),
+    Operator("in", "equal to one of the listed values", _check_list,
+             _present(lambda a, o: any(_same(a, x) for x in o))),
+    Operator("not_in", "equal to none of the listed values", _check_list,
+             _present(lambda a, o: not any(_same(a, x) for x in o))),
+    Operator("gt", "a number greater than the operand", _check_number, _ordered(lambda a, o: a > o)),
+    Operator("gte", "a number greater than or equal to the operand", _check_number,
+             _ordered(lambda a, o: a >= o)),
+    Operator("lt", "a number less than the operand", _check_number, _ordered(lambda a, o: a < o)),
+    Operator("lte", "a number less than or equal to the operand", _check_number,
+             _ordered(lambda a, o: a <= o)),
+    Operator("matches", "a string in which the regular expression finds a match (Python `re.search`)",
+             _check_regex, _matches, compile=re.compile),
+    Operator("exists", "`true`: the field is present and not null; `false`: it is absent or null",
+             _check_bool, lambda a, o: (a is not MISSING and a is not None) == o),
+)}

@@ -1,0 +1,12 @@
+"""Durable storage: deliveries, decisions, the action outbox and its attempts.
+
+SQLite by default (one file, WAL); PostgreSQL for deployments that span hosts.
+All SQL is in `store.py`; the schema is in `tables.py`; `migrations.py` versions it.
+"""
+
+from .records import (AttemptRecord, ClaimedAction, DecisionOutcome, NewDecision, NewDelivery,
+                      Receipt)
+from .store import Store
+
+__all__ = ["Store", "NewDelivery", "NewDecision", "DecisionOutcome", "Receipt", "ClaimedAction",
+           "AttemptRecord"]

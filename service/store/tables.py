@@ -1,0 +1,95 @@
+"""The schema, as SQLAlchemy Core tables. Times are seconds since the epoch (UTC)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (JSON, Boolean, Column, Float, ForeignKey, Index, Integer, MetaData,
+                        String, Table, Text)
+
+metadata = MetaData()
+
+schema_migrations = Table(
+    "schema_migrations", metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(100), nullable=False),
+    Column("applied_at", Float, nullable=False),
+)
+
+# Every accepted delivery, byte for byte. VideoSDK sends no event id, so each
+# arrival is its own row; `body_sha256` groups byte-identical bodies.
+deliveries = Table(
+    "deliveries", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("received_at", Float, nullable=False),
+    Column("event_type", String(100), nullable=False),
+    Column("room_id", String(128)),
+    Column("session_id", String(128)),
+    Column("participant_id", String(256)),
+    Column("known", Boolean, nullable=False),
+    Column("verified", Boolean, nullable=False),
+    Column("body_sha256", String(64), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("rules_hash", String(64), nullable=False),
+    Index("ix_deliveries_room", "room_id", "received_at"),
+    Index("ix_deliveries_received", "received_at"),
+    Index("ix_deliveries_body", "body_sha256"),
+)
+
+# One row per rule that matched a delivery: the record of why.
+decisions = Table(
+    "decisions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("delivery_id", String(32), ForeignKey("deliveries.id"), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("rule", String(100), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("room_id", String(128), nullable=False),
+    Column("session_id", String(128)),
+    Column("action_key", String(400), nullable=False),
+    # scheduled: a new action; duplicate: the key already had one; dry-run: recorded only
+    Column("outcome", String(32), nullable=False),
+    Column("action_id", Integer, ForeignKey("actions.id")),
+    Column("trace", JSON),
+    Index("ix_decisions_delivery", "delivery_id"),
+    Index("ix_decisions_room", "room_id", "created_at"),
+)
+
+# The outbox: actions to carry out at VideoSDK. `key` (rule|room|session) is unique,
+# which is what makes a rule fire at most once per room and session.
+actions = Table(
+    "actions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(400), nullable=False, unique=True),
+    Column("kind", String(32), nullable=False),
+    Column("room_id", String(128), nullable=False),
+    Column("session_id", String(128)),
+    Column("rule", String(100), nullable=False),
+    Column("delivery_id", String(32), ForeignKey("deliveries.id"), nullable=False),
+    # pending -> done | failed | dead; dry-run rows are never claimed.
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("due_at", Float, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_until", Float),
+    Column("last_status", Integer),
+    Column("last_error", Text),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_actions_due", "status", "due_at"),
+    Index("ix_actions_room", "room_id"),
+)
+
+# Every call made for an action, whatever came of it.
+attempts = Table(
+    "attempts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("action_id", Integer, ForeignKey("actions.id"), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("worker", String(64), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("http_status", Integer),
+    Column("outcome", String(16), nullable=False),  # done | retry | failed | dead
+    Column("error", Text),
+    Column("next_due_at", Float),
+    Index("ix_attempts_action", "action_id"),
+)

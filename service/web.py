@@ -1,0 +1,108 @@
+"""The HTTP layer: the webhook receiver and the health checks. Thin: parse, call, answer.
+
+Every error answer is JSON with an `error` message; no answer ever carries a
+stack trace. Status codes: 401 bad signature, 400 bad body, 413 body over
+64 KiB, 503 store or key unavailable (with Retry-After), 202 accepted, 200
+recorded but not acted on (an event type the service does not know).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Flask, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .errors import DeliveryRejected, Unavailable
+from .events import parse_event
+from .signature import HEADER
+
+MAX_BODY = 64 * 1024
+
+log = logging.getLogger("roomwarden.web")
+bp = Blueprint("roomwarden", __name__)
+
+
+def _runtime():
+    return current_app.extensions["roomwarden"]
+
+
+@bp.post("/webhooks/videosdk")
+def receive_webhook():
+    runtime = _runtime()
+    raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH, chunked or not
+    if runtime.verifier is not None:
+        runtime.verifier.verify(raw, request.headers.get(HEADER))  # before parsing anything
+    event = parse_event(raw)
+    receipt = runtime.ingestor.ingest(raw, event, verified=runtime.verifier is not None)
+    decisions = [{"rule": d.rule, "action": d.action, "outcome": d.outcome, "action_id": d.action_id}
+                 for d in receipt.decisions]
+    log.info("delivery %s", receipt.delivery_id, extra={"fields": {
+        "delivery": receipt.delivery_id, "event": event.type, "room": event.room_id,
+        "decisions": [f"{d['rule']}:{d['outcome']}" for d in decisions]}})
+    body = {"delivery": receipt.delivery_id, "event": event.type, "known": event.known,
+            "decisions": decisions}
+    return jsonify(body), (202 if event.known else 200)
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz():
+    runtime = _runtime()
+    rules = runtime.rules.current
+    body = {
+        "rules": {"hash": rules.sha256, "count": len(rules.rules), "source": rules.source,
+                  "loaded_at": runtime.rules.loaded_at},
+        "webhook_verify": runtime.verifier is not None,
+        "dry_run": not runtime.settings.acts,
+    }
+    problems = []
+    try:
+        runtime.store.ping()
+        body["store"] = "ok"
+    except Unavailable as exc:
+        body["store"] = str(exc)
+        problems.append("store")
+    if runtime.verifier is not None and not runtime.verifier.has_key:
+        body["webhook_key"] = "not fetched yet"  # fetched on the first delivery; not a readiness failure
+    body["status"] = "ok" if not problems else "unavailable"
+    return jsonify(body), (200 if not problems else 503)
+
+
+def _error(status: int, message: str, **extra):
+    response = jsonify({"error": message, **{k: v for k, v in extra.items() if v is not None}})
+    response.status_code = status
+    return response
+
+
+def init_app(app: Flask) -> None:
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.register_blueprint(bp)
+
+    @app.errorhandler(DeliveryRejected)
+    def _rejected(exc: DeliveryRejected):
+        log.info("rejected %s: %s", exc.status, exc.message,
+                 extra={"fields": {"status": exc.status, "path": request.path}})
+        return _error(exc.status, exc.message, fields=exc.fields)
+
+    @app.errorhandler(Unavailable)
+    def _unavailable(exc: Unavailable):
+        log.warning("unavailable: %s", exc, extra={"fields": {"path": request.path}})
+        response = _error(503, str(exc))
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        if exc.code == 413:
+            return _error(413, f"body larger than {MAX_BODY // 1024} KiB")
+        return _error(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unexpected error on %s", request.path)
+        return _error(500, "internal error; the delivery was not recorded, so retry it")
