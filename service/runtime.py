@@ -77,6 +77,19 @@ def build_worker(settings: Settings, store: Store, session: requests.Session | N
                   lease_seconds=settings.lease_seconds)
 
 
+def preflight(settings: Settings | None = None) -> Settings:
+    """Check everything a web process needs, and migrate the schema, before any worker forks."""
+    from . import logs
+
+    settings = settings or Settings.from_env()
+    logs.configure(settings.log_level)
+    settings.require_credentials()
+    load_rules(settings.rules_file)
+    build_verifier(settings)
+    open_store(settings).close()
+    return settings
+
+
 @dataclass
 class Runtime:
     """What a web process holds: built once by `create_app`."""

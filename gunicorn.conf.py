@@ -1,0 +1,33 @@
+"""gunicorn settings for the Procfile's `web:` process, all from the environment.
+
+PORT (default 8000) and WEB_CONCURRENCY (default 2) follow the Heroku convention;
+HOST defaults to 0.0.0.0. The master checks the configuration and migrates the
+schema once before forking, so a bad setting stops start-up with one clear line
+instead of a traceback per worker.
+"""
+
+import os
+
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("WEB_THREADS", "4"))
+timeout = 30
+graceful_timeout = 30
+keepalive = 5
+accesslog = "-"
+errorlog = "-"
+# A webhook body is at most 64 KiB; headers have no reason to be large.
+limit_request_field_size = 8190
+limit_request_fields = 100
+
+
+def on_starting(server):
+    from service.errors import RoomwardenError
+    from service.runtime import preflight
+
+    try:
+        preflight()
+    except RoomwardenError as exc:
+        # gunicorn prints a RuntimeError raised here as "Error: ..." and exits 1.
+        raise RuntimeError(f"roomwarden cannot start: {exc}") from None

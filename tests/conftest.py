@@ -1,0 +1,185 @@
+"""Shared fixtures: keys that sign like VideoSDK, the fake API, apps on real SQLite files,
+and a real PostgreSQL database when `ROOMWARDEN_TEST_POSTGRES_URL` names a server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from service.app import create_app
+from service.config import Settings
+
+from .fakeapi import FakeVideoSDK
+
+ROOT = Path(__file__).resolve().parent.parent
+PAYLOADS = ROOT / "examples"
+API_KEY = "test-api-key"
+SECRET = "test-secret-" + secrets.token_hex(16)  # unique per run, so a leak test can search for it
+PG_ENV = "ROOMWARDEN_TEST_POSTGRES_URL"
+
+TEST_RULES = """\
+version: 1
+rules:
+  - name: close-after-session
+    on: session-ended
+    action: deactivate
+  - name: close-long-recordings
+    on: "recording-*"
+    when:
+      room.id: {matches: "^rec-"}
+    action: deactivate
+"""
+
+
+@pytest.fixture(scope="session")
+def private_key():
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="session")
+def public_pem(private_key) -> str:
+    # PKCS#1, the form VideoSDK serves (-----BEGIN RSA PUBLIC KEY-----).
+    return private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.PKCS1).decode()
+
+
+def sign_with(private_key, body: bytes) -> str:
+    return base64.b64encode(private_key.sign(body, padding.PKCS1v15(), hashes.SHA256())).decode()
+
+
+@pytest.fixture(scope="session")
+def sign(private_key):
+    return lambda body: sign_with(private_key, body)
+
+
+def event_body(event_type: str, **data) -> bytes:
+    return json.dumps({"webhookType": event_type, "data": data}).encode()
+
+
+@pytest.fixture
+def fake_api(public_pem):
+    fake = FakeVideoSDK(API_KEY, SECRET, public_pem)
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port with nothing listening: connections to it are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def rules_file(tmp_path) -> Path:
+    path = tmp_path / "rules.yaml"
+    path.write_text(TEST_RULES)
+    return path
+
+
+@pytest.fixture
+def env(tmp_path, fake_api, rules_file) -> dict[str, str]:
+    """The environment of a deployed service, pointed at the fake API and a fresh SQLite file."""
+    return {
+        "VIDEOSDK_API_KEY": API_KEY,
+        "VIDEOSDK_SECRET_KEY": SECRET,
+        "VIDEOSDK_API_BASE": fake_api.base_url,
+        "RULES_FILE": str(rules_file),
+        "DATABASE_URL": f"sqlite:///{tmp_path}/roomwarden.db",
+        "VIDEOSDK_TIMEOUT_SECONDS": "2",
+        "ACTION_LEASE_SECONDS": "5",
+        "WORKER_POLL_SECONDS": "0.05",
+    }
+
+
+@pytest.fixture
+def make_app(env):
+    apps = []
+
+    def make(**overrides):
+        app = create_app(Settings.from_env({**env, **overrides}))
+        app.config["TESTING"] = True
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["roomwarden"].store.close()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def post(client, sign):
+    """POST a signed body to the webhook, as VideoSDK would."""
+
+    def post(body: bytes, *, signature: str | None = None, **headers):
+        headers.setdefault("Content-Type", "application/json")
+        headers["videosdk-signature"] = sign(body) if signature is None else signature
+        return client.post("/webhooks/videosdk", data=body, headers=headers)
+
+    return post
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_database():
+    """A throwaway database on the configured server, dropped at the end of the run."""
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"{PG_ENV} is not set: no PostgreSQL server configured for the tests")
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = f"roomwarden_test_{uuid.uuid4().hex[:12]}"
+    admin = make_url(base).set(drivername="postgresql")
+    try:
+        with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True,
+                             connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"{PG_ENV}={base} is set but the server cannot be used: {exc}")
+    url = admin.set(database=name).render_as_string(hide_password=False)
+    yield url
+    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(pg_database) -> str:
+    """The test database, emptied: each test starts from no schema at all."""
+    import psycopg
+
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+    return pg_database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """Each store test runs on a real SQLite file and on a real PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db"
+    return request.getfixturevalue("pg_url")
