@@ -1,0 +1,263 @@
+"""The HTTP contract of POST /webhooks/videosdk and the health checks, through Flask's test client."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import sqlite3
+
+import pytest
+
+from service.store import Store
+
+from .conftest import PAYLOADS, event_body
+
+ENDED = event_body("session-ended", meetingId="abcd-efgh-ijkl", sessionId="s-1",
+                   start="2022-07-05T15:55:35Z", end="2022-07-05T16:05:35Z")
+OTHER = event_body("session-ended", meetingId="wxyz-wxyz-wxyz", sessionId="s-2")
+
+
+def flip_one_byte(body: bytes) -> bytes:
+    i = body.index(b"abcd")
+    return body[:i] + b"x" + body[i + 1:]
+
+
+def stored(app) -> dict[str, int]:
+    store = app.extensions["roomwarden"].store
+    return {"deliveries": len(store.deliveries()), "actions": len(store.actions())}
+
+
+# (body, signature or a marker, expected status, a fragment of the error or None)
+# signature: None means "sign the body correctly"; "omit" sends no header.
+CASES = [
+    # a known event, correctly signed: accepted and acted on
+    pytest.param(ENDED, None, 202, None, id="accepted"),
+    # an event type the service does not know: recorded, never acted on
+    pytest.param(event_body("agent-session-started", meetingId="abcd-efgh-ijkl", id=3), None, 200,
+                 None, id="unknown-event-type"),
+    # signatures: missing, not base64, empty after stripping, another body's, body changed after signing
+    pytest.param(ENDED, "omit", 401, "missing videosdk-signature", id="no-signature"),
+    pytest.param(ENDED, "not base64!!", 401, "not base64", id="garbled-signature"),
+    pytest.param(ENDED, "   ", 401, "missing videosdk-signature", id="blank-signature"),
+    pytest.param(ENDED, "other-body", 401, "does not match", id="another-body's-signature"),
+    pytest.param(ENDED, "flipped", 401, "does not match", id="one-byte-changed"),
+    pytest.param(ENDED, base64.b64encode(b"\0" * 256).decode(), 401, "does not match", id="zero-signature"),
+    # bodies that are signed but not a webhook
+    pytest.param(b"not json", None, 400, "not valid JSON", id="not-json"),
+    pytest.param(b"\xff\xfe{}", None, 400, "not UTF-8", id="not-utf8"),
+    pytest.param(b"", None, 400, "empty", id="empty-body"),
+    pytest.param(b"[1, 2]", None, 400, "not a VideoSDK webhook", id="json-array"),
+    pytest.param(b'{"data": {}}', None, 400, "not a VideoSDK webhook", id="no-webhookType"),
+    pytest.param(b'{"webhookType": 5, "data": {}}', None, 400, "not a VideoSDK webhook", id="webhookType-number"),
+    pytest.param(b'{"webhookType": "session-ended", "data": []}', None, 400, "not a VideoSDK webhook",
+                 id="data-not-object"),
+    pytest.param(event_body("session-ended", sessionId="s-1"), None, 400, "missing or has invalid fields",
+                 id="session-ended-without-meetingId"),
+    pytest.param(event_body("participant-left", meetingId="abcd-efgh-ijkl", sessionId="s"), None, 400,
+                 "missing or has invalid fields", id="participant-left-without-participantId"),
+    pytest.param(event_body("session-ended", meetingId="a/b", sessionId="s"), None, 400,
+                 "missing or has invalid fields", id="room-id-with-slash"),
+    pytest.param(b'{"webhookType": "session-ended", "data": {"meetingId": NaN}}', None, 400,
+                 "not valid JSON", id="NaN"),
+    pytest.param(b"[" * 30_000 + b"]" * 30_000, None, 400, None, id="deep-nesting"),
+    # over 64 KiB, even when correctly signed
+    pytest.param(event_body("session-ended", meetingId="abcd-efgh-ijkl", sessionId="s", pad="x" * 70_000),
+                 None, 413, "64 KiB", id="too-large"),
+]
+
+
+@pytest.mark.parametrize("body, signature, status, message", CASES)
+def test_webhook_answers(app, client, sign, body, signature, status, message):
+    headers = {"Content-Type": "application/json"}
+    if signature is None:
+        headers["videosdk-signature"] = sign(body)
+    elif signature == "other-body":
+        headers["videosdk-signature"] = sign(OTHER)
+    elif signature == "flipped":
+        headers["videosdk-signature"] = sign(body)
+        body = flip_one_byte(body)
+    elif signature != "omit":
+        headers["videosdk-signature"] = signature
+
+    response = client.post("/webhooks/videosdk", data=body, headers=headers)
+
+    assert response.status_code == status, response.get_data(as_text=True)
+    payload = response.get_json()
+    assert isinstance(payload, dict)
+    if status >= 400:
+        assert "error" in payload and "Traceback" not in response.get_data(as_text=True)
+        if message:
+            assert message in payload["error"]
+        assert stored(app) == {"deliveries": 0, "actions": 0}, "a refused delivery left rows behind"
+    else:
+        assert stored(app)["deliveries"] == 1
+        assert len(payload["delivery"]) == 27
+
+
+def test_field_level_messages(post):
+    response = post(event_body("session-ended", meetingId=12, sessionId=None))
+    assert response.status_code == 400
+    assert response.get_json()["fields"] == {"data": {
+        "meetingId": ["Not a valid string."], "sessionId": ["Field may not be null."]}}
+
+
+def test_accepted_delivery_is_recorded_with_its_decision_and_action(app, post):
+    response = post(ENDED)
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["decisions"] == [{"rule": "close-after-session", "action": "deactivate",
+                                  "outcome": "scheduled", "action_id": 1}]
+    store = app.extensions["roomwarden"].store
+    delivery = store.delivery(body["delivery"])
+    assert delivery["body"].encode() == ENDED  # byte for byte, as signed
+    assert delivery["body_sha256"] == hashlib.sha256(ENDED).hexdigest()
+    assert delivery["verified"] is True and delivery["known"] is True
+    assert delivery["rules_hash"] == app.extensions["roomwarden"].rules.current.sha256
+    [decision] = store.decisions(delivery_id=body["delivery"])
+    assert decision["action_key"] == "close-after-session|abcd-efgh-ijkl|s-1"
+    [action] = store.actions()
+    assert (action["status"], action["room_id"], action["kind"]) == ("pending", "abcd-efgh-ijkl", "deactivate")
+
+
+def test_repeated_delivery_never_schedules_a_second_action(app, post):
+    outcomes = [post(ENDED).get_json()["decisions"][0]["outcome"] for _ in range(3)]
+    assert outcomes == ["scheduled", "duplicate", "duplicate"]
+    store = app.extensions["roomwarden"].store
+    assert len(store.deliveries()) == 3  # each arrival is recorded...
+    assert len(store.actions()) == 1  # ...but acted on once
+
+
+def test_unknown_event_is_recorded_and_never_acted_on(app, post):
+    body = event_body("recording-quantum-leap", meetingId="rec-room-0001", sessionId="s")
+    # "recording-*" covers it, and the rule would match: but the type is one the
+    # service knows by its glob, so it is acted on. A truly unknown type is not:
+    unknown = event_body("call-answered", meetingId="rec-room-0001", sessionId="s")
+    assert post(body).status_code == 202
+    response = post(unknown)
+    assert response.status_code == 200
+    assert response.get_json()["known"] is False and response.get_json()["decisions"] == []
+    assert [a["room_id"] for a in app.extensions["roomwarden"].store.actions()] == ["rec-room-0001"]
+
+
+@pytest.mark.parametrize("payload", sorted(p.name for p in PAYLOADS.glob("*.json")
+                                           if p.name != "deactivate-response.json"))
+def test_every_documented_payload_is_accepted(post, payload):
+    response = post((PAYLOADS / payload).read_bytes())
+    assert response.status_code == 202, response.get_json()
+
+
+def test_type_is_accepted_for_webhookType(post):
+    body = json.dumps({"type": "session-ended", "data": {"meetingId": "abcd-efgh-ijkl",
+                                                          "sessionId": "s"}}).encode()
+    assert post(body).status_code == 202
+
+
+def test_method_not_allowed_is_json(client):
+    response = client.get("/webhooks/videosdk")
+    assert response.status_code == 405 and "error" in response.get_json()
+
+
+def test_unexpected_error_is_a_json_500_without_a_trace(app, post, monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(app.extensions["roomwarden"].ingestor, "ingest", explode)
+    response = post(ENDED)
+    assert response.status_code == 500
+    text = response.get_data(as_text=True)
+    assert "secret internals" not in text and "Traceback" not in text
+    assert "retry" in response.get_json()["error"]
+
+
+def test_locked_store_answers_503_and_recovers_without_restart(monkeypatch, make_app, env, sign, post):
+    monkeypatch.setattr("service.store.engine.SQLITE_BUSY_TIMEOUT_MS", 100)
+    app = make_app()
+    client = app.test_client()
+    path = env["DATABASE_URL"].removeprefix("sqlite:///")
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        response = client.post("/webhooks/videosdk", data=ENDED, headers={"videosdk-signature": sign(ENDED)})
+        assert response.status_code == 503
+        assert response.headers["Retry-After"].isdigit()
+        assert "store unavailable" in response.get_json()["error"]
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    response = client.post("/webhooks/videosdk", data=ENDED, headers={"videosdk-signature": sign(ENDED)})
+    assert response.status_code == 202
+    assert stored(app) == {"deliveries": 1, "actions": 1}
+
+
+def test_public_key_is_fetched_from_the_api_and_cached(make_app, fake_api, sign):
+    client = make_app().test_client()  # no VIDEOSDK_WEBHOOK_PUBLIC_KEY: fetch it
+    for _ in range(3):
+        assert client.post("/webhooks/videosdk", data=ENDED,
+                           headers={"videosdk-signature": sign(ENDED)}).status_code == 202
+    assert len(fake_api.calls_to("/v2/public/rsa-public-key")) == 1
+
+
+def test_no_key_yet_answers_503_and_never_accepts(make_app, fake_api, sign):
+    fake_api.serve_public_key = False
+    app = make_app()
+    client = app.test_client()
+    response = client.post("/webhooks/videosdk", data=ENDED, headers={"videosdk-signature": sign(ENDED)})
+    assert response.status_code == 503 and "public key" in response.get_json()["error"]
+    assert stored(app)["deliveries"] == 0
+
+
+def test_pinned_keys_any_of_several(make_app, fake_api, public_pem, sign):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    app = make_app(VIDEOSDK_WEBHOOK_PUBLIC_KEY=other + public_pem)
+    response = app.test_client().post("/webhooks/videosdk", data=ENDED,
+                                      headers={"videosdk-signature": sign(ENDED)})
+    assert response.status_code == 202
+    assert fake_api.calls_to("/v2/public/rsa-public-key") == []  # pinned: never fetched
+
+
+def test_verification_off_accepts_but_never_acts(make_app, fake_api):
+    app = make_app(WEBHOOK_VERIFY="false")
+    response = app.test_client().post("/webhooks/videosdk", data=ENDED)
+    assert response.status_code == 202
+    assert response.get_json()["decisions"][0]["outcome"] == "dry-run"
+    store = app.extensions["roomwarden"].store
+    assert store.delivery(response.get_json()["delivery"])["verified"] is False
+    assert store.actions(status="pending") == []
+
+
+def test_dry_run_records_decisions_and_schedules_nothing(make_app, sign):
+    app = make_app(DRY_RUN="true", VIDEOSDK_API_KEY="", VIDEOSDK_SECRET_KEY="")
+    response = app.test_client().post("/webhooks/videosdk", data=ENDED,
+                                      headers={"videosdk-signature": sign(ENDED)})
+    assert response.status_code == 202
+    assert response.get_json()["decisions"][0]["outcome"] == "dry-run"
+    assert [a["status"] for a in app.extensions["roomwarden"].store.actions()] == ["dry-run"]
+
+
+def test_healthz(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.get_json() == {"status": "ok"}
+
+
+def test_readyz_reports_rules_in_force(app, client, rules_file):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "ok" and body["store"] == "ok"
+    assert body["rules"]["hash"] == hashlib.sha256(rules_file.read_bytes()).hexdigest()
+    assert body["rules"]["count"] == 2
+    assert body["webhook_verify"] is True and body["dry_run"] is False
+
+
+def test_readyz_is_503_when_the_store_is_unreachable(app, client):
+    runtime = app.extensions["roomwarden"]
+    runtime.store = Store.from_url("postgresql://postgres@127.0.0.1:1/none")
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json()["status"] == "unavailable"
+    assert "store unavailable" in response.get_json()["store"]
