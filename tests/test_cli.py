@@ -1,0 +1,137 @@
+"""`python -m service ...` as a user runs it: real subprocesses, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import PAYLOADS, ROOT, SECRET, event_body
+
+
+def run(*args: str, env: dict | None = None, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("VIDEOSDK_", "DATABASE_URL", "RULES_FILE"))}
+    return subprocess.run([sys.executable, "-m", "service", *args], cwd=ROOT, env={**base, **(env or {})},
+                          input=stdin, capture_output=True, timeout=60)
+
+
+def test_check_accepts_the_shipped_rules():
+    result = run("check", "rules.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.decode().startswith("rules.yaml: ok, ")
+
+
+def test_check_reads_RULES_FILE_by_default(rules_file):
+    result = run("check", env={"RULES_FILE": str(rules_file)})
+    assert result.returncode == 0 and str(rules_file) in result.stdout.decode()
+
+
+def test_check_prints_one_line_per_error_and_exits_1(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "version: 1\n"
+        "rules:\n"
+        "  - name: a\n"
+        "    on: session-ended\n"
+        "    when:\n"
+        "      room.idd: x\n"
+        "      session.duration: {gte_: 5}\n"
+        "    action: deactivate\n"
+        "  - name: a\n"
+        "    on: session-ended\n"
+        "    action: deactivate\n"
+    )
+    result = run("check", str(path))
+    assert result.returncode == 1
+    assert result.stdout.decode().splitlines() == [
+        f"{path}:6:7: unknown field 'room.idd'; did you mean 'room.id'? "
+        "(fields: event, room.id, session.id, participant.id, participant.name, session.duration, data.<path>)",
+        f"{path}:7:26: unknown operator 'gte_'; did you mean 'gte'? "
+        "(operators: eq, ne, in, not_in, gt, gte, lt, lte, matches, exists)",
+    ]  # the duplicate name is not reported: the first rule with that name did not load
+
+
+def test_check_missing_file(tmp_path):
+    result = run("check", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 1
+    assert result.stdout.decode().startswith(f"{tmp_path}/nope.yaml:1:1: cannot read the rules file")
+
+
+def test_simulate_shows_the_trace_and_changes_nothing(tmp_path):
+    db = tmp_path / "untouched.db"
+    result = run("simulate", str(PAYLOADS / "session-ended.json"), "--rules", "rules.yaml",
+                 env={"DATABASE_URL": f"sqlite:///{db}"})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    assert "rule close-after-session (line" in out and "MATCH -> would deactivate room jvsg-8rjn-j304" in out
+    assert "session.duration gte 60  (actual: 600.0)" in out
+    assert not db.exists()  # no side effects: not even a database file
+
+
+def test_simulate_json_from_stdin():
+    body = event_body("session-ended", meetingId="abcd-efgh-ijkl", sessionId="s")  # no start/end
+    result = run("simulate", "-", "--json", "--rules", "rules.yaml", stdin=body)
+    assert result.returncode == 0
+    [rule] = json.loads(result.stdout)["rules"]
+    assert rule["result"] is None and rule["would_act"] is False  # duration unknown: never acts
+
+
+def test_simulate_inline_json_of_an_unknown_event():
+    result = run("simulate", '{"webhookType": "call-started", "data": {}}', "--rules", "rules.yaml")
+    assert result.returncode == 0
+    assert "unknown event type: recorded, never acted on" in result.stdout.decode()
+
+
+def test_simulate_rejects_a_bad_event_with_field_messages():
+    result = run("simulate", '{"webhookType": "session-ended", "data": {"sessionId": "s"}}',
+                 "--rules", "rules.yaml")
+    assert result.returncode == 1
+    assert "meetingId" in result.stderr.decode() and "Missing data" in result.stderr.decode()
+
+
+def test_simulate_with_bad_rules_exits_2_with_positions(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("version: 1\nrules:\n  - name: x\n    on: session-ended\n    action: nope\n")
+    result = run("simulate", str(PAYLOADS / "session-ended.json"), "--rules", str(path))
+    assert result.returncode == 2
+    assert f"{path}:5:13: unknown action 'nope'" in result.stderr.decode()
+
+
+def test_worker_refuses_to_start_without_credentials(tmp_path, rules_file):
+    result = run("worker", "--once", env={"DATABASE_URL": f"sqlite:///{tmp_path}/w.db"})
+    assert result.returncode == 2
+    assert "VIDEOSDK_API_KEY and VIDEOSDK_SECRET_KEY must be set" in result.stderr.decode()
+    assert b"Traceback" not in result.stderr
+
+
+def test_worker_once_delivers_due_actions(app, post, fake_api, env):
+    body = event_body("session-ended", meetingId="abcd-efgh-ijkl", sessionId="s")
+    assert post(body).status_code == 202
+    result = run("worker", "--once", env=env)
+    assert result.returncode == 0, result.stderr
+    assert fake_api.deactivations() == ["abcd-efgh-ijkl"]
+    listing = run("actions", "--status", "done", env=env)
+    assert "room=abcd-efgh-ijkl rule=close-after-session attempts=1" in listing.stdout.decode()
+
+
+def test_migrate_reports_the_version(tmp_path):
+    result = run("migrate", env={"DATABASE_URL": f"sqlite:///{tmp_path}/m.db", "DRY_RUN": "1"})
+    assert result.returncode == 0 and result.stdout.decode().strip() == "schema at version 1"
+
+
+@pytest.mark.parametrize("args", [[], ["nope"], ["simulate"]])
+def test_usage_errors_exit_2(args):
+    assert run(*args).returncode == 2
+
+
+def test_secrets_never_reach_cli_output(app, post, fake_api, env):
+    post(event_body("session-ended", meetingId="abcd-efgh-ijkl", sessionId="s"))
+    outputs = [run("worker", "--once", env={**env, "LOG_LEVEL": "DEBUG"}), run("actions", env=env)]
+    for result in outputs:
+        assert SECRET.encode() not in result.stdout + result.stderr
+    # the API key alone is not secret, but the token made from it is: never printed
+    token_calls = fake_api.calls_to("/v2/rooms/deactivate")
+    assert token_calls and all(c.headers["authorization"].encode() not in outputs[0].stderr for c in token_calls)
