@@ -8,7 +8,8 @@ Pure: an `ApiResult`, the attempt number and a random source in; a `Verdict` out
 | 400, 402, 404, other 4xx not listed here | failed for good (bad request, room not found)     |
 | 429                                      | retry after `Retry-After` (backoff if absent)     |
 | 401, 403                                 | retry slowly: a credentials problem, logged loud  |
-| 5xx, 406, 408, 409, 425; no HTTP answer  | retry with exponential backoff and jitter         |
+| 5xx, 406, 408, 409, 425; no HTTP answer  | retry with exponential backoff and jitter, or     |
+|                                          | later if the answer's `Retry-After` says so       |
 | any retry at attempt `max_attempts`      | dead: kept, never deleted, can be re-driven       |
 """
 
@@ -43,7 +44,8 @@ class RetryPolicy:
 
     def backoff(self, attempt: int, rand: Callable[[], float]) -> float:
         """Exponential in the attempt number, capped, with "equal jitter": half fixed, half random."""
-        ceiling = min(self.max_delay, self.base_delay * 2 ** max(0, attempt - 1))
+        # The exponent is capped before the power: a huge attempt number must not overflow.
+        ceiling = min(self.max_delay, self.base_delay * 2 ** min(max(0, attempt - 1), 64))
         return ceiling / 2 + rand() * ceiling / 2
 
     def judge(self, result: ApiResult, attempt: int, rand: Callable[[], float] = random.random) -> Verdict:
@@ -58,7 +60,10 @@ class RetryPolicy:
             delay = result.retry_after if result.retry_after is not None else self.backoff(attempt, rand)
             verdict = Verdict("retry", min(max(delay, 0.0), self.max_retry_after), "rate limited")
         elif status is None or status >= 500 or status in TRANSIENT_4XX:
-            verdict = Verdict("retry", self.backoff(attempt, rand), "transient failure")
+            delay = self.backoff(attempt, rand)
+            if result.retry_after is not None:  # a 503 may say when to come back: honour it
+                delay = min(max(result.retry_after, delay), self.max_retry_after)
+            verdict = Verdict("retry", delay, "transient failure")
         else:
             return Verdict("failed", reason=PERMANENT.get(status, f"refused (HTTP {status})"))
         if attempt >= self.max_attempts:

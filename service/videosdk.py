@@ -84,7 +84,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - now)
@@ -92,8 +92,11 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         return None
 
 
-def _error_text(response: requests.Response) -> str:
-    """VideoSDK's error bodies are not specified: read message/error/msg if JSON, else text."""
+def _error_text(response: requests.Response, redact: Callable[[str], str]) -> str:
+    """VideoSDK's error bodies are not specified: read message/error/msg if JSON, else text.
+
+    Secrets are redacted before the text is cut, so a cut never leaves part of one.
+    """
     try:
         body = response.json()
     except ValueError:
@@ -101,8 +104,8 @@ def _error_text(response: requests.Response) -> str:
     if isinstance(body, dict):
         for key in ("message", "error", "msg"):
             if isinstance(body.get(key), str):
-                return f"HTTP {response.status_code}: {body[key][:300]}"
-    text = (response.text or "").strip().replace("\n", " ")
+                return f"HTTP {response.status_code}: {redact(body[key])[:300]}"
+    text = redact((response.text or "").strip().replace("\n", " "))
     return f"HTTP {response.status_code}: {text[:300]}" if text else f"HTTP {response.status_code}"
 
 
@@ -134,9 +137,9 @@ class VideoSDKClient:
         except requests.Timeout:
             return ApiResult(None, elapsed(), f"timed out after {self.timeout[1]:g}s")
         except requests.ConnectionError as exc:
-            return ApiResult(None, elapsed(), self.tokens.redact(f"connection failed: {_first_line(exc)}"))
+            return ApiResult(None, elapsed(), f"connection failed: {_first_line(exc, self.tokens.redact)}")
         except requests.RequestException as exc:
-            return ApiResult(None, elapsed(), self.tokens.redact(f"bad answer: {_first_line(exc)}"))
+            return ApiResult(None, elapsed(), f"bad answer: {_first_line(exc, self.tokens.redact)}")
         latency = elapsed()
         retry_after = parse_retry_after(response.headers.get("Retry-After"), self.clock())
         if 200 <= response.status_code < 300:
@@ -145,12 +148,12 @@ class VideoSDKClient:
             except ValueError:
                 parsed = None
             return ApiResult(response.status_code, latency, None, retry_after, parsed)
-        return ApiResult(response.status_code, latency, self.tokens.redact(_error_text(response)),
+        return ApiResult(response.status_code, latency, _error_text(response, self.tokens.redact),
                          retry_after)
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
+def _first_line(exc: Exception, redact: Callable[[str], str] = lambda text: text) -> str:
+    text = redact(str(exc).strip())
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
