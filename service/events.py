@@ -8,6 +8,7 @@ the bytes. It does not check signatures: that happens before, on the raw bytes.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -17,7 +18,7 @@ from typing import Any, Mapping
 from marshmallow import ValidationError
 
 from .errors import PayloadInvalid
-from .schemas import ENVELOPE, data_schema_for
+from .schemas import ENVELOPE, ID_PATTERN, data_schema_for
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,13 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 would otherwise become inf
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
 def _decode_json(raw: bytes) -> Any:
     try:
         text = raw.decode("utf-8")
@@ -52,7 +60,7 @@ def _decode_json(raw: bytes) -> Any:
     if not text.strip():
         raise PayloadInvalid("body is empty; expected a JSON object")
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         raise PayloadInvalid("body is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, NaN, integers too long to convert
@@ -92,8 +100,8 @@ def parse_event(raw: bytes) -> Event:
 
 
 def _maybe_str(value: Any) -> str | None:
-    # Unknown events are only recorded; keep a room id for lookups when it looks like one.
-    return value if isinstance(value, str) and 0 < len(value) <= 128 else None
+    # Unknown events are only recorded; keep a room id for lookups when it is a valid id.
+    return value if isinstance(value, str) and ID_PATTERN.match(value) else None
 
 
 _TIMESTAMP = re.compile(
@@ -116,17 +124,16 @@ def parse_timestamp(value: str | None) -> datetime | None:
         return None
     year, month, day, hour, minute, second, fraction, offset = match.groups()
     try:
-        base = datetime(int(year), int(month), int(day), tzinfo=timezone.utc)
-    except ValueError:
+        moment = datetime(int(year), int(month), int(day), tzinfo=timezone.utc) + timedelta(
+            hours=int(hour or 0), minutes=int(minute or 0), seconds=int(second or 0),
+            microseconds=int((fraction or "0")[:6].ljust(6, "0")))
+        if offset and offset not in ("Z", "z"):
+            sign = 1 if offset[0] == "+" else -1
+            digits = offset[1:].replace(":", "")
+            shift = timedelta(hours=int(digits[:2]), minutes=int(digits[2:4] or 0))
+            if shift >= timedelta(hours=24):
+                return None
+            moment -= sign * shift
+    except (ValueError, OverflowError):  # day 31 of February; past year 9999 after an offset
         return None
-    micro = int((fraction or "0")[:6].ljust(6, "0"))
-    moment = base + timedelta(hours=int(hour or 0), minutes=int(minute or 0),
-                              seconds=int(second or 0), microseconds=micro)
-    if offset and offset not in ("Z", "z"):
-        sign = 1 if offset[0] == "+" else -1
-        digits = offset[1:].replace(":", "")
-        shift = timedelta(hours=int(digits[:2]), minutes=int(digits[2:4] or 0))
-        if shift >= timedelta(hours=24):
-            return None
-        moment -= sign * shift
     return moment

@@ -7,6 +7,7 @@ not know are normal traffic: `data_schema_for` returns None for them.
 
 from __future__ import annotations
 
+import re
 from fnmatch import fnmatchcase
 
 from marshmallow import EXCLUDE, Schema, fields, pre_load, validate
@@ -14,7 +15,8 @@ from marshmallow import EXCLUDE, Schema, fields, pre_load, validate
 # VideoSDK room ids look like "abcd-efgh-ijkl"; accept any short id of safe characters
 # so a format change upstream does not turn into 400s, but never control characters,
 # slashes or whitespace, since the id goes into API bodies and logs.
-_ID = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z", error="Not a valid id.")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
+_ID = validate.Regexp(ID_PATTERN, error="Not a valid id.")
 _NAME = validate.Length(max=512)
 
 

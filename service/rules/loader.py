@@ -28,17 +28,38 @@ from .operators import OPERATORS
 
 _BOOL = "tag:yaml.org,2002:bool"
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+_PLAIN_TAGS = {_BOOL, _INT, _FLOAT, _MAP, _SEQ, "tag:yaml.org,2002:str", "tag:yaml.org,2002:null"}
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans and no implicit timestamps."""
+    """SafeLoader reading YAML 1.2 core scalars: only true/false are booleans, no implicit
+    timestamps, no sexagesimal (`1:30`) or leading-zero octal (`017`) integers."""
 
 
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _TIMESTAMP)]
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _TIMESTAMP, _INT, _FLOAT)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(_INT, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+                              list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    _FLOAT, re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                       r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+.0123456789"))
+
+
+def _construct_int(loader: _Loader, node: ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    if text.startswith(("0x", "0o")):
+        return int(text, 0)
+    return int(text, 10)
+
+
+_Loader.add_constructor(_INT, _construct_int)
 
 TOP_KEYS = ("version", "rules")
 RULE_KEYS = ("name", "description", "on", "when", "action")
@@ -107,6 +128,22 @@ class _Reader:
             return None
         return value
 
+    def tags(self, node: Node) -> None:
+        """Refuse explicit tags (`!!python/object`, `!foo`) anywhere: they would otherwise be
+        ignored on mappings and lists, which this reader walks itself."""
+        stack = [node]
+        while stack:
+            current = stack.pop()
+            if current.tag == "tag:yaml.org,2002:merge":
+                self.error(current, "YAML merge keys ('<<') are not supported; write the keys out")
+            elif current.tag not in _PLAIN_TAGS:
+                self.error(current, f"YAML tag '{current.tag}' is not allowed in a rules file")
+            if isinstance(current, SequenceNode):
+                stack.extend(current.value)
+            elif isinstance(current, MappingNode):
+                for key, value in current.value:
+                    stack.extend((key, value))
+
     # -- the file -------------------------------------------------------------
 
     def rule_set(self, root: Node | None) -> tuple[Rule, ...]:
@@ -124,7 +161,7 @@ class _Reader:
             self.error(root, "missing 'version: 1'")
         else:
             node = present["version"][1]
-            if self.value(node) != 1 or isinstance(self.value(node), bool):
+            if type(self.value(node)) is not int or self.value(node) != 1:
                 self.error(node, "unsupported version; this service reads 'version: 1'")
         if "rules" not in present:
             self.error(root, "missing 'rules:' (a list of rules)")
@@ -269,6 +306,8 @@ def parse_rules(text: str, source: str = "<rules>") -> tuple[RuleSet | None, lis
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
+    except RecursionError:
+        return None, [Problem(source, 1, 1, "the file is nested too deeply")]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -278,6 +317,10 @@ def parse_rules(text: str, source: str = "<rules>") -> tuple[RuleSet | None, lis
     finally:
         loader.dispose()
     reader = _Reader(loader, source)
+    if root is not None:
+        reader.tags(root)
+        if reader.problems:
+            return None, reader.problems
     try:
         rules = reader.rule_set(root)
     except RecursionError:

@@ -8,6 +8,7 @@ Only `exists` gives a definite answer about a missing field.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from numbers import Real
@@ -17,7 +18,7 @@ from .fields import MISSING
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_scalar(value: Any) -> bool:

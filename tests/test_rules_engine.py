@@ -1,0 +1,448 @@
+"""The pure rule engine: operators, three-valued conditions, evaluate/decide, rules_for, traces."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from types import MappingProxyType
+
+import pytest
+
+from service.events import Event
+from service.rules.engine import Decision, decide, evaluate
+from service.rules.fields import MISSING, Facts
+from service.rules.loader import parse_rules
+
+T0 = datetime(2022, 7, 5, 15, 55, 35, tzinfo=timezone.utc)
+DATA = {
+    "meetingId": "room-1", "sessionId": "s-1",
+    "start": "2022-07-05T15:55:35Z", "end": "2022-07-05T16:05:35Z",
+    "flag": True, "count": 1, "ratio": 1.0, "text": "1", "nothing": None, "empty": "",
+    "nested": {"a": {"b": "deep"}},
+    "list": [10, {"x": "y"}],
+    "fileDetails": [{"filePath": "/p/1.webm", "fileUrl": "https://cdn.example/p/1.webm"}],
+}
+
+
+def event(event_type="session-ended", *, known=True, room_id="room-1", session_id="s-1",
+          participant_id=None, participant_name=None, start=T0, end=T0 + timedelta(seconds=600), data=None):
+    return Event(type=event_type, data=MappingProxyType(dict(DATA if data is None else data)), known=known,
+                 room_id=room_id, session_id=session_id, participant_id=participant_id,
+                 participant_name=participant_name, start=start, end=end)
+
+
+SE = event()  # session-ended, 600 s, no participant fields
+PJ = event("participant-joined", participant_id="p-1", participant_name="Alice", start=None, end=None)
+SHORT = event(end=T0 + timedelta(seconds=30))
+
+
+def facts(ev: Event) -> Facts:
+    return Facts(event=ev, now=1_700_000_000.0)
+
+
+def rule_set(text: str):
+    rules, problems = parse_rules(text, "t.yaml")
+    assert problems == [], [str(p) for p in problems]
+    return rules
+
+
+def one_rule(when: str | None, on: str = "'*'", name: str = "r"):
+    text = f"version: 1\nrules:\n  - name: {name}\n    on: {on}\n    action: deactivate\n"
+    if when is not None:
+        text += "    when:\n" + "".join(f"      {line}\n" for line in when.splitlines())
+    return rule_set(text)
+
+
+def result_of(when: str, ev: Event):
+    [res] = evaluate(one_rule(when), facts(ev))
+    return res.result
+
+
+# -- every operator: true, false, unknown -----------------------------------------------------
+
+@pytest.mark.parametrize("when, ev, expected", [
+    # eq
+    pytest.param("room.id: {eq: room-1}", SE, True, id="eq-true"),
+    pytest.param("room.id: room-1", SE, True, id="eq-shorthand-true"),
+    pytest.param("room.id: {eq: room-2}", SE, False, id="eq-false"),
+    pytest.param("participant.id: {eq: p-1}", SE, None, id="eq-missing-unknown"),
+    pytest.param("participant.id: {eq: p-1}", PJ, True, id="eq-participant-on-participant-event"),
+    # ne
+    pytest.param("room.id: {ne: room-2}", SE, True, id="ne-true"),
+    pytest.param("room.id: {ne: room-1}", SE, False, id="ne-false"),
+    pytest.param("participant.name: {ne: Bob}", SE, None, id="ne-missing-unknown"),
+    # in
+    pytest.param("room.id: {in: [a-b-c, room-1]}", SE, True, id="in-true"),
+    pytest.param("room.id: {in: [a-b-c, d-e-f]}", SE, False, id="in-false"),
+    pytest.param("participant.name: {in: [Alice]}", SE, None, id="in-missing-unknown"),
+    # not_in
+    pytest.param("room.id: {not_in: [a-b-c]}", SE, True, id="not_in-true"),
+    pytest.param("room.id: {not_in: [a-b-c, room-1]}", SE, False, id="not_in-false"),
+    pytest.param("participant.name: {not_in: [Alice]}", SE, None, id="not_in-missing-unknown"),
+    # gt / gte / lt / lte on session.duration (600 s)
+    pytest.param("session.duration: {gt: 599.5}", SE, True, id="gt-true"),
+    pytest.param("session.duration: {gt: 600}", SE, False, id="gt-false-equal"),
+    pytest.param("session.duration: {gt: 1}", PJ, None, id="gt-missing-unknown"),
+    pytest.param("session.duration: {gte: 600}", SE, True, id="gte-true-equal"),
+    pytest.param("session.duration: {gte: 601}", SE, False, id="gte-false"),
+    pytest.param("session.duration: {gte: 60}", PJ, None, id="gte-missing-unknown"),
+    pytest.param("session.duration: {lt: 601}", SE, True, id="lt-true"),
+    pytest.param("session.duration: {lt: 600}", SE, False, id="lt-false-equal"),
+    pytest.param("session.duration: {lt: 60}", PJ, None, id="lt-missing-unknown"),
+    pytest.param("session.duration: {lte: 600}", SE, True, id="lte-true-equal"),
+    pytest.param("session.duration: {lte: 599}", SE, False, id="lte-false"),
+    pytest.param("session.duration: {lte: 60}", PJ, None, id="lte-missing-unknown"),
+    pytest.param("session.duration: {gte: 60}", event(end=T0 - timedelta(seconds=1)), None,
+                 id="gte-end-before-start-unknown"),
+    # matches (re.search, not fullmatch)
+    pytest.param(r"room.id: {matches: '^room-\d$'}", SE, True, id="matches-true"),
+    pytest.param("room.id: {matches: '1'}", SE, True, id="matches-searches-anywhere"),
+    pytest.param("room.id: {matches: '^x'}", SE, False, id="matches-false"),
+    pytest.param("room.id: {matches: '^ROOM'}", SE, False, id="matches-case-sensitive"),
+    pytest.param("participant.name: {matches: '.*'}", SE, None, id="matches-missing-unknown"),
+    # exists: definite even when the field is missing
+    pytest.param("room.id: {exists: true}", SE, True, id="exists-true-present"),
+    pytest.param("room.id: {exists: false}", SE, False, id="exists-false-present"),
+    pytest.param("participant.id: {exists: true}", SE, False, id="exists-true-missing-is-definite"),
+    pytest.param("participant.id: {exists: false}", SE, True, id="exists-false-missing-is-definite"),
+    pytest.param("data.nothing: {exists: true}", SE, False, id="exists-true-null-is-false"),
+    pytest.param("data.nothing: {exists: false}", SE, True, id="exists-false-null-is-true"),
+    pytest.param("data.empty: {exists: true}", SE, True, id="exists-empty-string-is-present"),
+    # the event field
+    pytest.param("event: session-ended", SE, True, id="event-field"),
+    pytest.param("event: {matches: '^participant-'}", PJ, True, id="event-field-matches"),
+])
+def test_operators(when, ev, expected):
+    assert result_of(when, ev) is expected
+
+
+# -- type strictness --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("when, expected", [
+    pytest.param("data.flag: true", True, id="true-eq-true"),
+    pytest.param("data.flag: 1", False, id="true-is-not-1"),
+    pytest.param("data.count: true", False, id="1-is-not-true"),
+    pytest.param("data.flag: {ne: 1}", True, id="true-ne-1"),
+    pytest.param("data.flag: {in: [1, '1']}", False, id="true-not-in-1s"),
+    pytest.param("data.count: {in: [true]}", False, id="1-not-in-true"),
+    pytest.param("data.text: 1", False, id="string-1-is-not-1"),
+    pytest.param("data.count: '1'", False, id="1-is-not-string-1"),
+    pytest.param("data.text: '1'", True, id="string-1-eq-string-1"),
+    pytest.param("data.count: 1.0", True, id="1-eq-1.0"),
+    pytest.param("data.ratio: 1", True, id="1.0-eq-1"),
+    pytest.param("data.ratio: {in: [1]}", True, id="1.0-in-1"),
+    pytest.param("data.nothing: null", True, id="null-eq-null"),
+    pytest.param("data.nothing: {ne: 0}", True, id="null-ne-0"),
+    pytest.param("data.empty: null", False, id="empty-string-is-not-null"),
+    pytest.param("data.nested: x", False, id="object-is-not-a-string"),
+    # ordering and regexes need the right kind; otherwise unknown, never an error
+    pytest.param("data.flag: {gt: 0}", None, id="bool-is-not-a-number-for-gt"),
+    pytest.param("data.text: {gt: 0}", None, id="string-is-not-a-number-for-gt"),
+    pytest.param("data.nothing: {lt: 1}", None, id="null-is-not-a-number-for-lt"),
+    pytest.param("data.count: {gte: 1}", True, id="int-gte"),
+    pytest.param("data.ratio: {lt: 1.5}", True, id="float-lt"),
+    pytest.param("data.count: {matches: '1'}", None, id="number-does-not-match-regex"),
+    pytest.param("data.nested: {matches: 'deep'}", None, id="object-does-not-match-regex"),
+    pytest.param("data.text: {matches: '^1$'}", True, id="string-matches-regex"),
+])
+def test_type_strictness(when, expected):
+    assert result_of(when, SE) is expected
+
+
+# -- data.<path> ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("when, expected", [
+    pytest.param("data.meetingId: room-1", True, id="top-level-key"),
+    pytest.param("data.nested.a.b: deep", True, id="nested-dicts"),
+    pytest.param("data.nested.a.b: shallow", False, id="nested-dicts-false"),
+    pytest.param("data.nested.a.c: deep", None, id="missing-nested-key"),
+    pytest.param("data.nested.a.b.c: deep", None, id="path-through-a-string"),
+    pytest.param("data.nope.a: x", None, id="missing-top-key"),
+    pytest.param("data.list.0: 10", True, id="list-index-0"),
+    pytest.param("data.list.1.x: y", True, id="list-index-then-key"),
+    pytest.param("data.list.2: 10", None, id="list-index-out-of-range"),
+    pytest.param("data.list.-1: 10", None, id="negative-index-is-missing"),
+    pytest.param("data.list.x: 10", None, id="key-on-a-list-is-missing"),
+    pytest.param("data.fileDetails.0.fileUrl: {matches: '^https://'}", True, id="participant-recording-file-url"),
+    pytest.param("data.fileDetails.0.fileUrl: {exists: true}", True, id="exists-deep"),
+    pytest.param("data.fileDetails.5.fileUrl: {exists: true}", False, id="exists-deep-missing"),
+    pytest.param("data.meetingId.0: r", None, id="index-into-a-string-is-missing"),
+    pytest.param("data.nothing.x: {exists: false}", True, id="path-through-null-is-missing"),
+])
+def test_data_paths(when, expected):
+    assert result_of(when, SE) is expected
+
+
+# -- combinators under three-valued logic ------------------------------------------------------
+
+T = "room.id: room-1"          # true on SE
+F = "room.id: room-2"          # false on SE
+U = "participant.id: p-1"      # unknown on SE (the field is missing)
+
+
+def block(key: str, *items: str) -> str:
+    return f"{key}:\n" + "".join(f"  - {item}\n" for item in items)
+
+
+@pytest.mark.parametrize("when, expected", [
+    pytest.param(block("all", T, T), True, id="all-true-true"),
+    pytest.param(block("all", T, F), False, id="all-true-false"),
+    pytest.param(block("all", F, U), False, id="all-false-unknown-is-false"),
+    pytest.param(block("all", U, F), False, id="all-unknown-false-is-false"),
+    pytest.param(block("all", T, U), None, id="all-true-unknown-is-unknown"),
+    pytest.param(block("all", U), None, id="all-unknown"),
+    pytest.param(block("any", F, F), False, id="any-false-false"),
+    pytest.param(block("any", F, T), True, id="any-false-true"),
+    pytest.param(block("any", T, U), True, id="any-true-unknown-is-true"),
+    pytest.param(block("any", U, T), True, id="any-unknown-true-is-true"),
+    pytest.param(block("any", F, U), None, id="any-false-unknown-is-unknown"),
+    pytest.param(f"not: {{{T}}}", False, id="not-true"),
+    pytest.param(f"not: {{{F}}}", True, id="not-false"),
+    pytest.param(f"not: {{{U}}}", None, id="not-unknown-is-unknown"),
+    pytest.param("not:\n  all: [{%s}, {%s}]" % (F, U), True, id="not-all-false-unknown"),
+    pytest.param("not:\n  any: [{%s}, {%s}]" % (F, U), None, id="not-any-false-unknown"),
+    pytest.param("not:\n  not: {%s}" % U, None, id="not-not-unknown"),
+    pytest.param(f"{T}\n{U}", None, id="implicit-all-true-unknown"),
+    pytest.param(f"{F}\n{U}", False, id="implicit-all-false-unknown"),
+    pytest.param("session.duration: {gt: 10, lt: 20}", False, id="two-operators-on-a-field-are-all"),
+    pytest.param("session.duration: {gt: 10, lt: 601}", True, id="two-operators-both-true"),
+    pytest.param("any:\n  - all: [{%s}, {%s}]\n  - not: {%s}" % (T, T, U), True, id="nested-any-all-not"),
+])
+def test_three_valued_combinators(when, expected):
+    assert result_of(when, SE) is expected
+
+
+# -- evaluate and decide ----------------------------------------------------------------------
+
+def test_rule_without_when_matches():
+    [res] = evaluate(one_rule(None, on="session-ended"), facts(SE))
+    assert res.result is True and res.matched is True and res.trace is None
+    [decision] = decide(one_rule(None, on="session-ended"), facts(SE))
+    assert decision.trace is None
+
+
+DECIDE_RULES = """\
+version: 1
+rules:
+  - name: long-sessions
+    on: session-ended
+    when:
+      session.duration: {gte: 60}
+    action: deactivate
+  - name: always
+    on: session-ended
+    action: deactivate
+  - name: unknowable
+    on: session-ended
+    when:
+      participant.id: p-1
+    action: deactivate
+  - name: never
+    on: session-ended
+    when:
+      room.id: nobody
+    action: deactivate
+  - name: everything
+    on: '*'
+    action: deactivate
+"""
+
+
+@pytest.mark.parametrize("ev, expected_keys", [
+    pytest.param(SE, ["long-sessions|room-1|s-1", "always|room-1|s-1", "everything|room-1|s-1"],
+                 id="session-ended-long"),
+    pytest.param(SHORT, ["always|room-1|s-1", "everything|room-1|s-1"], id="session-ended-short"),
+    pytest.param(event(session_id=None), ["long-sessions|room-1|-", "always|room-1|-", "everything|room-1|-"],
+                 id="no-session-id-is-dash"),
+    pytest.param(PJ, ["everything|room-1|s-1"], id="participant-joined-only-glob"),
+    # unknown event types are recorded, never acted on, even when a rule would match
+    pytest.param(event("agent-session-started", known=False), [], id="unknown-event-type"),
+    pytest.param(event("session-ended", known=False), [], id="not-known-even-with-known-name"),
+    pytest.param(event(room_id=None), [], id="no-room-id"),
+    pytest.param(event(room_id=""), [], id="empty-room-id"),
+])
+def test_decide(ev, expected_keys):
+    decisions = decide(rule_set(DECIDE_RULES), facts(ev))
+    assert [d.key for d in decisions] == expected_keys
+    for d in decisions:
+        assert isinstance(d, Decision)
+        assert d.action == "deactivate"
+        assert d.room_id == ev.room_id
+        assert d.session_id == ev.session_id
+        assert d.key == f"{d.rule}|{d.room_id}|{d.session_id or '-'}"
+
+
+def test_decide_skips_unknown_and_false_results_that_evaluate_reports():
+    rules = rule_set(DECIDE_RULES)
+    results = {r.rule.name: r.result for r in evaluate(rules, facts(SE))}
+    assert results == {"long-sessions": True, "always": True, "unknowable": None, "never": False,
+                       "everything": True}
+    decided = {d.rule for d in decide(rules, facts(SE))}
+    assert decided == {"long-sessions", "always", "everything"}
+
+
+def test_evaluate_still_reports_on_unknown_event_types():
+    rules = rule_set(DECIDE_RULES)
+    unknown = event("agent-session-started", known=False)
+    assert [(r.rule.name, r.result) for r in evaluate(rules, facts(unknown))] == [("everything", True)]
+    assert decide(rules, facts(unknown)) == ()
+
+
+def test_decision_carries_the_trace_of_its_rule():
+    [decision, *_] = decide(rule_set(DECIDE_RULES), facts(SE))
+    assert decision.rule == "long-sessions"
+    assert decision.trace.to_dict()["actual"] == 600.0
+
+
+@pytest.mark.parametrize("rule, room, session, key", [
+    pytest.param("r", "abcd-efgh-ijkl", "s1", "r|abcd-efgh-ijkl|s1", id="all-parts"),
+    pytest.param("r", "abcd-efgh-ijkl", None, "r|abcd-efgh-ijkl|-", id="no-session"),
+    pytest.param("r", "abcd-efgh-ijkl", "", "r|abcd-efgh-ijkl|-", id="empty-session"),
+])
+def test_decision_key(rule, room, session, key):
+    assert Decision(rule, "deactivate", room, session, None).key == key
+
+
+# -- rules_for --------------------------------------------------------------------------------
+
+INDEX_RULES = """\
+version: 1
+rules:
+  - {name: a, on: session-ended, action: deactivate}
+  - {name: b, on: 'session-*', action: deactivate}
+  - {name: c, on: [participant-joined, session-ended], action: deactivate}
+  - {name: d, on: recording-stopped, action: deactivate}
+  - {name: e, on: [session-started, 'recording-*'], action: deactivate}
+  - {name: f, on: 'hls-?????', action: deactivate}
+  - {name: g, on: [session-ended, session-ended], action: deactivate}
+"""
+
+
+@pytest.mark.parametrize("event_type, expected", [
+    pytest.param("session-ended", ["a", "b", "c", "g"], id="exact-glob-and-list-in-file-order"),
+    pytest.param("session-started", ["b", "e"], id="glob-and-mixed-list"),
+    pytest.param("participant-joined", ["c"], id="second-item-of-a-list"),
+    pytest.param("recording-stopped", ["d", "e"], id="exact-then-glob-in-a-list"),
+    pytest.param("recording-started", ["e"], id="glob-in-a-list"),
+    pytest.param("hls-ended", ["f"], id="question-marks"),
+    pytest.param("hls-started", [], id="question-marks-wrong-length"),
+    pytest.param("SESSION-ENDED", [], id="case-sensitive"),
+    pytest.param("agent-session-started", [], id="unrelated"),
+])
+def test_rules_for(event_type, expected):
+    rules = rule_set(INDEX_RULES)
+    got = rules.rules_for(event_type)
+    assert isinstance(got, tuple)
+    assert [r.name for r in got] == expected
+    assert rules.rules_for(event_type) is got  # memoized
+
+
+def test_rules_for_star_matches_everything_and_sets_do_not_share_memos():
+    everything = rule_set("version: 1\nrules:\n  - {name: all, on: '*', action: deactivate}\n")
+    nothing = rule_set("version: 1\nrules:\n  - {name: one, on: hls-started, action: deactivate}\n")
+    assert [r.name for r in everything.rules_for("anything-at-all")] == ["all"]
+    assert nothing.rules_for("anything-at-all") == ()
+    assert [r.name for r in everything.rules_for("hls-started")] == ["all"]
+    assert [r.name for r in nothing.rules_for("hls-started")] == ["one"]
+
+
+def test_rules_for_keeps_file_order_when_a_glob_comes_before_an_exact_match():
+    # positions 1 (glob) and 9 (exact) collide in a small set; the result must still be in file order
+    lines = ["version: 1", "rules:"]
+    for i in range(10):
+        on = {1: "'x-*'", 9: "x-y"}.get(i, f"other-{i}")
+        lines.append(f"  - {{name: r{i}, on: {on}, action: deactivate}}")
+    rules = rule_set("\n".join(lines) + "\n")
+    assert [r.name for r in rules.rules_for("x-y")] == ["r1", "r9"]
+
+
+def test_rules_for_stays_right_past_the_memo_bound():
+    rules = rule_set(INDEX_RULES)
+    for i in range(5000):
+        assert rules.rules_for(f"session-x{i}") == (rules.rules[1],)  # only 'session-*'
+    assert [r.name for r in rules.rules_for("recording-zzz")] == ["e"]
+    assert [r.name for r in rules.rules_for("session-ended")] == ["a", "b", "c", "g"]
+
+
+def test_evaluate_follows_rules_for():
+    rules = rule_set(INDEX_RULES)
+    assert [r.rule.name for r in evaluate(rules, facts(event("recording-stopped")))] == ["d", "e"]
+
+
+# -- traces -----------------------------------------------------------------------------------
+
+SHIPPED_LIKE = """\
+session.duration: {gte: 60}
+not:
+  room.id: {in: [keep-keep-keep]}
+"""
+
+
+def test_trace_to_dict_and_lines_for_a_match():
+    [res] = evaluate(one_rule(SHIPPED_LIKE, on="session-ended"), facts(SE))
+    assert res.result is True
+    as_json = json.loads(json.dumps(res.trace.to_dict()))
+    assert as_json == {
+        "node": "all", "result": True, "children": [
+            {"node": "gte", "result": True, "field": "session.duration", "operand": 60, "actual": 600.0,
+             "missing": False},
+            {"node": "not", "result": True, "children": [
+                {"node": "in", "result": False, "field": "room.id", "operand": ["keep-keep-keep"],
+                 "actual": "room-1", "missing": False},
+            ]},
+        ],
+    }
+    assert res.trace.lines() == [
+        "yes all",
+        "  yes session.duration gte 60  (actual: 600.0)",
+        "  yes not",
+        '    no  room.id in ["keep-keep-keep"]  (actual: "room-1")',
+    ]
+
+
+@pytest.mark.parametrize("when, ev, expected_dict, expected_line", [
+    pytest.param("session.duration: {gte: 60}", PJ,
+                 {"node": "gte", "result": None, "field": "session.duration", "operand": 60, "actual": None,
+                  "missing": True},
+                 "?   session.duration gte 60  (actual: missing)", id="missing-field"),
+    pytest.param("data.nothing: {eq: x}", SE,
+                 {"node": "eq", "result": False, "field": "data.nothing", "operand": "x", "actual": None,
+                  "missing": False},
+                 'no  data.nothing eq "x"  (actual: null)', id="null-is-not-missing"),
+    pytest.param("participant.id: {exists: false}", SE,
+                 {"node": "exists", "result": True, "field": "participant.id", "operand": False, "actual": None,
+                  "missing": True},
+                 "yes participant.id exists false  (actual: missing)", id="exists-on-missing"),
+    pytest.param("room.id: {matches: '^room-'}", SE,
+                 {"node": "matches", "result": True, "field": "room.id", "operand": "^room-", "actual": "room-1",
+                  "missing": False},
+                 'yes room.id matches "^room-"  (actual: "room-1")', id="matches-shows-pattern-text"),
+    pytest.param("data.list.1: {exists: true}", SE,
+                 {"node": "exists", "result": True, "field": "data.list.1", "operand": True, "actual": {"x": "y"},
+                  "missing": False},
+                 'yes data.list.1 exists true  (actual: {"x": "y"})', id="object-actual"),
+    pytest.param("participant.name: {in: [Zoë, Al]}", PJ,
+                 {"node": "in", "result": False, "field": "participant.name", "operand": ["Zoë", "Al"],
+                  "actual": "Alice", "missing": False},
+                 'no  participant.name in ["Zoë", "Al"]  (actual: "Alice")', id="unicode-list-operand"),
+])
+def test_trace_leaf(when, ev, expected_dict, expected_line):
+    [res] = evaluate(one_rule(when), facts(ev))
+    trace = res.trace
+    assert json.loads(json.dumps(trace.to_dict())) == expected_dict
+    assert trace.lines() == [expected_line]
+    if expected_dict["missing"]:
+        assert trace.actual is MISSING
+
+
+def test_trace_lines_indent_unknowns_in_combinators():
+    when = "any:\n  - %s\n  - %s" % (F, U)
+    [res] = evaluate(one_rule(when), facts(SE))
+    assert res.trace.lines() == [
+        "?   any",
+        '  no  room.id eq "room-2"  (actual: "room-1")',
+        '  ?   participant.id eq "p-1"  (actual: missing)',
+    ]
+    d = res.trace.to_dict()
+    assert d["result"] is None
+    assert [c["missing"] for c in d["children"]] == [False, True]
