@@ -6,7 +6,7 @@ timeout so concurrent writers queue instead of failing; and write transactions
 opened with BEGIN IMMEDIATE, because SQLite's default deferred BEGIN upgrades
 to a write lock mid-transaction and fails with "database is locked" when two
 processes race. PostgreSQL: psycopg 3, pre-ping so a restarted server costs one
-failed request at most.
+failed request at most, and a lock timeout so a held lock fails fast too.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError
 from ..errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+POSTGRES_LOCK_TIMEOUT_MS = 5000  # the same promise on PostgreSQL: a held lock is an outage, not a hang
 READ_ONLY = "roomwarden_read_only"  # execution option: a transaction that never writes
 
 
@@ -34,8 +35,9 @@ def make_engine(url: str) -> Engine:
     if backend == "postgresql":
         if parsed.drivername == "postgresql":  # plain postgresql:// means psycopg 3 here
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5,
-                             pool_timeout=5, connect_args={"connect_timeout": 5})
+        return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_timeout=5,
+                             connect_args={"connect_timeout": 5,
+                                           "options": f"-c lock_timeout={POSTGRES_LOCK_TIMEOUT_MS}"})
     raise ConfigError(f"DATABASE_URL: unsupported database '{backend}'; use sqlite:/// or postgresql://")
 
 

@@ -172,18 +172,19 @@ class Store:
         """
         now = self.clock()
         with self._write() as conn:
-            row = conn.execute(
-                select(actions.c.id, actions.c.attempts).where(self._claimable(now))
-                .order_by(actions.c.due_at, actions.c.id).limit(1)
-                .with_for_update(skip_locked=True)
-            ).first()
-            if row is None:
-                return None
-            if row.attempts >= max_attempts:
+            while True:
+                row = conn.execute(
+                    select(actions.c.id, actions.c.attempts).where(self._claimable(now))
+                    .order_by(actions.c.due_at, actions.c.id).limit(1)
+                    .with_for_update(skip_locked=True)
+                ).first()
+                if row is None:
+                    return None
+                if row.attempts < max_attempts:
+                    break
                 conn.execute(update(actions).where(actions.c.id == row.id).values(
                     status="dead", lease_owner=None, lease_until=None, updated_at=now,
                     last_error=f"gave up: {row.attempts} claims ended without a recorded result"))
-                return None
             claimed = conn.execute(
                 update(actions).where(actions.c.id == row.id, self._claimable(now))
                 .values(lease_owner=worker, lease_until=now + lease_seconds,
