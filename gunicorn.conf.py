@@ -31,3 +31,13 @@ def on_starting(server):
     except RoomwardenError as exc:
         # gunicorn prints a RuntimeError raised here as "Error: ..." and exits 1.
         raise RuntimeError(f"roomwarden cannot start: {exc}") from None
+
+
+def post_worker_init(worker):
+    # gunicorn leaves SIGHUP at its default (exit) in workers; here it reloads the rules in
+    # place instead. `kill -HUP` on the master still restarts the workers gracefully.
+    import signal
+
+    runtime = worker.wsgi.extensions.get("roomwarden") if hasattr(worker.wsgi, "extensions") else None
+    if runtime is not None and runtime.watcher is not None:
+        signal.signal(signal.SIGHUP, lambda *_: runtime.watcher.request())

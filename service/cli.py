@@ -23,7 +23,7 @@ from .events import parse_event
 from .rules.engine import evaluate
 from .rules.fields import Facts
 from .rules.loader import load_rules
-from .runtime import build_worker, open_store
+from .runtime import build_worker, load_rules_holder, open_store, watch_rules
 
 
 def _default_rules() -> str:
@@ -93,29 +93,23 @@ def cmd_worker(args) -> int:
     settings = Settings.from_env()
     logs.configure(settings.log_level)
     store = open_store(settings)
+    rules = load_rules_holder(settings, store)
+    worker = build_worker(settings, store, rules)
     if not settings.acts:
-        print("worker: DRY_RUN is on (or WEBHOOK_VERIFY is off): no action will be carried out",
-              file=sys.stderr)
-        if args.once:
-            return 0
-        stop = threading.Event()
-        _stop_on_signals(stop)
-        stop.wait()
-        return 0
-    worker = build_worker(settings, store)
+        print("worker: DRY_RUN is on (or WEBHOOK_VERIFY is off): timers fire as dry-run decisions, "
+              "and no action is carried out", file=sys.stderr)
     if args.once:
         while worker.run_once():
             pass
         return 0
+    watcher = watch_rules(settings, rules, store, on_reload=worker.rules_reloaded)
     stop = threading.Event()
-    _stop_on_signals(stop)
-    worker.run(stop, settings.poll_interval)
-    return 0
-
-
-def _stop_on_signals(stop: threading.Event) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: watcher.request())
+    worker.run(stop, settings.poll_interval)
+    watcher.stop()
+    return 0
 
 
 def cmd_migrate(args) -> int:

@@ -77,6 +77,7 @@ class Settings:
     max_attempts: int = 10
     lease_seconds: float = 120.0
     poll_interval: float = 0.5
+    rules_reload_seconds: float = 1.0
     log_level: str = "INFO"
 
     @classmethod
@@ -98,6 +99,7 @@ class Settings:
             max_attempts=int(_number(env, "ACTION_MAX_ATTEMPTS", 10, minimum=1)),
             lease_seconds=_number(env, "ACTION_LEASE_SECONDS", 120.0, minimum=1),
             poll_interval=_number(env, "WORKER_POLL_SECONDS", 0.5, minimum=0.01),
+            rules_reload_seconds=_number(env, "RULES_RELOAD_SECONDS", 1.0, minimum=0),
             log_level=(env.get("LOG_LEVEL") or "INFO").strip().upper(),
         )
         if settings.lease_seconds <= settings.api_timeout:

@@ -1,7 +1,8 @@
-"""The processing pipeline for one verified, parsed delivery: decide, then record, atomically.
+"""The processing pipeline for one verified, parsed delivery: decide and record, atomically.
 
-Rules are evaluated before the transaction (the engine is pure and fast); the
-delivery, its decisions and the actions they cause are then written in one
+The store locks the room, hands its state, timers and action keys to the pure
+planner, and writes the delivery, the room's new state, the decisions, the
+actions and the timers they cause, and the timers they cancel, in one
 transaction. When `ingest` returns, all of it is durable; when it raises
 (`StoreUnavailable`), none of it is, and the sender should retry.
 """
@@ -14,10 +15,10 @@ import time
 from typing import Callable
 
 from .events import Event
-from .rules.engine import decide
-from .rules.fields import Facts
+from .planner import plan_event
+from .plans import pending_timer, plan_write, room_state
 from .rules.model import RuleSet
-from .store import NewDecision, NewDelivery, Receipt, Store
+from .store import NewDelivery, Receipt, Store
 
 
 def new_delivery_id(now: float) -> str:
@@ -36,7 +37,12 @@ class Ingestor:
     def ingest(self, raw: bytes, event: Event, *, verified: bool) -> Receipt:
         now = self.clock()
         rule_set = self.rules()
-        decisions = decide(rule_set, Facts(event=event, now=now))
+        acts = self.acts and verified
+
+        def plan(stored, timer_rows, acted):
+            return plan_write(plan_event(rule_set, event, now, room_state(event.room_id, stored),
+                                         [pending_timer(row) for row in timer_rows], acted, acts=acts))
+
         delivery = NewDelivery(
             id=new_delivery_id(now), received_at=now, event_type=event.type,
             room_id=event.room_id, session_id=event.session_id,
@@ -44,9 +50,4 @@ class Ingestor:
             body_sha256=hashlib.sha256(raw).hexdigest(), body=raw.decode("utf-8"),
             rules_hash=rule_set.sha256,
         )
-        return self.store.record_delivery(
-            delivery,
-            [NewDecision(d.rule, d.action, d.room_id, d.session_id, d.key,
-                         d.trace.to_dict() if d.trace else None) for d in decisions],
-            acts=self.acts and verified,
-        )
+        return self.store.ingest(delivery, plan)

@@ -7,9 +7,8 @@ and a message that says what to fix.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import requests
@@ -18,8 +17,7 @@ from .config import Settings
 from .errors import ConfigError
 from .ingest import Ingestor
 from .retry import RetryPolicy
-from .rules.loader import load_rules
-from .rules.model import RuleSet
+from .reload import RulesHolder, RulesWatcher, load_with_fallback
 from .signature import SignatureVerifier, load_public_keys
 from .store import Store
 from .videosdk import TokenSource, VideoSDKClient, fetch_public_key
@@ -33,20 +31,6 @@ UNVERIFIED_BANNER = """
   service can post events to it. For local trials only. No room will be
   deactivated: decisions on unverified deliveries are recorded as dry-run.
 ********************************************************************************"""
-
-
-@dataclass
-class RulesHolder:
-    """The rule set in force. Readers take `current` once per event; a reload swaps it whole."""
-
-    current: RuleSet
-    loaded_at: float = field(default_factory=time.time)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def replace(self, rule_set: RuleSet) -> None:
-        with self.lock:
-            self.current = rule_set
-            self.loaded_at = time.time()
 
 
 def build_verifier(settings: Settings, session: requests.Session | None = None) -> SignatureVerifier | None:
@@ -69,12 +53,34 @@ def open_store(settings: Settings, clock: Callable[[], float] = time.time) -> St
     return store
 
 
-def build_worker(settings: Settings, store: Store, session: requests.Session | None = None) -> Worker:
-    settings.require_credentials()
-    client = VideoSDKClient(settings.api_base, TokenSource(settings.api_key, settings.secret_key),
-                            session=session, timeout=settings.api_timeout)
-    return Worker(store, client, RetryPolicy(max_attempts=settings.max_attempts),
-                  lease_seconds=settings.lease_seconds)
+def load_rules_holder(settings: Settings, store: Store | None) -> RulesHolder:
+    """The rules file, or (if it does not load) the last good rules the store kept."""
+    rule_set, error = load_with_fallback(settings.rules_file, store)
+    holder = RulesHolder(rule_set)
+    if error is not None:
+        holder.failed(error)
+    for warning in rule_set.warnings:
+        log.warning("rules: %s", warning)
+    return holder
+
+
+def watch_rules(settings: Settings, holder: RulesHolder, store: Store | None,
+                on_reload=None) -> RulesWatcher:
+    """Poll the rules file every RULES_RELOAD_SECONDS (0: only when asked, on SIGHUP)."""
+    return RulesWatcher(holder, settings.rules_file, interval=settings.rules_reload_seconds or None,
+                        store=store, on_reload=on_reload).start()
+
+
+def build_worker(settings: Settings, store: Store, rules: RulesHolder,
+                 session: requests.Session | None = None) -> Worker:
+    """A worker that acts, or (DRY_RUN, or WEBHOOK_VERIFY off) one that only fires timers."""
+    client = None
+    if settings.acts:
+        settings.require_credentials()
+        client = VideoSDKClient(settings.api_base, TokenSource(settings.api_key, settings.secret_key),
+                                session=session, timeout=settings.api_timeout)
+    return Worker(store, client, RetryPolicy(max_attempts=settings.max_attempts), lambda: rules.current,
+                  lease_seconds=settings.lease_seconds, acts=settings.acts)
 
 
 def preflight(settings: Settings | None = None) -> Settings:
@@ -84,9 +90,12 @@ def preflight(settings: Settings | None = None) -> Settings:
     settings = settings or Settings.from_env()
     logs.configure(settings.log_level)
     settings.require_credentials()
-    load_rules(settings.rules_file)
     build_verifier(settings)
-    open_store(settings).close()
+    store = open_store(settings)
+    try:
+        load_rules_holder(settings, store)
+    finally:
+        store.close()
     return settings
 
 
@@ -99,14 +108,20 @@ class Runtime:
     rules: RulesHolder
     verifier: SignatureVerifier | None
     ingestor: Ingestor
+    watcher: RulesWatcher | None = None
 
     @classmethod
     def build(cls, settings: Settings, clock: Callable[[], float] = time.time) -> "Runtime":
         settings.require_credentials()
-        rules = RulesHolder(load_rules(settings.rules_file))
         verifier = build_verifier(settings)
         store = open_store(settings, clock)
+        rules = load_rules_holder(settings, store)
         ingestor = Ingestor(store, lambda: rules.current, acts=settings.acts, clock=clock)
         if settings.dry_run:
             log.warning("DRY_RUN is on: decisions are recorded, no API call is made")
-        return cls(settings, store, rules, verifier, ingestor)
+        return cls(settings, store, rules, verifier, ingestor, watch_rules(settings, rules, store))
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.store.close()

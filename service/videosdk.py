@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from urllib.parse import quote
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable
@@ -120,9 +121,18 @@ class VideoSDKClient:
 
     def deactivate_room(self, room_id: str) -> ApiResult:
         """`POST /v2/rooms/deactivate`: the room can never be joined again."""
-        return self._post("/v2/rooms/deactivate", {"roomId": room_id})
+        return self._call("POST", "/v2/rooms/deactivate", {"roomId": room_id})
 
-    def _post(self, path: str, body: dict) -> ApiResult:
+    def end_session(self, room_id: str, session_id: str | None) -> ApiResult:
+        """`POST /v2/sessions/end`: ends the room's live session (this one, if given)."""
+        body = {"roomId": room_id, **({"sessionId": session_id} if session_id else {})}
+        return self._call("POST", "/v2/sessions/end", body)
+
+    def active_participants(self, session_id: str) -> ApiResult:
+        """`GET /v2/sessions/{sessionId}/participants/active`; see `count_participants`."""
+        return self._call("GET", f"/v2/sessions/{quote(session_id, safe='')}/participants/active", None)
+
+    def _call(self, method: str, path: str, body: dict | None) -> ApiResult:
         started = time.perf_counter()
 
         def elapsed() -> float:
@@ -131,8 +141,8 @@ class VideoSDKClient:
         headers = {"Authorization": self.tokens.token(), "Content-Type": "application/json",
                    "User-Agent": USER_AGENT}
         try:
-            response = self.session.post(self.base_url + path, json=body, headers=headers,
-                                         timeout=self.timeout, allow_redirects=False)
+            response = self.session.request(method, self.base_url + path, json=body, headers=headers,
+                                            timeout=self.timeout, allow_redirects=False)
             content = response.content  # read it all inside the try: a body can time out too
         except requests.Timeout:
             return ApiResult(None, elapsed(), f"timed out after {self.timeout[1]:g}s")
@@ -150,6 +160,22 @@ class VideoSDKClient:
             return ApiResult(response.status_code, latency, None, retry_after, parsed)
         return ApiResult(response.status_code, latency, _error_text(response, self.tokens.redact),
                          retry_after)
+
+
+def count_participants(body: Any) -> int | None:
+    """How many participants an active-participants answer lists; None if it cannot be read.
+
+    The answer's shape is not documented: a list, or an object holding one under
+    `data` or `participants`, are read. Anything else is a misread, and a misread
+    never lets a room be deactivated.
+    """
+    if isinstance(body, list):
+        return len(body)
+    if isinstance(body, dict):
+        for key in ("data", "participants"):
+            if isinstance(body.get(key), list):
+                return len(body[key])
+    return None
 
 
 def _first_line(exc: Exception, redact: Callable[[str], str] = lambda text: text) -> str:

@@ -56,7 +56,8 @@ def readyz():
     rules = runtime.rules.current
     body = {
         "rules": {"hash": rules.sha256, "count": len(rules.rules), "source": rules.source,
-                  "loaded_at": runtime.rules.loaded_at},
+                  "loaded_at": runtime.rules.loaded_at, "reloads": runtime.rules.reloads,
+                  "last_error": runtime.rules.last_error, "last_error_at": runtime.rules.last_error_at},
         "webhook_verify": runtime.verifier is not None,
         "dry_run": not runtime.settings.acts,
     }

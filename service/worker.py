@@ -1,10 +1,15 @@
-"""The worker: claims due actions from the outbox, calls VideoSDK, records every attempt.
+"""The worker: fires due `for:` timers, and carries out due actions at VideoSDK.
 
-Guarantee: each action is attempted until it is done, failed for good or dead.
-An action is called at least once, and more than once only when a worker dies
-(or loses its store) between making the call and recording it; the lease then
-runs out and another worker calls again. Deactivating a room twice leaves it
-deactivated, so that window costs a repeated call, not a wrong one.
+Guarantee: each action is attempted until it is done, failed for good,
+cancelled or dead. An action is called at least once, and more than once only
+when a worker dies (or loses its store) between making the call and recording
+it; the lease then runs out and another worker calls again. Deactivating a
+room twice leaves it deactivated, so that window costs a repeated call, not a
+wrong one. Timers are decided inside one transaction each, so a timer fires once.
+
+Just before acting, the worker checks the rules in force: a room that became
+protected is not touched, and a rule's `confirm: active-participants` asks
+VideoSDK whether anyone is in the session (anyone there: cancelled, with why).
 
 How it fails: a store outage is logged and waited out; the loop never exits on
 one. An API failure is data: `retry.py` decides what happens next.
@@ -21,9 +26,12 @@ import time
 from typing import Callable
 
 from .errors import StoreUnavailable
-from .retry import RetryPolicy
-from .store import AttemptRecord, ClaimedAction, Store
-from .videosdk import ApiResult, VideoSDKClient
+from .planner import fire_timer, recheck_timer
+from .plans import pending_timer, room_state, timer_write
+from .retry import RetryPolicy, Verdict
+from .rules.model import RuleSet
+from .store import AttemptRecord, ClaimedAction, Store, TimerRow
+from .videosdk import ApiResult, VideoSDKClient, count_participants
 
 log = logging.getLogger("roomwarden.worker")
 
@@ -33,45 +41,153 @@ def default_worker_id() -> str:
 
 
 class Worker:
-    def __init__(self, store: Store, client: VideoSDKClient, policy: RetryPolicy, *,
-                 lease_seconds: float, worker_id: str | None = None,
-                 clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random):
+    def __init__(self, store: Store, client: VideoSDKClient | None, policy: RetryPolicy,
+                 rules: Callable[[], RuleSet], *, lease_seconds: float, acts: bool = True,
+                 worker_id: str | None = None, clock: Callable[[], float] = time.time,
+                 rand: Callable[[], float] = random.random):
         self.store = store
         self.client = client
         self.policy = policy
+        self.rules = rules
         self.lease_seconds = lease_seconds
+        self.acts = acts and client is not None  # without acting, timers still fire, as dry-run
         self.worker_id = worker_id or default_worker_id()
         self.clock = clock
         self.rand = rand
-        self._calls: dict[str, Callable[[ClaimedAction], ApiResult]] = {
-            "deactivate": lambda action: client.deactivate_room(action.room_id),
-        }
+        self._rules_changed = threading.Event()
+        self._calls: dict[str, Callable[[ClaimedAction], ApiResult]] = {}
+        if client is not None:
+            self._calls = {
+                "deactivate": lambda action: client.deactivate_room(action.room_id),
+                "end-session": lambda action: client.end_session(action.room_id, action.session_id),
+            }
+
+    # -- the loop ----------------------------------------------------------------------
 
     def run_once(self) -> bool:
+        """Do one piece of due work: re-check timers after a reload, fire a timer, or carry out
+        an action. False when nothing was due."""
+        if self._rules_changed.is_set():
+            self._rules_changed.clear()
+            self.recheck_timers()
+            return True
+        if self.fire_one_timer():
+            return True
+        return self.act_once() if self.acts else False
+
+    def rules_reloaded(self, rule_set: RuleSet) -> None:
+        """Called by the rules watcher; the re-check runs in the worker's own loop."""
+        self._rules_changed.set()
+
+    def run(self, stop: threading.Event, poll_interval: float) -> None:
+        """Work until `stop` is set; an in-flight action is finished and recorded first."""
+        log.info("worker %s started%s", self.worker_id, "" if self.acts else " (not acting: dry run)")
+        while not stop.is_set():
+            try:
+                busy = self.run_once()
+            except StoreUnavailable as exc:
+                log.warning("store unavailable, waiting: %s", exc)
+                stop.wait(min(5.0, poll_interval * 10))
+                continue
+            if not busy:
+                stop.wait(poll_interval)
+        log.info("worker %s stopped", self.worker_id)
+
+    # -- timers -------------------------------------------------------------------------
+
+    def fire_one_timer(self) -> bool:
+        rule_set = self.rules()
+        now = self.clock()
+
+        def decide(row: TimerRow, stored: dict, acted: set[str]):
+            return timer_write(fire_timer(rule_set, pending_timer(row), now, room_state(row.room_id, stored),
+                                          acted, acts=self.acts and row.trigger_verified))
+
+        write = self.store.fire_due_timer(decide)
+        if write is not None:
+            log.info("timer %s: %s (%s)", write.decision.key if write.decision else "", write.verdict,
+                     write.reason)
+        return write is not None
+
+    def recheck_timers(self) -> int:
+        """After a reload: cancel or re-check each pending timer whose rule went or changed."""
+        rule_set = self.rules()
+        changed = 0
+        for timer_id in self.store.pending_timer_ids():
+            now = self.clock()
+
+            def decide(row: TimerRow, stored: dict, acted: set[str]):
+                return timer_write(recheck_timer(rule_set, pending_timer(row), now,
+                                                 room_state(row.room_id, stored)))
+
+            write = self.store.recheck_timer(timer_id, decide)
+            if write is not None and write.reason != "unchanged":
+                changed += 1
+                log.info("timer %s after reload: %s (%s)", timer_id, write.verdict, write.reason)
+        return changed
+
+    # -- actions --------------------------------------------------------------------------
+
+    def act_once(self) -> bool:
         """Claim and carry out one due action. False when none was due."""
-        claim = self.store.claim(self.worker_id, self.lease_seconds, self.policy.max_attempts)
+        rule_set = self.rules()
+        claim = self.store.claim(self.worker_id, self.lease_seconds, self.policy.max_attempts,
+                                 per_minute=rule_set.settings.max_actions_per_minute)
         if claim is None:
             return False
         started = self.clock()
-        call = self._calls.get(claim.kind)
-        if call is None:  # a kind written by a newer version of this service
-            result = ApiResult(None, 0.0, f"this worker cannot carry out '{claim.kind}' actions")
-            verdict = self.policy.judge(result, self.policy.max_attempts)
-        else:
-            result = call(claim)
-            verdict = self.policy.judge(result, claim.attempts, self.rand)
+        result, verdict, note = self._carry_out(claim, rule_set)
         reason = "; ".join(part for part in (verdict.reason, result.error) if part) or None
         attempt = AttemptRecord(
             started_at=started, latency_ms=result.latency_ms, http_status=result.status,
-            outcome=verdict.outcome, error=reason,
+            outcome=verdict.outcome, error=reason, note=note,
             next_due_at=self.clock() + verdict.delay if verdict.outcome == "retry" else None,
         )
         self._record(claim, attempt)
         level = logging.ERROR if verdict.credentials_problem or verdict.outcome == "dead" else logging.INFO
         log.log(level, "action %s %s room=%s rule=%s attempt=%d status=%s outcome=%s%s", claim.id,
                 claim.kind, claim.room_id, claim.rule, claim.attempts, result.status, verdict.outcome,
-                f" error={reason!r}" if reason else "")
+                f" error={reason!r}" if reason else "", extra={"fields": {
+                    "action": claim.id, "room": claim.room_id, "rule": claim.rule,
+                    "outcome": verdict.outcome, "status": result.status}})
         return True
+
+    def _carry_out(self, claim: ClaimedAction, rule_set: RuleSet) -> tuple[ApiResult, Verdict, str | None]:
+        if rule_set.settings.is_protected(claim.room_id):
+            return (ApiResult(None, 0.0), Verdict("cancelled", reason=f"room {claim.room_id} is protected "
+                                                  f"by settings.protect (rules {rule_set.short_hash})"), None)
+        call = self._calls.get(claim.kind)
+        if call is None:  # a kind written by a newer version of this service
+            result = ApiResult(None, 0.0, f"this worker cannot carry out '{claim.kind}' actions")
+            return result, self.policy.judge(result, self.policy.max_attempts), None
+        note = None
+        if claim.confirm == "active-participants":
+            stop, note = self._confirm_nobody_active(claim)
+            if stop is not None:
+                return stop + (note,)
+        result = call(claim)
+        return result, self.policy.judge(result, claim.attempts, self.rand), note
+
+    def _confirm_nobody_active(self, claim: ClaimedAction):
+        """(None, note) when the action may go ahead; else ((result, verdict), note) to stop it."""
+        if not claim.session_id:
+            return (ApiResult(None, 0.0), Verdict("cancelled", reason="confirm: no session to check")), None
+        check = self.client.active_participants(claim.session_id)
+        if check.status == 404:  # assumed: the session is not live, so nobody is in it
+            return None, f"confirm: session {claim.session_id} not found (404): nobody active"
+        if not check.ok:
+            verdict = self.policy.judge(check, claim.attempts, self.rand)
+            return (check, Verdict(verdict.outcome, verdict.delay, f"confirm check failed: {verdict.reason}",
+                                   verdict.credentials_problem)), None
+        count = count_participants(check.body)
+        if count is None:
+            unreadable = ApiResult(None, check.latency_ms, "confirm: could not read the active participants")
+            verdict = self.policy.judge(unreadable, claim.attempts, self.rand)
+            return (unreadable, verdict), None
+        if count > 0:
+            return (check, Verdict("cancelled", reason=f"confirm: {count} participant(s) active in session "
+                                                        f"{claim.session_id}; not acted on")), None
+        return None, f"confirm: nobody active in session {claim.session_id}"
 
     def _record(self, claim: ClaimedAction, attempt: AttemptRecord) -> None:
         """Record the attempt, retrying through a store outage for as long as the lease lasts."""
@@ -89,17 +205,3 @@ class Worker:
                     return
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
-
-    def run(self, stop: threading.Event, poll_interval: float) -> None:
-        """Work until `stop` is set; an in-flight action is finished and recorded first."""
-        log.info("worker %s started", self.worker_id)
-        while not stop.is_set():
-            try:
-                busy = self.run_once()
-            except StoreUnavailable as exc:
-                log.warning("store unavailable, waiting: %s", exc)
-                stop.wait(min(5.0, poll_interval * 10))
-                continue
-            if not busy:
-                stop.wait(poll_interval)
-        log.info("worker %s stopped", self.worker_id)

@@ -115,7 +115,7 @@ def make_app(env):
 
     yield make
     for app in apps:
-        app.extensions["roomwarden"].store.close()
+        app.extensions["roomwarden"].close()
 
 
 @pytest.fixture

@@ -49,6 +49,9 @@ class FakeVideoSDK:
         self.calls: list[Call] = []
         self.missing_rooms: set[str] = set()
         self.disabled_rooms: set[str] = set()
+        self.ended_sessions: set[str] = set()
+        # session id -> participants reported active (GET /v2/sessions/{id}/participants/active)
+        self.active: dict[str, list[dict]] = {}
         self.serve_public_key = True
         self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
         self._lock = threading.Lock()
@@ -69,6 +72,11 @@ class FakeVideoSDK:
     def calls_to(self, path: str) -> list[Call]:
         with self._lock:
             return [c for c in self.calls if c.path == path]
+
+    def session_ends(self, *, status: int | None = 200) -> list[tuple[str, str | None]]:
+        """(roomId, sessionId) of end-session calls (by default only those answered 200)."""
+        return [(c.body.get("roomId"), c.body.get("sessionId")) for c in self.calls_to("/v2/sessions/end")
+                if status is None or c.status == status]
 
     def deactivations(self, *, status: int | None = 200) -> list[str]:
         """Room ids of deactivate calls (by default only those answered 200)."""
@@ -197,4 +205,22 @@ class FakeVideoSDK:
             with self._lock:
                 self.disabled_rooms.add(room)
             return Reply(200, {"roomId": room, "meetingId": room, "disabled": True}), None
+        if method == "POST" and path == "/v2/sessions/end":
+            room = body.get("roomId") if isinstance(body, dict) else None
+            if not isinstance(room, str) or not room:
+                return Reply(400, {"message": "roomId is required"}), None
+            if room in self.missing_rooms:
+                return Reply(404, {"message": "Room not found"}), None
+            session = body.get("sessionId")
+            with self._lock:
+                if session:
+                    self.ended_sessions.add(session)
+                    self.active.pop(session, None)
+            return Reply(200, {"roomId": room, "sessionId": session, "status": "ended"}), None
+        parts = path.split("/")
+        if method == "GET" and len(parts) == 6 and parts[1:3] == ["v2", "sessions"] and \
+                parts[4:] == ["participants", "active"]:
+            with self._lock:
+                listed = list(self.active.get(parts[3], []))
+            return Reply(200, {"data": listed, "pageInfo": {"total": len(listed)}}), None
         return Reply(404, {"message": f"no route {method} {path}"}), None

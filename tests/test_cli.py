@@ -47,10 +47,8 @@ def test_check_prints_one_line_per_error_and_exits_1(tmp_path):
     result = run("check", str(path))
     assert result.returncode == 1
     assert result.stdout.decode().splitlines() == [
-        f"{path}:6:7: unknown field 'room.idd'; did you mean 'room.id'? "
-        "(fields: event, room.id, session.id, participant.id, participant.name, session.duration, data.<path>)",
-        f"{path}:7:26: unknown operator 'gte_'; did you mean 'gte'? "
-        "(operators: eq, ne, in, not_in, gt, gte, lt, lte, matches, exists)",
+        f"{path}:6:7: unknown field 'room.idd'; did you mean 'room.id'?",
+        f"{path}:7:26: unknown operator 'gte_'; did you mean 'gte'?",
     ]  # the duplicate name is not reported: the first rule with that name did not load
 
 

@@ -1,4 +1,8 @@
-"""Evaluate a rule set against the facts of one event. Pure: no I/O, no clock."""
+"""Evaluate a rule set against the facts of one event. Pure: no I/O, no clock.
+
+What a match leads to (an action, a timer, nothing for a protected room) is the
+planner's business: see `service/planner.py`.
+"""
 
 from __future__ import annotations
 
@@ -22,22 +26,6 @@ class RuleResult:
         return self.result is True
 
 
-@dataclass(frozen=True)
-class Decision:
-    """A matched rule, turned into the action it asks for on one room."""
-
-    rule: str
-    action: str
-    room_id: str
-    session_id: str | None
-    trace: Trace | None
-
-    @property
-    def key(self) -> str:
-        """At most one action per rule, room and session, however often the event arrives."""
-        return f"{self.rule}|{self.room_id}|{self.session_id or '-'}"
-
-
 def evaluate(rule_set: RuleSet, facts: Facts) -> tuple[RuleResult, ...]:
     """Every rule that applies to the event's type, in file order, with its verdict."""
     results = []
@@ -49,18 +37,3 @@ def evaluate(rule_set: RuleSet, facts: Facts) -> tuple[RuleResult, ...]:
             results.append(RuleResult(rule, trace.result, trace))
     return tuple(results)
 
-
-def decide(rule_set: RuleSet, facts: Facts) -> tuple[Decision, ...]:
-    """The actions the event calls for.
-
-    Only events the service understands can cause actions: an unknown event type
-    is recorded but never acted on, since its fields were never validated.
-    """
-    event = facts.event
-    if not event.known or not event.room_id:
-        return ()
-    return tuple(
-        Decision(r.rule.name, r.rule.action, event.room_id, event.session_id, r.trace)
-        for r in evaluate(rule_set, facts)
-        if r.matched
-    )

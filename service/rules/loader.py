@@ -12,19 +12,24 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import re
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ..errors import RulesError
+from ..schemas import KNOWN_EVENTS
 from . import fields
 from .conditions import All, Any_, Compare, Condition, Not
-from .model import ACTIONS, Rule, RuleSet
-from .operators import OPERATORS
+from .durations import parse_duration
+from .model import ACTIONS, CONFIRMS, Rule, RuleSet, Settings
+from .operators import OPERATORS, coerce
 
 _BOOL = "tag:yaml.org,2002:bool"
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
@@ -61,11 +66,14 @@ def _construct_int(loader: _Loader, node: ScalarNode) -> int:
 
 _Loader.add_constructor(_INT, _construct_int)
 
-TOP_KEYS = ("version", "rules")
-RULE_KEYS = ("name", "description", "on", "when", "action")
+TOP_KEYS = ("version", "settings", "rules")
+SETTINGS_KEYS = ("timezone", "dry_run", "max_actions_per_minute", "protect")
+RULE_KEYS = ("name", "description", "on", "when", "for", "confirm", "dry_run", "action")
 COMBINATORS = ("all", "any", "not")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
 _EVENT_PATTERN = re.compile(r"^[a-z0-9*?\[\]._-]{1,100}\Z")
+_ROOM_PATTERN = re.compile(r"^[A-Za-z0-9_.:*?\[\]-]{1,128}\Z")
+_KNOWN_EVENT_PATTERNS = tuple(pattern for pattern, _ in KNOWN_EVENTS)
 
 
 @dataclass(frozen=True)
@@ -74,9 +82,16 @@ class Problem:
     line: int
     col: int
     message: str
+    severity: str = "error"  # or "warning": fails `check` only with --strict
 
     def __str__(self) -> str:
-        return f"{self.source}:{self.line}:{self.col}: {self.message}"
+        kind = "warning: " if self.severity == "warning" else ""
+        return f"{self.source}:{self.line}:{self.col}: {kind}{self.message}"
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether two event-type globs can match the same type (near enough for a warning)."""
+    return fnmatchcase(a, b) or fnmatchcase(b, a)
 
 
 def _hint(word: str, choices) -> str:
@@ -91,10 +106,17 @@ class _Reader:
         self.loader = loader
         self.source = source
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
+        self.settings = Settings()
+        self._fields_used: list[tuple[str, Node]] = []  # of the rule being read, for warnings
 
     def error(self, node: Node, message: str) -> None:
         mark = node.start_mark
         self.problems.append(Problem(self.source, mark.line + 1, mark.column + 1, message))
+
+    def warn(self, node: Node, message: str) -> None:
+        mark = node.start_mark
+        self.warnings.append(Problem(self.source, mark.line + 1, mark.column + 1, message, "warning"))
 
     def value(self, node: Node) -> Any:
         """A scalar, or a list of scalars, as Python values."""
@@ -163,6 +185,8 @@ class _Reader:
             node = present["version"][1]
             if type(self.value(node)) is not int or self.value(node) != 1:
                 self.error(node, "unsupported version; this service reads 'version: 1'")
+        if "settings" in present:
+            self.settings = self.read_settings(present["settings"][1])
         if "rules" not in present:
             self.error(root, "missing 'rules:' (a list of rules)")
             return ()
@@ -184,11 +208,70 @@ class _Reader:
             rules.append(rule)
         return tuple(rules)
 
+    def read_settings(self, node: Node) -> Settings:
+        entries = self.mapping(node, "'settings'")
+        if entries is None:
+            return Settings()
+        values: dict[str, Any] = {}
+        for key_node, key, value in entries:
+            if key == "timezone":
+                name = self.string(value, "'timezone'")
+                if name is not None:
+                    try:
+                        values["tz"], values["timezone"] = ZoneInfo(name), name
+                    except (ZoneInfoNotFoundError, ValueError):
+                        self.error(value, f"unknown timezone '{name}'{_hint(name, available_timezones())} "
+                                          "(an IANA name such as Europe/Berlin or UTC)")
+            elif key == "dry_run":
+                flag = self.boolean(value, "'dry_run'")
+                if flag is not None:
+                    values["dry_run"] = flag
+            elif key == "max_actions_per_minute":
+                limit = self.value(value) if isinstance(value, ScalarNode) else None
+                if type(limit) is not int or limit < 1:
+                    self.error(value, "'max_actions_per_minute' must be a whole number, at least 1")
+                else:
+                    values["max_actions_per_minute"] = limit
+            elif key == "protect":
+                items = value.value if isinstance(value, SequenceNode) else [value]
+                patterns = []
+                for item in items:
+                    pattern = self.string(item, "a room id or glob in 'protect'")
+                    if pattern is not None and not _ROOM_PATTERN.match(pattern):
+                        self.error(item, f"'{pattern}' is not a room id or glob")
+                    elif pattern is not None:
+                        patterns.append(pattern)
+                values["protect"] = tuple(patterns)
+            else:
+                self.error(key_node, f"unknown setting '{key}'{_hint(key, SETTINGS_KEYS)} "
+                                     f"(settings: {', '.join(SETTINGS_KEYS)})")
+        return Settings(**values)
+
+    def boolean(self, node: Node, what: str) -> bool | None:
+        value = self.value(node) if isinstance(node, ScalarNode) else None
+        if not isinstance(value, bool):
+            self.error(node, f"{what} must be true or false")
+            return None
+        return value
+
+    def duration(self, node: Node, what: str) -> float | None:
+        value = self.value(node) if isinstance(node, ScalarNode) else None
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            self.error(node, f"{what}: {exc}")
+            return None
+        if seconds <= 0:
+            self.error(node, f"{what} must be longer than zero")
+            return None
+        return seconds
+
     def rule(self, node: Node) -> Rule | None:
+        before = len(self.problems)
         entries = self.mapping(node, "a rule")
         if entries is None:
             return None
-        before = len(self.problems)
+        self._fields_used = []
         present = {}
         for key_node, key, value in entries:
             if key not in RULE_KEYS:
@@ -209,10 +292,38 @@ class _Reader:
                                               f"known: {', '.join(ACTIONS)}")
         when = self.condition(present["when"], "'when'") if "when" in present else None
         description = self.string(present["description"], "'description'") if "description" in present else None
+        hold = self.duration(present["for"], "'for'") if "for" in present else None
+        confirm = None
+        if "confirm" in present:
+            confirm = self.string(present["confirm"], "'confirm'")
+            if confirm is not None and confirm not in CONFIRMS:
+                self.error(present["confirm"], f"unknown check '{confirm}'{_hint(confirm, CONFIRMS)}; "
+                                               f"known: {', '.join(CONFIRMS)}")
+        dry_run = self.boolean(present["dry_run"], "'dry_run'") if "dry_run" in present else False
         if len(self.problems) > before:
             return None
+        self.warn_unreachable(on, present["on"])
+        # What makes two versions of a rule "the same" for its pending timers: all but its description.
+        raw = self.loader.construct_object(node, deep=True)
+        raw.pop("description", None)
+        fingerprint = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
         return Rule(name=name, on=on, action=action, when=when, description=description,
-                    line=node.start_mark.line + 1)
+                    line=node.start_mark.line + 1, hold=hold, confirm=confirm, dry_run=bool(dry_run),
+                    fingerprint=fingerprint)
+
+    def warn_unreachable(self, on: tuple[str, ...], on_node: Node) -> None:
+        """Warnings for parts of a rule that can never apply; errors are already ruled out."""
+        for pattern in on:
+            if not any(_overlap(pattern, known) for known in _KNOWN_EVENT_PATTERNS):
+                self.warn(on_node, f"'{pattern}' matches no event type roomwarden acts on; events of "
+                                   "unknown types are recorded but never acted on")
+        for name, key_node in self._fields_used:
+            spec = fields.FIELDS.get(name)
+            if spec is None or spec.carried_by == ("*",):
+                continue
+            if not any(_overlap(p, c) for p in on for c in spec.carried_by):
+                self.warn(key_node, f"'{name}' is never set on {', '.join(on)} events "
+                                    f"(only on {', '.join(spec.carried_by)}), so this test is never true")
 
     def on(self, node: Node) -> tuple[str, ...]:
         items = node.value if isinstance(node, SequenceNode) else [node]
@@ -246,11 +357,12 @@ class _Reader:
                 inner = self.condition(value, "'not'")
                 part = Not(inner) if inner is not None else None
             elif fields.is_field(key):
+                self._fields_used.append((key, key_node))
                 part = self.comparisons(key, value)
             else:
-                known = list(fields.FIELDS) + list(COMBINATORS)
-                self.error(key_node, f"unknown field '{key}'{_hint(key, known)} "
-                                     f"(fields: {', '.join(fields.FIELDS)}, data.<path>)")
+                hint = _hint(key, list(fields.FIELDS) + list(COMBINATORS))
+                listing = "" if hint else f" (fields: {', '.join(fields.FIELDS)}, data.<path>)"
+                self.error(key_node, f"unknown field '{key}'{hint}{listing}")
                 part = None
             if part is not None:
                 parts.append(part)
@@ -283,8 +395,9 @@ class _Reader:
         parts = []
         for key_node, op, operand_node in entries:
             if op not in OPERATORS:
-                self.error(key_node, f"unknown operator '{op}'{_hint(op, OPERATORS)} "
-                                     f"(operators: {', '.join(OPERATORS)})")
+                hint = _hint(op, OPERATORS)
+                listing = "" if hint else f" (operators: {', '.join(OPERATORS)})"
+                self.error(key_node, f"unknown operator '{op}'{hint}{listing}")
                 continue
             parts.append(self.compare(field, op, operand_node, kind))
         if len(parts) != len(entries) or None in parts:
@@ -292,7 +405,12 @@ class _Reader:
         return parts[0] if len(parts) == 1 else All(tuple(parts))
 
     def compare(self, field: str, op: str, node: Node, kind: str | None) -> Compare | None:
-        operand = self.value(node)
+        operand, problem = self.value(node), None
+        if op not in ("matches", "exists"):  # these take a pattern or a flag, not a value
+            operand, problem = coerce(operand, kind)
+        if problem:
+            self.error(node, f"'{field}: {{{op}: ...}}' {problem}")
+            return None
         problem = OPERATORS[op].check(operand, kind)
         if problem:
             self.error(node, f"'{field}: {{{op}: ...}}' {problem}")
@@ -302,7 +420,8 @@ class _Reader:
 
 
 def parse_rules(text: str, source: str = "<rules>") -> tuple[RuleSet | None, list[Problem]]:
-    """Read rules from text: the rule set (None if there were problems) and the problems."""
+    """Read rules from text: the rule set and no problems, or None and every error in file
+    order. Warnings do not stop a rule set loading: they are in `rule_set.warnings`."""
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
@@ -332,7 +451,9 @@ def parse_rules(text: str, source: str = "<rules>") -> tuple[RuleSet | None, lis
     if reader.problems:
         return None, sorted(reader.problems, key=lambda p: (p.line, p.col))
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return RuleSet(rules=rules, source=source, sha256=sha), []
+    warnings = tuple(sorted(reader.warnings, key=lambda p: (p.line, p.col)))
+    return RuleSet(rules=rules, source=source, sha256=sha, settings=reader.settings, text=text,
+                   warnings=warnings), []
 
 
 def load_rules(path: str | Path) -> RuleSet:

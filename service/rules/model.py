@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timezone as dt_timezone, tzinfo
 from fnmatch import fnmatchcase
 
 from .conditions import Condition
@@ -10,7 +11,27 @@ from .conditions import Condition
 # What each action does at VideoSDK; the worker maps these names to API calls.
 ACTIONS = {
     "deactivate": "POST /v2/rooms/deactivate: the room can never be joined again",
+    "end-session": "POST /v2/sessions/end: ends the room's live session; the room stays usable",
 }
+
+# Checks the worker makes just before acting; a check that fails cancels the action.
+CONFIRMS = {
+    "active-participants": "GET /v2/sessions/{sessionId}/participants/active: act only if nobody is there",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The `settings:` block of a rules file."""
+
+    timezone: str = "UTC"
+    tz: tzinfo = field(default=dt_timezone.utc, compare=False)
+    dry_run: bool = False  # every rule in shadow mode
+    max_actions_per_minute: int | None = None  # excess actions wait; none is dropped
+    protect: tuple[str, ...] = ()  # room ids or globs never acted on
+
+    def is_protected(self, room_id: str) -> bool:
+        return any(fnmatchcase(room_id, pattern) for pattern in self.protect)
 
 _GLOB_CHARS = set("*?[")
 
@@ -23,6 +44,10 @@ class Rule:
     when: Condition | None = None
     description: str | None = None
     line: int = 0  # where the rule starts in its file
+    hold: float | None = None  # `for:`: seconds the condition must hold before acting
+    confirm: str | None = None
+    dry_run: bool = False
+    fingerprint: str = ""  # changes when anything but the description changes
 
     def applies_to(self, event_type: str) -> bool:
         return any(fnmatchcase(event_type, pattern) for pattern in self.on)
@@ -34,6 +59,9 @@ class RuleSet:
     source: str = "<rules>"
     sha256: str = ""
     version: int = 1
+    settings: Settings = field(default_factory=Settings)
+    text: str = field(default="", repr=False, compare=False)  # the file as loaded
+    warnings: tuple = field(default=(), repr=False, compare=False)  # loader Problems of severity warning
     # Rules by exact event type, plus those using globs; filled in __post_init__ so
     # that evaluating an event costs only the rules that can apply to its type.
     _exact: dict = field(default_factory=dict, repr=False, compare=False)
@@ -53,6 +81,9 @@ class RuleSet:
     @property
     def short_hash(self) -> str:
         return self.sha256[:12]
+
+    def rule(self, name: str) -> Rule | None:
+        return next((r for r in self.rules if r.name == name), None)
 
     def rules_for(self, event_type: str) -> tuple[Rule, ...]:
         """The rules whose `on:` covers this event type, in file order."""

@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import Any, Callable
 
-from .fields import MISSING
+from .durations import parse_duration
+from .fields import MISSING, WEEKDAYS
+
+NUMERIC_KINDS = ("number", "duration")
+STRING_KINDS = ("string", "time", "weekday")
+_TIME = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]\Z")
 
 
 def _is_number(value: Any) -> bool:
@@ -43,12 +48,37 @@ class Operator:
     compile: Callable[[Any], Any] = lambda operand: operand
 
 
+def coerce(operand: Any, kind: str | None) -> tuple[Any, str | None]:
+    """Bring an operand as written to the field's kind: `5m` to 300 for durations, `Mon` to
+    `mon` for weekdays. Returns (operand, error); lists are coerced item by item."""
+    if isinstance(operand, list):
+        items = [coerce(item, kind) for item in operand]
+        problem = next((p for _, p in items if p), None)
+        return [value for value, _ in items], problem
+    if kind == "duration" and isinstance(operand, str):
+        try:
+            return parse_duration(operand), None
+        except ValueError as exc:
+            return operand, str(exc)
+    if kind == "time" and isinstance(operand, str) and not _TIME.match(operand):
+        return operand, f"{operand!r} is not a time; write it as HH:MM, 24-hour (\"08:30\", \"22:00\")"
+    if kind == "weekday" and isinstance(operand, str):
+        if operand.lower() not in _WEEKDAY_NAMES:
+            return operand, f"{operand!r} is not a weekday; use {', '.join(WEEKDAYS)}"
+        return operand.lower()[:3], None
+    return operand, None
+
+
+_WEEKDAY_NAMES = set(WEEKDAYS) | {"monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
+                                  "sunday"}
+
+
 def _check_scalar(operand, kind):
     if not _is_scalar(operand):
         return "needs a single value (a string, number, true, false or null)"
-    if kind == "number" and not _is_number(operand):
-        return "needs a number for this field"
-    if kind == "string" and not isinstance(operand, str):
+    if kind in NUMERIC_KINDS and not _is_number(operand):
+        return "needs a number for this field" + (" or a duration such as 5m" if kind == "duration" else "")
+    if kind in STRING_KINDS and not isinstance(operand, str):
         return "needs a string for this field; quote it"
     return None
 
@@ -63,19 +93,21 @@ def _check_list(operand, kind):
     return None
 
 
-def _check_number(operand, kind):
+def _check_ordered(operand, kind):
+    if kind == "time":
+        return None if isinstance(operand, str) else "needs a time such as \"22:00\""
+    if kind in ("string", "weekday"):
+        return f"compares numbers, durations or times, but this field is a {kind}"
     if not _is_number(operand):
-        return "needs a number"
-    if kind == "string":
-        return "compares numbers, but this field is a string"
+        return "needs a number" + (" or a duration such as 5m" if kind == "duration" else "")
     return None
 
 
 def _check_regex(operand, kind):
     if not isinstance(operand, str):
         return "needs a regular expression as a string"
-    if kind == "number":
-        return "matches strings, but this field is a number"
+    if kind in NUMERIC_KINDS:
+        return f"matches strings, but this field is a {kind}"
     try:
         re.compile(operand)
     except re.error as exc:
@@ -94,10 +126,13 @@ def _present(test):
 
 
 def _ordered(compare):
+    # Numbers compare with numbers; times ("HH:MM") compare as strings, which orders them.
     def test(actual, operand):
-        if actual is MISSING or not _is_number(actual):
-            return None
-        return compare(actual, operand)
+        if _is_number(actual) and _is_number(operand):
+            return compare(actual, operand)
+        if isinstance(actual, str) and isinstance(operand, str):
+            return compare(actual, operand)
+        return None
     return test
 
 
@@ -116,11 +151,11 @@ OPERATORS: dict[str, Operator] = {op.name: op for op in (
              _present(lambda a, o: any(_same(a, x) for x in o))),
     Operator("not_in", "equal to none of the listed values", _check_list,
              _present(lambda a, o: not any(_same(a, x) for x in o))),
-    Operator("gt", "a number greater than the operand", _check_number, _ordered(lambda a, o: a > o)),
-    Operator("gte", "a number greater than or equal to the operand", _check_number,
+    Operator("gt", "a number, duration or time after the operand", _check_ordered, _ordered(lambda a, o: a > o)),
+    Operator("gte", "a number, duration or time equal to or after the operand", _check_ordered,
              _ordered(lambda a, o: a >= o)),
-    Operator("lt", "a number less than the operand", _check_number, _ordered(lambda a, o: a < o)),
-    Operator("lte", "a number less than or equal to the operand", _check_number,
+    Operator("lt", "a number, duration or time before the operand", _check_ordered, _ordered(lambda a, o: a < o)),
+    Operator("lte", "a number, duration or time equal to or before the operand", _check_ordered,
              _ordered(lambda a, o: a <= o)),
     Operator("matches", "a string in which the regular expression finds a match (Python `re.search`)",
              _check_regex, _matches, compile=re.compile),

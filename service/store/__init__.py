@@ -1,12 +1,13 @@
 """Durable storage: deliveries, decisions, the action outbox and its attempts.
 
 SQLite by default (one file, WAL); PostgreSQL for deployments that span hosts.
-All SQL is in `store.py`; the schema is in `tables.py`; `migrations.py` versions it.
+All SQL is in this package: `store.py` and its mixins; the schema is in `tables.py`;
+`migrations.py` versions it.
 """
 
 from .records import (AttemptRecord, ClaimedAction, DecisionOutcome, NewDecision, NewDelivery,
-                      Receipt)
+                      PlanWrite, Receipt, TimerCancel, TimerRow, TimerWrite)
 from .store import Store
 
 __all__ = ["Store", "NewDelivery", "NewDecision", "DecisionOutcome", "Receipt", "ClaimedAction",
-           "AttemptRecord"]
+           "AttemptRecord", "PlanWrite", "TimerCancel", "TimerRow", "TimerWrite"]

@@ -21,13 +21,16 @@ _LOCK_KEY = int.from_bytes(b"roomwrdn", "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def _initial(conn: Connection) -> None:
+    # Step 1 is still open: no release has shipped it. From the first release on, it is
+    # frozen, and a schema change is a new step that alters tables.
     tables.metadata.create_all(conn, tables=[
-        tables.deliveries, tables.actions, tables.decisions, tables.attempts,
+        tables.deliveries, tables.actions, tables.timers, tables.decisions, tables.attempts,
+        tables.rooms, tables.rules_versions,
     ])
 
 
 STEPS: tuple[tuple[int, str, Callable[[Connection], None]], ...] = (
-    (1, "initial: deliveries, decisions, actions, attempts", _initial),
+    (1, "initial: deliveries, decisions, actions, attempts, rooms, timers, rules_versions", _initial),
 )
 
 

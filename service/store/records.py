@@ -29,13 +29,63 @@ class NewDecision:
     session_id: str | None
     key: str  # the action key: at most one action per key, ever
     trace: dict | None
+    outcome: str = "scheduled"  # as planned; the store turns scheduled into duplicate on a taken key
+    confirm: str | None = None
+    due_at: float | None = None  # for timer-started
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class TimerCancel:
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PlanWrite:
+    """What a plan changes, in the store's terms."""
+
+    room_state: dict | None
+    decisions: tuple[NewDecision, ...] = ()
+    cancels: tuple[TimerCancel, ...] = ()
+
+
+@dataclass(frozen=True)
+class TimerRow:
+    id: int
+    key: str
+    rule: str
+    fingerprint: str
+    room_id: str
+    session_id: str | None
+    action: str
+    delivery_id: str
+    started_at: float
+    due_at: float
+    trigger_body: str  # the body of the delivery that started it
+    trigger_verified: bool  # whether that delivery's signature was verified
+
+    @classmethod
+    def from_mapping(cls, row) -> "TimerRow":
+        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class TimerWrite:
+    """What deciding a timer changes: fire (with its decision), cancel, or wait (to a new time)."""
+
+    verdict: str  # fire | cancel | wait
+    reason: str
+    decision: NewDecision | None = None
+    due_at: float | None = None
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
 class DecisionOutcome:
     rule: str
     action: str
-    outcome: str  # scheduled | duplicate | dry-run
+    outcome: str  # see planner.py
     action_id: int | None
 
 
@@ -43,6 +93,7 @@ class DecisionOutcome:
 class Receipt:
     delivery_id: str
     decisions: tuple[DecisionOutcome, ...]
+    cancelled: tuple[str, ...] = ()  # keys of the timers this delivery cancelled
 
 
 @dataclass(frozen=True)
@@ -56,6 +107,7 @@ class ClaimedAction:
     attempts: int  # including the one this claim is for
     lease_owner: str
     lease_until: float
+    confirm: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,9 +115,10 @@ class AttemptRecord:
     started_at: float
     latency_ms: float
     http_status: int | None
-    outcome: str  # done | retry | failed | dead
+    outcome: str  # done | retry | failed | dead | cancelled
     error: str | None
     next_due_at: float | None  # when outcome is retry
+    note: str | None = None
 
 
 Row = dict[str, Any]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (JSON, Boolean, Column, Float, ForeignKey, Index, Integer, MetaData,
-                        String, Table, Text)
+                        String, Table, Text, text)
 
 metadata = MetaData()
 
@@ -45,9 +45,11 @@ decisions = Table(
     Column("room_id", String(128), nullable=False),
     Column("session_id", String(128)),
     Column("action_key", String(400), nullable=False),
-    # scheduled: a new action; duplicate: the key already had one; dry-run: recorded only
+    # scheduled | duplicate | dry-run | protected | timer-started | timer-running
+    # (see planner.py); a decision made when a timer fired has timer_id set.
     Column("outcome", String(32), nullable=False),
     Column("action_id", Integer, ForeignKey("actions.id")),
+    Column("timer_id", Integer, ForeignKey("timers.id")),
     Column("trace", JSON),
     Index("ix_decisions_delivery", "delivery_id"),
     Index("ix_decisions_room", "room_id", "created_at"),
@@ -64,8 +66,9 @@ actions = Table(
     Column("session_id", String(128)),
     Column("rule", String(100), nullable=False),
     Column("delivery_id", String(32), ForeignKey("deliveries.id"), nullable=False),
-    # pending -> done | failed | dead; dry-run rows are never claimed.
+    # pending -> done | failed | dead | cancelled; dry-run rows are never claimed.
     Column("status", String(16), nullable=False),
+    Column("confirm", String(32)),  # a check made just before acting (rule's `confirm:`)
     Column("attempts", Integer, nullable=False, default=0),
     Column("due_at", Float, nullable=False),
     Column("lease_owner", String(64)),
@@ -90,6 +93,53 @@ attempts = Table(
     Column("http_status", Integer),
     Column("outcome", String(16), nullable=False),  # done | retry | failed | dead
     Column("error", Text),
+    Column("note", Text),  # what a confirm check found, for instance
     Column("next_due_at", Float),
     Index("ix_attempts_action", "action_id"),
+    Index("ix_attempts_started", "started_at"),
+)
+
+# What roomwarden knows about each room (see rooms.py), updated with each of its deliveries.
+rooms = Table(
+    "rooms", metadata,
+    Column("room_id", String(128), primary_key=True),
+    Column("state", JSON, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("last_delivery_id", String(32)),
+)
+
+# `for:` timers: a rule whose condition must hold a while before it acts. At most one
+# pending timer per key (rule|room|session), enforced by a partial unique index.
+timers = Table(
+    "timers", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(400), nullable=False),
+    Column("rule", String(100), nullable=False),
+    Column("fingerprint", String(32), nullable=False),
+    Column("room_id", String(128), nullable=False),
+    Column("session_id", String(128)),
+    Column("action", String(32), nullable=False),
+    Column("delivery_id", String(32), ForeignKey("deliveries.id"), nullable=False),  # what started it
+    Column("started_at", Float, nullable=False),
+    Column("due_at", Float, nullable=False),
+    Column("status", String(16), nullable=False),  # pending -> fired | cancelled
+    Column("resolved_at", Float),
+    Column("resolved_by", String(32)),  # the delivery that cancelled it, if one did
+    Column("reason", Text),
+    Column("notes", JSON),  # re-checks after reloads: [{"at", "note"}]
+    Index("ux_timers_pending", "key", unique=True,
+          sqlite_where=text("status = 'pending'"), postgresql_where=text("status = 'pending'")),
+    Index("ix_timers_due", "status", "due_at"),
+    Index("ix_timers_room", "room_id"),
+)
+
+# Every rules file that was ever in force, by hash: what decided each delivery, and what a
+# process falls back to when the file it finds at start-up does not load.
+rules_versions = Table(
+    "rules_versions", metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("source", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("first_loaded_at", Float, nullable=False),
+    Column("last_loaded_at", Float, nullable=False),
 )

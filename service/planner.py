@@ -1,0 +1,205 @@
+"""What to do about one event, or one due timer: pure, so the service, `python -m service test`
+and `replay` all decide the same way.
+
+`plan_event` folds the event into the room's state, re-checks the room's pending
+timers (a join cancels an "empty for 5m" timer), and turns each matching rule
+into an outcome:
+
+| outcome         | meaning                                                          |
+|-----------------|------------------------------------------------------------------|
+| `scheduled`     | an action is queued for the worker                               |
+| `dry-run`       | recorded as "would act" (DRY_RUN, `settings.dry_run`, a rule's `dry_run`, or an unverified delivery) |
+| `duplicate`     | the rule already acted on this room and session                  |
+| `protected`     | the room is in `settings.protect`: never acted on                |
+| `timer-started` | the rule has `for:`; a timer will re-check it when that has passed |
+| `timer-running` | such a timer is already pending                                  |
+
+`fire_timer` decides a due timer: re-check the rule as it is now against the
+room as it is now, then act, cancel (and say why), or wait longer (the rule's
+`for:` grew in a reload).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from .events import Event
+from .rooms import RoomState, advance
+from .rules.conditions import Trace
+from .rules.durations import format_duration
+from .rules.engine import evaluate
+from .rules.fields import Facts
+from .rules.model import Rule, RuleSet
+
+
+def action_key(rule: str, room_id: str, session_id: str | None) -> str:
+    """At most one action per rule, room and session, however often the event arrives."""
+    return f"{rule}|{room_id}|{session_id or '-'}"
+
+
+@dataclass(frozen=True)
+class PendingTimer:
+    key: str
+    rule: str
+    fingerprint: str
+    room_id: str
+    session_id: str | None
+    started_at: float
+    due_at: float
+    trigger: Event  # the event whose rule started it
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    rule: str
+    action: str
+    room_id: str
+    session_id: str | None
+    key: str
+    outcome: str  # see the table above
+    trace: Trace | None = None
+    confirm: str | None = None
+    due_at: float | None = None  # for timer-started
+    fingerprint: str = ""
+
+    @property
+    def creates_action(self) -> bool:
+        return self.outcome in ("scheduled", "dry-run")
+
+
+@dataclass(frozen=True)
+class Cancel:
+    key: str  # the timer's key
+    reason: str
+    trace: Trace | None = None
+
+
+@dataclass(frozen=True)
+class EventPlan:
+    room: RoomState | None
+    outcomes: tuple[Outcome, ...]
+    cancels: tuple[Cancel, ...]
+
+
+@dataclass(frozen=True)
+class TimerPlan:
+    verdict: str  # fire | cancel | wait
+    reason: str
+    outcome: Outcome | None = None  # when fired
+    due_at: float | None = None  # when waiting longer
+    fingerprint: str = ""
+    trace: Trace | None = None
+
+
+def _facts(rule_set: RuleSet, event: Event, now: float, room: RoomState | None) -> Facts:
+    return Facts(event=event, now=now, room=room, tz=rule_set.settings.tz)
+
+
+def _act(rule_set: RuleSet, rule: Rule, event: Event, trace: Trace | None, acted: set[str],
+         acts: bool) -> Outcome:
+    key = action_key(rule.name, event.room_id, event.session_id)
+    if rule_set.settings.is_protected(event.room_id):
+        outcome = "protected"
+    elif key in acted:
+        outcome = "duplicate"
+    elif rule.dry_run or rule_set.settings.dry_run or not acts:
+        outcome = "dry-run"
+    else:
+        outcome = "scheduled"
+    return Outcome(rule.name, rule.action, event.room_id, event.session_id, key, outcome, trace,
+                   rule.confirm, fingerprint=rule.fingerprint)
+
+
+def _holds(rule: Rule, facts: Facts) -> tuple[bool, Trace | None]:
+    if rule.when is None:
+        return True, None
+    trace = rule.when.evaluate(facts)
+    return trace.result is True, trace
+
+
+def plan_event(rule_set: RuleSet, event: Event, now: float, room: RoomState | None,
+               timers: Iterable[PendingTimer], acted: set[str], *, acts: bool) -> EventPlan:
+    """Everything one delivery changes: the room's state, its timers, and the decisions."""
+    if not event.known or not event.room_id:
+        return EventPlan(room, (), ())  # recorded, never acted on
+    room = advance(room, event, now)
+    timers = list(timers)
+
+    cancels = []
+    for timer in timers:
+        rule = rule_set.rule(timer.rule)
+        if rule is None:
+            cancels.append(Cancel(timer.key, f"rule '{timer.rule}' is no longer in the rules "
+                                             f"({rule_set.short_hash})"))
+            continue
+        holds, trace = _holds(rule, _facts(rule_set, timer.trigger, now, room))
+        if not holds:
+            cancels.append(Cancel(timer.key, f"its condition stopped holding on {event.type}", trace))
+    cancelled = {c.key for c in cancels}
+    running = {t.key for t in timers if t.key not in cancelled}
+
+    outcomes = []
+    for result in evaluate(rule_set, _facts(rule_set, event, now, room)):
+        if not result.matched:
+            continue
+        rule = result.rule
+        if rule.hold is None:
+            outcomes.append(_act(rule_set, rule, event, result.trace, acted, acts))
+            continue
+        key = action_key(rule.name, event.room_id, event.session_id)
+        if key in acted or rule_set.settings.is_protected(event.room_id):
+            outcomes.append(_act(rule_set, rule, event, result.trace, acted, acts))
+        elif key in running:
+            outcomes.append(Outcome(rule.name, rule.action, event.room_id, event.session_id, key,
+                                    "timer-running", result.trace, rule.confirm,
+                                    fingerprint=rule.fingerprint))
+        else:
+            outcomes.append(Outcome(rule.name, rule.action, event.room_id, event.session_id, key,
+                                    "timer-started", result.trace, rule.confirm, due_at=now + rule.hold,
+                                    fingerprint=rule.fingerprint))
+            running.add(key)
+    return EventPlan(room, tuple(outcomes), tuple(cancels))
+
+
+def fire_timer(rule_set: RuleSet, timer: PendingTimer, now: float, room: RoomState | None,
+               acted: set[str], *, acts: bool) -> TimerPlan:
+    """Decide a due timer against the rules and the room as they are now."""
+    rule = rule_set.rule(timer.rule)
+    if rule is None:
+        return TimerPlan("cancel", f"rule '{timer.rule}' is no longer in the rules ({rule_set.short_hash})")
+    if not rule.applies_to(timer.trigger.type):
+        return TimerPlan("cancel", f"rule '{rule.name}' no longer applies to {timer.trigger.type}")
+    if rule.hold is not None and timer.started_at + rule.hold > now:
+        due = timer.started_at + rule.hold
+        return TimerPlan("wait", f"rule '{rule.name}' now waits {format_duration(rule.hold)}",
+                         due_at=due, fingerprint=rule.fingerprint)
+    holds, trace = _holds(rule, _facts(rule_set, timer.trigger, now, room))
+    if not holds:
+        return TimerPlan("cancel", "its condition no longer holds", trace=trace)
+    held = format_duration(now - timer.started_at)
+    return TimerPlan("fire", f"held for {held}", _act(rule_set, rule, timer.trigger, trace, acted, acts),
+                     fingerprint=rule.fingerprint, trace=trace)
+
+
+def recheck_timer(rule_set: RuleSet, timer: PendingTimer, now: float, room: RoomState | None) -> TimerPlan:
+    """After a reload: a timer whose rule was removed or changed is cancelled or re-checked.
+
+    Returns `wait` (keep it, perhaps with a new due time) or `cancel`, with the reason.
+    """
+    rule = rule_set.rule(timer.rule)
+    if rule is None:
+        return TimerPlan("cancel", f"rule '{timer.rule}' was removed in a reload ({rule_set.short_hash})")
+    if rule.fingerprint == timer.fingerprint:
+        return TimerPlan("wait", "unchanged", due_at=timer.due_at, fingerprint=rule.fingerprint)
+    if not rule.applies_to(timer.trigger.type):
+        return TimerPlan("cancel", f"rule '{rule.name}' changed in a reload and no longer applies to "
+                                   f"{timer.trigger.type} ({rule_set.short_hash})")
+    holds, trace = _holds(rule, _facts(rule_set, timer.trigger, now, room))
+    if not holds:
+        return TimerPlan("cancel", f"rule '{rule.name}' changed in a reload and its condition no longer "
+                                   f"holds ({rule_set.short_hash})", trace=trace)
+    due = timer.started_at + (rule.hold or 0.0)
+    return TimerPlan("wait", f"rule '{rule.name}' changed in a reload; re-checked, still holds "
+                             f"({rule_set.short_hash})", due_at=due, fingerprint=rule.fingerprint)

@@ -1,0 +1,39 @@
+"""Plans in the store's terms, and stored rows back as plan inputs: the one place the
+planner's values and the store's records meet."""
+
+from __future__ import annotations
+
+from .events import parse_event
+from .planner import EventPlan, Outcome, PendingTimer, TimerPlan
+from .rooms import RoomState
+from .store import NewDecision, PlanWrite, TimerCancel, TimerRow, TimerWrite
+
+
+def room_state(room_id: str, stored: dict | None) -> RoomState | None:
+    return None if stored is None else RoomState.from_dict(room_id, stored)
+
+
+def pending_timer(row: TimerRow) -> PendingTimer:
+    # The trigger was validated when it arrived, by this same parser.
+    return PendingTimer(key=row.key, rule=row.rule, fingerprint=row.fingerprint, room_id=row.room_id,
+                        session_id=row.session_id, started_at=row.started_at, due_at=row.due_at,
+                        trigger=parse_event(row.trigger_body.encode("utf-8")), id=row.id)
+
+
+def new_decision(outcome: Outcome) -> NewDecision:
+    return NewDecision(rule=outcome.rule, action=outcome.action, room_id=outcome.room_id,
+                       session_id=outcome.session_id, key=outcome.key,
+                       trace=outcome.trace.to_dict() if outcome.trace else None, outcome=outcome.outcome,
+                       confirm=outcome.confirm, due_at=outcome.due_at, fingerprint=outcome.fingerprint)
+
+
+def plan_write(plan: EventPlan) -> PlanWrite:
+    return PlanWrite(room_state=plan.room.to_dict() if plan.room is not None else None,
+                     decisions=tuple(new_decision(o) for o in plan.outcomes),
+                     cancels=tuple(TimerCancel(c.key, c.reason) for c in plan.cancels))
+
+
+def timer_write(plan: TimerPlan) -> TimerWrite:
+    return TimerWrite(verdict=plan.verdict, reason=plan.reason,
+                      decision=new_decision(plan.outcome) if plan.outcome is not None else None,
+                      due_at=plan.due_at, fingerprint=plan.fingerprint or None)

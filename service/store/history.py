@@ -1,0 +1,125 @@
+"""Reads of what happened: deliveries, decisions, rooms and their timers, rules versions."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from sqlalchemy import func, select, update
+
+from .guard import guarded
+from .records import Row
+from .tables import actions, attempts, decisions, deliveries, rooms, rules_versions, timers
+
+
+class HistoryMixin:
+    @guarded
+    def delivery(self, delivery_id: str) -> Row | None:
+        with self._read() as conn:
+            row = conn.execute(select(deliveries).where(deliveries.c.id == delivery_id)).mappings().first()
+            return dict(row) if row else None
+
+    @guarded
+    def deliveries(self, *, room_id: str | None = None, limit: int = 100) -> list[Row]:
+        query = select(deliveries).order_by(deliveries.c.received_at.desc()).limit(limit)
+        if room_id is not None:
+            query = query.where(deliveries.c.room_id == room_id)
+        with self._read() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def deliveries_since(self, since: float, batch: int = 1000) -> Iterator[Row]:
+        """Every delivery received at or after `since`, oldest first, read in batches."""
+        after = (since, "")
+        while True:
+            rows = self._deliveries_after(*after, batch)
+            yield from rows
+            if len(rows) < batch:
+                return
+            after = (rows[-1]["received_at"], rows[-1]["id"])
+
+    @guarded
+    def _deliveries_after(self, received_at: float, delivery_id: str, batch: int) -> list[Row]:
+        query = (select(deliveries)
+                 .where((deliveries.c.received_at > received_at)
+                        | ((deliveries.c.received_at == received_at) & (deliveries.c.id > delivery_id)))
+                 .order_by(deliveries.c.received_at, deliveries.c.id).limit(batch))
+        with self._read() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    @guarded
+    def count_deliveries_since(self, since: float) -> int:
+        with self._read() as conn:
+            return conn.execute(select(func.count()).select_from(deliveries)
+                                .where(deliveries.c.received_at >= since)).scalar_one()
+
+    @guarded
+    def decisions(self, *, delivery_id: str | None = None, room_id: str | None = None) -> list[Row]:
+        query = select(decisions).order_by(decisions.c.id)
+        if delivery_id is not None:
+            query = query.where(decisions.c.delivery_id == delivery_id)
+        if room_id is not None:
+            query = query.where(decisions.c.room_id == room_id)
+        with self._read() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    @guarded
+    def room(self, room_id: str) -> Row | None:
+        with self._read() as conn:
+            row = conn.execute(select(rooms).where(rooms.c.room_id == room_id)).mappings().first()
+            return dict(row) if row else None
+
+    @guarded
+    def timers(self, *, room_id: str | None = None, status: str | None = None) -> list[Row]:
+        query = select(timers).order_by(timers.c.id)
+        if room_id is not None:
+            query = query.where(timers.c.room_id == room_id)
+        if status is not None:
+            query = query.where(timers.c.status == status)
+        with self._read() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    @guarded
+    def room_story(self, room_id: str) -> dict[str, list[Row]]:
+        """Everything recorded about one room, each kind oldest first (for `explain`)."""
+        with self._read() as conn:
+            story = {
+                "deliveries": conn.execute(select(deliveries).where(deliveries.c.room_id == room_id)
+                                           .order_by(deliveries.c.received_at, deliveries.c.id)).mappings(),
+                "decisions": conn.execute(select(decisions).where(decisions.c.room_id == room_id)
+                                          .order_by(decisions.c.id)).mappings(),
+                "timers": conn.execute(select(timers).where(timers.c.room_id == room_id)
+                                       .order_by(timers.c.id)).mappings(),
+                "actions": conn.execute(select(actions).where(actions.c.room_id == room_id)
+                                        .order_by(actions.c.id)).mappings(),
+                "attempts": conn.execute(select(attempts).join(actions, actions.c.id == attempts.c.action_id)
+                                         .where(actions.c.room_id == room_id)
+                                         .order_by(attempts.c.id)).mappings(),
+                "room": conn.execute(select(rooms).where(rooms.c.room_id == room_id)).mappings(),
+            }
+            return {kind: [dict(r) for r in rows] for kind, rows in story.items()}
+
+    # -- rules versions -----------------------------------------------------------
+
+    @guarded
+    def remember_rules(self, sha256: str, source: str, text: str) -> None:
+        """Keep a rules file that loaded: the fallback for a process that finds a broken one."""
+        now = self.clock()
+        with self._write() as conn:
+            done = conn.execute(update(rules_versions).where(rules_versions.c.sha256 == sha256)
+                                .values(last_loaded_at=now)).rowcount
+            if not done:
+                conn.execute(self._insert(rules_versions).values(
+                    sha256=sha256, source=source, text=text, first_loaded_at=now, last_loaded_at=now,
+                ).on_conflict_do_nothing(index_elements=["sha256"]))
+
+    @guarded
+    def last_good_rules(self) -> Row | None:
+        with self._read() as conn:
+            row = conn.execute(select(rules_versions).order_by(rules_versions.c.last_loaded_at.desc())
+                               .limit(1)).mappings().first()
+            return dict(row) if row else None
+
+    @guarded
+    def rules_version(self, sha256: str) -> Row | None:
+        with self._read() as conn:
+            row = conn.execute(select(rules_versions).where(rules_versions.c.sha256 == sha256)).mappings().first()
+            return dict(row) if row else None

@@ -1,0 +1,151 @@
+"""The action outbox: claiming due actions under a lease, recording attempts, re-driving."""
+
+from __future__ import annotations
+
+from sqlalchemy import and_, func, or_, select, update
+
+from .guard import guarded
+from .intake import ACTIVE
+from .records import AttemptRecord, ClaimedAction, Row
+from .tables import actions, attempts
+
+FINAL = {"done": "done", "failed": "failed", "dead": "dead", "cancelled": "cancelled", "retry": ACTIVE}
+
+
+class OutboxMixin:
+    def _claimable(self, now: float):
+        return and_(actions.c.status == ACTIVE, actions.c.due_at <= now,
+                    or_(actions.c.lease_until.is_(None), actions.c.lease_until < now))
+
+    @guarded
+    def claim(self, worker: str, lease_seconds: float, max_attempts: int,
+              per_minute: int | None = None) -> ClaimedAction | None:
+        """Lease the most overdue action to `worker`, or return None if none is due.
+
+        A lease that runs out (its worker died) makes the action claimable again.
+        An action whose claims keep ending without a recorded result (it kills
+        its worker, say) is marked dead after `max_attempts` claims. With
+        `per_minute`, no claim is made while that many attempts started in the
+        last minute or are in flight: excess actions wait, none is dropped.
+        """
+        now = self.clock()
+        with self._write() as conn:
+            if per_minute is not None and self._recent_load(conn, now) >= per_minute:
+                return None
+            while True:
+                row = conn.execute(
+                    select(actions.c.id, actions.c.attempts).where(self._claimable(now))
+                    .order_by(actions.c.due_at, actions.c.id).limit(1)
+                    .with_for_update(skip_locked=True)
+                ).first()
+                if row is None:
+                    return None
+                if row.attempts < max_attempts:
+                    break
+                conn.execute(update(actions).where(actions.c.id == row.id).values(
+                    status="dead", lease_owner=None, lease_until=None, updated_at=now,
+                    last_error=f"gave up: {row.attempts} claims ended without a recorded result"))
+            claimed = conn.execute(
+                update(actions).where(actions.c.id == row.id, self._claimable(now))
+                .values(lease_owner=worker, lease_until=now + lease_seconds,
+                        attempts=actions.c.attempts + 1, updated_at=now)
+                .returning(actions)
+            ).mappings().first()
+        if claimed is None:  # lost a race on SQLite, where SKIP LOCKED does not exist
+            return None
+        return ClaimedAction(
+            id=claimed["id"], key=claimed["key"], kind=claimed["kind"], room_id=claimed["room_id"],
+            session_id=claimed["session_id"], rule=claimed["rule"], attempts=claimed["attempts"],
+            lease_owner=worker, lease_until=claimed["lease_until"], confirm=claimed["confirm"])
+
+    def _recent_load(self, conn, now: float) -> int:
+        started = conn.execute(select(func.count()).select_from(attempts)
+                               .where(attempts.c.started_at > now - 60)).scalar_one()
+        in_flight = conn.execute(select(func.count()).select_from(actions).where(
+            actions.c.status == ACTIVE, actions.c.lease_until >= now)).scalar_one()
+        return started + in_flight
+
+    @guarded
+    def finish(self, claim: ClaimedAction, attempt: AttemptRecord, worker: str) -> bool:
+        """Record an attempt and move its action on, in one transaction.
+
+        The attempt is always recorded: the call was made. The action moves only
+        if `worker` still holds its lease; False means the lease had run out and
+        another worker may have the action now.
+        """
+        now = self.clock()
+        with self._write() as conn:
+            conn.execute(attempts.insert().values(
+                action_id=claim.id, number=claim.attempts, worker=worker,
+                started_at=attempt.started_at, latency_ms=attempt.latency_ms,
+                http_status=attempt.http_status, outcome=attempt.outcome, error=attempt.error,
+                note=attempt.note, next_due_at=attempt.next_due_at))
+            values = dict(status=FINAL[attempt.outcome], lease_owner=None, lease_until=None,
+                          updated_at=now, last_status=attempt.http_status,
+                          last_error=attempt.error)
+            if attempt.next_due_at is not None:
+                values["due_at"] = attempt.next_due_at
+            moved = conn.execute(
+                update(actions).where(actions.c.id == claim.id, actions.c.lease_owner == worker,
+                                      actions.c.status == ACTIVE).values(**values)
+            ).rowcount
+        return moved == 1
+
+    @guarded
+    def release(self, claim: ClaimedAction, worker: str) -> None:
+        """Give a claimed action back without an attempt (on shutdown, say)."""
+        with self._write() as conn:
+            conn.execute(update(actions).where(
+                actions.c.id == claim.id, actions.c.lease_owner == worker, actions.c.status == ACTIVE,
+            ).values(lease_owner=None, lease_until=None, attempts=actions.c.attempts - 1,
+                     updated_at=self.clock()))
+
+    @guarded
+    def redrive(self, action_ids: list[int] | None = None) -> list[int]:
+        """Make dead actions pending again, due now, with a fresh count of attempts.
+
+        `None` re-drives every dead action. Returns the ids re-driven; actions
+        that are not dead are left as they are.
+        """
+        now = self.clock()
+        with self._write() as conn:
+            query = select(actions.c.id).where(actions.c.status == "dead")
+            if action_ids is not None:
+                query = query.where(actions.c.id.in_(action_ids))
+            ids = list(conn.execute(query.order_by(actions.c.id)).scalars())
+            if ids:
+                conn.execute(update(actions).where(actions.c.id.in_(ids)).values(
+                    status=ACTIVE, attempts=0, due_at=now, lease_owner=None, lease_until=None,
+                    updated_at=now))
+        return ids
+
+    @guarded
+    def action(self, action_id: int) -> Row | None:
+        with self._read() as conn:
+            row = conn.execute(select(actions).where(actions.c.id == action_id)).mappings().first()
+            return dict(row) if row else None
+
+    @guarded
+    def actions(self, *, status: str | None = None, room_id: str | None = None,
+                limit: int = 100) -> list[Row]:
+        query = select(actions).order_by(actions.c.id).limit(limit)
+        if status is not None:
+            query = query.where(actions.c.status == status)
+        if room_id is not None:
+            query = query.where(actions.c.room_id == room_id)
+        with self._read() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    @guarded
+    def attempts(self, action_id: int) -> list[Row]:
+        with self._read() as conn:
+            return [dict(r) for r in conn.execute(
+                select(attempts).where(attempts.c.action_id == action_id).order_by(attempts.c.id)
+            ).mappings()]
+
+    @guarded
+    def counts(self) -> dict[str, int]:
+        """Actions by status."""
+        with self._read() as conn:
+            return {status: n for status, n in conn.execute(
+                select(actions.c.status, func.count()).group_by(actions.c.status))}

@@ -1,0 +1,87 @@
+"""Deciding `for:` timers: when they come due, and when the rules change under them."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from sqlalchemy import select, update
+
+from .guard import guarded
+from .records import TimerRow, TimerWrite
+from .tables import deliveries, timers
+
+Decide = Callable[[TimerRow, dict, set[str]], TimerWrite]
+
+
+class TimersMixin:
+    @guarded
+    def fire_due_timer(self, decide: Decide) -> TimerWrite | None:
+        """Decide the most overdue pending timer, if any, in one transaction.
+
+        No lease is needed: nothing outside the database happens here, so the
+        timer row stays locked from reading to writing, and a timer fires once.
+        """
+        now = self.clock()
+        with self._write() as conn:
+            row = conn.execute(
+                select(timers, deliveries.c.body.label("trigger_body"),
+                   deliveries.c.verified.label("trigger_verified"))
+                .join(deliveries, deliveries.c.id == timers.c.delivery_id)
+                .where(timers.c.status == "pending", timers.c.due_at <= now)
+                .order_by(timers.c.due_at, timers.c.id).limit(1)
+                .with_for_update(of=timers, skip_locked=True)
+            ).mappings().first()
+            if row is None:
+                return None
+            timer = TimerRow.from_mapping(row)
+            state = self._lock_room(conn, timer.room_id)
+            write = decide(timer, state, self._action_keys(conn, timer.room_id))
+            self._apply_timer(conn, timer, write, now)
+        return write
+
+    @guarded
+    def pending_timer_ids(self) -> list[int]:
+        with self._read() as conn:
+            return list(conn.execute(select(timers.c.id).where(timers.c.status == "pending")
+                                     .order_by(timers.c.id)).scalars())
+
+    @guarded
+    def recheck_timer(self, timer_id: int, decide: Decide) -> TimerWrite | None:
+        """Re-decide one pending timer now (after a reload), if it is still pending."""
+        now = self.clock()
+        with self._write() as conn:
+            row = conn.execute(
+                select(timers, deliveries.c.body.label("trigger_body"),
+                   deliveries.c.verified.label("trigger_verified"))
+                .join(deliveries, deliveries.c.id == timers.c.delivery_id)
+                .where(timers.c.id == timer_id, timers.c.status == "pending")
+                .with_for_update(of=timers)
+            ).mappings().first()
+            if row is None:
+                return None
+            timer = TimerRow.from_mapping(row)
+            state = self._lock_room(conn, timer.room_id)
+            write = decide(timer, state, self._action_keys(conn, timer.room_id))
+            self._apply_timer(conn, timer, write, now)
+        return write
+
+    def _apply_timer(self, conn, timer: TimerRow, write: TimerWrite, now: float) -> None:
+        where = (timers.c.id == timer.id) & (timers.c.status == "pending")
+        if write.verdict == "fire":
+            conn.execute(update(timers).where(where).values(status="fired", resolved_at=now,
+                                                           reason=write.reason))
+            if write.decision is not None:
+                self._record_decision(conn, timer.delivery_id, write.decision, now, timer_id=timer.id)
+        elif write.verdict == "cancel":
+            conn.execute(update(timers).where(where).values(status="cancelled", resolved_at=now,
+                                                           reason=write.reason))
+        elif write.verdict == "wait":
+            notes = conn.execute(select(timers.c.notes).where(timers.c.id == timer.id)).scalar() or []
+            values = {"due_at": write.due_at if write.due_at is not None else timer.due_at}
+            if write.fingerprint and write.fingerprint != timer.fingerprint:
+                values["fingerprint"] = write.fingerprint
+            if write.reason and write.reason != "unchanged":
+                values["notes"] = [*notes, {"at": now, "note": write.reason}]
+            conn.execute(update(timers).where(where).values(**values))
+        else:
+            raise ValueError(f"unknown timer verdict {write.verdict!r}")
