@@ -1,8 +1,8 @@
 """`python -m service COMMAND`: a thin command line over the library.
 
 Exit codes: 0 success; 1 the thing checked is wrong (a rules file with errors,
-an event that does not parse); 2 the command could not run (bad settings,
-store unreachable, bad arguments).
+an event that does not parse, a failing rule test); 2 the command could not
+run (bad settings, store unreachable, bad arguments).
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ import threading
 import time
 from pathlib import Path
 
-from . import logs
+from . import explain, logs, replay, ruletest
 from .config import Settings
 from .errors import PayloadInvalid, RoomwardenError, RulesError
 from .events import parse_event
+from .planner import plan_event
+from .rooms import advance
+from .rules.durations import format_duration, parse_duration
 from .rules.engine import evaluate
 from .rules.fields import Facts
 from .rules.loader import load_rules
@@ -28,6 +31,9 @@ from .runtime import build_worker, load_rules_holder, open_store, watch_rules
 
 def _default_rules() -> str:
     return os.environ.get("RULES_FILE") or "rules.yaml"
+
+
+# -- rules -------------------------------------------------------------------------------------
 
 
 def cmd_check(args) -> int:
@@ -39,7 +45,13 @@ def cmd_check(args) -> int:
             print(problem)
         print(f"{len(exc.problems)} error(s)", file=sys.stderr)
         return 1
-    print(f"{path}: ok, {len(rule_set.rules)} rule(s), sha256 {rule_set.short_hash}")
+    for warning in rule_set.warnings:
+        print(warning)
+    if rule_set.warnings and args.strict:
+        print(f"{len(rule_set.warnings)} warning(s), and --strict", file=sys.stderr)
+        return 1
+    print(f"{path}: ok, {len(rule_set.rules)} rule(s), sha256 {rule_set.short_hash}"
+          + (f", {len(rule_set.warnings)} warning(s)" if rule_set.warnings else ""))
     return 0
 
 
@@ -65,13 +77,15 @@ def cmd_simulate(args) -> int:
         if exc.fields:
             print(json.dumps(exc.fields, indent=2), file=sys.stderr)
         return 1
-    results = evaluate(rule_set, Facts(event=event, now=time.time()))
-    acting = event.known and bool(event.room_id)
+    now = time.time()
+    room = advance(None, event, now)  # a room with no history: this event is all it knows
+    results = evaluate(rule_set, Facts(event=event, now=now, room=room, tz=rule_set.settings.tz))
+    outcomes = {o.rule: o for o in plan_event(rule_set, event, now, None, [], set(), acts=True).outcomes}
     if args.json:
         print(json.dumps({
             "event": event.type, "room": event.room_id, "known": event.known,
             "rules": [{"rule": r.rule.name, "action": r.rule.action, "result": r.result,
-                       "would_act": acting and r.matched,
+                       "outcome": outcomes[r.rule.name].outcome if r.rule.name in outcomes else None,
                        "trace": r.trace.to_dict() if r.trace else None} for r in results],
         }, indent=2, default=str))
         return 0
@@ -80,13 +94,142 @@ def cmd_simulate(args) -> int:
         print("  unknown event type: recorded, never acted on")
     if not results:
         print(f"  no rule in {rule_set.source} applies to {event.type}")
+    verdicts = {True: "MATCH", False: "no match", None: "no match (unknown: a field is missing)"}
     for result in results:
-        verdict = {True: "MATCH", False: "no match", None: "no match (unknown: a field is missing)"}
-        act = f" -> would {result.rule.action} room {event.room_id}" if acting and result.matched else ""
-        print(f"  rule {result.rule.name} (line {result.rule.line}): {verdict[result.result]}{act}")
+        print(f"  rule {result.rule.name} (line {result.rule.line}): {verdicts[result.result]}"
+              f"{_consequence(outcomes.get(result.rule.name), now)}")
         for line in (result.trace.lines(2) if result.trace else ["    yes (no conditions)"]):
             print(line)
     return 0
+
+
+def _consequence(outcome, now: float) -> str:
+    if outcome is None:
+        return ""
+    if outcome.outcome == "scheduled":
+        return f" -> would {outcome.action} room {outcome.room_id}"
+    if outcome.outcome == "timer-started":
+        return (f" -> would start a timer: {outcome.action} room {outcome.room_id} in "
+                f"{format_duration(outcome.due_at - now)} if the condition still holds then")
+    return f" -> {outcome.outcome}: would not act"
+
+
+def cmd_test(args) -> int:
+    runs, passed, failed = [], 0, 0
+    for path in args.files:
+        try:
+            test_file = ruletest.load_tests(Path(path), Path(args.rules) if args.rules else None)
+        except ruletest.TestFileError as exc:
+            print(f"ERROR {exc}")
+            failed += 1
+            continue
+        results = ruletest.run_file(test_file)
+        runs.append((test_file, results))
+        for result in results:
+            if result.passed:
+                passed += 1
+                print(f"ok    {path}: {result.case.name}")
+                continue
+            failed += 1
+            print(f"FAIL  {path}: {result.case.name}")
+            for line in result.diff():
+                print(f"      {line}")
+    if args.coverage:
+        missing = ruletest.uncovered(runs)
+        for source, names in missing.items():
+            print(f"not exercised by any test in {source}: {', '.join(names)}")
+        if runs and not missing:
+            print("every rule was exercised by a test")
+    print(f"{passed} passed, {failed} failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_replay(args) -> int:
+    settings = Settings.from_env()
+    try:
+        window = parse_duration(args.since)
+    except ValueError as exc:
+        print(f"replay: --since: {exc}", file=sys.stderr)
+        return 2
+    store = open_store(settings)
+    candidate = load_rules(args.rules)
+    current = load_rules(args.current or settings.rules_file)
+    now = time.time()
+    total = store.count_deliveries_since(now - window)
+    show = args.progress if args.progress is not None else (total >= 1000 and sys.stderr.isatty())
+    progress = _progress_bar(total) if show else None
+    changes, count = replay.replay(store.deliveries_since(now - window), current, candidate, until=now,
+                                   progress=progress)
+    if progress is not None:
+        print(file=sys.stderr)
+    for change in changes:
+        what = f"{change.event_type} delivery {change.source}" if change.event_type else change.source
+        print(f"{explain.when(change.at)}  room {change.room_id}  {what}")
+        print(f"    rule {change.rule}: {change.before or 'no decision'} -> {change.after or 'no decision'}")
+    print(f"{count} deliveries replayed under {current.short_hash} (in force) and {candidate.short_hash} "
+          f"({args.rules}): {len(changes)} decision(s) would change", file=sys.stderr)
+    return 0
+
+
+def _progress_bar(total: int):
+    width, shown = 30, [-1]
+
+    def show(done: int) -> None:
+        percent = done * 100 // max(total, 1)
+        if percent != shown[0]:
+            shown[0] = percent
+            filled = width * min(done, total) // max(total, 1)
+            print(f"\rreplaying [{'#' * filled}{'.' * (width - filled)}] {percent:3d}% {done}/{total}",
+                  end="", file=sys.stderr, flush=True)
+
+    return show
+
+
+# -- the store ----------------------------------------------------------------------------------
+
+
+def cmd_explain(args) -> int:
+    store = open_store(Settings.from_env())
+    rows = store.room_story(args.room)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        for line in explain.story(args.room, rows, time.time()):
+            print(line)
+    return 0 if rows["deliveries"] else 1
+
+
+def cmd_actions(args) -> int:
+    store = open_store(Settings.from_env())
+    rows = store.actions(status=args.status, limit=args.limit)
+    for row in rows:
+        print(f"{row['id']:>6}  {row['status']:<9} {row['kind']:<11} room={row['room_id']} "
+              f"rule={row['rule']} attempts={row['attempts']}"
+              + (f" last_error={row['last_error']!r}" if row["last_error"] else ""))
+    print(f"{len(rows)} action(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_retry(args) -> int:
+    if not args.ids and not args.all_dead:
+        print("retry: give action ids, or --all-dead", file=sys.stderr)
+        return 2
+    store = open_store(Settings.from_env())
+    ids = store.redrive(None if args.all_dead else args.ids)
+    for action_id in ids:
+        print(f"action {action_id}: pending again, due now")
+    for action_id in sorted(set(args.ids) - set(ids)):
+        print(f"action {action_id}: not dead; left as it is", file=sys.stderr)
+    return 0 if ids or args.all_dead else 1
+
+
+def cmd_migrate(args) -> int:
+    store = open_store(Settings.from_env())
+    print(f"schema at version {store.schema_version()}")
+    return 0
+
+
+# -- processes ----------------------------------------------------------------------------------
 
 
 def cmd_worker(args) -> int:
@@ -112,36 +255,18 @@ def cmd_worker(args) -> int:
     return 0
 
 
-def cmd_migrate(args) -> int:
-    settings = Settings.from_env()
-    store = open_store(settings)
-    print(f"schema at version {store.schema_version()}")
-    return 0
-
-
-def cmd_actions(args) -> int:
-    settings = Settings.from_env()
-    store = open_store(settings)
-    rows = store.actions(status=args.status, limit=args.limit)
-    for row in rows:
-        print(f"{row['id']:>6}  {row['status']:<8} {row['kind']:<10} room={row['room_id']} "
-              f"rule={row['rule']} attempts={row['attempts']}"
-              + (f" last_error={row['last_error']!r}" if row["last_error"] else ""))
-    print(f"{len(rows)} action(s)", file=sys.stderr)
-    return 0
-
-
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m service",
                                   description="roomwarden: closes VideoSDK rooms by rule.")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("worker", help="carry out queued actions (the Procfile's worker)")
-    p.add_argument("--once", action="store_true", help="carry out every due action, then exit")
+    p = sub.add_parser("worker", help="fire due timers and carry out queued actions (the Procfile's worker)")
+    p.add_argument("--once", action="store_true", help="do all the work that is due, then exit")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("check", help="validate a rules file; one file:line:col: message per error")
     p.add_argument("file", nargs="?", metavar="RULES_FILE", help="default: $RULES_FILE or rules.yaml")
+    p.add_argument("--strict", action="store_true", help="fail on warnings too")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("simulate", help="show which rules an event matches and why; no side effects")
@@ -150,13 +275,37 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the decision trace as JSON")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("migrate", help="bring the database schema up to date")
-    p.set_defaults(func=cmd_migrate)
+    p = sub.add_parser("test", help="run rule unit tests written in YAML, on a virtual clock")
+    p.add_argument("files", nargs="+", metavar="FILE", help="rule test files")
+    p.add_argument("--rules", metavar="FILE", help="test this rules file instead of the one each test names")
+    p.add_argument("--coverage", action="store_true", help="list the rules no test exercised")
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("replay", help="re-decide recorded deliveries under a candidate rules file")
+    p.add_argument("--rules", metavar="CANDIDATE", required=True, help="the candidate rules file")
+    p.add_argument("--since", default="24h", help="how far back to replay, as a duration (default 24h)")
+    p.add_argument("--current", metavar="FILE", help="compare with this file (default: $RULES_FILE)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar (default: on a terminal, for 1,000 deliveries or more)")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("explain", help="a room's story: deliveries, decisions, timers, attempts, outcome")
+    p.add_argument("room", metavar="ROOM_ID")
+    p.add_argument("--json", action="store_true", help="print the records as JSON")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("actions", help="list actions in the outbox")
-    p.add_argument("--status", choices=["pending", "done", "failed", "dead", "dry-run"])
+    p.add_argument("--status", choices=["pending", "done", "failed", "dead", "cancelled", "dry-run"])
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(func=cmd_actions)
+
+    p = sub.add_parser("retry", help="re-drive dead actions: pending again, due now")
+    p.add_argument("ids", nargs="*", type=int, metavar="ID", help="action ids")
+    p.add_argument("--all-dead", action="store_true", help="re-drive every dead action")
+    p.set_defaults(func=cmd_retry)
+
+    p = sub.add_parser("migrate", help="bring the database schema up to date")
+    p.set_defaults(func=cmd_migrate)
     return top
 
 

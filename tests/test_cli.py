@@ -60,21 +60,30 @@ def test_check_missing_file(tmp_path):
 
 def test_simulate_shows_the_trace_and_changes_nothing(tmp_path):
     db = tmp_path / "untouched.db"
-    result = run("simulate", str(PAYLOADS / "session-ended.json"), "--rules", "rules.yaml",
+    result = run("simulate", str(PAYLOADS / "participant-left.json"), "--rules", "rules.yaml",
                  env={"DATABASE_URL": f"sqlite:///{db}"})
     assert result.returncode == 0, result.stderr
     out = result.stdout.decode()
-    assert "rule close-after-session (line" in out and "MATCH -> would deactivate room jvsg-8rjn-j304" in out
-    assert "session.duration gte 60  (actual: 600.0)" in out
+    assert "rule close-when-empty (line" in out
+    assert "MATCH -> would start a timer: deactivate room jvsg-8rjn-j304 in 5m" in out
+    assert "yes room.participants eq 0  (actual: 0)" in out
     assert not db.exists()  # no side effects: not even a database file
 
 
-def test_simulate_json_from_stdin():
-    body = event_body("session-ended", meetingId="abcd-efgh-ijkl", sessionId="s")  # no start/end
-    result = run("simulate", "-", "--json", "--rules", "rules.yaml", stdin=body)
+def test_simulate_json_from_stdin(rules_file):
+    body = event_body("session-ended", meetingId="rec-room-0001", sessionId="s")
+    rules_file.write_text("version: 1\nrules:\n  - name: long\n    on: session-ended\n"
+                          "    when: {session.duration: {gte: 60}}\n    action: deactivate\n")
+    result = run("simulate", "-", "--json", "--rules", str(rules_file), stdin=body)  # no start/end
     assert result.returncode == 0
     [rule] = json.loads(result.stdout)["rules"]
-    assert rule["result"] is None and rule["would_act"] is False  # duration unknown: never acts
+    assert rule["result"] is None and rule["outcome"] is None  # duration unknown: never acts
+
+
+def test_simulate_shows_protected_rooms_would_not_be_acted_on():
+    body = event_body("participant-left", meetingId="demo-room-1", sessionId="s", participantId="p")
+    result = run("simulate", "-", "--rules", "rules.yaml", stdin=body)
+    assert "MATCH -> protected: would not act" in result.stdout.decode()
 
 
 def test_simulate_inline_json_of_an_unknown_event():

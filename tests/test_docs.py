@@ -10,7 +10,8 @@ from service.cli import parser
 from service.rules import loader
 from service.rules.fields import FIELDS
 from service.rules.loader import parse_rules
-from service.rules.model import ACTIONS
+from service import ruletest
+from service.rules.model import ACTIONS, CONFIRMS
 from service.rules.operators import OPERATORS
 
 from .conftest import ROOT
@@ -64,6 +65,8 @@ def test_every_operator_is_documented_and_exists():
 
 def test_every_field_is_documented_and_exists():
     assert table_column(RULES_DOC, "field") == list(FIELDS) + ["data.<path>"]
+    summary = README[README.index("Fields: `event`"):README.index("Operators: `eq")]
+    assert re.findall(r"`([^`]+)`", summary) == list(FIELDS) + ["data.<path>"]
 
 
 def test_every_rule_key_and_top_level_key_is_documented():
@@ -72,21 +75,64 @@ def test_every_rule_key_and_top_level_key_is_documented():
         assert f"`{combinator}:" in RULES_DOC
 
 
-def test_every_action_is_documented():
+def test_every_setting_of_a_rules_file_is_documented():
+    assert table_column(RULES_DOC, "setting") == list(loader.SETTINGS_KEYS)
+
+
+def test_every_action_and_confirmation_is_documented():
     assert table_column(RULES_DOC, "action") == list(ACTIONS)
+    assert table_column(RULES_DOC, "confirm") == list(CONFIRMS)
+
+
+def subcommands() -> dict:
+    return parser()._subparsers._group_actions[0].choices
 
 
 def test_every_command_is_documented_and_exists():
-    commands = list(parser()._subparsers._group_actions[0].choices)
-    assert table_column(README, "command") == commands
+    assert table_column(README, "command") == list(subcommands())
 
 
-def test_yaml_examples_in_the_docs_load():
-    blocks = re.findall(r"```yaml\n(.*?)```", README + RULES_DOC, re.S)
+def test_every_option_of_every_command_is_documented():
+    for name, sub in subcommands().items():
+        row = next(line for line in README.splitlines() if line.startswith(f"| `{name} ") or
+                   line.startswith(f"| `{name}`"))
+        for action in sub._actions:
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag not in ("--help", "--no-progress"):
+                    assert flag in row, f"{name} {flag} is not in the README's command table"
+
+
+def yaml_blocks() -> list[str]:
+    return re.findall(r"```yaml\n(.*?)```", README + RULES_DOC, re.S)
+
+
+def test_rules_examples_in_the_docs_load_without_warnings():
+    blocks = [b for b in yaml_blocks() if b.startswith("version:")]
     assert len(blocks) >= 2
     for block in blocks:
         rule_set, problems = parse_rules(block, "doc example")
-        assert problems == [], block
+        assert problems == [] and rule_set.warnings == (), block
+
+
+def test_the_rule_test_example_in_the_docs_passes_against_the_shipped_rules(tmp_path):
+    [example] = [b for b in yaml_blocks() if b.startswith("rules:")]
+    (tmp_path / "rules.yaml").write_text((ROOT / "rules.yaml").read_text())
+    (tmp_path / "example.test.yaml").write_text(example)
+    test_file = ruletest.load_tests(tmp_path / "example.test.yaml")
+    results = ruletest.run_file(test_file)
+    assert results and all(r.passed for r in results), [r.diff() for r in results]
+
+
+def test_the_shipped_rules_pass_check_strict_and_their_own_tests():
+    from service.rules.loader import load_rules
+
+    assert load_rules(ROOT / "rules.yaml").warnings == ()
+    test_file = ruletest.load_tests(ROOT / "rules.test.yaml")
+    results = ruletest.run_file(test_file)
+    assert len(results) >= 5 and all(r.passed for r in results), [r.diff() for r in results if not r.passed]
+    assert ruletest.uncovered([(test_file, results)]) == {}
+    assert any(r.case.expect == () for r in results), "a test that expects no action"
+    assert any(r.case.expect for r in results), "a test that expects an action"
 
 
 def test_the_two_commands_exist_and_ci_runs_the_test_one():
@@ -102,7 +148,7 @@ def test_the_readme_simulate_output_is_what_simulate_prints():
     import subprocess
     import sys
 
-    shown = re.search(r"simulate examples/session-ended.json\n```\n```\n(.*?)```", README, re.S).group(1)
-    actual = subprocess.run([sys.executable, "-m", "service", "simulate", "examples/session-ended.json",
+    shown = re.search(r"simulate examples/participant-left.json\n```\n```\n(.*?)```", README, re.S).group(1)
+    actual = subprocess.run([sys.executable, "-m", "service", "simulate", "examples/participant-left.json",
                              "--rules", "rules.yaml"], cwd=ROOT, capture_output=True, text=True).stdout
     assert actual == shown

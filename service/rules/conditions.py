@@ -37,6 +37,14 @@ class Trace:
                 "actual": None if self.actual is MISSING else self.actual,
                 "missing": self.actual is MISSING}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "Trace":
+        """A trace as `to_dict` stored it (for `explain`)."""
+        if "field" not in data:
+            return cls(data["node"], data["result"], tuple(cls.from_dict(c) for c in data.get("children", ())))
+        return cls(data["node"], data["result"], field=data["field"], operand=data.get("operand"),
+                   actual=MISSING if data.get("missing") else data.get("actual"))
+
     def lines(self, depth: int = 0) -> list[str]:
         """The trace as indented text, one condition a line."""
         mark = {True: "yes", False: "no ", None: "?  "}[self.result]

@@ -456,6 +456,22 @@ def parse_rules(text: str, source: str = "<rules>") -> tuple[RuleSet | None, lis
                    warnings=warnings), []
 
 
+def read_yaml(text: str) -> Any:
+    """Plain data from YAML text, read the way rules files are (YAML 1.2 scalars, safe tags only).
+
+    For the other YAML files roomwarden reads (rule tests). Raises ValueError
+    with the position of a syntax error.
+    """
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{mark.line + 1}:{mark.column + 1}: " if mark else ""
+        raise ValueError(f"{where}not valid YAML: {exc.problem or exc.context}") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ValueError(f"not valid YAML: {exc}") from None
+
+
 def load_rules(path: str | Path) -> RuleSet:
     """Load a rules file, or raise `RulesError` with every problem found."""
     path = Path(path)
