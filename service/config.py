@@ -102,10 +102,10 @@ class Settings:
             rules_reload_seconds=_number(env, "RULES_RELOAD_SECONDS", 1.0, minimum=0),
             log_level=(env.get("LOG_LEVEL") or "INFO").strip().upper(),
         )
-        if settings.lease_seconds <= settings.api_timeout:
+        if settings.lease_seconds <= 2 * settings.api_timeout:
             raise ConfigError(
-                "ACTION_LEASE_SECONDS must exceed VIDEOSDK_TIMEOUT_SECONDS, or a slow call "
-                "could outlive its lease and be made twice"
+                "ACTION_LEASE_SECONDS must exceed twice VIDEOSDK_TIMEOUT_SECONDS (a confirm check and "
+                "the call itself), or a slow attempt could outlive its lease and be made twice"
             )
         return settings
 

@@ -74,6 +74,18 @@ KNOWN_EVENTS: tuple[tuple[str, type[Schema]], ...] = (
     ("merge-recording-*", RoomEventData),
 )
 
+# Event types VideoSDK documents by name, for telling whether a rule's glob can ever match
+# one (`check` warnings). Not a whitelist: any type matching KNOWN_EVENTS is accepted.
+DOCUMENTED_EVENT_TYPES = (
+    "participant-joined", "participant-left", "session-started", "session-ended",
+    *(f"{family}-{state}" for family in ("recording", "livestream", "hls")
+      for state in ("starting", "started", "stopping", "stopped", "failed")),
+    "hls-playable",
+    *(f"{family}-{state}" for family in ("participant-recording", "participant-track-recording",
+                                          "transcription", "merge-recording")
+      for state in ("started", "stopped", "failed")),
+)
+
 _SCHEMAS = {cls: cls() for _, cls in KNOWN_EVENTS}
 
 

@@ -9,6 +9,7 @@ recorded but not acted on (an event type the service does not know).
 from __future__ import annotations
 
 import logging
+import os
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -60,6 +61,7 @@ def readyz():
                   "last_error": runtime.rules.last_error, "last_error_at": runtime.rules.last_error_at},
         "webhook_verify": runtime.verifier is not None,
         "dry_run": not runtime.settings.acts,
+        "pid": os.getpid(),  # which process answered: each gunicorn worker holds its own rules
     }
     problems = []
     try:

@@ -69,7 +69,11 @@ class Worker:
         an action. False when nothing was due."""
         if self._rules_changed.is_set():
             self._rules_changed.clear()
-            self.recheck_timers()
+            try:
+                self.recheck_timers()
+            except StoreUnavailable:
+                self._rules_changed.set()  # not done: do it once the store is back
+                raise
             return True
         if self.fire_one_timer():
             return True
@@ -165,6 +169,11 @@ class Worker:
             stop, note = self._confirm_nobody_active(claim)
             if stop is not None:
                 return stop + (note,)
+            if self.clock() + self.client.timeout[1] >= claim.lease_until:
+                # The check took long: a call now could outlive the lease, and another worker
+                # could make it too. Give the action back, due now, to check again.
+                return (ApiResult(None, 0.0), Verdict("retry", 0.0, "no time left in the lease to act after "
+                                                      "the confirm check"), note)
         result = call(claim)
         return result, self.policy.judge(result, claim.attempts, self.rand), note
 

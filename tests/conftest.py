@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import socket
+import sys
 import uuid
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from service.app import create_app
 from service.config import Settings
 
 from .fakeapi import FakeVideoSDK
+from .procs import Processes, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOADS = ROOT / "examples"
@@ -183,3 +185,27 @@ def database_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/store.db"
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def processes(tmp_path, fake_api, rules_file):
+    """Starts Procfile commands against the fake API and a fresh SQLite file; stops them after."""
+    venv_bin = str(Path(sys.executable).parent)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("VIDEOSDK_", "DATABASE_URL"))},
+        "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+        "PORT": str(free_port()),
+        "HOST": "127.0.0.1",
+        "WEB_CONCURRENCY": "2",
+        "VIDEOSDK_API_KEY": API_KEY,
+        "VIDEOSDK_SECRET_KEY": SECRET,
+        "VIDEOSDK_API_BASE": fake_api.base_url,
+        "RULES_FILE": str(rules_file),
+        "DATABASE_URL": f"sqlite:///{tmp_path}/e2e.db",
+        "VIDEOSDK_TIMEOUT_SECONDS": "1",
+        "ACTION_LEASE_SECONDS": "3",
+        "WORKER_POLL_SECONDS": "0.05",
+    }
+    procs = Processes(tmp_path, env)
+    yield procs
+    procs.stop_all()

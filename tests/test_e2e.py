@@ -17,91 +17,11 @@ import requests
 
 from service.store import Store
 
-from .conftest import API_KEY, ROOT, SECRET, event_body
+from .conftest import event_body
 from .fakeapi import Reply
+from .procs import procfile, wait_until_up
 
 pytestmark = pytest.mark.e2e
-
-
-def procfile() -> dict[str, str]:
-    commands = {}
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, command = line.split(":", 1)
-            commands[name.strip()] = command.strip()
-    return commands
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Processes:
-    """Starts Procfile commands the way a process manager would, and cleans up after."""
-
-    def __init__(self, tmp_path: Path, env: dict[str, str]):
-        self.tmp_path = tmp_path
-        self.env = env
-        self.running: list[subprocess.Popen] = []
-
-    def start(self, name: str, **extra_env) -> subprocess.Popen:
-        log = open(self.tmp_path / f"{name}-{len(self.running)}.log", "wb")
-        process = subprocess.Popen(procfile()[name], shell=True, cwd=ROOT, env={**self.env, **extra_env},
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        process.log_path = log.name
-        self.running.append(process)
-        return process
-
-    def kill(self, process: subprocess.Popen, sig=signal.SIGKILL) -> None:
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=30)
-
-    def stop_all(self) -> None:
-        for process in self.running:
-            if process.poll() is None:
-                self.kill(process, signal.SIGTERM)
-
-
-@pytest.fixture
-def processes(tmp_path, fake_api, rules_file):
-    venv_bin = str(Path(sys.executable).parent)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("VIDEOSDK_", "DATABASE_URL"))},
-        "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
-        "PORT": str(free_port()),
-        "HOST": "127.0.0.1",
-        "WEB_CONCURRENCY": "2",
-        "VIDEOSDK_API_KEY": API_KEY,
-        "VIDEOSDK_SECRET_KEY": SECRET,
-        "VIDEOSDK_API_BASE": fake_api.base_url,
-        "RULES_FILE": str(rules_file),
-        "DATABASE_URL": f"sqlite:///{tmp_path}/e2e.db",
-        "VIDEOSDK_TIMEOUT_SECONDS": "1",
-        "ACTION_LEASE_SECONDS": "3",
-        "WORKER_POLL_SECONDS": "0.05",
-    }
-    procs = Processes(tmp_path, env)
-    yield procs
-    procs.stop_all()
-
-
-def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"exited with {process.returncode}:\n{Path(process.log_path).read_text()}")
-        try:
-            if requests.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"not up after {timeout}s:\n{Path(process.log_path).read_text()}")
 
 
 def ended(room: str, session: str = "s-1") -> bytes:

@@ -1,4 +1,5 @@
-"""The pure rule engine: operators, three-valued conditions, evaluate/decide, rules_for, traces."""
+"""The pure rule engine: operators, three-valued conditions, fields, evaluate (and the planner's keys),
+rules_for, traces."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from types import MappingProxyType
 import pytest
 
 from service.events import Event
-from service.rules.engine import Decision, decide, evaluate
+from service.planner import Outcome, action_key, plan_event
+from service.rooms import RoomState
+from service.rules.engine import evaluate
 from service.rules.fields import MISSING, Facts
 from service.rules.loader import parse_rules
 
@@ -212,13 +215,20 @@ def test_three_valued_combinators(when, expected):
     assert result_of(when, SE) is expected
 
 
-# -- evaluate and decide ----------------------------------------------------------------------
+# -- evaluate, and what the planner makes of it ----------------------------------------------
+
+NOW = 1_700_000_000.0
+
+
+def plan(rules, ev: Event):
+    return plan_event(rules, ev, NOW, None, (), set(), acts=True)
+
 
 def test_rule_without_when_matches():
     [res] = evaluate(one_rule(None, on="session-ended"), facts(SE))
     assert res.result is True and res.matched is True and res.trace is None
-    [decision] = decide(one_rule(None, on="session-ended"), facts(SE))
-    assert decision.trace is None
+    [outcome] = plan(one_rule(None, on="session-ended"), SE).outcomes
+    assert outcome.trace is None and outcome.outcome == "scheduled"
 
 
 DECIDE_RULES = """\
@@ -261,37 +271,39 @@ rules:
     pytest.param(event(room_id=None), [], id="no-room-id"),
     pytest.param(event(room_id=""), [], id="empty-room-id"),
 ])
-def test_decide(ev, expected_keys):
-    decisions = decide(rule_set(DECIDE_RULES), facts(ev))
-    assert [d.key for d in decisions] == expected_keys
-    for d in decisions:
-        assert isinstance(d, Decision)
-        assert d.action == "deactivate"
-        assert d.room_id == ev.room_id
-        assert d.session_id == ev.session_id
-        assert d.key == f"{d.rule}|{d.room_id}|{d.session_id or '-'}"
+def test_plan_event_keys(ev, expected_keys):
+    outcomes = plan(rule_set(DECIDE_RULES), ev).outcomes
+    assert [o.key for o in outcomes] == expected_keys
+    for o in outcomes:
+        assert isinstance(o, Outcome)
+        assert o.outcome == "scheduled"
+        assert o.action == "deactivate"
+        assert o.room_id == ev.room_id
+        assert o.session_id == ev.session_id
+        assert o.key == f"{o.rule}|{o.room_id}|{o.session_id or '-'}"
 
 
-def test_decide_skips_unknown_and_false_results_that_evaluate_reports():
+def test_plan_event_skips_unknown_and_false_results_that_evaluate_reports():
     rules = rule_set(DECIDE_RULES)
     results = {r.rule.name: r.result for r in evaluate(rules, facts(SE))}
     assert results == {"long-sessions": True, "always": True, "unknowable": None, "never": False,
                        "everything": True}
-    decided = {d.rule for d in decide(rules, facts(SE))}
-    assert decided == {"long-sessions", "always", "everything"}
+    planned = {o.rule for o in plan(rules, SE).outcomes}
+    assert planned == {"long-sessions", "always", "everything"}
 
 
 def test_evaluate_still_reports_on_unknown_event_types():
     rules = rule_set(DECIDE_RULES)
     unknown = event("agent-session-started", known=False)
     assert [(r.rule.name, r.result) for r in evaluate(rules, facts(unknown))] == [("everything", True)]
-    assert decide(rules, facts(unknown)) == ()
+    assert plan(rules, unknown).outcomes == ()
+    assert plan(rules, unknown).room is None  # not folded into any room
 
 
-def test_decision_carries_the_trace_of_its_rule():
-    [decision, *_] = decide(rule_set(DECIDE_RULES), facts(SE))
-    assert decision.rule == "long-sessions"
-    assert decision.trace.to_dict()["actual"] == 600.0
+def test_outcome_carries_the_trace_of_its_rule():
+    [outcome, *_] = plan(rule_set(DECIDE_RULES), SE).outcomes
+    assert outcome.rule == "long-sessions"
+    assert outcome.trace.to_dict()["actual"] == 600.0
 
 
 @pytest.mark.parametrize("rule, room, session, key", [
@@ -299,8 +311,8 @@ def test_decision_carries_the_trace_of_its_rule():
     pytest.param("r", "abcd-efgh-ijkl", None, "r|abcd-efgh-ijkl|-", id="no-session"),
     pytest.param("r", "abcd-efgh-ijkl", "", "r|abcd-efgh-ijkl|-", id="empty-session"),
 ])
-def test_decision_key(rule, room, session, key):
-    assert Decision(rule, "deactivate", room, session, None).key == key
+def test_action_key(rule, room, session, key):
+    assert action_key(rule, room, session) == key
 
 
 # -- rules_for --------------------------------------------------------------------------------
@@ -446,3 +458,166 @@ def test_trace_lines_indent_unknowns_in_combinators():
     d = res.trace.to_dict()
     assert d["result"] is None
     assert [c["missing"] for c in d["children"]] == [False, True]
+
+
+# -- room and session fields, from the room's state ---------------------------------------------
+
+NOW_R = 1_700_000_000.0
+IN_USE = RoomState("room-1", participants=frozenset({"a", "b"}), session_id="s-3", session_started_at=NOW_R - 600,
+                   session_active=True, sessions=3, empty_since=None, recent_sessions=("s-1", "s-2", "s-3"))
+EMPTY_90S = RoomState("room-1", session_id="s-1", session_started_at=NOW_R - 600, session_active=True, sessions=1,
+                      empty_since=NOW_R - 90, recent_sessions=("s-1",))
+ENDED_30S = RoomState("room-1", session_id="s-1", session_started_at=NOW_R - 600, session_active=False, sessions=1,
+                      empty_since=NOW_R - 30, recent_sessions=("s-1",))
+FRESH = RoomState("room-1")  # nothing seen yet: not empty "since" anything
+CLOCK_BEHIND = RoomState("room-1", session_id="s-1", session_started_at=NOW_R + 5, session_active=True, sessions=1,
+                         empty_since=NOW_R + 10)  # a stored time ahead of the clock reads as 0
+
+
+def room_result(when: str, room: RoomState | None):
+    [res] = evaluate(one_rule(when), Facts(event=SE, now=NOW_R, room=room))
+    return res
+
+
+@pytest.mark.parametrize("when, room, expected", [
+    # room.participants: how many are in the room now
+    pytest.param("room.participants: 2", IN_USE, True, id="participants-eq"),
+    pytest.param("room.participants: {gt: 1}", IN_USE, True, id="participants-gt"),
+    pytest.param("room.participants: 0", IN_USE, False, id="participants-eq-0-false"),
+    pytest.param("room.participants: 0", EMPTY_90S, True, id="participants-0-when-empty"),
+    pytest.param("room.participants: 0", FRESH, True, id="participants-0-fresh"),
+    pytest.param("room.participants: 0", None, None, id="participants-no-room-state-unknown"),
+    # room.sessions: how many sessions have been seen
+    pytest.param("room.sessions: 3", IN_USE, True, id="sessions-eq"),
+    pytest.param("room.sessions: {gte: 2}", EMPTY_90S, False, id="sessions-gte-false"),
+    pytest.param("room.sessions: 0", FRESH, True, id="sessions-0-fresh"),
+    pytest.param("room.sessions: {gte: 0}", None, None, id="sessions-no-room-state-unknown"),
+    # room.empty_for: seconds since the room became empty, while it is
+    pytest.param("room.empty_for: {gte: 90}", EMPTY_90S, True, id="empty_for-seconds"),
+    pytest.param("room.empty_for: {gte: 90s}", EMPTY_90S, True, id="empty_for-90s"),
+    pytest.param("room.empty_for: {gt: 1m}", EMPTY_90S, True, id="empty_for-gt-1m"),
+    pytest.param("room.empty_for: {gte: 2m}", EMPTY_90S, False, id="empty_for-gte-2m-false"),
+    pytest.param("room.empty_for: {lt: 1m}", ENDED_30S, True, id="empty_for-after-session-ended"),
+    pytest.param("room.empty_for: {gte: 0}", IN_USE, None, id="empty_for-missing-while-occupied"),
+    pytest.param("room.empty_for: {gte: 0}", FRESH, None, id="empty_for-missing-without-empty_since"),
+    pytest.param("room.empty_for: {gte: 0}", None, None, id="empty_for-no-room-state-unknown"),
+    pytest.param("room.empty_for: 0", CLOCK_BEHIND, True, id="empty_for-never-negative"),
+    pytest.param("room.empty_for: {exists: false}", IN_USE, True, id="empty_for-exists-false-while-occupied"),
+    # session.age: seconds since the current session started, while it is live
+    pytest.param("session.age: {gte: 10m}", IN_USE, True, id="age-gte-10m"),
+    pytest.param("session.age: {gt: 10m}", IN_USE, False, id="age-gt-10m-false"),
+    pytest.param("session.age: 600", EMPTY_90S, True, id="age-seconds"),
+    pytest.param("session.age: {gte: 0}", ENDED_30S, None, id="age-missing-after-session-ended"),
+    pytest.param("session.age: {gte: 0}", FRESH, None, id="age-missing-without-session"),
+    pytest.param("session.age: {gte: 0}", None, None, id="age-no-room-state-unknown"),
+    pytest.param("session.age: 0", CLOCK_BEHIND, True, id="age-never-negative"),
+])
+def test_room_and_session_fields(when, room, expected):
+    assert room_result(when, room).result is expected
+
+
+@pytest.mark.parametrize("when, room, actual", [
+    pytest.param("room.participants: 0", IN_USE, 2, id="participants"),
+    pytest.param("room.sessions: 0", IN_USE, 3, id="sessions"),
+    pytest.param("room.empty_for: 0", EMPTY_90S, 90.0, id="empty_for"),
+    pytest.param("session.age: 0", IN_USE, 600.0, id="age"),
+    pytest.param("room.empty_for: 0", IN_USE, MISSING, id="empty_for-missing"),
+])
+def test_room_fields_in_traces(when, room, actual):
+    trace = room_result(when, room).trace
+    assert trace.actual == actual if actual is not MISSING else trace.actual is MISSING
+
+
+def test_room_fields_read_the_state_the_planner_folded():
+    rules = rule_set("version: 1\nrules:\n  - name: last-out\n    on: participant-left\n    when:\n"
+                     "      room.participants: 0\n      room.sessions: 1\n    action: deactivate\n")
+    joined = event("participant-joined", participant_id="p-1", start=None, end=None)
+    left = event("participant-left", participant_id="p-1", start=None, end=None)
+    other_left = event("participant-left", participant_id="p-2", start=None, end=None)
+    room = plan_event(rules, joined, NOW, None, (), set(), acts=True).room
+    room = plan_event(rules, event("participant-joined", participant_id="p-2", start=None, end=None),
+                      NOW, room, (), set(), acts=True).room
+    first = plan_event(rules, left, NOW + 1, room, (), set(), acts=True)
+    assert first.outcomes == () and first.room.participants == {"p-2"}
+    last = plan_event(rules, other_left, NOW + 2, first.room, (), set(), acts=True)
+    assert [(o.rule, o.outcome) for o in last.outcomes] == [("last-out", "scheduled")]
+
+
+# -- now.time and now.weekday, in the rules' timezone ------------------------------------------
+
+MON_2330_UTC_SUMMER = datetime(2024, 7, 1, 23, 30, tzinfo=timezone.utc).timestamp()  # a Monday
+MON_2330_UTC_WINTER = datetime(2024, 1, 1, 23, 30, tzinfo=timezone.utc).timestamp()  # a Monday
+SAT_NOON_UTC = datetime(2024, 7, 6, 12, 0, tzinfo=timezone.utc).timestamp()
+
+
+def timed_rules(when: str, tz: str | None):
+    settings = f"settings:\n  timezone: {tz}\n" if tz else ""
+    return rule_set("version: 1\n" + settings + "rules:\n  - name: r\n    on: '*'\n    action: deactivate\n"
+                    "    when:\n" + "".join(f"      {line}\n" for line in when.splitlines()))
+
+
+@pytest.mark.parametrize("when, tz, now, expected", [
+    # Monday 23:30 UTC is Tuesday 01:30 in Berlin (CEST, +2) in summer, 00:30 (CET, +1) in winter
+    pytest.param("now.time: '23:30'", None, MON_2330_UTC_SUMMER, True, id="utc-by-default-time"),
+    pytest.param("now.weekday: mon", None, MON_2330_UTC_SUMMER, True, id="utc-by-default-weekday"),
+    pytest.param("now.time: '23:30'", "UTC", MON_2330_UTC_SUMMER, True, id="explicit-utc"),
+    pytest.param("now.time: '01:30'", "Europe/Berlin", MON_2330_UTC_SUMMER, True, id="berlin-summer-time"),
+    pytest.param("now.weekday: tue", "Europe/Berlin", MON_2330_UTC_SUMMER, True, id="berlin-is-already-tuesday"),
+    pytest.param("now.weekday: mon", "Europe/Berlin", MON_2330_UTC_SUMMER, False, id="berlin-is-not-monday"),
+    pytest.param("now.time: '00:30'", "Europe/Berlin", MON_2330_UTC_WINTER, True, id="berlin-winter-time"),
+    pytest.param("now.time: '19:30'\nnow.weekday: mon", "America/New_York", MON_2330_UTC_SUMMER, True,
+                 id="new-york-still-monday"),
+    pytest.param("now.time: '08:30'\nnow.weekday: tue", "Asia/Tokyo", MON_2330_UTC_SUMMER, True, id="tokyo"),
+    # ordering compares HH:MM
+    pytest.param("now.time: {gte: '22:00'}", None, MON_2330_UTC_SUMMER, True, id="gte-22-utc"),
+    pytest.param("now.time: {gte: '22:00'}", "Europe/Berlin", MON_2330_UTC_SUMMER, False, id="gte-22-berlin"),
+    pytest.param("now.time: {lt: '06:00'}", "Europe/Berlin", MON_2330_UTC_SUMMER, True, id="lt-06-berlin"),
+    pytest.param("any:\n  - now.time: {gte: '22:00'}\n  - now.time: {lt: '06:00'}", "Europe/Berlin",
+                 MON_2330_UTC_SUMMER, True, id="night-window-across-midnight"),
+    pytest.param("now.time: {gt: '12:00', lt: '13:00'}", None, SAT_NOON_UTC, False, id="noon-is-not-after-noon"),
+    # weekdays
+    pytest.param("now.weekday: {in: [sat, sun]}", None, SAT_NOON_UTC, True, id="weekend"),
+    pytest.param("now.weekday: {in: [sat, sun]}", None, MON_2330_UTC_SUMMER, False, id="not-weekend"),
+    pytest.param("now.weekday: Saturday", None, SAT_NOON_UTC, True, id="full-name-operand"),
+    pytest.param("now.weekday: {not_in: [Sat, SUN]}", "Pacific/Kiritimati", SAT_NOON_UTC, False,
+                 id="kiritimati-plus-14-is-sunday-already"),
+    pytest.param("now.weekday: sun", "Pacific/Kiritimati", datetime(2024, 7, 6, 11, 0, tzinfo=timezone.utc)
+                 .timestamp(), True, id="kiritimati-sunday-at-11-utc"),
+])
+def test_now_fields_in_the_rules_timezone(when, tz, now, expected):
+    rules = timed_rules(when, tz)
+    [res] = evaluate(rules, Facts(event=SE, now=now, tz=rules.settings.tz))
+    assert res.result is expected
+
+
+def test_now_fields_in_traces_show_local_values():
+    rules = timed_rules("now.time: '01:30'\nnow.weekday: tue", "Europe/Berlin")
+    [res] = evaluate(rules, Facts(event=SE, now=MON_2330_UTC_SUMMER, tz=rules.settings.tz))
+    assert [(c.field, c.actual) for c in res.trace.children] == [("now.time", "01:30"), ("now.weekday", "tue")]
+
+
+@pytest.mark.parametrize("tz, expected", [
+    pytest.param("Europe/Berlin", ["r"], id="berlin-tuesday-acts"),
+    pytest.param(None, [], id="utc-monday-does-not"),
+])
+def test_plan_event_uses_the_timezone_from_settings(tz, expected):
+    rules = timed_rules("now.weekday: tue", tz)
+    outcomes = plan_event(rules, SE, MON_2330_UTC_SUMMER, None, (), set(), acts=True).outcomes
+    assert [o.rule for o in outcomes] == expected
+
+
+# -- duration operands, evaluated (session.duration is 600 s on SE) ----------------------------
+
+@pytest.mark.parametrize("when, expected", [
+    pytest.param("session.duration: 10m", True, id="10m-is-600"),
+    pytest.param("session.duration: {gte: 10m}", True, id="gte-10m"),
+    pytest.param("session.duration: {gt: 10m}", False, id="gt-10m"),
+    pytest.param("session.duration: {lt: 601s}", True, id="lt-601s"),
+    pytest.param("session.duration: {lt: 1h30m}", True, id="lt-1h30m"),
+    pytest.param("session.duration: {gt: 9m59s}", True, id="gt-9m59s"),
+    pytest.param("session.duration: {in: [5m, 10m]}", True, id="in-durations"),
+    pytest.param("session.duration: {gte: 0.2h}", False, id="fractional-hours-720s"),
+    pytest.param("session.duration: {lt: 1d}", True, id="lt-1d"),
+])
+def test_duration_operands_evaluate_as_seconds(when, expected):
+    assert result_of(when, SE) is expected

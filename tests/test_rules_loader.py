@@ -41,18 +41,28 @@ def test_shipped_rules_file_loads_without_problems():
     assert rule_set.version == 1
     assert rule_set.sha256 == hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
     assert len(rule_set.short_hash) == 12
-    [rule] = rule_set.rules
-    assert rule.name == "close-after-session"
-    assert rule.on == ("session-ended",)  # `on:` is the key "on", not the boolean true
-    assert rule.action == "deactivate"
-    assert rule.description == "deactivate rooms whose session ended after a real meeting"
-    assert rule.line == 9
-    # session.duration >= 60 and not room.id in [keep-keep-keep]
-    assert isinstance(rule.when, All)
-    duration, negation = rule.when.children
-    assert (duration.field, duration.op, duration.operand) == ("session.duration", "gte", 60)
+    assert rule_set.warnings == ()  # it passes `check --strict`
+    settings = rule_set.settings
+    assert (settings.timezone, settings.dry_run, settings.max_actions_per_minute, settings.protect) == (
+        "UTC", False, 30, ("demo-*", "keep-keep-keep"))
+    empty, marathon = rule_set.rules
+    # close-when-empty: room.participants == 0 for 5m, confirmed, then deactivate
+    assert empty.name == "close-when-empty"
+    assert empty.on == ("participant-left", "session-ended")  # `on:` is the key "on", not the boolean true
+    assert empty.description == "deactivate rooms left empty for five minutes"
+    assert (empty.line, empty.action, empty.hold, empty.confirm, empty.dry_run) == (
+        22, "deactivate", 300.0, "active-participants", False)
+    assert isinstance(empty.when, Compare)
+    assert (empty.when.field, empty.when.op, empty.when.operand) == ("room.participants", "eq", 0)
+    # end-marathon-sessions: session.age >= 4h and not a weekend, in shadow mode
+    assert marathon.name == "end-marathon-sessions"
+    assert (marathon.on, marathon.action, marathon.hold, marathon.dry_run) == (
+        ("participant-joined",), "end-session", None, True)
+    assert isinstance(marathon.when, All)
+    age, negation = marathon.when.children
+    assert (age.field, age.op, age.operand) == ("session.age", "gte", 4 * 3600)
     assert isinstance(negation, Not)
-    assert (negation.child.field, negation.child.op, negation.child.operand) == ("room.id", "in", ("keep-keep-keep",))
+    assert (negation.child.field, negation.child.op, negation.child.operand) == ("now.weekday", "in", ("sat", "sun"))
 
 
 def test_parse_rules_of_shipped_text_matches_load_rules():
@@ -488,3 +498,381 @@ def test_source_defaults_to_placeholder_and_hash_is_of_the_text():
     assert rule_set.sha256 == hashlib.sha256(text.encode()).hexdigest()
     _, problems = parse_rules("version: 3\nrules: []\n")
     assert str(problems[0]).startswith("<rules>:1:10: ")
+
+
+# -- operand kinds: durations, times, weekdays ----------------------------------------------------
+
+@pytest.mark.parametrize("when, expected", [
+    pytest.param("session.duration: {gte: 5m}", 300.0, id="5m-is-300s"),
+    pytest.param("session.duration: {gte: '5m'}", 300.0, id="quoted-5m"),
+    pytest.param("session.duration: {gte: 90s}", 90.0, id="90s"),
+    pytest.param("session.duration: {gte: 2h}", 7200.0, id="2h"),
+    pytest.param("session.duration: {gte: 1d}", 86400.0, id="1d"),
+    pytest.param("session.duration: {gte: 1h30m}", 5400.0, id="1h30m"),
+    pytest.param("session.duration: {gte: 1d2h3m4s}", 93784.0, id="all-units"),
+    pytest.param("session.duration: {gte: 1.5h}", 5400.0, id="fractional-unit"),
+    pytest.param("session.duration: {gte: 300}", 300, id="plain-seconds-unchanged"),
+    pytest.param("session.duration: 10m", 600.0, id="eq-shorthand"),
+    pytest.param("room.empty_for: {gte: 5m}", 300.0, id="empty_for"),
+    pytest.param("session.age: {lt: 2h}", 7200.0, id="session-age"),
+    pytest.param("session.duration: {in: [1m, 90, 2m]}", (60.0, 90, 120.0), id="list-item-by-item"),
+])
+def test_duration_operands_are_seconds(when, expected):
+    [rule] = loads(one_rule(when)).rules
+    assert rule.when.operand == expected
+    assert rule.when.compiled == expected
+
+
+@pytest.mark.parametrize("when, expected", [
+    pytest.param("now.time: {gte: '22:00'}", "22:00", id="quoted"),
+    pytest.param("now.time: {gte: 22:00}", "22:00", id="unquoted-is-not-sexagesimal"),
+    pytest.param("now.time: '00:00'", "00:00", id="midnight"),
+    pytest.param("now.time: {lt: '23:59'}", "23:59", id="last-minute"),
+    pytest.param("now.time: {in: ['08:00', '20:30']}", ("08:00", "20:30"), id="list"),
+    pytest.param("now.weekday: {in: [sat, sun]}", ("sat", "sun"), id="weekday-list"),
+    pytest.param("now.weekday: {in: [Saturday, SUN]}", ("sat", "sun"), id="weekday-full-and-upper-case"),
+    pytest.param("now.weekday: Mon", "mon", id="weekday-capitalised"),
+    pytest.param("now.weekday: {ne: wednesday}", "wed", id="weekday-full-name-ne"),
+    pytest.param("now.weekday: {matches: '^s'}", "^s", id="weekday-regex-as-written"),
+])
+def test_time_and_weekday_operands(when, expected):
+    [rule] = loads(one_rule(when)).rules
+    assert rule.when.operand == expected
+
+
+# (when, (line, col, message fragment)); `when:` lines start at 6:7
+BAD_OPERANDS = [
+    # durations
+    pytest.param("session.duration: {gt: 5 minutes}",
+                 (6, 30, "'session.duration: {gt: ...}' '5 minutes' is not a duration; write it as 90s, 5m, 2h, "
+                         "1d or 1h30m"), id="duration-words"),
+    pytest.param("room.empty_for: {gte: 5x}", (6, 29, "'5x' is not a duration"), id="duration-unknown-unit"),
+    pytest.param("room.empty_for: {gte: 1h30}", (6, 29, "'1h30' is not a duration"), id="duration-trailing-number"),
+    pytest.param("session.age: {gt: -5m}", (6, 25, "'-5m' is not a duration"), id="duration-negative-string"),
+    pytest.param("session.age: {gt: m}", (6, 25, "'m' is not a duration"), id="duration-unit-only"),
+    pytest.param("session.duration: {in: [1m, soon]}", (6, 30, "'soon' is not a duration"),
+                 id="duration-bad-list-item"),
+    pytest.param("room.participants: {gt: 5m}", (6, 31, "'room.participants: {gt: ...}' needs a number"),
+                 id="duration-for-a-number-field"),
+    # times
+    pytest.param("now.time: {gte: '25:00'}",
+                 (6, 23, "'now.time: {gte: ...}' '25:00' is not a time; write it as HH:MM, 24-hour"),
+                 id="time-hour-25"),
+    pytest.param("now.time: {gte: '22:60'}", (6, 23, "'22:60' is not a time"), id="time-minute-60"),
+    pytest.param("now.time: '8:30'", (6, 17, "'8:30' is not a time"), id="time-one-digit-hour"),
+    pytest.param("now.time: '22:00:00'", (6, 17, "'22:00:00' is not a time"), id="time-with-seconds"),
+    pytest.param("now.time: {in: ['08:00', noon]}", (6, 22, "'noon' is not a time"), id="time-bad-list-item"),
+    pytest.param("now.time: {gt: 2200}", (6, 22, "'now.time: {gt: ...}' needs a time such as \"22:00\""),
+                 id="time-number-ordered"),
+    pytest.param("now.time: 2200", (6, 17, "needs a string for this field; quote it"), id="time-number-eq"),
+    pytest.param("now.time: {matches: 5}", (6, 27, "needs a regular expression as a string"), id="time-regex-number"),
+    # weekdays
+    pytest.param("now.weekday: funday",
+                 (6, 20, "'now.weekday: {eq: ...}' 'funday' is not a weekday; use mon, tue, wed, thu, fri, sat, sun"),
+                 id="weekday-funday"),
+    pytest.param("now.weekday: {in: [sat, sa]}", (6, 25, "'sa' is not a weekday"), id="weekday-abbreviation-too-short"),
+    pytest.param("now.weekday: {gt: mon}",
+                 (6, 25, "compares numbers, durations or times, but this field is a weekday"), id="weekday-ordered"),
+    pytest.param("now.weekday: 1", (6, 20, "needs a string for this field"), id="weekday-number"),
+]
+
+
+@pytest.mark.parametrize("when, expected", BAD_OPERANDS)
+def test_bad_operands_of_new_kinds(when, expected):
+    rule_set, problems = parse_rules(one_rule(when), "bad.yaml")
+    assert rule_set is None
+    [problem] = problems
+    line, col, fragment = expected
+    assert (problem.line, problem.col) == (line, col), str(problem)
+    assert fragment in problem.message
+    assert str(problem).startswith(f"bad.yaml:{line}:{col}: ")
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+def with_settings(*lines: str) -> str:
+    """Settings keys from 3:3, then an empty rules list."""
+    return "version: 1\nsettings:\n" + "".join(f"  {line}\n" for line in lines) + "rules: []\n"
+
+
+def test_settings_default():
+    settings = loads(one_rule()).settings
+    assert (settings.timezone, settings.dry_run, settings.max_actions_per_minute, settings.protect) == (
+        "UTC", False, None, ())
+    assert settings.tz.utcoffset(None).total_seconds() == 0
+
+
+def test_settings_read():
+    settings = loads(with_settings("timezone: Europe/Berlin", "dry_run: true", "max_actions_per_minute: 30",
+                                   "protect: [keep-keep-keep, 'demo-*']")).settings
+    assert settings.timezone == "Europe/Berlin"
+    assert str(settings.tz) == "Europe/Berlin"
+    assert settings.dry_run is True
+    assert settings.max_actions_per_minute == 30
+    assert settings.protect == ("keep-keep-keep", "demo-*")
+    assert settings.is_protected("demo-1") and settings.is_protected("keep-keep-keep")
+    assert not settings.is_protected("keep-keep-kee")
+
+
+@pytest.mark.parametrize("line, expected", [
+    pytest.param("protect: keep-keep-keep", ("keep-keep-keep",), id="a-single-id"),
+    pytest.param("protect: []", (), id="empty-list"),
+    pytest.param("protect: ['room-[0-9]*', 'a?c', 'x:y.z_1']", ("room-[0-9]*", "a?c", "x:y.z_1"), id="globs"),
+])
+def test_protect_forms(line, expected):
+    assert loads(with_settings(line)).settings.protect == expected
+
+
+# (settings lines, (line, col, message fragment))
+BAD_SETTINGS = [
+    pytest.param(["dryrun: true"],
+                 (3, 3, "unknown setting 'dryrun'; did you mean 'dry_run'? "
+                        "(settings: timezone, dry_run, max_actions_per_minute, protect)"), id="unknown-with-hint"),
+    pytest.param(["owner: me"],
+                 (3, 3, "unknown setting 'owner' (settings: timezone, dry_run, max_actions_per_minute, protect)"),
+                 id="unknown-without-hint"),
+    pytest.param(["timezone: Europe/Berln"],
+                 (3, 13, "unknown timezone 'Europe/Berln'; did you mean 'Europe/Berlin'? "
+                         "(an IANA name such as Europe/Berlin or UTC)"), id="timezone-typo-with-hint"),
+    pytest.param(["timezone: Mars/Olympus_Mons"], (3, 13, "unknown timezone 'Mars/Olympus_Mons'"),
+                 id="timezone-unknown"),
+    pytest.param(["timezone: ../../etc/passwd"], (3, 13, "unknown timezone '../../etc/passwd'"),
+                 id="timezone-path-traversal"),
+    pytest.param(["timezone: /etc/localtime"], (3, 13, "unknown timezone '/etc/localtime'"),
+                 id="timezone-absolute-path"),
+    pytest.param(["timezone: +02:00"], (3, 13, "unknown timezone '+02:00'"), id="timezone-an-offset"),
+    pytest.param(["timezone: 5"], (3, 13, "'timezone' must be a non-empty string"), id="timezone-a-number"),
+    pytest.param(["max_actions_per_minute: 0"],
+                 (3, 27, "'max_actions_per_minute' must be a whole number, at least 1"), id="max-0"),
+    pytest.param(["max_actions_per_minute: -3"], (3, 27, "at least 1"), id="max-negative"),
+    pytest.param(["max_actions_per_minute: x"], (3, 27, "must be a whole number"), id="max-a-string"),
+    pytest.param(["max_actions_per_minute: '10'"], (3, 27, "must be a whole number"), id="max-a-quoted-number"),
+    pytest.param(["max_actions_per_minute: 1.5"], (3, 27, "must be a whole number"), id="max-a-float"),
+    pytest.param(["max_actions_per_minute: true"], (3, 27, "must be a whole number"), id="max-true"),
+    pytest.param(["protect: ['room 1']"], (3, 13, "'room 1' is not a room id or glob"), id="protect-space"),
+    pytest.param(["protect: [ok-room, room/1]"], (3, 22, "'room/1' is not a room id or glob"),
+                 id="protect-slash-second-item"),
+    pytest.param(["protect: ['a\"b']"], (3, 13, "is not a room id or glob"), id="protect-quote"),
+    pytest.param(["protect: ['']"], (3, 13, "a room id or glob in 'protect' must be a non-empty string"),
+                 id="protect-empty-string"),
+    pytest.param(["protect: [5]"], (3, 13, "must be a non-empty string"), id="protect-a-number"),
+    pytest.param(["dry_run: yes"], (3, 12, "'dry_run' must be true or false"), id="dry_run-yes"),
+    pytest.param(["dry_run: 1"], (3, 12, "'dry_run' must be true or false"), id="dry_run-1"),
+]
+
+
+@pytest.mark.parametrize("lines, expected", BAD_SETTINGS)
+def test_bad_settings(lines, expected):
+    rule_set, problems = parse_rules(with_settings(*lines), "bad.yaml")
+    assert rule_set is None
+    [problem] = problems
+    line, col, fragment = expected
+    assert (problem.line, problem.col) == (line, col), str(problem)
+    assert fragment in problem.message
+
+
+@pytest.mark.parametrize("text, fragment", [
+    pytest.param("version: 1\nsettings: [a]\nrules: []\n", "'settings' must be a mapping of key: value", id="a-list"),
+    pytest.param("version: 1\nsettings: x\nrules: []\n", "'settings' must be a mapping of key: value", id="a-string"),
+])
+def test_settings_must_be_a_mapping(text, fragment):
+    rule_set, [problem] = parse_rules(text, "bad.yaml")
+    assert rule_set is None
+    assert (problem.line, problem.col, problem.message) == (2, 11, fragment)
+
+
+# -- rule keys: for, confirm, dry_run, action -----------------------------------------------------
+
+@pytest.mark.parametrize("extra, expected", [
+    pytest.param("for: 5m", 300.0, id="5m"),
+    pytest.param("for: 90", 90.0, id="plain-seconds"),
+    pytest.param("for: 1h30m", 5400.0, id="1h30m"),
+    pytest.param("for: 0.5", 0.5, id="half-a-second"),
+    pytest.param("for: '2h'", 7200.0, id="quoted"),
+])
+def test_for_is_a_duration(extra, expected):
+    [rule] = loads(rule_with(extra)).rules
+    assert rule.hold == expected
+
+
+def test_rule_defaults_for_new_keys():
+    [rule] = loads(one_rule()).rules
+    assert (rule.hold, rule.confirm, rule.dry_run) == (None, None, False)
+
+
+@pytest.mark.parametrize("extra, attribute, expected", [
+    pytest.param("confirm: active-participants", "confirm", "active-participants", id="confirm"),
+    pytest.param("dry_run: true", "dry_run", True, id="dry_run-true"),
+    pytest.param("dry_run: false", "dry_run", False, id="dry_run-false"),
+])
+def test_confirm_and_dry_run(extra, attribute, expected):
+    [rule] = loads(rule_with(extra)).rules
+    assert getattr(rule, attribute) == expected
+
+
+def test_action_end_session_is_accepted():
+    [rule] = loads(one_rule(action="end-session")).rules
+    assert rule.action == "end-session"
+
+
+# extra lines start at 6:5; their values at 6:10 (for), 6:14 (confirm), 6:14 (dry_run)
+BAD_RULE_KEYS = [
+    pytest.param("for: 0", (6, 10, "'for' must be longer than zero"), id="for-0"),
+    pytest.param("for: 0s", (6, 10, "'for' must be longer than zero"), id="for-0s"),
+    pytest.param("for: -5", (6, 10, "'for': a duration must be a finite number of seconds, not negative"),
+                 id="for-negative"),
+    pytest.param("for: -5m", (6, 10, "'for': '-5m' is not a duration"), id="for-negative-string"),
+    pytest.param("for: soon", (6, 10, "'for': 'soon' is not a duration; write it as 90s, 5m, 2h, 1d or 1h30m"),
+                 id="for-soon"),
+    pytest.param("for: true", (6, 10, "'for': a duration is a number of seconds"), id="for-true"),
+    pytest.param("for: .inf", (6, 10, "'for': a duration must be a finite number"), id="for-infinite"),
+    pytest.param("for: [5m]", (6, 10, "'for': None is not a duration"), id="for-a-list"),
+    pytest.param("confirm: active-participant",
+                 (6, 14, "unknown check 'active-participant'; did you mean 'active-participants'?; "
+                         "known: active-participants"), id="confirm-typo-with-hint"),
+    pytest.param("confirm: nobody-there", (6, 14, "unknown check 'nobody-there'; known: active-participants"),
+                 id="confirm-unknown"),
+    pytest.param("confirm: true", (6, 14, "'confirm' must be a non-empty string"), id="confirm-bool"),
+    pytest.param("dry_run: yes", (6, 14, "'dry_run' must be true or false"), id="dry_run-yes-is-a-string"),
+    pytest.param("dry_run: 'true'", (6, 14, "'dry_run' must be true or false"), id="dry_run-quoted"),
+    pytest.param("dry-run: true", (6, 5, "unknown rule key 'dry-run'; did you mean 'dry_run'?"),
+                 id="dry-run-spelt-with-dash"),
+    pytest.param("fro: 5m", (6, 5, "unknown rule key 'fro'; did you mean 'for'?"), id="fro"),
+]
+
+
+@pytest.mark.parametrize("extra, expected", BAD_RULE_KEYS)
+def test_bad_new_rule_keys(extra, expected):
+    rule_set, problems = parse_rules(rule_with(extra), "bad.yaml")
+    assert rule_set is None
+    [problem] = problems
+    line, col, fragment = expected
+    assert (problem.line, problem.col) == (line, col), str(problem)
+    assert fragment in problem.message
+
+
+# -- warnings: they are reported, and they do not stop loading ----------------------------------
+
+# (rule file text, [(line, col, message fragment)] of the warnings, in order)
+WARNINGS = [
+    pytest.param(one_rule("participant.id: p1", on="session-ended"),
+                 [(6, 7, "'participant.id' is never set on session-ended events (only on participant-*), "
+                         "so this test is never true")], id="participant-field-on-session-ended"),
+    pytest.param(one_rule("session.duration: {gt: 1m}", on="participant-left"),
+                 [(6, 7, "'session.duration' is never set on participant-left events (only on session-ended)")],
+                 id="session-duration-on-participant-left"),
+    pytest.param(one_rule("not:\n  any:\n    - room.id: a\n    - participant.name: bob", on="session-started"),
+                 [(9, 13, "'participant.name' is never set on session-started events")], id="nested-field"),
+    pytest.param(one_rule(on="call-*"),
+                 [(4, 9, "'call-*' matches no event type roomwarden acts on; events of unknown types are "
+                         "recorded but never acted on")], id="on-call-glob"),
+    pytest.param(one_rule(on="[session-ended, agent-session-ended]"),
+                 [(4, 9, "'agent-session-ended' matches no event type roomwarden acts on")], id="on-list-item"),
+    pytest.param(one_rule("participant.id: p1", on="batchcall-*"),
+                 [(4, 9, "'batchcall-*' matches no event type"),
+                  (6, 7, "'participant.id' is never set on batchcall-* events")], id="both-in-file-order"),
+    # no warnings
+    pytest.param(one_rule("participant.id: p1", on="'*'"), [], id="star-carries-everything"),
+    pytest.param(one_rule("participant.id: p1", on="[participant-left, session-ended]"), [], id="one-type-carries"),
+    pytest.param(one_rule("participant.id: p1", on="participant-recording-started"), [], id="participant-recording"),
+    pytest.param(one_rule("session.duration: {gt: 1}", on="'session-*'"), [], id="glob-covers-session-ended"),
+    pytest.param(one_rule("room.empty_for: {gt: 5m}\nsession.age: {gt: 1h}\nnow.time: '22:00'",
+                          on="participant-left"), [], id="room-and-clock-fields-on-any-event"),
+    pytest.param(one_rule("data.kind: video", on="hls-started"), [], id="data-paths-never-warn"),
+]
+
+
+@pytest.mark.parametrize("text, expected", WARNINGS)
+def test_warnings(text, expected):
+    rule_set, problems = parse_rules(text, "w.yaml")
+    assert problems == []
+    assert rule_set is not None and len(rule_set.rules) == 1  # warnings do not stop loading
+    got = [(w.line, w.col, w.message) for w in rule_set.warnings]
+    assert [(line, col) for line, col, _ in got] == [(line, col) for line, col, _ in expected], got
+    for (_, _, message), (_, _, fragment) in zip(got, expected):
+        assert fragment in message
+    for warning in rule_set.warnings:
+        assert warning.severity == "warning"
+        assert str(warning) == f"w.yaml:{warning.line}:{warning.col}: warning: {warning.message}"
+
+
+def test_warnings_do_not_stop_load_rules(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(one_rule("participant.id: p1", on="session-ended"))
+    rule_set = load_rules(path)
+    assert [r.name for r in rule_set.rules] == ["r1"]
+    [warning] = rule_set.warnings
+    assert str(warning).startswith(f"{path}:6:7: warning: 'participant.id' is never set")
+
+
+def test_errors_drop_warnings_and_shipped_file_has_none():
+    text = one_rule("participant.id: p1", on="session-ended").replace("action: deactivate", "action: nuke")
+    rule_set, problems = parse_rules(text, "e.yaml")
+    assert rule_set is None
+    assert [p.severity for p in problems] == ["error"]
+    assert "warning" not in str(problems[0])
+    assert load_rules(SHIPPED).warnings == ()
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param(one_rule(on="'*-stopped'"), id="on-star-stopped-covers-recording-stopped"),
+    pytest.param(one_rule(on="'*-playable'"), id="on-star-playable-covers-hls-playable"),
+    pytest.param(one_rule(on="'?ls-started'"), id="on-question-mark-covers-hls-started"),
+    pytest.param(one_rule("participant.id: p1", on="'*-joined'"), id="participant-field-on-star-joined"),
+])
+def test_no_false_warning_for_globs_that_do_match_known_events(text):
+    rule_set, problems = parse_rules(text, "w.yaml")
+    assert problems == []
+    assert [str(w) for w in rule_set.warnings] == []
+
+
+# -- fingerprints: what makes two versions of a rule "the same" for its pending timers -------------
+
+FINGERPRINT_BASE = """\
+  - name: empty
+    description: close rooms left empty
+    on: participant-left
+    when:
+      room.participants: 0
+    for: 5m
+    action: deactivate
+"""
+
+
+def fingerprint(rules_yaml: str, before: str = "") -> str:
+    rule_set = loads(HEAD + before + rules_yaml)
+    return rule_set.rule("empty").fingerprint
+
+
+@pytest.mark.parametrize("changed, same", [
+    pytest.param(FINGERPRINT_BASE.replace("close rooms left empty", "a different description"), True,
+                 id="description-changed"),
+    pytest.param(FINGERPRINT_BASE.replace("    description: close rooms left empty\n", ""), True,
+                 id="description-removed"),
+    pytest.param(FINGERPRINT_BASE.replace("    for: 5m\n", "    for: 5m  # a comment\n"), True, id="comment-added"),
+    pytest.param(FINGERPRINT_BASE.replace("    when:\n      room.participants: 0\n",
+                                          "    when: {room.participants: 0}\n"), True,
+                 id="same-condition-in-flow-style"),
+    pytest.param(FINGERPRINT_BASE.replace("for: 5m", "for: '5m'"), True, id="same-for-quoted"),
+    pytest.param(FINGERPRINT_BASE.replace("room.participants: 0", "room.participants: 1"), False,
+                 id="condition-operand-changed"),
+    pytest.param(FINGERPRINT_BASE.replace("room.participants: 0", "room.participants: {lte: 0}"), False,
+                 id="condition-operator-changed"),
+    pytest.param(FINGERPRINT_BASE.replace("for: 5m", "for: 10m"), False, id="for-changed"),
+    pytest.param(FINGERPRINT_BASE.replace("on: participant-left", "on: [participant-left, session-ended]"), False,
+                 id="on-changed"),
+    pytest.param(FINGERPRINT_BASE.replace("action: deactivate", "action: end-session"), False, id="action-changed"),
+    pytest.param(FINGERPRINT_BASE + "    dry_run: true\n", False, id="dry_run-added"),
+    pytest.param(FINGERPRINT_BASE + "    confirm: active-participants\n", False, id="confirm-added"),
+])
+def test_fingerprint_changes_with_everything_but_the_description(changed, same):
+    base = fingerprint(FINGERPRINT_BASE)
+    assert len(base) == 16
+    assert (fingerprint(changed) == base) is same
+
+
+def test_fingerprint_does_not_depend_on_position_or_other_rules():
+    moved = fingerprint(FINGERPRINT_BASE, before="  - {name: other, on: session-ended, action: deactivate}\n")
+    assert moved == fingerprint(FINGERPRINT_BASE)
+    [rule] = loads(HEAD + FINGERPRINT_BASE).rules
+    assert rule.line == 3

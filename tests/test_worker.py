@@ -1,7 +1,9 @@
 """The Worker against the fake VideoSDK API over real HTTP, on a real SQLite store.
 
-The store and the worker share an injected clock, so due times are exact and the
-tests move time by setting it; the API calls themselves are real.
+The store, the ingestor and the worker share an injected clock, so due times are
+exact and the tests move time by setting it; the API calls themselves are real.
+Actions and timers get into the store the way the service puts them there: a
+parsed webhook body through `Ingestor`, decided by a rule set parsed from YAML.
 """
 
 from __future__ import annotations
@@ -13,21 +15,29 @@ from dataclasses import dataclass
 import pytest
 
 from service.config import Settings
-from service.errors import ConfigError
+from service.errors import ConfigError, StoreUnavailable
+from service.events import parse_event
+from service.ingest import Ingestor
+from service.reload import RulesHolder
 from service.retry import RetryPolicy
-from service.runtime import build_worker
-from service.store import AttemptRecord, NewDecision, NewDelivery, Store
+from service.rules.loader import parse_rules
+from service.rules.model import RuleSet
+from service.runtime import build_worker, load_rules_holder
+from service.store import AttemptRecord, NewDecision, NewDelivery, PlanWrite, Store
 from service.videosdk import TokenSource, VideoSDKClient
 from service.worker import Worker
 
-from .conftest import API_KEY, SECRET
+from .conftest import API_KEY, SECRET, event_body
 from .fakeapi import Reply
 
 DEACTIVATE = "/v2/rooms/deactivate"
+END_SESSION = "/v2/sessions/end"
 T0 = 1_700_000_000.0
 HALF = lambda: 0.5  # noqa: E731  backoff = 3/4 of its ceiling: 1.5 s after attempt 1, 3 s after attempt 2
 WRONG_SECRET = "wrong-secret-" + "w" * 32
 LEASE = 30.0
+SESSION = "sess-1"
+CHECK = f"/v2/sessions/{SESSION}/participants/active"
 
 
 class Clock:
@@ -51,22 +61,46 @@ def store(tmp_path, clock):
     store.close()
 
 
-def make_worker(store, clock, base_url, *, secret=SECRET, timeout=5.0, policy=None,
-                worker_id="worker-1") -> Worker:
-    client = VideoSDKClient(base_url, TokenSource(API_KEY, secret), timeout=timeout)
-    return Worker(store, client, policy or RetryPolicy(), lease_seconds=LEASE, worker_id=worker_id,
-                  clock=clock, rand=HALF)
+def parse(text: str) -> RuleSet:
+    rule_set, problems = parse_rules(text, "test-rules.yaml")
+    assert rule_set is not None, [str(p) for p in problems]
+    return rule_set
 
 
-def add_action(store, room: str, *, at: float, kind: str = "deactivate", session: str = "sess-1") -> int:
-    """Put one action in the outbox the way ingest does: a delivery and its decision, one transaction."""
-    delivery = NewDelivery(
-        id=uuid.uuid4().hex, received_at=at, event_type="session-ended", room_id=room,
-        session_id=session, participant_id=None, known=True, verified=True, body_sha256="0" * 64,
-        body='{"webhookType": "session-ended"}', rules_hash="0" * 64)
-    decision = NewDecision(rule="close-after-session", action=kind, room_id=room, session_id=session,
-                           key=f"close-after-session|{room}|{session}", trace=None)
-    receipt = store.record_delivery(delivery, [decision], acts=True)
+def session_rules(kind: str = "deactivate", *, confirm: str | None = None, settings: str = "") -> RuleSet:
+    """One rule acting on session-ended; `settings` is a YAML flow mapping such as `{protect: [a]}`."""
+    text = "version: 1\n"
+    if settings:
+        text += f"settings: {settings}\n"
+    text += f"rules:\n  - name: close-after-session\n    on: session-ended\n    action: {kind}\n"
+    if confirm:
+        text += f"    confirm: {confirm}\n"
+    return parse(text)
+
+
+def make_worker(store, clock, base_url: str | None = None, *, rules: RulesHolder | None = None,
+                secret=SECRET, timeout=5.0, policy=None, worker_id="worker-1", acts=True,
+                lease: float = LEASE) -> Worker:
+    """A worker on the injected clock; `base_url=None` gives it no client at all."""
+    client = None if base_url is None else VideoSDKClient(base_url, TokenSource(API_KEY, secret),
+                                                          timeout=timeout)
+    holder = rules or RulesHolder(session_rules())
+    return Worker(store, client, policy or RetryPolicy(), lambda: holder.current, lease_seconds=lease,
+                  acts=acts, worker_id=worker_id, clock=clock, rand=HALF)
+
+
+def deliver(store, rules: RulesHolder | RuleSet, clock, event_type: str, *, verified: bool = True, **data):
+    """One delivery through the real pipeline: bytes, parse_event, Ingestor."""
+    raw = event_body(event_type, **data)
+    current = (lambda: rules.current) if isinstance(rules, RulesHolder) else (lambda: rules)
+    return Ingestor(store, current, acts=True, clock=clock).ingest(raw, parse_event(raw), verified=verified)
+
+
+def add_action(store, room: str, *, at: float, kind: str = "deactivate", session: str = SESSION,
+               confirm: str | None = None) -> int:
+    """Put one action in the outbox the way the service does: a session-ended delivery, decided."""
+    receipt = deliver(store, session_rules(kind, confirm=confirm), lambda: at, "session-ended",
+                      meetingId=room, sessionId=session)
     [outcome] = receipt.decisions
     assert outcome.outcome == "scheduled"
     return outcome.action_id
@@ -78,7 +112,7 @@ def add_action(store, room: str, *, at: float, kind: str = "deactivate", session
 @dataclass
 class Case:
     # how the API behaves
-    replies: tuple = ()              # scripted replies to deactivate, in order; then the fake's default
+    replies: tuple = ()              # scripted replies to the action's call, in order; then the fake's default
     missing: bool = False            # the fake does not know the room (a real 404)
     secret: str = SECRET             # the secret the worker signs with
     refused: bool = False            # the worker points at a closed port
@@ -92,7 +126,7 @@ class Case:
     # after the clock reaches the due time (or an hour for finished actions) and run_once again
     then: str | None = None          # status after the second run; None: nothing is claimed
     then_http_status: int | None = None
-    deactivated: bool = True         # whether the fake ends with the room deactivated
+    acted: bool = True               # whether the fake ends with the room deactivated / session ended
 
 
 OUTCOMES = {
@@ -100,13 +134,13 @@ OUTCOMES = {
     "200": Case(),
     # 404 room not found (the fake really does not know it): failed, one attempt, never retried
     "404": Case(missing=True, status="failed", http_status=404, outcome="failed",
-                error_has=("room not found", "HTTP 404: Room not found"), deactivated=False),
+                error_has=("room not found", "HTTP 404: Room not found"), acted=False),
     # 402, VideoSDK's answer to a customRoomId: failed, never retried
     "402": Case(replies=(Reply(402, {"message": "Invalid roomId"}),), status="failed", http_status=402,
-                outcome="failed", error_has=("room not found", "HTTP 402: Invalid roomId"), deactivated=False),
+                outcome="failed", error_has=("room not found", "HTTP 402: Invalid roomId"), acted=False),
     # 400 bad request: failed, never retried
     "400": Case(replies=(Reply(400, {"message": "roomId is required"}),), status="failed", http_status=400,
-                outcome="failed", error_has=("bad request", "HTTP 400"), deactivated=False),
+                outcome="failed", error_has=("bad request", "HTTP 400"), acted=False),
     # 429 with Retry-After: 7: pending until exactly now+7, then done
     "429-retry-after": Case(replies=(Reply(429, {"message": "Too many requests"}, {"Retry-After": "7"}),),
                             status="pending", http_status=429, outcome="retry", due_in=7.0,
@@ -141,32 +175,42 @@ OUTCOMES = {
                              then="done", then_http_status=200),
     # refused connection: pending with backoff, and again with a longer one
     "refused": Case(refused=True, status="pending", http_status=None, outcome="retry", due_in=1.5,
-                    error_has=("connection failed",), then="pending", then_http_status=None,
-                    deactivated=False),
+                    error_has=("connection failed",), then="pending", then_http_status=None, acted=False),
     # 401 from a wrong secret (the fake checks the JWT): the slow credentials delay, still pending after
     "401-wrong-secret": Case(secret=WRONG_SECRET, status="pending", http_status=401, outcome="retry",
                              due_in=300.0, error_has=("credentials", "VIDEOSDK_SECRET_KEY", "HTTP 401"),
-                             then="pending", then_http_status=401, deactivated=False),
+                             then="pending", then_http_status=401, acted=False),
     # 403 (wrong role or version): the same slow delay
     "403": Case(replies=(Reply(403, {"message": "the v2 API needs version 2 and the crawler role"}),),
                 status="pending", http_status=403, outcome="retry", due_in=300.0,
                 error_has=("credentials", "HTTP 403"), then="done", then_http_status=200),
 }
 
+# Each row: action kind -> (the path it calls, the path it must never call, whether the fake shows its effect)
+KINDS = {
+    # deactivate: POST /v2/rooms/deactivate; the fake then lists the room as disabled
+    "deactivate": (DEACTIVATE, END_SESSION, lambda fake, room: room in fake.disabled_rooms),
+    # end-session: POST /v2/sessions/end; the fake then lists the session as ended
+    "end-session": (END_SESSION, DEACTIVATE, lambda fake, room: SESSION in fake.ended_sessions),
+}
 
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("case", OUTCOMES.values(), ids=OUTCOMES.keys())
-def test_outcomes(fake_api, closed_port, store, clock, case):
+def test_outcomes(fake_api, closed_port, store, clock, case, kind):
+    path, other_path, acted = KINDS[kind]
     room = "room-abc"
     if case.missing:
         fake_api.missing_rooms.add(room)
-    fake_api.script(DEACTIVATE, *case.replies)
+    fake_api.script(path, *case.replies)
     base = f"http://127.0.0.1:{closed_port}" if case.refused else fake_api.base_url
     worker = make_worker(store, clock, base, secret=case.secret, timeout=case.timeout)
-    action_id = add_action(store, room, at=T0)
+    action_id = add_action(store, room, at=T0, kind=kind)
 
     assert worker.run_once() is True
 
     action = store.action(action_id)
+    assert action["kind"] == kind
     assert action["status"] == case.status
     assert action["attempts"] == 1
     assert action["last_status"] == case.http_status
@@ -205,9 +249,26 @@ def test_outcomes(fake_api, closed_port, store, clock, case):
         assert action["status"] == case.then
         assert action["attempts"] == 2
         assert [a["http_status"] for a in store.attempts(action_id)] == [case.http_status, case.then_http_status]
-    assert (room in fake_api.disabled_rooms) is case.deactivated
+    assert acted(fake_api, room) is case.acted
+    assert fake_api.calls_to(other_path) == []  # each kind makes only its own call
     if not case.refused and not case.timeout < 1:  # a timed-out call lands at the fake later
-        assert len(fake_api.calls_to(DEACTIVATE)) == (1 if case.then is None else 2)
+        assert len(fake_api.calls_to(path)) == (1 if case.then is None else 2)
+
+
+def test_end_session_posts_room_and_session_and_leaves_the_room_usable(fake_api, store, clock):
+    worker = make_worker(store, clock, fake_api.base_url)
+    action_id = add_action(store, "room-1", at=T0, kind="end-session", session="sess-77")
+
+    assert worker.run_once() is True
+
+    [call] = fake_api.calls_to(END_SESSION)
+    assert (call.method, call.body) == ("POST", {"roomId": "room-1", "sessionId": "sess-77"})
+    assert fake_api.session_ends() == [("room-1", "sess-77")]
+    assert fake_api.calls_to(DEACTIVATE) == [] and fake_api.disabled_rooms == set()
+    action = store.action(action_id)
+    assert (action["status"], action["last_status"]) == ("done", 200)
+    clock.now = T0 + 3600
+    assert worker.run_once() is False  # done is done
 
 
 def test_refused_connection_backs_off_further_each_attempt(closed_port, store, clock):
@@ -294,8 +355,17 @@ def test_action_that_keeps_killing_its_worker_is_given_up(fake_api, store, clock
 
 
 def test_unknown_action_kind_is_dead_without_a_call(fake_api, store, clock):
+    """A kind this version cannot carry out (written by a newer one): dead, and nothing is called."""
     worker = make_worker(store, clock, fake_api.base_url)
-    action_id = add_action(store, "room-1", at=T0, kind="end-session")  # written by a newer version
+    delivery = NewDelivery(
+        id=uuid.uuid4().hex, received_at=T0, event_type="session-ended", room_id="room-1",
+        session_id=SESSION, participant_id=None, known=True, verified=True, body_sha256="0" * 64,
+        body='{"webhookType": "session-ended"}', rules_hash="0" * 64)
+    decision = NewDecision(rule="newer-rule", action="mute-everyone", room_id="room-1", session_id=SESSION,
+                           key=f"newer-rule|room-1|{SESSION}", trace=None)
+    receipt = store.ingest(delivery, lambda state, timers, acted: PlanWrite(None, (decision,)))
+    [outcome] = receipt.decisions
+    action_id = outcome.action_id
 
     assert worker.run_once() is True
 
@@ -304,7 +374,7 @@ def test_unknown_action_kind_is_dead_without_a_call(fake_api, store, clock):
     [attempt] = store.attempts(action_id)
     assert attempt["outcome"] == "dead"
     assert attempt["http_status"] is None
-    assert "cannot carry out 'end-session'" in attempt["error"]
+    assert "cannot carry out 'mute-everyone'" in attempt["error"]
     assert fake_api.calls == []
 
 
@@ -350,6 +420,7 @@ def test_each_attempt_records_status_latency_and_error(fake_api, store, clock):
     assert [r["started_at"] for r in rows] == [T0, T0 + 1.5, T0 + 8.5]
     assert all(isinstance(r["latency_ms"], float) and r["latency_ms"] > 0 for r in rows)
     assert all(r["worker"] == "worker-1" for r in rows)
+    assert all(r["note"] is None for r in rows)  # no confirm check, nothing to note
     action = store.action(action_id)
     assert (action["status"], action["last_status"], action["last_error"]) == (
         "failed", 404, "room not found; HTTP 404: Room not found")
@@ -365,6 +436,535 @@ def test_success_attempt_records_no_error(fake_api, store, clock):
     assert (row["http_status"], row["outcome"], row["error"], row["next_due_at"]) == (200, "done", None, None)
     assert row["latency_ms"] > 0
     assert store.action(action_id)["last_error"] is None
+
+
+# -- confirm: active-participants, table-driven -------------------------------------------------------
+
+
+@dataclass
+class Confirm:
+    # what VideoSDK says about the session
+    active: list | None = None       # fake.active[sess-1]; None: the fake knows no one
+    replies: tuple = ()              # scripted answers to the check, in order; then the fake's default
+    # after the first run_once
+    status: str = "done"             # the action's status
+    outcome: str = "done"            # the attempt's outcome
+    http_status: object = 200        # the attempt's http status; ANY: not pinned
+    error_has: tuple = ()            # phrases the attempt's error holds (None when empty)
+    note_has: str | None = None      # what the attempt's note says (None: no note)
+    due_in: float | None = None      # for a retry: seconds from T0 until due again
+    # after the clock reaches the due time (or an hour) and run_once again
+    then: str | None = None          # status after the second run; None: never claimed again
+    deactivated: bool = True         # whether the room ends up deactivated (never more than once)
+
+
+ANY = object()
+ONE_ACTIVE = [{"participantId": "p-1", "name": "Ann"}]
+
+CONFIRMS = {
+    # someone is in the session: cancelled, naming the count, and the room is never touched
+    "one-active": Confirm(active=ONE_ACTIVE, status="cancelled", outcome="cancelled", http_status=ANY,
+                          error_has=("confirm: 1 participant(s) active in session sess-1", "not acted on"),
+                          deactivated=False),
+    # two in it: the count says two
+    "two-active": Confirm(active=ONE_ACTIVE + [{"participantId": "p-2"}], status="cancelled",
+                          outcome="cancelled", http_status=ANY,
+                          error_has=("confirm: 2 participant(s) active",), deactivated=False),
+    # an answer listing them under `participants` is read too
+    "participants-key": Confirm(replies=(Reply(200, {"participants": ONE_ACTIVE}),), status="cancelled",
+                                outcome="cancelled", http_status=ANY, error_has=("1 participant(s) active",),
+                                deactivated=False),
+    # nobody in it (the fake's default answer: an empty list): deactivated, and the note says it confirmed
+    "nobody-active": Confirm(active=[], note_has="confirm: nobody active in session sess-1"),
+    # the check answers 404 (session not live): assumed nobody is in it, so it proceeds, and notes why
+    "check-404": Confirm(replies=(Reply(404, {"message": "Session not found"}),),
+                         note_has="confirm: session sess-1 not found (404): nobody active"),
+    # the check answers 500: retried after backoff, no deactivate call yet; then the check passes
+    "check-500": Confirm(replies=(Reply(500, {"message": "boom"}),), status="pending", outcome="retry",
+                         http_status=500,
+                         error_has=("confirm check failed: transient failure", "HTTP 500: boom"),
+                         due_in=1.5, then="done"),
+    # the check is refused for credentials (403): the slow credentials delay, no deactivate call yet
+    "check-403": Confirm(replies=(Reply(403, {"message": "forbidden"}),), status="pending", outcome="retry",
+                         http_status=403, error_has=("confirm check failed: credentials refused",),
+                         due_in=300.0, then="done"),
+    # an answer that cannot be read (200 {"foo": 1}), twice: retried each time, never deactivated
+    "unreadable": Confirm(replies=(Reply(200, {"foo": 1}), Reply(200, {"foo": 1})), status="pending",
+                          outcome="retry", http_status=None,
+                          error_has=("confirm: could not read the active participants",), due_in=1.5,
+                          then="pending", deactivated=False),
+}
+
+
+@pytest.mark.parametrize("case", CONFIRMS.values(), ids=CONFIRMS.keys())
+def test_confirm_active_participants(fake_api, store, clock, case):
+    if case.active is not None:
+        fake_api.active[SESSION] = list(case.active)
+    fake_api.script(CHECK, *case.replies)
+    worker = make_worker(store, clock, fake_api.base_url,
+                         rules=RulesHolder(session_rules(confirm="active-participants")))
+    action_id = add_action(store, "room-1", at=T0, confirm="active-participants")
+    assert store.action(action_id)["confirm"] == "active-participants"
+
+    assert worker.run_once() is True
+
+    [check] = fake_api.calls_to(CHECK)  # asked once, just before acting
+    assert check.method == "GET"
+    assert len(fake_api.calls_to(DEACTIVATE)) == (1 if case.status == "done" else 0)
+    action = store.action(action_id)
+    assert action["status"] == case.status
+    [attempt] = store.attempts(action_id)
+    assert attempt["outcome"] == case.outcome
+    if case.http_status is not ANY:
+        assert attempt["http_status"] == case.http_status
+    if case.error_has:
+        for phrase in case.error_has:
+            assert phrase in attempt["error"]
+    else:
+        assert attempt["error"] is None
+    assert attempt["note"] == case.note_has
+    if case.due_in is not None:
+        assert attempt["next_due_at"] == action["due_at"] == T0 + case.due_in
+
+    clock.now = T0 + (case.due_in if case.due_in is not None else 3600.0)
+    ran = worker.run_once()
+
+    if case.then is None:
+        assert ran is False  # cancelled and done are final
+        assert store.action(action_id)["status"] == case.status
+    else:
+        assert ran is True
+        assert store.action(action_id)["status"] == case.then
+        assert len(fake_api.calls_to(CHECK)) == 2  # checked again on the retry
+    assert fake_api.deactivations() == (["room-1"] if case.deactivated else [])
+
+
+def test_confirm_unreadable_every_time_ends_dead_and_never_deactivates(fake_api, store, clock):
+    fake_api.script(CHECK, *[Reply(200, {"foo": 1})] * 3)
+    worker = make_worker(store, clock, fake_api.base_url, policy=RetryPolicy(max_attempts=3))
+    action_id = add_action(store, "room-1", at=T0, confirm="active-participants")
+
+    for _ in range(3):
+        assert worker.run_once() is True
+        clock.now = max(clock.now, store.action(action_id)["due_at"])
+    clock.now += 3600
+    assert worker.run_once() is False
+
+    assert [a["outcome"] for a in store.attempts(action_id)] == ["retry", "retry", "dead"]
+    assert store.action(action_id)["status"] == "dead"
+    assert len(fake_api.calls_to(CHECK)) == 3
+    assert fake_api.calls_to(DEACTIVATE) == []
+
+
+def test_confirm_without_a_session_is_cancelled_without_any_call(fake_api, store, clock):
+    """An action with no session id has nothing to check: it is cancelled, never acted on blind."""
+    worker = make_worker(store, clock, fake_api.base_url)
+    delivery = NewDelivery(
+        id=uuid.uuid4().hex, received_at=T0, event_type="session-ended", room_id="room-1",
+        session_id=None, participant_id=None, known=True, verified=True, body_sha256="0" * 64,
+        body='{"webhookType": "session-ended"}', rules_hash="0" * 64)
+    decision = NewDecision(rule="close-after-session", action="deactivate", room_id="room-1", session_id=None,
+                           key="close-after-session|room-1|-", trace=None, confirm="active-participants")
+    [outcome] = store.ingest(delivery, lambda state, timers, acted: PlanWrite(None, (decision,))).decisions
+
+    assert worker.run_once() is True
+
+    assert store.action(outcome.action_id)["status"] == "cancelled"
+    [attempt] = store.attempts(outcome.action_id)
+    assert "no session to check" in attempt["error"]
+    assert fake_api.calls == []
+
+
+def test_confirm_check_and_call_together_stay_within_the_lease(fake_api, store, clock):
+    """A 3 s lease with a 2 s timeout: after a check that took 1.9 s, a call could outlast the
+    lease and a second worker could make it too. The worker must not call then: it gives the
+    action back, due now, and the room is deactivated once, by the next attempt."""
+    with pytest.raises(ConfigError, match="must exceed twice"):  # settings refuse such a lease...
+        Settings.from_env({"ACTION_LEASE_SECONDS": "3", "VIDEOSDK_TIMEOUT_SECONDS": "2"})
+    first, second = (make_worker(store, clock, fake_api.base_url, worker_id=name, timeout=2.0, lease=3.0)
+                     for name in ("worker-a", "worker-b"))  # ...and the worker copes with one anyway
+    action_id = add_action(store, "room-1", at=T0, confirm="active-participants")
+    check = first.client.active_participants
+
+    def slow_check(session_id):
+        clock.now += 1.9  # the check answers within its 2 s timeout
+        return check(session_id)
+
+    first.client.active_participants = slow_check
+    assert first.run_once() is True
+    assert fake_api.calls_to(DEACTIVATE) == []  # no call that could outlive the lease
+    [attempt] = store.attempts(action_id)
+    assert attempt["outcome"] == "retry" and "no time left in the lease" in attempt["error"]
+    assert second.run_once() is True  # due at once: the next attempt checks again and acts
+    assert fake_api.deactivations() == ["room-1"]
+    assert store.action(action_id)["status"] == "done"
+
+
+# -- rules in force when the worker acts ----------------------------------------------------------------
+
+
+def test_a_room_protected_by_a_reload_before_the_worker_acts_is_cancelled(fake_api, store, clock):
+    holder = RulesHolder(session_rules())
+    worker = make_worker(store, clock, fake_api.base_url, rules=holder)
+    guarded = add_action(store, "vip-room", at=T0)
+    other = add_action(store, "room-2", at=T0 + 1)
+
+    holder.replace(session_rules(settings="{protect: [vip-*]}"))  # swapped, as a reload does
+    assert worker.run_once() is True
+
+    action = store.action(guarded)
+    assert action["status"] == "cancelled"
+    [attempt] = store.attempts(guarded)
+    assert attempt["outcome"] == "cancelled"
+    assert "room vip-room is protected by settings.protect" in attempt["error"]
+    assert holder.current.short_hash in attempt["error"]  # which rules protected it
+    assert fake_api.calls == []  # no call at all, not even a check
+
+    clock.now = T0 + 3600
+    assert worker.run_once() is True  # the room that is not protected is still acted on
+    assert worker.run_once() is False  # the cancelled one is never claimed again
+    assert fake_api.deactivations() == ["room-2"]
+    assert store.action(other)["status"] == "done"
+
+
+def test_max_actions_per_minute_holds_the_rest_back_and_loses_none(fake_api, store, clock):
+    holder = RulesHolder(session_rules(settings="{max_actions_per_minute: 2}"))
+    worker = make_worker(store, clock, fake_api.base_url, rules=holder)
+    rooms = [f"room-{n}" for n in range(5)]
+    ids = [add_action(store, room, at=T0) for room in rooms]
+
+    def drain() -> int:
+        runs = 0
+        while worker.run_once():
+            runs += 1
+        return runs
+
+    # Each row: (seconds after T0, actions carried out then, deactivations so far)
+    steps = [
+        (0.0, 2, 2),     # the first two, then held back
+        (59.99, 0, 2),   # still within the minute: nothing more
+        (60.0, 2, 4),    # a minute after the first two: two more
+        (119.99, 0, 4),  # within the second minute
+        (120.0, 1, 5),   # the last one
+    ]
+    for offset, carried_out, total in steps:
+        clock.now = T0 + offset
+        assert (offset, drain(), len(fake_api.deactivations())) == (offset, carried_out, total)
+        assert all(store.action(i)["status"] in ("pending", "done") for i in ids)  # held back, never dropped
+
+    assert sorted(fake_api.deactivations()) == rooms  # each exactly once
+    assert all(store.action(i)["status"] == "done" and store.action(i)["attempts"] == 1 for i in ids)
+
+
+# -- for: timers ----------------------------------------------------------------------------------------
+
+EMPTY_FOR = """\
+version: 1
+{settings}rules:
+  - name: close-when-empty
+    {description}on: {on}
+    when:
+      room.participants: {participants}
+    for: {hold}
+    action: deactivate
+{confirm}"""
+
+
+def empty_rules(*, hold: str = "5m", settings: str = "", on: str = "participant-left",
+                participants: str = "0", description: str = "", confirm: str = "") -> RuleSet:
+    return parse(EMPTY_FOR.format(
+        hold=hold, on=on, participants=participants, confirm=f"    confirm: {confirm}\n" if confirm else "",
+        settings=f"settings: {settings}\n" if settings else "",
+        description=f"description: {description}\n    " if description else ""))
+
+
+ROOM = "room-t"
+LEFT_AT = T0 + 10
+DUE = LEFT_AT + 300  # 5m after the room emptied
+
+
+def join_then_leave(store, rules: RulesHolder, clock, *, verified: bool = True) -> int:
+    """p-1 joins at T0 and leaves at LEFT_AT: the room is empty and the 5m timer starts. Its id."""
+    clock.now = T0
+    deliver(store, rules, clock, "participant-joined", verified=verified, meetingId=ROOM,
+            sessionId=SESSION, participantId="p-1")
+    clock.now = LEFT_AT
+    receipt = deliver(store, rules, clock, "participant-left", verified=verified, meetingId=ROOM,
+                      sessionId=SESSION, participantId="p-1")
+    assert [d.outcome for d in receipt.decisions] == ["timer-started"]
+    [timer] = store.timers(room_id=ROOM)
+    assert (timer["status"], timer["started_at"], timer["due_at"]) == ("pending", LEFT_AT, DUE)
+    return timer["id"]
+
+
+def test_for_timer_fires_only_after_5_minutes_then_the_worker_deactivates(fake_api, store, clock):
+    rules = RulesHolder(empty_rules())
+    worker = make_worker(store, clock, fake_api.base_url, rules=rules)
+    timer_id = join_then_leave(store, rules, clock)
+
+    clock.now = DUE - 0.01
+    assert worker.fire_one_timer() is False  # not a moment early
+    assert worker.run_once() is False
+    assert store.actions(room_id=ROOM) == []
+    assert store.timers(room_id=ROOM)[0]["status"] == "pending"
+
+    clock.now = DUE
+    assert worker.fire_one_timer() is True
+    [timer] = store.timers(room_id=ROOM)
+    assert (timer["status"], timer["resolved_at"], timer["reason"]) == ("fired", DUE, "held for 5m")
+    [fired] = [d for d in store.decisions(room_id=ROOM) if d["timer_id"] == timer_id]
+    assert fired["outcome"] == "scheduled"
+    [action] = store.actions(room_id=ROOM)
+    assert (action["id"], action["status"], action["due_at"]) == (fired["action_id"], "pending", DUE)
+    assert fake_api.calls == []  # firing the timer calls nothing; the action does
+
+    assert worker.run_once() is True
+    assert fake_api.deactivations() == [ROOM]
+    assert store.action(action["id"])["status"] == "done"
+    clock.now = DUE + 3600
+    assert worker.run_once() is False  # fired once, acted once
+
+
+def test_a_join_before_the_timer_is_due_cancels_it(fake_api, store, clock):
+    rules = RulesHolder(empty_rules())
+    worker = make_worker(store, clock, fake_api.base_url, rules=rules)
+    join_then_leave(store, rules, clock)
+
+    clock.now = LEFT_AT + 100
+    receipt = deliver(store, rules, clock, "participant-joined", meetingId=ROOM, sessionId=SESSION,
+                      participantId="p-2")
+
+    assert receipt.cancelled == (f"close-when-empty|{ROOM}|{SESSION}",)
+    [timer] = store.timers(room_id=ROOM)
+    assert timer["status"] == "cancelled"
+    assert timer["resolved_by"] == receipt.delivery_id
+    assert "condition stopped holding on participant-joined" in timer["reason"]
+    for now in (DUE, DUE + 3600):  # past the old due time: nothing fires, nothing is called
+        clock.now = now
+        assert worker.run_once() is False
+    assert store.actions(room_id=ROOM) == []
+    assert fake_api.calls == []
+
+
+def test_a_due_timer_is_fired_before_a_due_action_is_carried_out(fake_api, store, clock):
+    rules = RulesHolder(empty_rules())
+    worker = make_worker(store, clock, fake_api.base_url, rules=rules)
+    join_then_leave(store, rules, clock)
+    waiting = add_action(store, "room-other", at=T0)
+
+    clock.now = DUE
+    assert worker.run_once() is True  # the timer, not the action due since T0
+    assert store.timers(room_id=ROOM)[0]["status"] == "fired"
+    assert fake_api.calls == []
+    assert store.action(waiting)["attempts"] == 0
+
+    assert worker.run_once() and worker.run_once()
+    assert fake_api.deactivations() == ["room-other", ROOM]  # most overdue first
+
+
+def test_a_timer_whose_for_grew_without_a_reload_notice_waits_longer(fake_api, store, clock):
+    """The rules in force are read when the timer comes due, even if no re-check ran."""
+    rules = RulesHolder(empty_rules())
+    worker = make_worker(store, clock, fake_api.base_url, rules=rules)
+    join_then_leave(store, rules, clock)
+    rules.replace(empty_rules(hold="10m"))  # swapped, but rules_reloaded was never called
+
+    clock.now = DUE
+    assert worker.run_once() is True
+
+    [timer] = store.timers(room_id=ROOM)
+    assert (timer["status"], timer["due_at"]) == ("pending", LEFT_AT + 600)
+    assert "now waits 10m" in timer["notes"][-1]["note"]
+    assert store.actions(room_id=ROOM) == [] and fake_api.calls == []
+    clock.now = LEFT_AT + 600
+    assert worker.run_once() is True  # fires now
+    assert worker.run_once() is True  # and acts
+    assert fake_api.deactivations() == [ROOM]
+
+
+def test_a_timer_rule_with_confirm_is_cancelled_when_someone_is_still_there(fake_api, store, clock):
+    """The webhook said the room emptied; VideoSDK says someone is in it: nothing is done."""
+    rules = RulesHolder(empty_rules(confirm="active-participants"))
+    worker = make_worker(store, clock, fake_api.base_url, rules=rules)
+    join_then_leave(store, rules, clock)
+    fake_api.active[SESSION] = ONE_ACTIVE  # a join whose webhook never arrived
+
+    clock.now = DUE
+    assert worker.run_once() is True  # the timer fires...
+    [action] = store.actions(room_id=ROOM)
+    assert action["confirm"] == "active-participants"  # ...carrying the rule's confirm into its action
+    assert worker.run_once() is True  # ...and the worker checks before acting
+
+    assert store.action(action["id"])["status"] == "cancelled"
+    assert "1 participant(s) active in session sess-1" in store.attempts(action["id"])[0]["error"]
+    assert len(fake_api.calls_to(CHECK)) == 1
+    assert fake_api.calls_to(DEACTIVATE) == []
+
+
+@dataclass
+class Firing:
+    worker: str = "acting"           # acting | acts=False | no-client: the worker that fires the timer
+    verified: bool = True            # whether the deliveries that started it were verified
+    settings: str = ""               # the rules' settings when the timer fires (swapped in after it started)
+    outcome: str = "scheduled"       # the decision the timer fires as
+    action: str | None = "pending"   # the status of the action that decision writes (None: no action)
+
+
+FIRINGS = {
+    # a worker that acts, a verified trigger: scheduled, then deactivated
+    "acting": Firing(),
+    # a worker built not to act fires the timer as dry-run
+    "acts-false": Firing(worker="acts=False", outcome="dry-run", action="dry-run"),
+    # a worker with no client cannot act either: dry-run
+    "no-client": Firing(worker="no-client", outcome="dry-run", action="dry-run"),
+    # a timer started by an unverified delivery never leads to a call, even from an acting worker
+    "unverified": Firing(verified=False, outcome="dry-run", action="dry-run"),
+    # settings.dry_run turned on before the timer fired
+    "settings-dry-run": Firing(settings="{dry_run: true}", outcome="dry-run", action="dry-run"),
+    # the room was protected before the timer fired: no action at all
+    "protected": Firing(settings="{protect: [room-t]}", outcome="protected", action=None),
+}
+
+
+@pytest.mark.parametrize("case", FIRINGS.values(), ids=FIRINGS.keys())
+def test_how_a_due_timer_fires(fake_api, store, clock, case):
+    rules = RulesHolder(empty_rules())
+    timer_id = join_then_leave(store, rules, clock, verified=case.verified)
+    if case.settings:
+        rules.replace(empty_rules(settings=case.settings))
+    firing = {"acting": lambda: make_worker(store, clock, fake_api.base_url, rules=rules),
+              "acts=False": lambda: make_worker(store, clock, fake_api.base_url, rules=rules, acts=False),
+              "no-client": lambda: make_worker(store, clock, None, rules=rules)}[case.worker]()
+    acting = make_worker(store, clock, fake_api.base_url, rules=rules, worker_id="worker-2")
+
+    clock.now = DUE
+    assert firing.run_once() is True
+
+    assert store.timers(room_id=ROOM)[0]["status"] == "fired"
+    [fired] = [d for d in store.decisions(room_id=ROOM) if d["timer_id"] == timer_id]
+    assert fired["outcome"] == case.outcome
+    assert [a["status"] for a in store.actions(room_id=ROOM)] == ([case.action] if case.action else [])
+    # then a worker that acts looks for work: only a scheduled action becomes a call
+    assert acting.run_once() is (case.outcome == "scheduled")
+    assert acting.run_once() is False
+    assert fake_api.deactivations() == ([ROOM] if case.outcome == "scheduled" else [])
+    if case.outcome != "scheduled":
+        assert fake_api.calls == []
+
+
+def test_a_worker_that_does_not_act_never_claims_actions(fake_api, store, clock):
+    # Each: a worker without acting, by flag or for want of a client
+    for worker in (make_worker(store, clock, fake_api.base_url, acts=False), make_worker(store, clock, None)):
+        action_id = add_action(store, f"room-{worker.acts}-{worker.client is None}", at=T0)
+        assert worker.acts is False
+        assert worker.run_once() is False
+        assert store.action(action_id)["attempts"] == 0
+        assert store.action(action_id)["status"] == "pending"
+    assert fake_api.calls == []
+
+
+@dataclass
+class Reload:
+    rules: RuleSet                   # the rules after the reload
+    status: str                      # the timer's status after the re-check
+    reason_has: str | None = None    # for a cancelled timer: what its reason says
+    due_at: float = DUE              # a pending timer's due time after the re-check
+    notes_has: str | None = None     # a pending timer's note (None: no notes at all)
+
+
+RELOADS = {
+    # the rule was removed: cancelled, saying so
+    "rule-removed": Reload(session_rules(), "cancelled",
+                           reason_has="'close-when-empty' was removed in a reload"),
+    # `for:` grew from 5m to 10m: kept, due later, with a note that it was re-checked
+    "for-5m-to-10m": Reload(empty_rules(hold="10m"), "pending", due_at=LEFT_AT + 600,
+                            notes_has="changed in a reload; re-checked, still holds"),
+    # `for:` shrank to 2m: kept, due sooner
+    "for-5m-to-2m": Reload(empty_rules(hold="2m"), "pending", due_at=LEFT_AT + 120,
+                           notes_has="changed in a reload; re-checked, still holds"),
+    # only the description changed: the same rule, so the timer is untouched and gets no note
+    "description-only": Reload(empty_rules(description="just words"), "pending"),
+    # the condition changed so that it no longer holds for this room
+    "condition-changed": Reload(empty_rules(participants="{gte: 1}"), "cancelled",
+                                reason_has="changed in a reload and its condition no longer holds"),
+    # the rule is now for another event
+    "on-changed": Reload(empty_rules(on="session-ended"), "cancelled",
+                         reason_has="no longer applies to participant-left"),
+}
+
+
+@pytest.mark.parametrize("case", RELOADS.values(), ids=RELOADS.keys())
+def test_reload_rechecks_pending_timers(fake_api, store, clock, case):
+    rules = RulesHolder(empty_rules())
+    worker = make_worker(store, clock, fake_api.base_url, rules=rules)
+    join_then_leave(store, rules, clock)
+
+    clock.now = LEFT_AT + 60
+    rules.replace(case.rules)
+    worker.rules_reloaded(case.rules)
+    assert worker.run_once() is True  # the re-check, before anything else
+
+    [timer] = store.timers(room_id=ROOM)
+    assert timer["status"] == case.status
+    if case.status == "cancelled":
+        assert case.reason_has in timer["reason"]
+        assert case.rules.short_hash in timer["reason"]  # which rules it was re-checked against
+        clock.now = DUE + 3600
+        assert worker.run_once() is False  # never fires
+        assert fake_api.calls == []
+        return
+    assert timer["due_at"] == case.due_at
+    if case.notes_has is None:
+        assert timer["notes"] is None
+    else:
+        [note] = timer["notes"]
+        assert note["at"] == LEFT_AT + 60 and case.notes_has in note["note"]
+        assert case.rules.short_hash in note["note"]
+    # it fires at its (new) due time, not a moment before
+    clock.now = case.due_at - 0.01
+    assert worker.fire_one_timer() is False
+    clock.now = case.due_at
+    assert worker.fire_one_timer() is True
+    assert worker.run_once() is True
+    assert fake_api.deactivations() == [ROOM]
+
+
+def test_a_reload_is_rechecked_before_a_due_action_is_carried_out(fake_api, store, clock):
+    rules = RulesHolder(empty_rules())
+    worker = make_worker(store, clock, fake_api.base_url, rules=rules)
+    join_then_leave(store, rules, clock)
+    waiting = add_action(store, "room-other", at=T0)
+
+    worker.rules_reloaded(rules.current)  # the same rules: nothing changes, but it is checked first
+    assert worker.run_once() is True
+    assert fake_api.calls == [] and store.action(waiting)["attempts"] == 0
+    assert store.timers(room_id=ROOM)[0]["notes"] is None  # unchanged rules leave no note
+
+    assert worker.run_once() is True
+    assert fake_api.deactivations() == ["room-other"]
+
+
+def test_a_store_outage_during_the_recheck_does_not_lose_it(fake_api, store, clock, monkeypatch):
+    rules = RulesHolder(empty_rules())
+    worker = make_worker(store, clock, fake_api.base_url, rules=rules)
+    join_then_leave(store, rules, clock)
+    real = store.pending_timer_ids
+    outages = iter([StoreUnavailable("store unavailable: database is locked")])
+
+    def flaky():
+        for exc in outages:
+            raise exc
+        return real()
+
+    monkeypatch.setattr(store, "pending_timer_ids", flaky)
+    rules.replace(empty_rules(hold="2m"))
+    worker.rules_reloaded(rules.current)
+    with pytest.raises(StoreUnavailable):
+        worker.run_once()  # run() logs this and waits, then calls run_once again
+    worker.run_once()
+
+    # the shortened `for:` must still take effect: the timer comes due 2m after the room emptied
+    assert store.timers(room_id=ROOM)[0]["due_at"] == LEFT_AT + 120
 
 
 # -- the loop -----------------------------------------------------------------------------------
@@ -425,28 +1025,74 @@ def test_run_stops_on_an_empty_outbox(fake_api, store, clock):
     assert fake_api.calls == []
 
 
+def test_run_in_a_thread_fires_a_due_timer_and_acts_on_it(fake_api, store, clock):
+    rules = RulesHolder(empty_rules())
+    worker = make_worker(store, clock, fake_api.base_url, rules=rules)
+    join_then_leave(store, rules, clock)
+    clock.now = DUE
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop, 0.02), daemon=True)
+
+    thread.start()
+    acted = fake_api.wait_for(lambda: fake_api.deactivations() == [ROOM])
+    stop.set()
+    thread.join(timeout=10)
+
+    assert acted
+    assert not thread.is_alive()
+    assert store.timers(room_id=ROOM)[0]["status"] == "fired"
+
+
 # -- runtime.build_worker -------------------------------------------------------------------------
 
 
-def test_build_worker_wires_settings_to_a_working_worker(fake_api, tmp_path):
+def test_build_worker_wires_settings_to_a_working_worker(fake_api, tmp_path, rules_file):
     settings = Settings(api_key=API_KEY, secret_key=SECRET, api_base=fake_api.base_url,
                         database_url=f"sqlite:///{tmp_path}/w.db", api_timeout=2.0, max_attempts=3,
-                        lease_seconds=5.0)
+                        lease_seconds=5.0, rules_file=rules_file)
     store = Store.from_url(settings.database_url)
     store.migrate()
     try:
-        worker = build_worker(settings, store)
+        holder = load_rules_holder(settings, store)
+        worker = build_worker(settings, store, holder)
         action_id = add_action(store, "room-1", at=store.clock())
 
         assert worker.policy.max_attempts == 3
         assert worker.lease_seconds == 5.0
+        assert worker.acts is True
         assert worker.client.timeout == (2.0, 2.0)
         assert worker.client.base_url == fake_api.base_url
+        assert worker.rules() is holder.current
         assert worker.run_once() is True
         assert store.action(action_id)["status"] == "done"
         assert fake_api.deactivations() == ["room-1"]
+
+        replaced = session_rules(settings="{protect: [room-2]}")
+        holder.replace(replaced)  # the worker reads the holder, so a reload reaches it
+        assert worker.rules() is replaced
     finally:
         store.close()
+
+
+# Each row: settings that must not act -> a worker with no client, that never claims an action
+NON_ACTING = {
+    # DRY_RUN: no credentials needed, and none given
+    "dry-run": dict(dry_run=True),
+    # WEBHOOK_VERIFY off: credentials present, but nothing is acted on
+    "unverified": dict(api_key=API_KEY, secret_key=SECRET, webhook_verify=False),
+}
+
+
+@pytest.mark.parametrize("overrides", NON_ACTING.values(), ids=NON_ACTING.keys())
+def test_build_worker_that_must_not_act(fake_api, store, clock, overrides):
+    worker = build_worker(Settings(api_base=fake_api.base_url, **overrides), store,
+                          RulesHolder(session_rules()))
+    action_id = add_action(store, "room-1", at=T0)
+
+    assert (worker.acts, worker.client) == (False, None)
+    assert worker.run_once() is False
+    assert store.action(action_id)["attempts"] == 0
+    assert fake_api.calls == []
 
 
 # Each row: the credentials given -> build_worker refuses, naming what is missing.
@@ -459,6 +1105,6 @@ MISSING_CREDENTIALS = [
 @pytest.mark.parametrize("api_key, secret, missing", MISSING_CREDENTIALS)
 def test_build_worker_refuses_without_credentials(store, api_key, secret, missing):
     with pytest.raises(ConfigError) as raised:
-        build_worker(Settings(api_key=api_key, secret_key=secret), store)
+        build_worker(Settings(api_key=api_key, secret_key=secret), store, RulesHolder(session_rules()))
 
     assert missing in str(raised.value)

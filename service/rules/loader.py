@@ -24,7 +24,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ..errors import RulesError
-from ..schemas import KNOWN_EVENTS
+from ..schemas import DOCUMENTED_EVENT_TYPES, KNOWN_EVENTS
 from . import fields
 from .conditions import All, Any_, Compare, Condition, Not
 from .durations import parse_duration
@@ -90,8 +90,10 @@ class Problem:
 
 
 def _overlap(a: str, b: str) -> bool:
-    """Whether two event-type globs can match the same type (near enough for a warning)."""
-    return fnmatchcase(a, b) or fnmatchcase(b, a)
+    """Whether two event-type globs can match the same type (near enough for a warning):
+    one matches the other, or both match an event type VideoSDK documents."""
+    return fnmatchcase(a, b) or fnmatchcase(b, a) or any(
+        fnmatchcase(name, a) and fnmatchcase(name, b) for name in DOCUMENTED_EVENT_TYPES)
 
 
 def _hint(word: str, choices) -> str:

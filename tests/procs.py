@@ -1,0 +1,72 @@
+"""Running the Procfile's commands as real processes, the way a process manager would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def procfile() -> dict[str, str]:
+    commands = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, command = line.split(":", 1)
+            commands[name.strip()] = command.strip()
+    return commands
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Processes:
+    """Starts Procfile commands the way a process manager would, and cleans up after."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str]):
+        self.tmp_path = tmp_path
+        self.env = env
+        self.running: list[subprocess.Popen] = []
+
+    def start(self, name: str, **extra_env) -> subprocess.Popen:
+        log = open(self.tmp_path / f"{name}-{len(self.running)}.log", "wb")
+        process = subprocess.Popen(procfile()[name], shell=True, cwd=ROOT, env={**self.env, **extra_env},
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process.log_path = log.name
+        self.running.append(process)
+        return process
+
+    def kill(self, process: subprocess.Popen, sig=signal.SIGKILL) -> None:
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for process in self.running:
+            if process.poll() is None:
+                self.kill(process, signal.SIGTERM)
+
+
+def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"exited with {process.returncode}:\n{Path(process.log_path).read_text()}")
+        try:
+            if requests.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"not up after {timeout}s:\n{Path(process.log_path).read_text()}")
