@@ -242,6 +242,7 @@ def cmd_worker(args) -> int:
         print("worker: DRY_RUN is on (or WEBHOOK_VERIFY is off): timers fire as dry-run decisions, "
               "and no action is carried out", file=sys.stderr)
     if args.once:
+        worker.recheck_timers()
         while worker.run_once():
             pass
         return 0

@@ -86,6 +86,7 @@ class Worker:
     def run(self, stop: threading.Event, poll_interval: float) -> None:
         """Work until `stop` is set; an in-flight action is finished and recorded first."""
         log.info("worker %s started%s", self.worker_id, "" if self.acts else " (not acting: dry run)")
+        self._rules_changed.set()  # the rules may have changed while no worker ran: re-check timers first
         while not stop.is_set():
             try:
                 busy = self.run_once()
