@@ -8,6 +8,11 @@ instead of a traceback per worker.
 
 import os
 
+from service import promdir
+
+# Before anything imports prometheus_client: every process counts into files here.
+_metrics_dir = promdir.ensure()
+
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
@@ -26,6 +31,7 @@ def on_starting(server):
     from service.errors import RoomwardenError
     from service.runtime import preflight
 
+    promdir.remove_dead(_metrics_dir)
     try:
         preflight()
     except RoomwardenError as exc:
@@ -41,3 +47,9 @@ def post_worker_init(worker):
     runtime = worker.wsgi.extensions.get("roomwarden") if hasattr(worker.wsgi, "extensions") else None
     if runtime is not None and runtime.watcher is not None:
         signal.signal(signal.SIGHUP, lambda *_: runtime.watcher.request())
+
+
+def child_exit(server, worker):
+    from service import metrics
+
+    metrics.process_exit(worker.pid)

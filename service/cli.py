@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import explain, logs, replay, ruletest
+from . import explain, logs, metrics, replay, ruletest
 from .config import Settings
 from .errors import PayloadInvalid, RoomwardenError, RulesError
 from .events import parse_event
@@ -223,6 +223,21 @@ def cmd_retry(args) -> int:
     return 0 if ids or args.all_dead else 1
 
 
+def cmd_prune(args) -> int:
+    settings = Settings.from_env()
+    try:
+        age = parse_duration(args.older_than) if args.older_than else settings.retention_days * 86400
+    except ValueError as exc:
+        print(f"prune: --older-than: {exc}", file=sys.stderr)
+        return 2
+    if age <= 0:
+        print("prune: RETENTION_DAYS is 0 (keep everything); give --older-than", file=sys.stderr)
+        return 2
+    removed = open_store(settings).prune(time.time() - age)
+    print(f"pruned {removed} deliveries older than {format_duration(age)}; actions and what caused them are kept")
+    return 0
+
+
 def cmd_migrate(args) -> int:
     store = open_store(Settings.from_env())
     print(f"schema at version {store.schema_version()}")
@@ -251,8 +266,11 @@ def cmd_worker(args) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: watcher.request())
-    worker.run(stop, settings.poll_interval)
-    watcher.stop()
+    try:
+        worker.run(stop, settings.poll_interval)
+    finally:
+        watcher.stop()
+        metrics.process_exit()
     return 0
 
 
@@ -304,6 +322,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", type=int, metavar="ID", help="action ids")
     p.add_argument("--all-dead", action="store_true", help="re-drive every dead action")
     p.set_defaults(func=cmd_retry)
+
+    p = sub.add_parser("prune", help="delete old deliveries; the record of actions taken is kept")
+    p.add_argument("--older-than", metavar="AGE", help="a duration such as 30d (default: RETENTION_DAYS)")
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("migrate", help="bring the database schema up to date")
     p.set_defaults(func=cmd_migrate)

@@ -78,6 +78,10 @@ class Settings:
     lease_seconds: float = 120.0
     poll_interval: float = 0.5
     rules_reload_seconds: float = 1.0
+    admin_token: str | None = field(default=None, repr=False)
+    retention_days: float = 30.0
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 30.0
     log_level: str = "INFO"
 
     @classmethod
@@ -100,8 +104,15 @@ class Settings:
             lease_seconds=_number(env, "ACTION_LEASE_SECONDS", 120.0, minimum=1),
             poll_interval=_number(env, "WORKER_POLL_SECONDS", 0.5, minimum=0.01),
             rules_reload_seconds=_number(env, "RULES_RELOAD_SECONDS", 1.0, minimum=0),
+            admin_token=(env.get("ADMIN_TOKEN") or "").strip() or None,
+            retention_days=_number(env, "RETENTION_DAYS", 30.0, minimum=0),
+            breaker_threshold=int(_number(env, "BREAKER_THRESHOLD", 5, minimum=1)),
+            breaker_cooldown=_number(env, "BREAKER_COOLDOWN_SECONDS", 30.0, minimum=0.1),
             log_level=(env.get("LOG_LEVEL") or "INFO").strip().upper(),
         )
+        if settings.admin_token is not None and len(settings.admin_token) < 16:
+            raise ConfigError("ADMIN_TOKEN must be at least 16 characters; make one with "
+                              "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
         if settings.lease_seconds <= 2 * settings.api_timeout:
             raise ConfigError(
                 "ACTION_LEASE_SECONDS must exceed twice VIDEOSDK_TIMEOUT_SECONDS (a confirm check and "

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import metrics
 from .errors import RulesError, StoreUnavailable
 from .rules.loader import load_rules, parse_rules
 from .rules.model import RuleSet
@@ -37,15 +38,21 @@ class RulesHolder:
     reloads: int = 0
     failures: int = 0
 
+    def __post_init__(self):
+        metrics.rules_in_force(self.current.sha256)
+
     def replace(self, rule_set: RuleSet) -> None:
         self.current = rule_set  # one reference swap: readers see the old set or the new one
         self.loaded_at = time.time()
         self.last_error = self.last_error_at = None
         self.reloads += 1
+        metrics.RELOADS.labels(result="success").inc()
+        metrics.rules_in_force(rule_set.sha256)
 
     def failed(self, message: str) -> None:
         self.last_error, self.last_error_at = message, time.time()
         self.failures += 1
+        metrics.RELOADS.labels(result="failure").inc()
 
 
 def _identity(path: Path) -> tuple | None:

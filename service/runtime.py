@@ -13,6 +13,7 @@ from typing import Callable
 
 import requests
 
+from .breaker import CircuitBreaker
 from .config import Settings
 from .errors import ConfigError
 from .ingest import Ingestor
@@ -80,7 +81,9 @@ def build_worker(settings: Settings, store: Store, rules: RulesHolder,
         client = VideoSDKClient(settings.api_base, TokenSource(settings.api_key, settings.secret_key),
                                 session=session, timeout=settings.api_timeout)
     return Worker(store, client, RetryPolicy(max_attempts=settings.max_attempts), lambda: rules.current,
-                  lease_seconds=settings.lease_seconds, acts=settings.acts)
+                  lease_seconds=settings.lease_seconds, acts=settings.acts,
+                  breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown),
+                  retention_days=settings.retention_days)
 
 
 def preflight(settings: Settings | None = None) -> Settings:

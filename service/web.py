@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .errors import DeliveryRejected, Unavailable
+from . import admin, metrics
+from .errors import DeliveryRejected, SignatureInvalid, Unavailable
 from .events import parse_event
 from .signature import HEADER
 
@@ -35,12 +37,15 @@ def receive_webhook():
     if runtime.verifier is not None:
         runtime.verifier.verify(raw, request.headers.get(HEADER))  # before parsing anything
     event = parse_event(raw)
+    g.setdefault("log_fields", {}).update(event=event.type, room=event.room_id)
     receipt = runtime.ingestor.ingest(raw, event, verified=runtime.verifier is not None)
     decisions = [{"rule": d.rule, "action": d.action, "outcome": d.outcome, "action_id": d.action_id}
                  for d in receipt.decisions]
-    log.info("delivery %s", receipt.delivery_id, extra={"fields": {
-        "delivery": receipt.delivery_id, "event": event.type, "room": event.room_id,
-        "decisions": [f"{d['rule']}:{d['outcome']}" for d in decisions]}})
+    metrics.count_delivery(event.type, "accepted" if event.known else "ignored")
+    metrics.count_decisions(receipt.decisions)
+    g.log_fields.update(delivery=receipt.delivery_id,
+                        decisions=[f"{d['rule']}:{d['outcome']}" for d in decisions],
+                        cancelled_timers=list(receipt.cancelled) or None)
     body = {"delivery": receipt.delivery_id, "event": event.type, "known": event.known,
             "decisions": decisions}
     return jsonify(body), (202 if event.known else 200)
@@ -85,16 +90,34 @@ def _error(status: int, message: str, **extra):
 def init_app(app: Flask) -> None:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.register_blueprint(bp)
+    app.register_blueprint(admin.bp)
+
+    @app.before_request
+    def _start():
+        g.started, g.log_fields = time.perf_counter(), {}
+
+    @app.after_request
+    def _log(response):
+        # One JSON line per request: what came in, what was decided, how it was answered.
+        if request.path in ("/healthz", "/readyz", "/metrics"):
+            return response
+        fields = {"method": request.method, "path": request.path, "status": response.status_code,
+                  "ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)}
+        fields.update({k: v for k, v in g.get("log_fields", {}).items() if v is not None})
+        log.log(logging.WARNING if response.status_code >= 500 else logging.INFO,
+                "%s %s %s", request.method, request.path, response.status_code, extra={"fields": fields})
+        return response
 
     @app.errorhandler(DeliveryRejected)
     def _rejected(exc: DeliveryRejected):
-        log.info("rejected %s: %s", exc.status, exc.message,
-                 extra={"fields": {"status": exc.status, "path": request.path}})
+        metrics.count_rejection(exc.status, signature=isinstance(exc, SignatureInvalid))
+        g.setdefault("log_fields", {})["error"] = exc.message
         return _error(exc.status, exc.message, fields=exc.fields)
 
     @app.errorhandler(Unavailable)
     def _unavailable(exc: Unavailable):
-        log.warning("unavailable: %s", exc, extra={"fields": {"path": request.path}})
+        metrics.count_rejection(503, signature=False)
+        g.setdefault("log_fields", {})["error"] = str(exc)
         response = _error(503, str(exc))
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
@@ -102,6 +125,7 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
         if exc.code == 413:
+            metrics.count_rejection(413, signature=False)
             return _error(413, f"body larger than {MAX_BODY // 1024} KiB")
         return _error(exc.code or 500, exc.description or exc.name)
 

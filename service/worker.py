@@ -25,6 +25,8 @@ import threading
 import time
 from typing import Callable
 
+from . import metrics
+from .breaker import CircuitBreaker
 from .errors import StoreUnavailable
 from .planner import fire_timer, recheck_timer
 from .plans import pending_timer, room_state, timer_write
@@ -44,7 +46,8 @@ class Worker:
     def __init__(self, store: Store, client: VideoSDKClient | None, policy: RetryPolicy,
                  rules: Callable[[], RuleSet], *, lease_seconds: float, acts: bool = True,
                  worker_id: str | None = None, clock: Callable[[], float] = time.time,
-                 rand: Callable[[], float] = random.random):
+                 rand: Callable[[], float] = random.random, breaker: CircuitBreaker | None = None,
+                 retention_days: float = 0.0):
         self.store = store
         self.client = client
         self.policy = policy
@@ -55,6 +58,9 @@ class Worker:
         self.clock = clock
         self.rand = rand
         self._rules_changed = threading.Event()
+        self.breaker = breaker or CircuitBreaker(clock=clock)
+        self.retention_days = retention_days  # 0: keep everything
+        self._pruned_at: float | None = None
         self._calls: dict[str, Callable[[ClaimedAction], ApiResult]] = {}
         if client is not None:
             self._calls = {
@@ -89,6 +95,7 @@ class Worker:
         self._rules_changed.set()  # the rules may have changed while no worker ran: re-check timers first
         while not stop.is_set():
             try:
+                self.prune_if_due()
                 busy = self.run_once()
             except StoreUnavailable as exc:
                 log.warning("store unavailable, waiting: %s", exc)
@@ -97,6 +104,17 @@ class Worker:
             if not busy:
                 stop.wait(poll_interval)
         log.info("worker %s stopped", self.worker_id)
+
+    def prune_if_due(self, every: float = 3600.0) -> int:
+        """Delete deliveries older than the retention period, at most once an `every` seconds."""
+        now = self.clock()
+        if self.retention_days <= 0 or (self._pruned_at is not None and now - self._pruned_at < every):
+            return 0
+        self._pruned_at = now
+        removed = self.store.prune(now - self.retention_days * 86400)
+        if removed:
+            log.info("pruned %d deliveries older than %g days", removed, self.retention_days)
+        return removed
 
     # -- timers -------------------------------------------------------------------------
 
@@ -110,6 +128,9 @@ class Worker:
 
         write = self.store.fire_due_timer(decide)
         if write is not None:
+            metrics.TIMERS.labels(verdict=write.verdict).inc()
+            if write.decision is not None:
+                metrics.DECISIONS.labels(rule=write.decision.rule, outcome=write.decision.outcome).inc()
             log.info("timer %s: %s (%s)", write.decision.key if write.decision else "", write.verdict,
                      write.reason)
         return write is not None
@@ -134,14 +155,27 @@ class Worker:
     # -- actions --------------------------------------------------------------------------
 
     def act_once(self) -> bool:
-        """Claim and carry out one due action. False when none was due."""
+        """Claim and carry out one due action. False when none was due, or the circuit is open."""
+        if not self.breaker.allow():
+            metrics.BREAKER_OPEN.set(1)
+            return False
+        metrics.BREAKER_OPEN.set(0)
         rule_set = self.rules()
         claim = self.store.claim(self.worker_id, self.lease_seconds, self.policy.max_attempts,
                                  per_minute=rule_set.settings.max_actions_per_minute)
         if claim is None:
+            self.breaker.record_idle()
             return False
         started = self.clock()
         result, verdict, note = self._carry_out(claim, rule_set)
+        if result.latency_ms:  # a call was made: tell the breaker how it went
+            before = self.breaker.state
+            self.breaker.record(result.status)
+            if self.breaker.state != before:
+                log.warning("circuit breaker %s -> %s after HTTP %s", before, self.breaker.state, result.status)
+        else:
+            self.breaker.record_idle()
+        metrics.count_attempt(claim.kind, verdict.outcome, result.latency_ms)
         reason = "; ".join(part for part in (verdict.reason, result.error) if part) or None
         attempt = AttemptRecord(
             started_at=started, latency_ms=result.latency_ms, http_status=result.status,

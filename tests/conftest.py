@@ -205,6 +205,7 @@ def processes(tmp_path, fake_api, rules_file):
         "VIDEOSDK_TIMEOUT_SECONDS": "1",
         "ACTION_LEASE_SECONDS": "3",
         "WORKER_POLL_SECONDS": "0.05",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
     }
     procs = Processes(tmp_path, env)
     yield procs

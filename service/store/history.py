@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from .guard import guarded
 from .records import Row
@@ -19,10 +19,14 @@ class HistoryMixin:
             return dict(row) if row else None
 
     @guarded
-    def deliveries(self, *, room_id: str | None = None, limit: int = 100) -> list[Row]:
-        query = select(deliveries).order_by(deliveries.c.received_at.desc()).limit(limit)
+    def deliveries(self, *, room_id: str | None = None, limit: int = 100,
+                   before: str | None = None) -> list[Row]:
+        """Newest first (delivery ids sort by arrival); `before` pages back from a delivery id."""
+        query = select(deliveries).order_by(deliveries.c.id.desc()).limit(limit)
         if room_id is not None:
             query = query.where(deliveries.c.room_id == room_id)
+        if before is not None:
+            query = query.where(deliveries.c.id < before)
         with self._read() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
@@ -96,6 +100,34 @@ class HistoryMixin:
                 "room": conn.execute(select(rooms).where(rooms.c.room_id == room_id)).mappings(),
             }
             return {kind: [dict(r) for r in rows] for kind, rows in story.items()}
+
+    # -- retention -------------------------------------------------------------------
+
+    def prune(self, before: float, batch: int = 500) -> int:
+        """Delete deliveries received before `before`, with their decisions, in batches.
+
+        Kept whatever their age: the deliveries that caused an action or a timer (and
+        their decisions), the actions, their attempts, and rooms' state: the record
+        of what was done, and why, outlives the traffic around it.
+        """
+        total = 0
+        while True:
+            removed = self._prune_batch(before, batch)
+            total += removed
+            if removed < batch:
+                return total
+
+    @guarded
+    def _prune_batch(self, before: float, batch: int) -> int:
+        with self._write() as conn:
+            used = select(actions.c.delivery_id).union(select(timers.c.delivery_id))
+            ids = list(conn.execute(
+                select(deliveries.c.id).where(deliveries.c.received_at < before, deliveries.c.id.not_in(used))
+                .order_by(deliveries.c.received_at).limit(batch)).scalars())
+            if ids:
+                conn.execute(delete(decisions).where(decisions.c.delivery_id.in_(ids)))
+                conn.execute(delete(deliveries).where(deliveries.c.id.in_(ids)))
+        return len(ids)
 
     # -- rules versions -----------------------------------------------------------
 

@@ -144,6 +144,20 @@ class OutboxMixin:
             ).mappings()]
 
     @guarded
+    def outbox_stats(self, now: float) -> dict:
+        """For the metrics: actions due, the age of the oldest due one, pending timers, by status."""
+        from .tables import timers
+
+        with self._read() as conn:
+            due = conn.execute(select(func.count(), func.min(actions.c.due_at)).where(
+                actions.c.status == ACTIVE, actions.c.due_at <= now)).one()
+            pending_timers = conn.execute(select(func.count()).select_from(timers)
+                                          .where(timers.c.status == "pending")).scalar_one()
+            by_status = dict(conn.execute(select(actions.c.status, func.count()).group_by(actions.c.status)))
+        return {"due": due[0], "oldest_due_age": max(0.0, now - due[1]) if due[1] is not None else 0.0,
+                "pending_timers": pending_timers, "by_status": by_status}
+
+    @guarded
     def counts(self) -> dict[str, int]:
         """Actions by status."""
         with self._read() as conn:

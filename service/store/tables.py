@@ -30,6 +30,7 @@ deliveries = Table(
     Column("body", Text, nullable=False),
     Column("rules_hash", String(64), nullable=False),
     Index("ix_deliveries_room", "room_id", "received_at"),
+    Index("ix_deliveries_room_id", "room_id", "id"),
     Index("ix_deliveries_received", "received_at"),
     Index("ix_deliveries_body", "body_sha256"),
 )

@@ -1,0 +1,107 @@
+"""Prometheus metrics. All of prometheus_client lives here.
+
+Counters and histograms are counted in each process; with PROMETHEUS_MULTIPROC_DIR
+set (see promdir.py) /metrics adds up every process's files, gunicorn workers and
+the worker process alike. Gauges of the outbox (queue depth, age of the oldest due
+action, pending timers) are read from the store when /metrics is scraped, so they
+are right whichever process answers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
+                               generate_latest)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+DELIVERIES = Counter("roomwarden_deliveries_total", "Webhook deliveries, by event type and outcome "
+                     "(accepted, ignored, rejected, unavailable)", ["event", "outcome"])
+REJECTIONS = Counter("roomwarden_rejections_total", "Deliveries refused, by HTTP status", ["status"])
+SIGNATURE_FAILURES = Counter("roomwarden_signature_failures_total",
+                             "Deliveries refused because videosdk-signature was missing or wrong")
+DECISIONS = Counter("roomwarden_decisions_total", "Decisions, by rule and outcome", ["rule", "outcome"])
+TIMERS = Counter("roomwarden_timers_total", "for: timers resolved, by verdict (fire, cancel)", ["verdict"])
+ATTEMPTS = Counter("roomwarden_attempts_total", "Attempts at VideoSDK, by action kind and outcome "
+                   "(done, retry, failed, dead, cancelled)", ["kind", "outcome"])
+ATTEMPT_LATENCY = Histogram("roomwarden_attempt_latency_seconds", "Latency of calls to VideoSDK", ["kind"],
+                            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+RELOADS = Counter("roomwarden_rules_reloads_total", "Rules reloads, by result (success, failure)", ["result"])
+RULES_INFO = Gauge("roomwarden_rules_info", "The rules in force in each process (value 1), by hash",
+                   ["hash"], multiprocess_mode="liveall")
+BREAKER_OPEN = Gauge("roomwarden_circuit_open", "1 while a worker's circuit breaker is open",
+                     multiprocess_mode="liveall")
+
+
+def count_delivery(event: str, outcome: str) -> None:
+    DELIVERIES.labels(event=event, outcome=outcome).inc()
+
+
+def count_rejection(status: int, signature: bool) -> None:
+    REJECTIONS.labels(status=str(status)).inc()
+    if signature:
+        SIGNATURE_FAILURES.inc()
+
+
+def count_decisions(outcomes) -> None:
+    for outcome in outcomes:
+        DECISIONS.labels(rule=outcome.rule, outcome=outcome.outcome).inc()
+
+
+def count_attempt(kind: str, outcome: str, latency_ms: float | None) -> None:
+    ATTEMPTS.labels(kind=kind, outcome=outcome).inc()
+    if latency_ms:
+        ATTEMPT_LATENCY.labels(kind=kind).observe(latency_ms / 1000)
+
+
+_rules_hash: list[str] = []
+
+
+def rules_in_force(sha256: str) -> None:
+    """One series per process: the hash of the rules it holds."""
+    if _rules_hash:
+        RULES_INFO.remove(_rules_hash[0][:12])
+    RULES_INFO.labels(hash=sha256[:12]).set(1)
+    _rules_hash[:] = [sha256]
+
+
+def process_exit(pid: int | None = None) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        mark_process_dead(pid or os.getpid())
+
+
+class _OutboxCollector:
+    """Gauges read from the store at scrape time."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def collect(self):
+        stats = self.store.outbox_stats(time.time())
+        yield GaugeMetricFamily("roomwarden_queue_depth", "Actions due now and not yet done",
+                                value=stats["due"])
+        yield GaugeMetricFamily("roomwarden_oldest_due_age_seconds",
+                                "How long the oldest due action has waited", value=stats["oldest_due_age"])
+        yield GaugeMetricFamily("roomwarden_pending_timers", "for: timers waiting to come due",
+                                value=stats["pending_timers"])
+        by_status = GaugeMetricFamily("roomwarden_actions", "Actions in the outbox, by status",
+                                      labels=["status"])
+        for status, count in sorted(stats["by_status"].items()):
+            by_status.add_metric([status], count)
+        yield by_status
+
+
+def exposition(store) -> tuple[bytes, str]:
+    """The /metrics page: every process's counters, plus the outbox gauges."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+    else:  # one process (tests, `flask run`): its own counters
+        from prometheus_client import REGISTRY
+
+        for collector in list(REGISTRY._collector_to_names):
+            registry.register(collector)
+    registry.register(_OutboxCollector(store))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
