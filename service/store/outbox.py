@@ -153,7 +153,8 @@ class OutboxMixin:
                 actions.c.status == ACTIVE, actions.c.due_at <= now)).one()
             pending_timers = conn.execute(select(func.count()).select_from(timers)
                                           .where(timers.c.status == "pending")).scalar_one()
-            by_status = dict(conn.execute(select(actions.c.status, func.count()).group_by(actions.c.status)))
+            by_status = {status: n for status, n in conn.execute(
+                select(actions.c.status, func.count()).group_by(actions.c.status))}
         return {"due": due[0], "oldest_due_age": max(0.0, now - due[1]) if due[1] is not None else 0.0,
                 "pending_timers": pending_timers, "by_status": by_status}
 
