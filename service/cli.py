@@ -144,10 +144,18 @@ def cmd_test(args) -> int:
     return 1 if failed else 0
 
 
+def _age(text: str) -> float:
+    """A duration from the command line: `24h`, `7d`, or plain seconds."""
+    try:
+        return parse_duration(float(text))
+    except ValueError:
+        return parse_duration(text)
+
+
 def cmd_replay(args) -> int:
     settings = Settings.from_env()
     try:
-        window = parse_duration(args.since)
+        window = _age(args.since)
     except ValueError as exc:
         print(f"replay: --since: {exc}", file=sys.stderr)
         return 2
@@ -226,7 +234,7 @@ def cmd_retry(args) -> int:
 def cmd_prune(args) -> int:
     settings = Settings.from_env()
     try:
-        age = parse_duration(args.older_than) if args.older_than else settings.retention_days * 86400
+        age = _age(args.older_than) if args.older_than else settings.retention_days * 86400
     except ValueError as exc:
         print(f"prune: --older-than: {exc}", file=sys.stderr)
         return 2

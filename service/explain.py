@@ -48,7 +48,7 @@ def story(room_id: str, rows: dict[str, list[dict]], now: float) -> list[str]:
             decisions_by_timer.setdefault(decision["timer_id"], []).append(decision)
         else:
             decisions_by_delivery.setdefault(decision["delivery_id"], []).append(decision)
-    started_by = {t["delivery_id"]: t for t in rows["timers"]}
+    started_by = {(t["delivery_id"], t["rule"]): t for t in rows["timers"]}
     entries = []
 
     for delivery in rows["deliveries"]:
@@ -59,7 +59,7 @@ def story(room_id: str, rows: dict[str, list[dict]], now: float) -> list[str]:
         lines = [head]
         for decision in decisions_by_delivery.get(delivery["id"], []):
             lines += ["  " + line for line in _decision_lines(decision, actions_by_id)]
-            timer = started_by.get(delivery["id"])
+            timer = started_by.get((delivery["id"], decision["rule"]))
             if decision["outcome"] == "timer-started" and timer is not None:
                 lines.append(f"    timer #{timer['id']} due {when(timer['due_at'])}")
         for timer in rows["timers"]:

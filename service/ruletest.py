@@ -21,7 +21,7 @@ tests:
         action: deactivate
         room: abcd-efgh-ijkl
         rule: close-when-empty
-        outcome: scheduled         # optional; default scheduled (dry-run for shadow rules)
+        outcome: scheduled         # optional; default scheduled (dry-run for a rule in shadow mode)
 ```
 
 How it fails: `load_tests` raises `TestFileError` with the file and a message
@@ -61,7 +61,17 @@ class Expected:
     outcome: str
 
     def line(self) -> str:
-        return f"at {format_duration(self.at)}: {self.action} room {self.room} by {self.rule} ({self.outcome})"
+        return f"at {_at(self.at)}: {self.action} room {self.room} by {self.rule} ({self.outcome})"
+
+
+def _at(seconds: float) -> str:
+    """A virtual time as tests write it, to the millisecond: `5m40s`, `5m40.4s`."""
+    whole = int(seconds)
+    fraction = round(seconds - whole, 3)
+    if not fraction:
+        return format_duration(whole)
+    head = format_duration(whole - whole % 60) if whole >= 60 else ""
+    return f"{head}{whole % 60 + fraction:g}s"
 
 
 @dataclass(frozen=True)
@@ -169,9 +179,15 @@ def load_tests(path: Path, rules_override: Path | None = None) -> TestFile:
                       f"unknown key(s) {', '.join(sorted(set(item) - set(EXPECT_KEYS)))}")
             expect.append(Expected(_seconds(path, f"{where}, expected action {n}", item["at"]),
                                    str(item["action"]), str(item["room"]), str(item["rule"]),
-                                   str(item.get("outcome", "scheduled"))))
+                                   str(item.get("outcome") or _default_outcome(rule_set, str(item["rule"])))))
         test_file.cases.append(Case(name, tuple(events), tuple(sorted(expect, key=_order))))
     return test_file
+
+
+def _default_outcome(rule_set: RuleSet, name: str) -> str:
+    """What an expected action's outcome is when not given: dry-run for a rule in shadow mode."""
+    rule = rule_set.rule(name)
+    return "dry-run" if rule_set.settings.dry_run or (rule is not None and rule.dry_run) else "scheduled"
 
 
 def _order(expected: Expected):

@@ -76,6 +76,7 @@ class OutboxMixin:
         now = self.clock()
         with self._write() as conn:
             conn.execute(attempts.insert().values(
+                # The claim's number: a claim lost with its worker leaves a gap; a re-drive starts again at 1.
                 action_id=claim.id, number=claim.attempts, worker=worker,
                 started_at=attempt.started_at, latency_ms=attempt.latency_ms,
                 http_status=attempt.http_status, outcome=attempt.outcome, error=attempt.error,
