@@ -1,18 +1,26 @@
 """The store, on a real SQLite file and a real PostgreSQL database (the `database_url` fixture).
 
-What is pinned here: migrations (idempotent, safe to race), `record_delivery` (one
-transaction: all of it or none of it; one action per key), the outbox (`claim`,
-`finish`, `release`: due times, leases, fencing, max attempts, no double claims
-under concurrency) and how outages surface (`StoreUnavailable`, never a raw
-SQLAlchemy error, and the store works again once the outage ends).
+What is pinned here: migrations (idempotent, safe to race); `ingest` (one
+transaction: the delivery, the room's state, decisions, actions and timers, all
+of it or none of it; the plan sees the room's stored state, pending timers and
+action keys, locked, so concurrent deliveries for one room never lose an update;
+one action per key, one pending timer per key); `for:` timers (`fire_due_timer`
+fires each due timer once, `recheck_timer` re-decides one, verdicts fire, cancel
+and wait); the outbox (`claim`, `finish`, `release`, `redrive`: due times,
+leases, fencing, max attempts, a per-minute limit, no double claims under
+concurrency); reads (`room_story`, `deliveries_since` in batches, rules
+versions); and how outages surface (`StoreUnavailable`, never a raw SQLAlchemy
+error, and the store works again once the outage ends).
 
 Time is a `Clock` the test moves by hand, so no test depends on the machine's speed.
 """
 
 from __future__ import annotations
 
+import copy
 import sqlite3
 import threading
+import time
 import uuid
 from typing import Callable
 
@@ -22,17 +30,22 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError, StatementError
 
 from service.errors import StoreUnavailable, Unavailable
-from service.store import (AttemptRecord, ClaimedAction, NewDecision, NewDelivery, Receipt,
-                           Store)
+from service.ingest import new_delivery_id
+from service.store import (AttemptRecord, ClaimedAction, NewDecision, NewDelivery, PlanWrite,
+                           Receipt, Store, TimerCancel, TimerRow, TimerWrite)
 from service.store import engine as store_engine
-from service.store import tables
+from service.store import migrations, tables
 
 T0 = 1_700_000_000.0  # the tests' "now": a fixed epoch second
 LEASE = 30.0
 MAX_ATTEMPTS = 10
-INITIAL_STEP = "1: initial: deliveries, decisions, actions, attempts"
+HOLD = 300.0  # a rule's `for: 5m`
+INITIAL_STEP = "1: initial: deliveries, decisions, actions, attempts, rooms, timers, rules_versions"
 THREAD_JOIN_LIMIT = 120.0  # a hang guard for worker threads, never a timing assertion
 PG_LOCK_WAIT = 10.0  # how long a PostgreSQL lock may block a write before it must give up
+ALL_TABLES = (tables.deliveries, tables.decisions, tables.actions, tables.attempts, tables.rooms,
+              tables.timers)
+TIMER_KEY = "hold|room-1|sess-1"
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -68,15 +81,63 @@ def new_delivery(*, id: str | None = None, at: float = T0, **fields) -> NewDeliv
 
 def new_decision(key: str | None = None, *, rule: str = "close-after-session",
                  action: str = "deactivate", room_id: str = "room-1",
-                 session_id: str | None = "sess-1", trace: dict | None = None) -> NewDecision:
+                 session_id: str | None = "sess-1", trace: dict | None = None,
+                 outcome: str = "scheduled", confirm: str | None = None,
+                 due_at: float | None = None, fingerprint: str = "") -> NewDecision:
     return NewDecision(rule=rule, action=action, room_id=room_id, session_id=session_id,
-                       key=key or f"{rule}|{room_id}|{session_id}", trace=trace)
+                       key=key or f"{rule}|{room_id}|{session_id}", trace=trace, outcome=outcome,
+                       confirm=confirm, due_at=due_at, fingerprint=fingerprint)
 
 
-def schedule(store: Store, *keys: str, at: float = T0, acts: bool = True) -> list[int]:
-    """Record one delivery deciding one action per key; return the action ids."""
-    receipt = store.record_delivery(new_delivery(at=at), [new_decision(k) for k in keys], acts=acts)
+def timer_decision(key: str = TIMER_KEY, *, at: float = T0, hold: float = HOLD,
+                   room_id: str = "room-1", fingerprint: str = "fp-1",
+                   outcome: str = "timer-started") -> NewDecision:
+    """What the planner decides for a rule with `for:`: start (or find running) a timer."""
+    return new_decision(key, rule="hold", room_id=room_id, outcome=outcome,
+                        due_at=at + hold if outcome == "timer-started" else None,
+                        fingerprint=fingerprint)
+
+
+class Plans:
+    """What `ingest` handed each plan callback: (stored state, pending timers, action keys)."""
+
+    def __init__(self):
+        self.calls: list[tuple[dict | None, list[TimerRow], set[str]]] = []
+
+
+def record(store: Store, delivery: NewDelivery, decisions=(), *, room_state: dict | None = None,
+           cancels=(), seen: Plans | None = None) -> Receipt:
+    """Ingest a delivery whose plan decides `decisions` (and sets the room's state, and
+    cancels timers); with `seen`, keep what the plan was handed."""
+
+    def plan(stored, pending, keys) -> PlanWrite:
+        if seen is not None:
+            seen.calls.append((copy.deepcopy(stored), list(pending), set(keys)))
+        return PlanWrite(room_state=room_state, decisions=tuple(decisions), cancels=tuple(cancels))
+
+    return store.ingest(delivery, plan)
+
+
+def schedule(store: Store, *keys: str, at: float = T0, acts: bool = True,
+             room_id: str = "room-1") -> list[int]:
+    """Record one delivery deciding one action per key; return the action ids.
+    With acts=False the plan says dry-run, as it does for DRY_RUN or an unverified delivery."""
+    outcome = "scheduled" if acts else "dry-run"
+    receipt = record(store, new_delivery(at=at, room_id=room_id),
+                     [new_decision(k, outcome=outcome, room_id=room_id) for k in keys])
     return [d.action_id for d in receipt.decisions]
+
+
+def start_timer(store: Store, key: str = TIMER_KEY, *, at: float = T0, hold: float = HOLD,
+                room_id: str = "room-1", fingerprint: str = "fp-1",
+                **delivery_fields) -> tuple[NewDelivery, dict]:
+    """Record a delivery that starts a `for:` timer; return it and the timer's row."""
+    delivery = new_delivery(at=at, room_id=room_id, **delivery_fields)
+    receipt = record(store, delivery, [timer_decision(key, at=at, hold=hold, room_id=room_id,
+                                                      fingerprint=fingerprint)])
+    assert [d.outcome for d in receipt.decisions] == ["timer-started"]
+    [timer] = [t for t in store.timers(status="pending") if t["key"] == key]
+    return delivery, timer
 
 
 def attempt(outcome: str, *, status: int | None = 200, error: str | None = None,
@@ -89,7 +150,12 @@ def row_counts(store: Store) -> dict[str, int]:
     """Rows in each table, read around the store's API so nothing can hide."""
     with store.engine.connect() as conn:
         return {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
-                for t in (tables.deliveries, tables.decisions, tables.actions, tables.attempts)}
+                for t in ALL_TABLES}
+
+
+def counts(**nonzero: int) -> dict[str, int]:
+    """row_counts as expected: every table 0 unless named."""
+    return {t.name: nonzero.pop(t.name, 0) for t in ALL_TABLES} | nonzero
 
 
 def store_attempts_single(store: Store, action_id: int) -> bool:
@@ -117,6 +183,34 @@ def run_threads(n: int, target: Callable[[int], object]) -> list[object]:
         t.join(THREAD_JOIN_LIMIT)
     assert not any(t.is_alive() for t in threads), "a store call hung"
     return results
+
+
+def start_thread(target: Callable[[], object], results: list[object]) -> threading.Thread:
+    def run() -> None:
+        try:
+            results.append(target())
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            results.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_for_pg_lock_waiters(url: str, n: int) -> None:
+    """Block until n sessions of the test database wait on a lock (a state, not a time)."""
+    import psycopg
+
+    deadline = time.monotonic() + THREAD_JOIN_LIMIT  # a hang guard only
+    with psycopg.connect(url, autocommit=True) as conn:
+        while True:
+            waiting = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'").fetchone()[0]
+            if waiting >= n:
+                return
+            assert time.monotonic() < deadline, f"only {waiting} of {n} sessions ever waited"
+            time.sleep(0.01)
 
 
 # -- fixtures -------------------------------------------------------------------------------
@@ -160,17 +254,23 @@ def test_migrate_applies_each_step_once(make_store):
     assert store.migrate() == [INITIAL_STEP]
     assert store.migrate() == []
     assert make_store(migrate=False).migrate() == []  # another process, later
-    assert store.schema_version() == 1
+    assert store.schema_version() == migrations.LATEST == 1
 
     with store.engine.connect() as conn:
         names = set(inspect(conn).get_table_names())
         migrated = conn.execute(select(tables.schema_migrations.c.version)).scalars().all()
-    assert {"schema_migrations", "deliveries", "decisions", "actions", "attempts"} <= names
+    assert {"schema_migrations", "deliveries", "decisions", "actions", "attempts", "rooms",
+            "timers", "rules_versions"} <= names
     assert migrated == [1]
 
 
 def test_concurrent_migrations_all_succeed_and_apply_once(make_store):
     stores = [make_store(migrate=False) for _ in range(4)]
+    # Each store has connected once (an empty database still: no schema), so what races
+    # below is the migrations. Racing *first connections* to a new SQLite file is a bug of
+    # its own: see test_first_connection_to_a_new_sqlite_file_waits_for_a_writer.
+    for store in stores:
+        assert store.schema_version() == 0
 
     results = run_threads(len(stores), lambda i: stores[i].migrate())
 
@@ -182,19 +282,43 @@ def test_concurrent_migrations_all_succeed_and_apply_once(make_store):
         assert conn.execute(select(func.count()).select_from(tables.schema_migrations)).scalar() == 1
 
 
-# -- record_delivery ------------------------------------------------------------------------
+def test_first_connection_to_a_new_sqlite_file_waits_for_a_writer(make_store, database_url,
+                                                                  monkeypatch):
+    if backend(database_url) != "sqlite":
+        pytest.skip("SQLite's journal mode; PostgreSQL has none to set")
+    monkeypatch.setattr(store_engine, "SQLITE_BUSY_TIMEOUT_MS", 60_000)  # ample: the lock goes first
+    store = make_store(migrate=False)  # no connection made yet
+    writer = sqlite3.connect(make_url(database_url).database, isolation_level=None,
+                             check_same_thread=False)  # released by the timer thread
+    writer.execute("BEGIN IMMEDIATE")  # another process writing, before WAL was ever set
+    # The writer commits soon; a store that waits as promised then connects. (An ordering,
+    # not a measurement: a store that does not wait has failed long before.)
+    release = threading.Timer(0.5, writer.rollback)
+    release.start()
+    try:
+        store.ping()  # with the bug: StoreUnavailable('store unavailable: database is locked')
+    finally:
+        release.join(THREAD_JOIN_LIMIT)
+        writer.close()
+
+    assert store.migrate() == [INITIAL_STEP]
 
 
-def test_record_delivery_writes_delivery_decisions_and_actions(store):
+# -- ingest: deliveries, decisions, actions -------------------------------------------------
+
+
+def test_ingest_writes_delivery_decisions_and_actions(store):
     delivery = new_delivery(at=T0 + 5, participant_id="p-1")
     trace = {"rule": "close-after-session", "matched": [{"field": "event", "op": "eq"}]}
     first = new_decision("k-1", trace=trace)
-    second = new_decision("k-2", rule="close-long-recordings", room_id="rec-2", session_id=None)
+    second = new_decision("k-2", rule="close-long-recordings", room_id="rec-2", session_id=None,
+                          confirm="active-participants")
 
-    receipt = store.record_delivery(delivery, [first, second], acts=True)
+    receipt = record(store, delivery, [first, second])
 
     assert isinstance(receipt, Receipt)
     assert receipt.delivery_id == delivery.id
+    assert receipt.cancelled == ()
     assert [(d.rule, d.action, d.outcome) for d in receipt.decisions] == [
         ("close-after-session", "deactivate", "scheduled"),
         ("close-long-recordings", "deactivate", "scheduled"),
@@ -206,23 +330,23 @@ def test_record_delivery_writes_delivery_decisions_and_actions(store):
 
     rows = store.decisions(delivery_id=delivery.id)
     assert [(r["rule"], r["room_id"], r["session_id"], r["action_key"], r["outcome"],
-             r["action_id"], r["trace"], r["created_at"]) for r in rows] == [
-        ("close-after-session", "room-1", "sess-1", "k-1", "scheduled", ids[0], trace, T0 + 5),
-        ("close-long-recordings", "rec-2", None, "k-2", "scheduled", ids[1], None, T0 + 5),
+             r["action_id"], r["timer_id"], r["trace"], r["created_at"]) for r in rows] == [
+        ("close-after-session", "room-1", "sess-1", "k-1", "scheduled", ids[0], None, trace, T0 + 5),
+        ("close-long-recordings", "rec-2", None, "k-2", "scheduled", ids[1], None, None, T0 + 5),
     ]
 
     for action_id, decision in zip(ids, (first, second)):
         action = store.action(action_id)
         assert {k: action[k] for k in ("key", "kind", "room_id", "session_id", "rule",
-                                       "delivery_id", "status", "attempts", "due_at",
+                                       "delivery_id", "status", "confirm", "attempts", "due_at",
                                        "lease_owner", "lease_until", "last_status",
                                        "last_error")} == {
             "key": decision.key, "kind": "deactivate", "room_id": decision.room_id,
             "session_id": decision.session_id, "rule": decision.rule, "delivery_id": delivery.id,
-            "status": "pending", "attempts": 0, "due_at": T0 + 5, "lease_owner": None,
-            "lease_until": None, "last_status": None, "last_error": None,
+            "status": "pending", "confirm": decision.confirm, "attempts": 0, "due_at": T0 + 5,
+            "lease_owner": None, "lease_until": None, "last_status": None, "last_error": None,
         }
-    assert row_counts(store) == {"deliveries": 1, "decisions": 2, "actions": 2, "attempts": 0}
+    assert row_counts(store) == counts(deliveries=1, decisions=2, actions=2, rooms=1)
 
 
 @pytest.mark.parametrize("delivery", [
@@ -234,7 +358,7 @@ def test_record_delivery_writes_delivery_decisions_and_actions(store):
     new_delivery(at=T0 + 0.123456),
 ], ids=["unknown-event", "unicode-body", "fractional-time"])
 def test_delivery_round_trips_exactly(store, delivery):
-    store.record_delivery(delivery, [], acts=True)
+    record(store, delivery)
 
     assert store.delivery(delivery.id) == delivery.__dict__
 
@@ -242,12 +366,12 @@ def test_delivery_round_trips_exactly(store, delivery):
 def test_delivery_with_no_decisions(store):
     delivery = new_delivery()
 
-    receipt = store.record_delivery(delivery, [], acts=True)
+    receipt = record(store, delivery)
 
     assert receipt == Receipt(delivery.id, ())
     assert store.delivery(delivery.id) is not None
     assert store.decisions(delivery_id=delivery.id) == []
-    assert row_counts(store) == {"deliveries": 1, "decisions": 0, "actions": 0, "attempts": 0}
+    assert row_counts(store) == counts(deliveries=1, rooms=1)
 
 
 @pytest.mark.parametrize("same_delivery", [
@@ -257,13 +381,13 @@ def test_delivery_with_no_decisions(store):
 def test_repeated_action_key_is_a_duplicate_of_the_first_action(store, same_delivery):
     first = new_delivery(at=T0)
     if same_delivery:
-        receipt = store.record_delivery(first, [new_decision("k"), new_decision("k")], acts=True)
+        receipt = record(store, first, [new_decision("k"), new_decision("k")])
         outcomes = receipt.decisions
         second = first
     else:
         second = new_delivery(at=T0 + 60)
-        outcomes = (store.record_delivery(first, [new_decision("k")], acts=True).decisions
-                    + store.record_delivery(second, [new_decision("k")], acts=True).decisions)
+        outcomes = (record(store, first, [new_decision("k")]).decisions
+                    + record(store, second, [new_decision("k")]).decisions)
 
     assert [d.outcome for d in outcomes] == ["scheduled", "duplicate"]
     assert outcomes[0].action_id is not None
@@ -279,9 +403,9 @@ def test_repeated_action_key_is_a_duplicate_of_the_first_action(store, same_deli
 
 
 def test_dry_run_actions_are_recorded_but_never_claimed(store, clock):
-    receipt = store.record_delivery(new_delivery(), [new_decision("k-1"), new_decision("k-2")],
-                                    acts=False)
-    again = store.record_delivery(new_delivery(), [new_decision("k-1")], acts=False)
+    receipt = record(store, new_delivery(), [new_decision("k-1", outcome="dry-run"),
+                                             new_decision("k-2", outcome="dry-run")])
+    again = record(store, new_delivery(), [new_decision("k-1", outcome="dry-run")])
 
     assert [d.outcome for d in receipt.decisions] == ["dry-run", "dry-run"]
     assert [(d.outcome, d.action_id) for d in again.decisions] == [
@@ -297,92 +421,629 @@ def test_dry_run_actions_are_recorded_but_never_claimed(store, clock):
     assert [a["attempts"] for a in store.actions()] == [0, 0]
 
 
+@pytest.mark.parametrize("outcome", [
+    "protected",      # the room is in settings.protect: recorded, never acted on
+    "duplicate",      # the planner already knew the key was taken
+    "timer-running",  # the planner already knew a timer was pending
+])
+def test_decisions_that_act_on_nothing_create_no_action_and_no_timer(store, outcome):
+    [existing] = schedule(store, "k-taken")
+
+    receipt = record(store, new_delivery(), [new_decision("k-taken" if outcome == "duplicate"
+                                                          else "k-other", outcome=outcome)])
+
+    [decision] = receipt.decisions
+    assert decision.outcome == outcome
+    # a duplicate points at the action that took the key; the others at nothing
+    assert decision.action_id == (existing if outcome == "duplicate" else None)
+    assert [a["id"] for a in store.actions()] == [existing]
+    assert store.timers() == []
+
+
 def test_concurrent_deliveries_with_one_key_schedule_one_action(make_store):
     n = 8
     stores = [make_store() for _ in range(n)]
     deliveries = [new_delivery(at=T0 + i) for i in range(n)]
 
-    results = run_threads(n, lambda i: stores[i].record_delivery(
-        deliveries[i], [new_decision("shared-key")], acts=True))
+    results = run_threads(n, lambda i: record(stores[i], deliveries[i], [new_decision("shared-key")]))
 
     errors = [r for r in results if isinstance(r, BaseException)]
     assert errors == []
     outcomes = [r.decisions[0] for r in results]
     assert sorted(d.outcome for d in outcomes) == ["duplicate"] * (n - 1) + ["scheduled"]
     assert len({d.action_id for d in outcomes}) == 1
-    assert row_counts(stores[0]) == {"deliveries": n, "decisions": n, "actions": 1, "attempts": 0}
+    assert row_counts(stores[0]) == counts(deliveries=n, decisions=n, actions=1, rooms=1)
 
 
-# A failure part-way through record_delivery: the delivery row and the first decision's
-# action and decision row are already written in the transaction when the second fails.
-FAILING_DECISIONS = [
+def _raise_in_plan() -> PlanWrite:
+    raise RuntimeError("a bug in the planner")
+
+
+# A failure part-way through ingest: the delivery row, the room row, and the first decision's
+# action and decision row are already written in the transaction when the failure comes.
+FAILING_PLANS = [
     # a key longer than the column (VARCHAR(400)); SQLite does not enforce lengths
-    pytest.param(lambda: new_decision("x" * 401), (DataError,), "postgresql",
-                 id="key-too-long"),
+    pytest.param(lambda good: PlanWrite({"n": 1}, (good, new_decision("x" * 401))),
+                 (DataError,), "postgresql", id="key-too-long"),
     # an action kind of NULL violates NOT NULL in the actions table
-    pytest.param(lambda: new_decision("k-bad", action=None), (IntegrityError,), None,
-                 id="null-action-kind"),
+    pytest.param(lambda good: PlanWrite({"n": 1}, (good, new_decision("k-bad", action=None))),
+                 (IntegrityError,), None, id="null-action-kind"),
     # a trace that cannot be stored as JSON fails as the decision row is written (SQLAlchemy
     # wraps the TypeError on SQLite; psycopg's JSON adapter raises it bare on PostgreSQL)
-    pytest.param(lambda: new_decision("k-bad", trace={"not json": {1, 2}}),
-                 (StatementError, TypeError), None, id="trace-not-json"),
+    pytest.param(lambda good: PlanWrite({"n": 1}, (good, new_decision(
+        "k-bad", trace={"not json": {1, 2}}))), (StatementError, TypeError), None,
+        id="trace-not-json"),
+    # a room state that cannot be stored as JSON, with the decision after it
+    pytest.param(lambda good: PlanWrite({"not json": {1, 2}}, (good,)),
+                 (StatementError, TypeError), None, id="room-state-not-json"),
+    # a timer with no due time violates NOT NULL in the timers table
+    pytest.param(lambda good: PlanWrite({"n": 1}, (good, new_decision("k-timer",
+                                                                    outcome="timer-started"))),
+                 (IntegrityError,), None, id="timer-without-due-time"),
+    # the plan callback itself raises: whatever it raises comes out, and nothing is kept
+    pytest.param(lambda good: _raise_in_plan(), (RuntimeError,), None, id="plan-raises"),
 ]
 
 
-@pytest.mark.parametrize("bad_decision, raises, only_on", FAILING_DECISIONS)
-def test_failure_inside_record_delivery_writes_nothing(store, database_url, bad_decision, raises,
-                                                       only_on):
+@pytest.mark.parametrize("make_write, raises, only_on", FAILING_PLANS)
+def test_failure_inside_ingest_writes_nothing(store, database_url, make_write, raises, only_on):
     if only_on and backend(database_url) != only_on:
         pytest.skip(f"only {only_on} rejects this")
     earlier = new_delivery(at=T0 - 10)
-    store.record_delivery(earlier, [new_decision("k-earlier")], acts=True)
+    record(store, earlier, [new_decision("k-earlier")])
     before = row_counts(store)
-    failing = new_delivery(at=T0)
+    failing = new_delivery(at=T0, room_id="room-new")  # a room not seen before, too
+    good = new_decision("k-good", room_id="room-new")
 
     with pytest.raises(raises) as caught:
-        store.record_delivery(failing, [new_decision("k-good"), bad_decision()], acts=True)
+        store.ingest(failing, lambda *_: make_write(good))
 
     assert not isinstance(caught.value, StoreUnavailable)  # a bad input is a bug, not an outage
     assert row_counts(store) == before
     assert store.delivery(failing.id) is None
     assert store.decisions(delivery_id=failing.id) == []
+    assert store.room("room-new") is None  # the room row made to lock it is rolled back too
     assert [a["key"] for a in store.actions()] == ["k-earlier"]
     # The rolled-back action key is free again, and the store works after the failure.
-    retried = store.record_delivery(failing, [new_decision("k-good")], acts=True)
+    retried = record(store, failing, [good])
     assert [d.outcome for d in retried.decisions] == ["scheduled"]
 
 
 def test_duplicate_delivery_id_raises_and_keeps_the_first_intact(store):
     first = new_delivery(id="d" * 32, body='{"first": true}')
-    receipt = store.record_delivery(first, [new_decision("k-1")], acts=True)
+    receipt = record(store, first, [new_decision("k-1")], room_state={"n": 1})
     before = row_counts(store)
     second = new_delivery(id=first.id, at=T0 + 1, body='{"second": true}')
+    seen = Plans()
 
     with pytest.raises(IntegrityError):
-        store.record_delivery(second, [new_decision("k-2"), new_decision("k-1")], acts=True)
+        record(store, second, [new_decision("k-2"), new_decision("k-1")], room_state={"n": 2},
+               seen=seen)
 
     assert row_counts(store) == before
     assert store.delivery(first.id) == first.__dict__
     assert [(r["action_key"], r["outcome"]) for r in store.decisions(delivery_id=first.id)] == [
         ("k-1", "scheduled")]
     assert [(a["id"], a["key"]) for a in store.actions()] == [(receipt.decisions[0].action_id, "k-1")]
+    assert store.room("room-1")["state"] == {"n": 1}
+    assert seen.calls == []  # refused before anything was planned
 
 
 def test_listing_reads_filter_and_order(store):
-    older = new_delivery(at=T0, room_id="room-a")
-    newer = new_delivery(at=T0 + 1, room_id="room-b")
-    store.record_delivery(older, [new_decision("k-a", room_id="room-a")], acts=True)
-    store.record_delivery(newer, [new_decision("k-b", room_id="room-b")], acts=False)
+    # ids as the service makes them: time-ordered, so "newest first" is by id
+    older = new_delivery(id=new_delivery_id(T0), at=T0, room_id="room-a")
+    newer = new_delivery(id=new_delivery_id(T0 + 1), at=T0 + 1, room_id="room-b")
+    record(store, newer, [new_decision("k-b", room_id="room-b", outcome="dry-run")])
+    record(store, older, [new_decision("k-a", room_id="room-a")])  # recorded last, still older
 
     assert [d["id"] for d in store.deliveries()] == [newer.id, older.id]  # newest first
     assert [d["id"] for d in store.deliveries(limit=1)] == [newer.id]
+    assert [d["id"] for d in store.deliveries(before=newer.id)] == [older.id]  # the next page
+    assert store.deliveries(before=older.id) == []
     assert [d["id"] for d in store.deliveries(room_id="room-a")] == [older.id]
     assert [d["action_key"] for d in store.decisions(room_id="room-b")] == ["k-b"]
     assert [a["key"] for a in store.actions(status="pending")] == ["k-a"]
     assert [a["key"] for a in store.actions(room_id="room-b")] == ["k-b"]
     assert store.action(10_000) is None
     assert store.delivery("no-such-delivery") is None
+    assert store.room("no-such-room") is None
     assert store.counts() == {"pending": 1, "dry-run": 1}
+
+
+# -- ingest: the room's state and what the plan is handed ------------------------------------
+
+
+def test_room_state_is_stored_and_handed_to_the_next_plan_for_the_room(store, clock):
+    seen = Plans()
+
+    record(store, new_delivery(id="a" * 32, at=T0), room_state={"n": 1, "who": ["p-1"]}, seen=seen)
+    record(store, new_delivery(id="b" * 32, at=T0 + 1), room_state={"n": 2, "who": []}, seen=seen)
+    record(store, new_delivery(id="c" * 32, at=T0 + 2), room_state=None, seen=seen)  # no change
+    record(store, new_delivery(id="d" * 32, at=T0 + 3, room_id="room-2"), room_state={"n": 9},
+           seen=seen)
+    # an unknown event naming room-1: its plan gets nothing, and what it returns is not stored
+    record(store, new_delivery(id="e" * 32, at=T0 + 4, known=False), room_state={"n": -1},
+           seen=seen)
+    record(store, new_delivery(id="f" * 32, at=T0 + 5), seen=seen)
+
+    assert [stored for stored, _, _ in seen.calls] == [
+        {},                          # room-1 is new: an empty state
+        {"n": 1, "who": ["p-1"]},    # what the first delivery stored
+        {"n": 2, "who": []},         # what the second stored
+        {},                          # room-2 is new, and apart from room-1
+        None,                        # known=False: no room at all
+        {"n": 2, "who": []},         # the third (None) and the fifth (unknown) changed nothing
+    ]
+    assert store.room("room-1") == {"room_id": "room-1", "state": {"n": 2, "who": []},
+                                    "updated_at": T0 + 1, "last_delivery_id": "b" * 32}
+    assert store.room("room-2") == {"room_id": "room-2", "state": {"n": 9},
+                                    "updated_at": T0 + 3, "last_delivery_id": "d" * 32}
+
+
+def test_unknown_delivery_without_a_room_touches_no_room(store):
+    seen = Plans()
+
+    record(store, new_delivery(room_id=None, session_id=None, known=False), room_state={"n": 1},
+           seen=seen)
+
+    assert seen.calls == [(None, [], set())]
+    assert row_counts(store) == counts(deliveries=1)
+
+
+def test_plan_is_handed_the_rooms_pending_timers_and_action_keys_only(store, clock):
+    schedule(store, "k-room-1", room_id="room-1")
+    schedule(store, "k-dry", room_id="room-1", acts=False)
+    schedule(store, "k-room-2", room_id="room-2")
+    trigger, timer = start_timer(store, "hold|room-1|a", at=T0 + 1, body='{"trigger": 1}',
+                                 verified=False)
+    start_timer(store, "hold|room-1|b", at=T0 + 2)
+    record(store, new_delivery(at=T0 + 3), cancels=[TimerCancel("hold|room-1|b", "joined")])
+    start_timer(store, "hold|room-2|a", at=T0 + 4, room_id="room-2")
+    seen = Plans()
+
+    record(store, new_delivery(at=T0 + 5), seen=seen)
+
+    [(stored, pending, keys)] = seen.calls
+    # the cancelled timer and room-2's are not handed over; the trigger comes with the timer
+    assert pending == [TimerRow(id=timer["id"], key="hold|room-1|a", rule="hold", fingerprint="fp-1",
+                                room_id="room-1", session_id="sess-1", action="deactivate",
+                                delivery_id=trigger.id, started_at=T0 + 1, due_at=T0 + 1 + HOLD,
+                                trigger_body='{"trigger": 1}', trigger_verified=False)]
+    assert keys == {"k-room-1", "k-dry"}  # dry-run actions took their key too
+
+
+def test_concurrent_ingests_for_one_new_room_lose_no_update(make_store):
+    n = 8
+    stores = [make_store() for _ in range(n)]
+    seen: list[dict] = []
+
+    def ingest(i: int) -> Receipt:
+        def plan(stored, pending, keys) -> PlanWrite:
+            seen.append(copy.deepcopy(stored))
+            return PlanWrite(room_state={"count": stored.get("count", 0) + 1,
+                                         "by": [*stored.get("by", []), i]})
+        return stores[i].ingest(new_delivery(at=T0 + i, room_id="room-new"), plan)
+
+    results = run_threads(n, ingest)
+
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert errors == []
+    state = stores[0].room("room-new")["state"]
+    assert state["count"] == n  # no increment lost: each plan saw the one before it
+    assert sorted(state["by"]) == list(range(n))
+    assert sorted(s.get("count", 0) for s in seen) == list(range(n))
+    assert row_counts(stores[0]) == counts(deliveries=n, rooms=1)
+
+
+# -- ingest: timers --------------------------------------------------------------------------
+
+
+def test_timer_started_creates_one_pending_timer(store):
+    delivery = new_delivery(at=T0 + 7)
+
+    receipt = record(store, delivery, [timer_decision(at=T0 + 7, fingerprint="fp-a")])
+
+    [decision] = receipt.decisions
+    assert (decision.outcome, decision.action_id) == ("timer-started", None)
+    [timer] = store.timers()
+    assert timer == {
+        "id": timer["id"], "key": TIMER_KEY, "rule": "hold", "fingerprint": "fp-a",
+        "room_id": "room-1", "session_id": "sess-1", "action": "deactivate",
+        "delivery_id": delivery.id, "started_at": T0 + 7, "due_at": T0 + 7 + HOLD,
+        "status": "pending", "resolved_at": None, "resolved_by": None, "reason": None, "notes": None,
+    }
+    [row] = store.decisions(delivery_id=delivery.id)
+    assert (row["outcome"], row["action_id"], row["timer_id"]) == ("timer-started", None, None)
+    assert store.actions() == []
+
+
+@pytest.mark.parametrize("same_delivery", [
+    False,  # the event came again while the timer runs
+    True,   # one delivery started the same key twice
+], ids=["later-delivery", "same-delivery"])
+def test_second_timer_for_a_pending_key_is_timer_running(store, same_delivery):
+    if same_delivery:
+        outcomes = record(store, new_delivery(), [timer_decision(), timer_decision()]).decisions
+    else:
+        outcomes = (record(store, new_delivery(at=T0), [timer_decision(at=T0)]).decisions
+                    + record(store, new_delivery(at=T0 + 60), [timer_decision(at=T0 + 60)]).decisions)
+
+    assert [d.outcome for d in outcomes] == ["timer-started", "timer-running"]
+    [timer] = store.timers()
+    assert (timer["started_at"], timer["due_at"]) == (T0, T0 + HOLD)  # the first, untouched
+    assert [r["outcome"] for r in store.decisions()] == ["timer-started", "timer-running"]
+
+
+def test_cancel_marks_the_pending_timer_cancelled(store):
+    start_timer(store)
+    start_timer(store, "hold|room-1|other")
+    canceller = new_delivery(at=T0 + 30)
+
+    receipt = record(store, canceller, cancels=[
+        TimerCancel(TIMER_KEY, "its condition stopped holding on participant-joined"),
+        TimerCancel("hold|room-1|none-pending", "nothing to cancel"),  # ignored: no such timer
+    ])
+
+    assert receipt.cancelled == (TIMER_KEY,)
+    by_key = {t["key"]: t for t in store.timers()}
+    assert {k: by_key[TIMER_KEY][k] for k in ("status", "reason", "resolved_by", "resolved_at")} == {
+        "status": "cancelled", "reason": "its condition stopped holding on participant-joined",
+        "resolved_by": canceller.id, "resolved_at": T0 + 30}
+    assert by_key["hold|room-1|other"]["status"] == "pending"  # only the named key
+    assert store.pending_timer_ids() == [by_key["hold|room-1|other"]["id"]]
+
+    again = record(store, new_delivery(at=T0 + 31), cancels=[TimerCancel(TIMER_KEY, "again")])
+    assert again.cancelled == ()  # a cancelled timer is not cancelled twice
+    assert store.timers(status="cancelled")[0]["resolved_by"] == canceller.id
+
+
+@pytest.mark.parametrize("same_delivery", [
+    False,  # a later event starts the timer again
+    True,   # one delivery cancels the old timer and starts a new one (cancels come first)
+], ids=["later-delivery", "same-delivery"])
+def test_after_a_cancel_the_same_key_can_start_a_new_timer(store, same_delivery):
+    _, first = start_timer(store)
+    cancel = [TimerCancel(TIMER_KEY, "joined")]
+    restart = [timer_decision(at=T0 + 60)]
+    if same_delivery:
+        receipt = record(store, new_delivery(at=T0 + 60), restart, cancels=cancel)
+    else:
+        record(store, new_delivery(at=T0 + 30), cancels=cancel)
+        receipt = record(store, new_delivery(at=T0 + 60), restart)
+
+    assert [d.outcome for d in receipt.decisions] == ["timer-started"]
+    assert [(t["id"] == first["id"], t["status"], t["due_at"]) for t in store.timers(
+        room_id="room-1")] == [(True, "cancelled", T0 + HOLD), (False, "pending", T0 + 60 + HOLD)]
+
+
+# -- fire_due_timer ---------------------------------------------------------------------------
+
+
+class Decider:
+    """A `decide` callback that returns `write` and keeps what it was handed."""
+
+    def __init__(self, write: TimerWrite | Callable[[TimerRow], TimerWrite]):
+        self.write = write
+        self.calls: list[tuple[TimerRow, dict, set[str]]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, row: TimerRow, state: dict, keys: set[str]) -> TimerWrite:
+        with self._lock:
+            self.calls.append((row, copy.deepcopy(state), set(keys)))
+        return self.write(row) if callable(self.write) else self.write
+
+
+def fire(key: str = TIMER_KEY, outcome: str = "scheduled", *, room_id: str = "room-1") -> TimerWrite:
+    return TimerWrite("fire", "held for 5m", decision=new_decision(key, rule="hold", room_id=room_id,
+                                                                  outcome=outcome,
+                                                                  fingerprint="fp-1"))
+
+
+@pytest.mark.parametrize("verified", [
+    True,   # a signed trigger: the timer may act
+    False,  # an unsigned one: the worker makes it a dry-run
+])
+def test_fire_due_timer_waits_for_due_at_then_decides_with_what_it_needs(store, clock, verified):
+    record(store, new_delivery(at=T0 - 5), room_state={"empty_since": T0 - 5})
+    schedule(store, "k-done-before", at=T0 - 4)
+    schedule(store, "k-other-room", at=T0 - 4, room_id="room-2")
+    trigger, timer = start_timer(store, at=T0, body='{"webhookType": "participant-left"}',
+                                 verified=verified)
+    decider = Decider(fire())
+
+    for now in (T0, T0 + HOLD - 0.5):  # started; half a second before due
+        clock.now = now
+        assert store.fire_due_timer(decider) is None
+    assert decider.calls == []
+    assert store.timers()[0]["status"] == "pending"
+
+    clock.now = T0 + HOLD  # exactly due
+    write = store.fire_due_timer(decider)
+
+    assert write == fire()
+    [(row, state, keys)] = decider.calls
+    assert row == TimerRow(id=timer["id"], key=TIMER_KEY, rule="hold", fingerprint="fp-1",
+                           room_id="room-1", session_id="sess-1", action="deactivate",
+                           delivery_id=trigger.id, started_at=T0, due_at=T0 + HOLD,
+                           trigger_body='{"webhookType": "participant-left"}',
+                           trigger_verified=verified)
+    assert state == {"empty_since": T0 - 5}
+    assert keys == {"k-done-before"}  # this room's keys only
+
+
+def test_fire_due_timer_takes_the_most_overdue_first(store, clock):
+    _, late = start_timer(store, "hold|room-1|late", at=T0, hold=HOLD)
+    _, early = start_timer(store, "hold|room-1|early", at=T0, hold=HOLD - 60)
+    _, tie = start_timer(store, "hold|room-2|tie", at=T0, hold=HOLD - 60, room_id="room-2")
+    _, future = start_timer(store, "hold|room-1|future", at=T0, hold=HOLD + 60)
+    clock.now = T0 + HOLD
+    decider = Decider(lambda row: fire(row.key, room_id=row.room_id))
+
+    while store.fire_due_timer(decider) is not None:
+        pass
+
+    assert [row.id for row, _, _ in decider.calls] == [early["id"], tie["id"], late["id"]]
+    assert store.pending_timer_ids() == [future["id"]]
+
+
+def _existing_action(store):
+    return schedule(store, TIMER_KEY, at=T0 + 1)[0]
+
+
+# verdict, what the timer becomes, the decision recorded (outcome, has an action), the actions
+TIMER_VERDICTS = [
+    # fired: the rule still holds, an action is queued for the worker
+    pytest.param(lambda s: None, fire(outcome="scheduled"),
+                 {"status": "fired", "reason": "held for 5m", "resolved_at": T0 + HOLD},
+                 ("scheduled", True), ["pending"], id="fire-scheduled"),
+    # fired while not acting (dry run, or an unsigned trigger): a dry-run action
+    pytest.param(lambda s: None, fire(outcome="dry-run"),
+                 {"status": "fired", "reason": "held for 5m", "resolved_at": T0 + HOLD},
+                 ("dry-run", True), ["dry-run"], id="fire-dry-run"),
+    # fired, but the room became protected: recorded, no action
+    pytest.param(lambda s: None, fire(outcome="protected"),
+                 {"status": "fired", "reason": "held for 5m", "resolved_at": T0 + HOLD},
+                 ("protected", False), [], id="fire-protected"),
+    # fired, but the key was taken meanwhile: a duplicate of that action, nothing new
+    pytest.param(_existing_action, fire(outcome="scheduled"),
+                 {"status": "fired", "reason": "held for 5m", "resolved_at": T0 + HOLD},
+                 ("duplicate", True), ["pending"], id="fire-key-taken"),
+    # fired with no decision at all
+    pytest.param(lambda s: None, TimerWrite("fire", "held for 5m"),
+                 {"status": "fired", "reason": "held for 5m", "resolved_at": T0 + HOLD},
+                 None, [], id="fire-without-decision"),
+    # cancelled: the condition no longer holds; no delivery did it
+    pytest.param(lambda s: None, TimerWrite("cancel", "its condition no longer holds"),
+                 {"status": "cancelled", "reason": "its condition no longer holds",
+                  "resolved_at": T0 + HOLD, "resolved_by": None},
+                 None, [], id="cancel"),
+    # wait: the rule's `for:` grew in a reload; a new due time, fingerprint and note
+    pytest.param(lambda s: None, TimerWrite("wait", "rule 'hold' now waits 10m", due_at=T0 + 2 * HOLD,
+                                            fingerprint="fp-2"),
+                 {"status": "pending", "due_at": T0 + 2 * HOLD, "fingerprint": "fp-2",
+                  "resolved_at": None, "reason": None,
+                  "notes": [{"at": T0 + HOLD, "note": "rule 'hold' now waits 10m"}]},
+                 None, [], id="wait"),
+]
+
+
+@pytest.mark.parametrize("setup, write, timer_after, decision, action_statuses", TIMER_VERDICTS)
+def test_fire_due_timer_applies_the_verdict(store, clock, setup, write, timer_after, decision,
+                                            action_statuses):
+    trigger, timer = start_timer(store, at=T0)
+    existing = setup(store)
+    clock.now = T0 + HOLD
+
+    assert store.fire_due_timer(Decider(write)) == write
+
+    [after] = store.timers()
+    assert {k: after[k] for k in timer_after} == timer_after
+    fired = [d for d in store.decisions() if d["timer_id"] is not None]
+    if decision is None:
+        assert fired == []
+    else:
+        [row] = fired
+        outcome, has_action = decision
+        assert (row["timer_id"], row["delivery_id"], row["outcome"], row["action_key"],
+                row["created_at"]) == (timer["id"], trigger.id, outcome, TIMER_KEY, T0 + HOLD)
+        assert (row["action_id"] is not None) == has_action
+        if existing is not None:
+            assert row["action_id"] == existing
+    assert [a["status"] for a in store.actions()] == action_statuses
+    if action_statuses and existing is None:  # the action the timer made: its trigger's, due now
+        [action] = store.actions()
+        assert (action["delivery_id"], action["due_at"], action["key"]) == (
+            trigger.id, T0 + HOLD, TIMER_KEY)
+    if after["status"] != "pending":
+        assert store.fire_due_timer(Decider(fire())) is None  # decided once, for good
+
+
+def test_a_timer_that_waits_fires_at_its_new_due_time(store, clock):
+    start_timer(store, at=T0)
+    clock.now = T0 + HOLD
+    store.fire_due_timer(Decider(TimerWrite("wait", "longer", due_at=T0 + HOLD + 60)))
+    decider = Decider(fire())
+
+    clock.now = T0 + HOLD + 59.5
+    assert store.fire_due_timer(decider) is None
+    clock.now = T0 + HOLD + 60
+    assert store.fire_due_timer(decider) == fire()
+
+    [(row, _, _)] = decider.calls
+    assert row.due_at == T0 + HOLD + 60
+    assert store.timers()[0]["status"] == "fired"
+
+
+def test_concurrent_fire_due_timer_fires_each_timer_once(make_store):
+    n_workers = 8
+    clock = Clock(T0 + HOLD)  # fixed: every timer is due
+    setup = make_store(clock)
+    keys = [f"hold|room-{i % 2}|s-{i}" for i in range(5)]  # two rooms, so some share a room lock
+    for key in keys:
+        start_timer(setup, key, at=T0, room_id=key.split("|")[1])
+    stores = [make_store(clock) for _ in range(n_workers)]
+    decider = Decider(lambda row: fire(row.key, room_id=row.room_id))
+
+    def work(i: int) -> int:
+        fired = 0
+        while stores[i].fire_due_timer(decider) is not None:
+            fired += 1
+        return fired
+
+    results = run_threads(n_workers, work)
+
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert errors == []
+    assert sum(results) == len(keys)
+    assert sorted(row.key for row, _, _ in decider.calls) == sorted(keys)  # each decided once
+    assert [t["status"] for t in setup.timers()] == ["fired"] * len(keys)
+    assert sorted(d["timer_id"] for d in setup.decisions() if d["timer_id"] is not None) == [
+        t["id"] for t in setup.timers()]
+    assert sorted(a["key"] for a in setup.actions()) == sorted(keys)
+
+
+def test_firing_a_timer_while_a_delivery_for_its_room_arrives_does_not_deadlock(make_store, database_url,
+                                                                                 request):
+    clock = Clock(T0 + HOLD)
+    setup = make_store(clock)
+    start_timer(setup, at=T0)  # room-1's timer, due now
+    ingester, firer = make_store(clock), make_store(clock)
+    results: list[object] = []
+    delivery = new_delivery(at=T0 + HOLD)
+
+    def ingest():
+        return record(ingester, delivery, room_state={"n": 1})
+
+    def fire_it():
+        return firer.fire_due_timer(Decider(fire()))
+
+    if backend(database_url) == "sqlite":
+        threads = [start_thread(ingest, results), start_thread(fire_it, results)]
+    else:
+        # Force the interleaving the bug needs: the delivery holds room-1 and wants the timer
+        # while the worker holds the timer and wants room-1. A third session holds room-1
+        # until both wait (pg_stat_activity says so), then lets go; the delivery queued first.
+        import psycopg
+
+        holder = psycopg.connect(database_url)
+        holder.execute("SELECT state FROM rooms WHERE room_id = 'room-1' FOR UPDATE")
+        try:
+            threads = [start_thread(ingest, results)]
+            wait_for_pg_lock_waiters(database_url, 1)
+            threads.append(start_thread(fire_it, results))
+            wait_for_pg_lock_waiters(database_url, 2)
+        finally:
+            holder.rollback()
+            holder.close()
+    for thread in threads:
+        thread.join(THREAD_JOIN_LIMIT)
+    assert not any(t.is_alive() for t in threads), "a store call hung"
+
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert setup.timers()[0]["status"] == "fired"
+    assert setup.delivery(delivery.id) is not None
+
+
+# -- recheck_timer and pending_timer_ids ------------------------------------------------------
+
+
+def test_recheck_wait_keeps_the_timer_and_notes_only_changes(store, clock):
+    _, timer = start_timer(store, at=T0, fingerprint="fp-1")
+    clock.now = T0 + 10  # not due: a re-check does not wait for due_at
+
+    # (what the re-check decided, the fingerprint and due time after, the notes after)
+    steps = [
+        # the rule did not change: nothing is written
+        (TimerWrite("wait", "unchanged", due_at=T0 + HOLD, fingerprint="fp-1"),
+         "fp-1", T0 + HOLD, None),
+        # the rule changed and still holds: new fingerprint and due time, and a note
+        (TimerWrite("wait", "rule 'hold' changed in a reload; still holds", due_at=T0 + 2 * HOLD,
+                    fingerprint="fp-2"),
+         "fp-2", T0 + 2 * HOLD,
+         [{"at": T0 + 10, "note": "rule 'hold' changed in a reload; still holds"}]),
+        # changed again: the note is appended, the first kept
+        (TimerWrite("wait", "changed again", due_at=None, fingerprint="fp-3"),
+         "fp-3", T0 + 2 * HOLD,  # no due_at: the due time stays
+         [{"at": T0 + 10, "note": "rule 'hold' changed in a reload; still holds"},
+          {"at": T0 + 10, "note": "changed again"}]),
+    ]
+    for write, fingerprint, due_at, notes in steps:
+        decider = Decider(write)
+        assert store.recheck_timer(timer["id"], decider) == write
+        assert len(decider.calls) == 1
+        [after] = store.timers()
+        assert (after["status"], after["fingerprint"], after["due_at"], after["notes"]) == (
+            "pending", fingerprint, due_at, notes)
+
+
+def test_recheck_hands_the_decider_the_timer_room_state_and_keys(store, clock):
+    record(store, new_delivery(at=T0 - 1), room_state={"n": 3})
+    schedule(store, "k-1", at=T0 - 1)
+    trigger, timer = start_timer(store, at=T0)
+    decider = Decider(TimerWrite("wait", "unchanged"))
+
+    store.recheck_timer(timer["id"], decider)
+
+    [(row, state, keys)] = decider.calls
+    assert (row.id, row.delivery_id, row.trigger_body, row.trigger_verified) == (
+        timer["id"], trigger.id, trigger.body, True)
+    assert (state, keys) == ({"n": 3}, {"k-1"})
+
+
+@pytest.mark.parametrize("resolve", [
+    # fired by the worker
+    lambda store, clock: store.fire_due_timer(Decider(fire())),
+    # cancelled by a re-check
+    lambda store, clock: store.recheck_timer(store.pending_timer_ids()[0],
+                                             Decider(TimerWrite("cancel", "rule removed"))),
+    # cancelled by a delivery
+    lambda store, clock: record(store, new_delivery(at=clock.now),
+                                cancels=[TimerCancel(TIMER_KEY, "joined")]),
+], ids=["fired", "cancelled-by-recheck", "cancelled-by-delivery"])
+def test_recheck_of_a_timer_no_longer_pending_returns_none(store, clock, resolve):
+    _, timer = start_timer(store, at=T0)
+    clock.now = T0 + HOLD
+    resolve(store, clock)
+    before = store.timers()
+    decider = Decider(fire())
+
+    assert store.recheck_timer(timer["id"], decider) is None
+    assert store.recheck_timer(10_000, decider) is None  # no such timer at all
+
+    assert decider.calls == []
+    assert store.timers() == before
+    assert store.pending_timer_ids() == []
+
+
+def test_recheck_cancel_records_why(store, clock):
+    _, timer = start_timer(store, at=T0)
+    clock.now = T0 + 10
+
+    store.recheck_timer(timer["id"], Decider(TimerWrite("cancel", "rule 'hold' was removed")))
+
+    [after] = store.timers()
+    assert (after["status"], after["reason"], after["resolved_at"], after["resolved_by"]) == (
+        "cancelled", "rule 'hold' was removed", T0 + 10, None)
+
+
+def test_unknown_timer_verdict_raises_and_changes_nothing(store, clock):
+    _, timer = start_timer(store, at=T0)
+    before = store.timers()
+
+    with pytest.raises(ValueError):
+        store.recheck_timer(timer["id"], Decider(TimerWrite("explode", "?")))
+
+    assert store.timers() == before
+
+
+def test_pending_timer_ids_lists_pending_timers_in_id_order(store, clock):
+    assert store.pending_timer_ids() == []
+    ids = [start_timer(store, f"hold|room-1|{i}", at=T0)[1]["id"] for i in range(4)]
+    record(store, new_delivery(at=T0 + 1), cancels=[TimerCancel("hold|room-1|1", "joined")])
+    clock.now = T0 + HOLD
+    store.recheck_timer(ids[2], Decider(TimerWrite("cancel", "removed")))
+
+    assert store.pending_timer_ids() == [ids[0], ids[3]]
 
 
 # -- claim ----------------------------------------------------------------------------------
@@ -414,7 +1075,8 @@ def _finished(outcome):
     _finished("done"),
     _finished("failed"),
     _finished("dead"),
-], ids=["empty", "not-yet-due", "dry-run", "leased", "done", "failed", "dead"])
+    _finished("cancelled"),
+], ids=["empty", "not-yet-due", "dry-run", "leased", "done", "failed", "dead", "cancelled"])
 def test_claim_returns_none_when_nothing_is_due(store, clock, setup):
     setup(store, clock)
     before = store.actions()
@@ -439,15 +1101,16 @@ def test_claim_respects_due_at(store, clock, now, claimable):
 
 
 def test_claim_leases_the_action(store, clock):
-    decision = new_decision("k", rule="r", room_id="room-9", session_id="s-9")
-    receipt = store.record_delivery(new_delivery(at=T0 - 1), [decision], acts=True)
+    decision = new_decision("k", rule="r", room_id="room-9", session_id="s-9",
+                            confirm="active-participants")
+    receipt = record(store, new_delivery(at=T0 - 1, room_id="room-9"), [decision])
     action_id = receipt.decisions[0].action_id
 
     claim = store.claim("worker-a", LEASE, MAX_ATTEMPTS)
 
     assert claim == ClaimedAction(id=action_id, key="k", kind="deactivate", room_id="room-9",
                                   session_id="s-9", rule="r", attempts=1, lease_owner="worker-a",
-                                  lease_until=T0 + LEASE)
+                                  lease_until=T0 + LEASE, confirm="active-participants")
     row = store.action(action_id)
     assert (row["status"], row["lease_owner"], row["lease_until"], row["attempts"],
             row["updated_at"]) == ("pending", "worker-a", T0 + LEASE, 1, T0)
@@ -564,10 +1227,111 @@ def test_retried_action_goes_behind_those_due_sooner(store, clock):
     assert [store.claim("w", LEASE, MAX_ATTEMPTS).id for _ in range(2)] == [second, first]
 
 
+# -- claim: per_minute ------------------------------------------------------------------------
+
+PER_MINUTE = 3
+
+
+@pytest.mark.parametrize("elapsed, claimable", [
+    (0.0, False),   # the same instant as the attempts
+    (59.5, False),  # still within their minute
+    (60.5, True),   # the minute has passed
+])
+def test_claim_per_minute_waits_while_the_limit_is_reached(store, clock, elapsed, claimable):
+    ids = schedule(store, *(f"k-{i}" for i in range(PER_MINUTE + 2)), at=T0)
+    for _ in range(PER_MINUTE):
+        claim = store.claim("w", LEASE, MAX_ATTEMPTS, per_minute=PER_MINUTE)
+        assert store.finish(claim, attempt("done", started_at=clock.now), "w")
+    clock.advance(elapsed)
+    before = store.actions()
+
+    claim = store.claim("w", LEASE, MAX_ATTEMPTS, per_minute=PER_MINUTE)
+
+    if claimable:
+        assert (claim.id, claim.attempts) == (ids[PER_MINUTE], 1)
+    else:
+        assert claim is None
+        assert store.actions() == before  # waiting changed nothing
+        # the limit is the only thing in the way: without it, the next action is handed out
+        assert store.claim("w", LEASE, MAX_ATTEMPTS).id == ids[PER_MINUTE]
+
+
+def test_claim_per_minute_counts_claims_in_flight(store, clock):
+    schedule(store, "a", "b", "c", at=T0)
+    first = store.claim("w1", LEASE, MAX_ATTEMPTS, per_minute=2)
+    second = store.claim("w2", LEASE, MAX_ATTEMPTS, per_minute=2)
+    assert first is not None and second is not None
+
+    assert store.claim("w3", LEASE, MAX_ATTEMPTS, per_minute=2) is None  # two in flight
+
+    store.release(second, "w2")  # given back without a call: it does not count
+    third = store.claim("w3", LEASE, MAX_ATTEMPTS, per_minute=2)
+    assert third is not None and third.id == second.id
+
+
+def test_claim_per_minute_loses_no_action(store, clock):
+    n = 2 * PER_MINUTE + 1
+    ids = schedule(store, *(f"k-{i}" for i in range(n)), at=T0)
+    claimed_per_minute: list[list[int]] = [[]]
+
+    for _ in range(5 * n):  # a bound, so a bug cannot loop forever
+        claim = store.claim("w", LEASE, MAX_ATTEMPTS, per_minute=PER_MINUTE)
+        if claim is None:
+            if store.counts() == {"done": n}:
+                break
+            clock.advance(61)
+            claimed_per_minute.append([])
+            continue
+        claimed_per_minute[-1].append(claim.id)
+        assert store.finish(claim, attempt("done", started_at=clock.now), "w")
+
+    assert store.counts() == {"done": n}
+    assert [len(c) for c in claimed_per_minute] == [PER_MINUTE, PER_MINUTE, 1]
+    assert [i for c in claimed_per_minute for i in c] == ids  # each once, in order
+    assert all(store_attempts_single(store, i) for i in ids)
+
+
+def test_concurrent_claims_respect_per_minute(make_store, database_url, request):
+    n_workers, limit = 8, 2
+    clock = Clock(T0)
+    setup = make_store(clock)
+    schedule(setup, *(f"k-{i}" for i in range(n_workers)), at=T0)
+    stores = [make_store(clock) for _ in range(n_workers)]
+
+    def claim(i: int):
+        return stores[i].claim(f"w{i}", LEASE, MAX_ATTEMPTS, per_minute=limit)
+
+    if backend(database_url) == "sqlite":
+        results = run_threads(n_workers, claim)
+    else:
+        # Force the interleaving: every claimer counts the load and picks its row, then waits
+        # to write it (a third session's SHARE lock on actions blocks UPDATE, not SELECT).
+        import psycopg
+
+        holder = psycopg.connect(database_url)
+        holder.execute("LOCK TABLE actions IN SHARE MODE")
+        try:
+            threads, results = [], []
+            for i in range(n_workers):
+                threads.append(start_thread(lambda i=i: claim(i), results))
+            wait_for_pg_lock_waiters(database_url, n_workers)
+        finally:
+            holder.rollback()
+            holder.close()
+        for thread in threads:
+            thread.join(THREAD_JOIN_LIMIT)
+        assert not any(t.is_alive() for t in threads), "a store call hung"
+
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    claimed = [r for r in results if r is not None]
+    assert len(claimed) == limit  # no more in flight than the limit, and the limit is used
+    assert sum(a["attempts"] for a in setup.actions()) == limit
+
+
 # -- finish ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("record, status, due_at", [
+@pytest.mark.parametrize("record_, status, due_at", [
     # the API said yes
     (attempt("done", status=200), "done", T0),
     # the API refused for good (room not found)
@@ -580,27 +1344,29 @@ def test_retried_action_goes_behind_those_due_sooner(store, clock):
      T0 + 4),
     # the policy gave up
     (attempt("dead", status=503, error="gave up after 10 attempts"), "dead", T0),
-], ids=["done", "failed", "retry", "retry-no-answer", "dead"])
-def test_finish_moves_the_action_and_records_the_attempt(store, clock, record, status, due_at):
+    # not acted on: the room became protected, or confirm found people in the session
+    (attempt("cancelled", status=None, error="room room-1 is protected"), "cancelled", T0),
+], ids=["done", "failed", "retry", "retry-no-answer", "dead", "cancelled"])
+def test_finish_moves_the_action_and_records_the_attempt(store, clock, record_, status, due_at):
     [action_id] = schedule(store, "k", at=T0)
     claim = store.claim("w", LEASE, MAX_ATTEMPTS)
     clock.advance(3)
 
-    assert store.finish(claim, record, "w") is True
+    assert store.finish(claim, record_, "w") is True
 
     row = store.action(action_id)
     assert {k: row[k] for k in ("status", "due_at", "lease_owner", "lease_until", "last_status",
                                 "last_error", "attempts", "updated_at")} == {
         "status": status, "due_at": due_at, "lease_owner": None, "lease_until": None,
-        "last_status": record.http_status, "last_error": record.error, "attempts": 1,
+        "last_status": record_.http_status, "last_error": record_.error, "attempts": 1,
         "updated_at": T0 + 3,
     }
     [row] = store.attempts(action_id)
     assert {k: row[k] for k in ("action_id", "number", "worker", "started_at", "latency_ms",
                                 "http_status", "outcome", "error", "next_due_at")} == {
-        "action_id": action_id, "number": 1, "worker": "w", "started_at": record.started_at,
-        "latency_ms": record.latency_ms, "http_status": record.http_status,
-        "outcome": record.outcome, "error": record.error, "next_due_at": record.next_due_at,
+        "action_id": action_id, "number": 1, "worker": "w", "started_at": record_.started_at,
+        "latency_ms": record_.latency_ms, "http_status": record_.http_status,
+        "outcome": record_.outcome, "error": record_.error, "next_due_at": record_.next_due_at,
     }
 
     clock.now = due_at - 0.5
@@ -613,12 +1379,23 @@ def test_finish_moves_the_action_and_records_the_attempt(store, clock, record, s
         assert again is None  # an ended action is never handed out again
 
 
+def test_finish_keeps_the_attempts_note(store, clock):
+    [action_id] = schedule(store, "k")
+    claim = store.claim("w", LEASE, MAX_ATTEMPTS)
+    note = "confirm: nobody active in session sess-1"
+
+    store.finish(claim, AttemptRecord(T0, 1.0, 200, "done", None, None, note=note), "w")
+
+    assert [a["note"] for a in store.attempts(action_id)] == [note]
+
+
 @pytest.mark.parametrize("late", [
     attempt("done"),                                      # a late success
     attempt("failed", status=404, error="room not found"),  # a late permanent failure
     attempt("retry", status=503, next_due_at=T0 + 3600),  # a late retry, which would push due_at
     attempt("dead", status=503, error="gave up"),         # a late give-up
-], ids=["done", "failed", "retry", "dead"])
+    attempt("cancelled", status=None, error="protected"),  # a late cancel
+], ids=["done", "failed", "retry", "dead", "cancelled"])
 def test_finish_by_a_worker_that_lost_its_lease_is_fenced(store, clock, late):
     [action_id] = schedule(store, "k")
     stale = store.claim("worker-a", LEASE, MAX_ATTEMPTS)
@@ -703,33 +1480,165 @@ def test_release_by_a_worker_that_lost_its_lease_changes_nothing(store, clock):
     assert (before["lease_owner"], before["attempts"]) == ("worker-b", 2)
 
 
-# -- concurrency ----------------------------------------------------------------------------
+# -- redrive --------------------------------------------------------------------------------
 
 
-def test_concurrent_workers_never_claim_an_action_twice(make_store):
-    n_workers, n_actions = 8, 50
-    clock = Clock(T0 + 1)  # fixed: every action is due and no lease ever runs out
-    setup = make_store(clock)
-    action_ids = schedule(setup, *(f"k-{i}" for i in range(n_actions)), at=T0)
-    stores = [make_store(clock) for _ in range(n_workers)]
+def _outbox_with_every_status(store, clock) -> dict[str, int]:
+    """One action per status: dead twice (a policy give-up, lost claims), and the rest."""
+    ids = dict(zip(["dead", "done", "lost", "failed", "cancelled"],
+                   schedule(store, "dead", "done", "lost", "failed", "cancelled", at=T0)))
+    [ids["pending"]] = schedule(store, "pending", at=T0 + 3600)
+    [ids["dry-run"]] = schedule(store, "dry-run", at=T0, acts=False)
+    for name, outcome in (("dead", "dead"), ("done", "done")):
+        claim = store.claim("w", LEASE, MAX_ATTEMPTS)
+        assert claim.id == ids[name]
+        store.finish(claim, attempt(outcome, status=503, error="gave up"), "w")
+    assert store.claim("w", LEASE, 1).id == ids["lost"]
+    clock.advance(LEASE + 1)  # that worker died; the next claim marks "lost" dead
+    for name, outcome in (("failed", "failed"), ("cancelled", "cancelled")):
+        claim = store.claim("w", LEASE, 1)
+        assert claim.id == ids[name]
+        store.finish(claim, attempt(outcome), "w")
+    assert store.action(ids["lost"])["status"] == "dead"
+    return ids
 
-    def work(i: int) -> list[int]:
-        worker, claimed = f"worker-{i}", []
-        while (claim := stores[i].claim(worker, 300.0, MAX_ATTEMPTS)) is not None:
-            claimed.append(claim.id)
-            assert stores[i].finish(claim, attempt("done"), worker) is True
-        return claimed
 
-    results = run_threads(n_workers, work)
+def test_redrive_makes_only_the_named_dead_actions_pending_again(store, clock):
+    ids = _outbox_with_every_status(store, clock)
+    clock.advance(100)
+    before = {a["id"]: a for a in store.actions()}
 
-    errors = [r for r in results if isinstance(r, BaseException)]
-    assert errors == []
-    claimed = [action_id for ids in results for action_id in ids]
-    assert sorted(claimed) == sorted(action_ids)  # every action, each exactly once
-    assert setup.counts() == {"done": n_actions}
-    for action_id in action_ids:  # one claim and one recorded attempt each
-        assert store_attempts_single(setup, action_id)
-    assert setup.claim("late", 300.0, MAX_ATTEMPTS) is None
+    redriven = store.redrive([ids["dead"], ids["done"], ids["pending"], ids["failed"],
+                              ids["cancelled"], ids["dry-run"], 10_000])
+
+    assert redriven == [ids["dead"]]  # not the other dead one: it was not named
+    after = {a["id"]: a for a in store.actions()}
+    row = after[ids["dead"]]
+    assert {k: row[k] for k in ("status", "attempts", "due_at", "lease_owner", "lease_until",
+                                "updated_at")} == {
+        "status": "pending", "attempts": 0, "due_at": clock.now, "lease_owner": None,
+        "lease_until": None, "updated_at": clock.now}
+    assert {i: a for i, a in after.items() if i != ids["dead"]} == {
+        i: a for i, a in before.items() if i != ids["dead"]}  # everything else untouched
+    claim = store.claim("w", LEASE, 1)  # a fresh count: max_attempts=1 still allows one claim
+    assert (claim.id, claim.attempts) == (ids["dead"], 1)
+    assert len(store.attempts(ids["dead"])) == 1  # the history is kept
+
+
+def test_redrive_none_redrives_every_dead_action(store, clock):
+    ids = _outbox_with_every_status(store, clock)
+
+    assert store.redrive([]) == []  # nothing named, nothing done
+    assert store.redrive(None) == sorted([ids["dead"], ids["lost"]])
+    assert store.redrive(None) == []  # none left
+
+    assert store.counts() == {"pending": 3, "done": 1, "failed": 1, "cancelled": 1, "dry-run": 1}
+    assert [store.action(ids[n])["attempts"] for n in ("dead", "lost")] == [0, 0]
+
+
+# -- rules versions -------------------------------------------------------------------------
+
+
+def test_remember_rules_keeps_one_row_per_hash_and_the_latest_is_last_good(store, clock):
+    assert store.last_good_rules() is None
+
+    store.remember_rules("a" * 64, "rules.yaml", "version: 1  # a")
+    clock.advance(10)
+    store.remember_rules("b" * 64, "rules.yaml", "version: 1  # b")
+    assert store.last_good_rules()["sha256"] == "b" * 64
+    clock.advance(10)
+    store.remember_rules("a" * 64, "elsewhere.yaml", "version: 1  # a")  # a loaded again
+
+    assert store.last_good_rules() == {
+        "sha256": "a" * 64, "source": "rules.yaml", "text": "version: 1  # a",
+        "first_loaded_at": T0, "last_loaded_at": T0 + 20}  # the first row, its time moved on
+    assert store.rules_version("b" * 64) == {
+        "sha256": "b" * 64, "source": "rules.yaml", "text": "version: 1  # b",
+        "first_loaded_at": T0 + 10, "last_loaded_at": T0 + 10}
+    assert store.rules_version("c" * 64) is None
+    with store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(tables.rules_versions)).scalar() == 2
+
+
+def test_concurrent_remember_rules_keeps_one_row(make_store):
+    n = 8
+    stores = [make_store() for _ in range(n)]
+
+    results = run_threads(n, lambda i: stores[i].remember_rules("a" * 64, "rules.yaml", "version: 1"))
+
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    with stores[0].engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(tables.rules_versions)).scalar() == 1
+
+
+# -- room_story -----------------------------------------------------------------------------
+
+
+def test_room_story_tells_one_rooms_story_only(store, clock):
+    stories = {}
+    for room in ("room-1", "room-2"):
+        d1 = new_delivery(at=T0 + 1, room_id=room)
+        d2 = new_delivery(at=T0, room_id=room)  # received earlier, recorded later
+        record(store, d1, [new_decision(f"k|{room}", room_id=room)], room_state={"room": room})
+        record(store, d2, [timer_decision(f"hold|{room}|s", room_id=room, at=T0)])
+        stories[room] = (d1, d2)
+    clock.now = T0 + 1  # both actions due; room-1's is the older
+    claim = store.claim("w", LEASE, MAX_ATTEMPTS)
+    assert claim.room_id == "room-1"
+    store.finish(claim, attempt("done"), "w")
+    record(store, new_delivery(at=T0 + 2, room_id=None, known=False))  # no room at all
+
+    story = store.room_story("room-1")
+
+    d1, d2 = stories["room-1"]
+    assert set(story) == {"deliveries", "decisions", "timers", "actions", "attempts", "room"}
+    assert [d["id"] for d in story["deliveries"]] == [d2.id, d1.id]  # oldest first
+    assert [(d["action_key"], d["outcome"]) for d in story["decisions"]] == [
+        ("k|room-1", "scheduled"), ("hold|room-1|s", "timer-started")]
+    assert [t["key"] for t in story["timers"]] == ["hold|room-1|s"]
+    assert [a["key"] for a in story["actions"]] == ["k|room-1"]
+    assert [(a["action_id"], a["outcome"]) for a in story["attempts"]] == [(claim.id, "done")]
+    assert [(r["room_id"], r["state"]) for r in story["room"]] == [("room-1", {"room": "room-1"})]
+    other = store.room_story("room-2")
+    assert [len(other[k]) for k in ("deliveries", "decisions", "timers", "actions", "attempts",
+                                    "room")] == [2, 2, 1, 1, 0, 1]
+    assert store.room_story("no-such-room") == {
+        "deliveries": [], "decisions": [], "timers": [], "actions": [], "attempts": [], "room": []}
+
+
+# -- deliveries_since -----------------------------------------------------------------------
+
+# Ten deliveries, several sharing a received_at, recorded out of order.
+SINCE_TIMES = [T0 + 3, T0, T0 + 1, T0 + 5, T0 + 1, T0, T0 + 3, T0 + 1, T0 + 4, T0 + 2]
+
+
+@pytest.mark.parametrize("since, expected", [
+    (T0 - 1, 10),      # before them all
+    (T0, 10),          # exactly the first received_at: included
+    (T0 + 0.5, 8),     # between two received_at values
+    (T0 + 1, 8),       # exactly a shared received_at: all three included
+    (T0 + 3, 4),       # the last four
+    (T0 + 5, 1),       # only the last
+    (T0 + 5.5, 0),     # after them all
+])
+def test_deliveries_since_reads_in_order_across_batches(store, since, expected, monkeypatch):
+    made = [new_delivery(id=uuid.uuid4().hex, at=at, room_id=f"room-{i % 3}")
+            for i, at in enumerate(SINCE_TIMES)]
+    for delivery in made:
+        record(store, delivery)
+    reads = []
+    read = store._deliveries_after
+    monkeypatch.setattr(store, "_deliveries_after",
+                        lambda *args: reads.append(args) or read(*args))
+
+    got = list(store.deliveries_since(since, batch=3))
+
+    want = sorted((d for d in made if d.received_at >= since), key=lambda d: (d.received_at, d.id))
+    assert len(want) == expected
+    assert [(d["received_at"], d["id"]) for d in got] == [(d.received_at, d.id) for d in want]
+    assert [d["body"] for d in got] == [d.body for d in want]  # whole rows
+    assert len(reads) == expected // 3 + 1  # in batches of 3; a short batch ends it
+    assert store.count_deliveries_since(since) == expected
 
 
 # -- outages --------------------------------------------------------------------------------
@@ -749,10 +1658,22 @@ def unreachable_url(database_url, tmp_path, closed_port) -> str:
     lambda s: s.ping(),
     lambda s: s.migrate(),
     lambda s: s.schema_version(),
-    lambda s: s.record_delivery(new_delivery(), [new_decision("k")], acts=True),
+    lambda s: record(s, new_delivery(), [new_decision("k")]),
     lambda s: s.claim("w", LEASE, MAX_ATTEMPTS),
+    lambda s: s.claim("w", LEASE, MAX_ATTEMPTS, per_minute=5),
     lambda s: s.actions(),
-], ids=["ping", "migrate", "schema_version", "record_delivery", "claim", "actions"])
+    lambda s: s.fire_due_timer(Decider(fire())),
+    lambda s: s.recheck_timer(1, Decider(fire())),
+    lambda s: s.pending_timer_ids(),
+    lambda s: s.redrive(None),
+    lambda s: s.remember_rules("a" * 64, "rules.yaml", "version: 1"),
+    lambda s: s.last_good_rules(),
+    lambda s: s.room_story("room-1"),
+    lambda s: list(s.deliveries_since(T0)),
+    lambda s: s.count_deliveries_since(T0),
+], ids=["ping", "migrate", "schema_version", "ingest", "claim", "claim-per-minute", "actions",
+        "fire_due_timer", "recheck_timer", "pending_timer_ids", "redrive", "remember_rules",
+        "last_good_rules", "room_story", "deliveries_since", "count_deliveries_since"])
 def test_unreachable_database_raises_store_unavailable(make_store, unreachable_url, call):
     store = make_store(migrate=False, url=unreachable_url)
 
@@ -792,15 +1713,9 @@ def test_locked_database_raises_store_unavailable_then_recovers(make_store, data
     lock = _Lock(database_url)
     outcome: list[object] = []
 
-    def write() -> None:
-        try:
-            outcome.append(store.record_delivery(delivery, [new_decision("k")], acts=True))
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            outcome.append(exc)
-
-    writer = threading.Thread(target=write, daemon=True)
+    writer = start_thread(lambda: record(store, delivery, [new_decision("k")],
+                                         room_state={"n": 1}), outcome)
     try:
-        writer.start()
         writer.join(PG_LOCK_WAIT if backend(database_url) == "postgresql" else THREAD_JOIN_LIMIT)
         blocked = writer.is_alive()
         if not blocked:
@@ -809,13 +1724,14 @@ def test_locked_database_raises_store_unavailable_then_recovers(make_store, data
         lock.release()
     writer.join(THREAD_JOIN_LIMIT)
 
-    assert not blocked, "record_delivery waited on the lock without limit"
+    assert not blocked, "ingest waited on the lock without limit"
     [error] = outcome
     assert isinstance(error, StoreUnavailable), error
-    assert row_counts(store) == {"deliveries": 0, "decisions": 0, "actions": 0, "attempts": 0}
+    assert row_counts(store) == counts()
 
     # The lock is gone: the same store, no restart, takes the same delivery.
-    receipt = store.record_delivery(delivery, [new_decision("k")], acts=True)
+    receipt = record(store, delivery, [new_decision("k")], room_state={"n": 1})
     assert [d.outcome for d in receipt.decisions] == ["scheduled"]
     assert store.delivery(delivery.id) == delivery.__dict__
+    assert store.room("room-1")["state"] == {"n": 1}
     assert store.claim("w", LEASE, MAX_ATTEMPTS) is not None

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, text, update
 
 from .guard import guarded
 from .intake import ACTIVE
 from .records import AttemptRecord, ClaimedAction, Row
 from .tables import actions, attempts
 
+# pg_advisory_xact_lock key serializing rate-limited claims ("rw-rate" in ASCII).
+RATE_LIMIT_LOCK = int.from_bytes(b"rw-rate", "big")
 FINAL = {"done": "done", "failed": "failed", "dead": "dead", "cancelled": "cancelled", "retry": ACTIVE}
 
 
@@ -30,8 +32,11 @@ class OutboxMixin:
         """
         now = self.clock()
         with self._write() as conn:
-            if per_minute is not None and self._recent_load(conn, now) >= per_minute:
-                return None
+            if per_minute is not None:
+                if conn.dialect.name == "postgresql":  # claimers count the load one at a time
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": RATE_LIMIT_LOCK})
+                if self._recent_load(conn, now) >= per_minute:
+                    return None
             while True:
                 row = conn.execute(
                     select(actions.c.id, actions.c.attempts).where(self._claimable(now))

@@ -20,24 +20,23 @@ class TimersMixin:
 
         No lease is needed: nothing outside the database happens here, so the
         timer row stays locked from reading to writing, and a timer fires once.
+        Locks are taken room first, then timer, the order a delivery takes them in,
+        so a timer firing while a delivery for its room arrives cannot deadlock.
         """
         now = self.clock()
         with self._write() as conn:
-            row = conn.execute(
-                select(timers, deliveries.c.body.label("trigger_body"),
-                   deliveries.c.verified.label("trigger_verified"))
-                .join(deliveries, deliveries.c.id == timers.c.delivery_id)
-                .where(timers.c.status == "pending", timers.c.due_at <= now)
-                .order_by(timers.c.due_at, timers.c.id).limit(1)
-                .with_for_update(of=timers, skip_locked=True)
-            ).mappings().first()
-            if row is None:
-                return None
-            timer = TimerRow.from_mapping(row)
-            state = self._lock_room(conn, timer.room_id)
-            write = decide(timer, state, self._action_keys(conn, timer.room_id))
-            self._apply_timer(conn, timer, write, now)
-        return write
+            for _ in range(10):  # another worker may take the timer we picked; pick again
+                candidate = conn.execute(
+                    select(timers.c.id, timers.c.room_id)
+                    .where(timers.c.status == "pending", timers.c.due_at <= now)
+                    .order_by(timers.c.due_at, timers.c.id).limit(1)
+                ).first()  # not locked yet: the room is locked first, then the timer
+                if candidate is None:
+                    return None
+                write = self._decide_locked(conn, candidate.id, candidate.room_id, decide, now)
+                if write is not None:
+                    return write
+        return None
 
     @guarded
     def pending_timer_ids(self) -> list[int]:
@@ -50,19 +49,27 @@ class TimersMixin:
         """Re-decide one pending timer now (after a reload), if it is still pending."""
         now = self.clock()
         with self._write() as conn:
-            row = conn.execute(
-                select(timers, deliveries.c.body.label("trigger_body"),
-                   deliveries.c.verified.label("trigger_verified"))
-                .join(deliveries, deliveries.c.id == timers.c.delivery_id)
-                .where(timers.c.id == timer_id, timers.c.status == "pending")
-                .with_for_update(of=timers)
-            ).mappings().first()
-            if row is None:
+            room_id = conn.execute(select(timers.c.room_id).where(
+                timers.c.id == timer_id, timers.c.status == "pending")).scalar()
+            if room_id is None:
                 return None
-            timer = TimerRow.from_mapping(row)
-            state = self._lock_room(conn, timer.room_id)
-            write = decide(timer, state, self._action_keys(conn, timer.room_id))
-            self._apply_timer(conn, timer, write, now)
+            return self._decide_locked(conn, timer_id, room_id, decide, now)
+
+    def _decide_locked(self, conn, timer_id: int, room_id: str, decide: Decide, now: float) -> TimerWrite | None:
+        """Lock the room, then the timer; decide it if it is still pending."""
+        state = self._lock_room(conn, room_id)
+        row = conn.execute(
+            select(timers, deliveries.c.body.label("trigger_body"),
+                   deliveries.c.verified.label("trigger_verified"))
+            .join(deliveries, deliveries.c.id == timers.c.delivery_id)
+            .where(timers.c.id == timer_id, timers.c.status == "pending")
+            .with_for_update(of=timers)
+        ).mappings().first()
+        if row is None:
+            return None
+        timer = TimerRow.from_mapping(row)
+        write = decide(timer, state, self._action_keys(conn, room_id))
+        self._apply_timer(conn, timer, write, now)
         return write
 
     def _apply_timer(self, conn, timer: TimerRow, write: TimerWrite, now: float) -> None:
