@@ -58,15 +58,16 @@ class Processes:
                 self.kill(process, signal.SIGTERM)
 
 
-def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
+def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    # Generous: the machines are shared, and a loaded one boots gunicorn workers slowly.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"exited with {process.returncode}:\n{Path(process.log_path).read_text()}")
         try:
-            if requests.get(url + "/readyz", timeout=1).status_code == 200:
+            if requests.get(url + "/readyz", timeout=5).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):
             pass
         time.sleep(0.1)
     raise AssertionError(f"not up after {timeout}s:\n{Path(process.log_path).read_text()}")

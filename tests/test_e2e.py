@@ -3,13 +3,8 @@ and deactivate calls arriving at the fake VideoSDK API."""
 
 from __future__ import annotations
 
-import os
 import shlex
-import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
