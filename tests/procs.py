@@ -53,9 +53,24 @@ class Processes:
         process.wait(timeout=30)
 
     def stop_all(self) -> None:
+        # The whole process group, even when its leader (the shell) has gone: its children
+        # may live on, and must not outlive the test.
         for process in self.running:
-            if process.poll() is None:
-                self.kill(process, signal.SIGTERM)
+            self.kill(process, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for process in self.running:
+            while _group_alive(process.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _group_alive(process.pid):
+                self.kill(process, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
