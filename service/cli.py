@@ -16,15 +16,10 @@ import threading
 import time
 from pathlib import Path
 
-from . import explain, logs, metrics, replay, ruletest
+from . import explain, logs, metrics, replay, ruletest, trial
 from .config import Settings
 from .errors import PayloadInvalid, RoomwardenError, RulesError
-from .events import parse_event
-from .planner import plan_event
-from .rooms import advance
 from .rules.durations import format_duration, parse_duration
-from .rules.engine import evaluate
-from .rules.fields import Facts
 from .rules.loader import load_rules
 from .runtime import build_worker, load_rules_holder, open_store, watch_rules
 
@@ -71,47 +66,18 @@ def cmd_simulate(args) -> int:
         print(f"cannot read {args.event}: {exc.strerror}", file=sys.stderr)
         return 2
     try:
-        event = parse_event(raw)
+        result = trial.try_event(rule_set, raw, time.time())
     except PayloadInvalid as exc:
         print(f"invalid event: {exc.message}", file=sys.stderr)
         if exc.fields:
             print(json.dumps(exc.fields, indent=2), file=sys.stderr)
         return 1
-    now = time.time()
-    room = advance(None, event, now)  # a room with no history: this event is all it knows
-    results = evaluate(rule_set, Facts(event=event, now=now, room=room, tz=rule_set.settings.tz))
-    outcomes = {o.rule: o for o in plan_event(rule_set, event, now, None, [], set(), acts=True).outcomes}
     if args.json:
-        print(json.dumps({
-            "event": event.type, "room": event.room_id, "known": event.known,
-            "rules": [{"rule": r.rule.name, "action": r.rule.action, "result": r.result,
-                       "outcome": outcomes[r.rule.name].outcome if r.rule.name in outcomes else None,
-                       "trace": r.trace.to_dict() if r.trace else None} for r in results],
-        }, indent=2, default=str))
+        print(json.dumps(result.to_dict(), indent=2, default=str))
         return 0
-    print(f"event {event.type} room={event.room_id} session={event.session_id}")
-    if not event.known:
-        print("  unknown event type: recorded, never acted on")
-    if not results:
-        print(f"  no rule in {rule_set.source} applies to {event.type}")
-    verdicts = {True: "MATCH", False: "no match", None: "no match (unknown: a field is missing)"}
-    for result in results:
-        print(f"  rule {result.rule.name} (line {result.rule.line}): {verdicts[result.result]}"
-              f"{_consequence(outcomes.get(result.rule.name), now)}")
-        for line in (result.trace.lines(2) if result.trace else ["    yes (no conditions)"]):
-            print(line)
+    for line in result.lines():
+        print(line)
     return 0
-
-
-def _consequence(outcome, now: float) -> str:
-    if outcome is None:
-        return ""
-    if outcome.outcome == "scheduled":
-        return f" -> would {outcome.action} room {outcome.room_id}"
-    if outcome.outcome == "timer-started":
-        return (f" -> would start a timer: {outcome.action} room {outcome.room_id} in "
-                f"{format_duration(outcome.due_at - now)} if the condition still holds then")
-    return f" -> {outcome.outcome}: would not act"
 
 
 def cmd_test(args) -> int:

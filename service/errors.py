@@ -5,6 +5,7 @@
     ├── RulesError           a rules file failed to load; carries every problem found
     ├── DeliveryRejected     a webhook delivery refused with a 4xx; carries the status
     │   ├── SignatureInvalid     401: missing, garbled or wrong `videosdk-signature`
+    │   ├── RequestRejected      400: a body that could not be read whole (broken framing)
     │   └── PayloadInvalid       400: not JSON, or not the shape its event type needs
     └── Unavailable          a dependency is down; the sender should retry (503)
         ├── KeyUnavailable       no webhook public key yet (fetch failed, none pinned)
@@ -49,6 +50,10 @@ class DeliveryRejected(RoomwardenError):
 
 class SignatureInvalid(DeliveryRejected):
     status = 401
+
+
+class RequestRejected(DeliveryRejected):
+    status = 400
 
 
 class PayloadInvalid(DeliveryRejected):

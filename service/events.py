@@ -60,11 +60,20 @@ def _decode_json(raw: bytes) -> Any:
     if not text.strip():
         raise PayloadInvalid("body is empty; expected a JSON object")
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        body = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         raise PayloadInvalid("body is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, NaN, integers too long to convert
         raise PayloadInvalid(f"body is not valid JSON: {exc}") from None
+    if "\\u" in text:  # only escapes can make half a surrogate pair ("\ud800" alone)
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise PayloadInvalid("body has a \\u escape for half a surrogate pair, which is not a "
+                                 "character") from None
+        except RecursionError:
+            raise PayloadInvalid("body is nested too deeply") from None
+    return body
 
 
 def parse_event(raw: bytes) -> Event:

@@ -4,6 +4,10 @@ Answers "why was this room (not) deactivated?" from what the store recorded:
 every delivery for the room, each decision with its condition-by-condition
 trace, the timers started, fired and cancelled (and by what), every attempt at
 VideoSDK, and a last line that says how it ended.
+
+`build` returns the story as structured entries (`Story`, `Entry`, `Line`): the
+CLI prints `Story.text()`, and the dashboard's room page renders the same
+entries as HTML.
 """
 
 from __future__ import annotations
@@ -17,29 +21,91 @@ from .rules.durations import format_duration
 
 
 @dataclass(frozen=True)
+class Line:
+    """One line of an entry: its text, how far it is indented, and what it says."""
+
+    text: str
+    indent: int = 0  # spaces before the text, within its entry
+    kind: str = "note"  # head | decision | condition | timer | cancel | note | error
+    result: bool | None = None  # a condition's result (kind "condition")
+
+    def render(self) -> str:
+        return " " * self.indent + self.text
+
+
+@dataclass(frozen=True)
 class Entry:
     at: float
     order: int  # ties at the same time: deliveries, then timers, then attempts
-    lines: tuple[str, ...]
+    kind: str  # delivery | timer | attempt
+    lines: tuple[Line, ...]
+
+    @property
+    def head(self) -> Line:
+        return self.lines[0]
+
+    @property
+    def body(self) -> tuple[Line, ...]:
+        return self.lines[1:]
+
+
+@dataclass(frozen=True)
+class Story:
+    """A room's story: a header, the entries in time order, and how it ended."""
+
+    room_id: str
+    header: str
+    entries: tuple[Entry, ...]
+    outcome: str
+
+    def text(self) -> list[str]:
+        """The story as `python -m service explain` prints it."""
+        out = [self.header]
+        for entry in self.entries:
+            out.append(f"{when(entry.at)}  {entry.head.render()}")
+            out.extend(" " * 26 + line.render() for line in entry.body)
+        out.append(self.outcome)
+        return out
 
 
 def when(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
-def _decision_lines(decision: dict, actions_by_id: dict) -> list[str]:
+def _nodes(trace: Trace) -> list[Trace]:
+    """The trace's nodes in the order `Trace.lines` prints them (pre-order)."""
+    out = [trace]
+    for child in trace.children:
+        out.extend(_nodes(child))
+    return out
+
+
+def _trace_lines(trace: Trace, indent: int) -> list[Line]:
+    lines = []
+    for text, node in zip(trace.lines(), _nodes(trace)):
+        stripped = text.lstrip(" ")
+        lines.append(Line(stripped, indent + len(text) - len(stripped), "condition", node.result))
+    return lines
+
+
+def _decision_lines(decision: dict, actions_by_id: dict, indent: int) -> list[Line]:
     text = f"rule {decision['rule']}: {decision['outcome']}"
     action = actions_by_id.get(decision["action_id"])
     if action is not None and decision["outcome"] in ("scheduled", "dry-run", "duplicate"):
         text += f" -> action #{action['id']} {action['kind']} ({action['status']})"
-    lines = [text]
+    lines = [Line(text, indent, "decision")]
     if decision.get("trace"):
-        lines += ["  " + line for line in Trace.from_dict(decision["trace"]).lines()]
+        lines += _trace_lines(Trace.from_dict(decision["trace"]), indent + 2)
     return lines
 
 
 def story(room_id: str, rows: dict[str, list[dict]], now: float) -> list[str]:
     """The room's story as text lines; `rows` is what Store.room_story returned."""
+    return build(room_id, rows, now).text()
+
+
+def build(room_id: str, rows: dict[str, list[dict]], now: float) -> Story:
+    """The room's story as entries (for the CLI's text and the dashboard's room page)."""
     actions_by_id = {a["id"]: a for a in rows["actions"]}
     decisions_by_delivery: dict[str, list[dict]] = {}
     decisions_by_timer: dict[int, list[dict]] = {}
@@ -49,6 +115,10 @@ def story(room_id: str, rows: dict[str, list[dict]], now: float) -> list[str]:
         else:
             decisions_by_delivery.setdefault(decision["delivery_id"], []).append(decision)
     started_by = {(t["delivery_id"], t["rule"]): t for t in rows["timers"]}
+    cancelled_by: dict[str, list[dict]] = {}
+    for timer in rows["timers"]:
+        if timer["resolved_by"] is not None:
+            cancelled_by.setdefault(timer["resolved_by"], []).append(timer)
     entries = []
 
     for delivery in rows["deliveries"]:
@@ -56,49 +126,50 @@ def story(room_id: str, rows: dict[str, list[dict]], now: float) -> list[str]:
                 + (f" participant={delivery['participant_id']}" if delivery["participant_id"] else "")
                 + (f" session={delivery['session_id']}" if delivery["session_id"] else "")
                 + f" [{'verified' if delivery['verified'] else 'UNVERIFIED'}, rules {delivery['rules_hash'][:12]}]")
-        lines = [head]
+        lines = [Line(head, 0, "head")]
         for decision in decisions_by_delivery.get(delivery["id"], []):
-            lines += ["  " + line for line in _decision_lines(decision, actions_by_id)]
+            lines += _decision_lines(decision, actions_by_id, 2)
             timer = started_by.get((delivery["id"], decision["rule"]))
             if decision["outcome"] == "timer-started" and timer is not None:
-                lines.append(f"    timer #{timer['id']} due {when(timer['due_at'])}")
-        for timer in rows["timers"]:
-            if timer["resolved_by"] == delivery["id"]:
-                lines.append(f"  cancelled timer #{timer['id']} ({timer['rule']}): {timer['reason']}")
+                lines.append(Line(f"timer #{timer['id']} due {when(timer['due_at'])}", 4, "timer"))
+        for timer in cancelled_by.get(delivery["id"], []):
+            lines.append(Line(f"cancelled timer #{timer['id']} ({timer['rule']}): {timer['reason']}", 2, "cancel"))
         if not decisions_by_delivery.get(delivery["id"]) and delivery["known"]:
-            lines.append("  no rule matched")
+            lines.append(Line("no rule matched", 2))
         if not delivery["known"]:
-            lines.append("  event type not known to roomwarden: recorded, never acted on")
-        entries.append(Entry(delivery["received_at"], 0, tuple(lines)))
+            lines.append(Line("event type not known to roomwarden: recorded, never acted on", 2))
+        entries.append(Entry(delivery["received_at"], 0, "delivery", tuple(lines)))
 
     for timer in rows["timers"]:
         for note in timer.get("notes") or []:
-            entries.append(Entry(note["at"], 1, (f"timer #{timer['id']} ({timer['rule']}): {note['note']}",)))
+            entries.append(Entry(note["at"], 1, "timer",
+                                 (Line(f"timer #{timer['id']} ({timer['rule']}): {note['note']}", 0, "head"),)))
         if timer["status"] == "fired":
-            lines = [f"timer #{timer['id']} ({timer['rule']}) fired: {timer['reason']}"]
+            lines = [Line(f"timer #{timer['id']} ({timer['rule']}) fired: {timer['reason']}", 0, "head")]
             for decision in decisions_by_timer.get(timer["id"], []):
-                lines += ["  " + line for line in _decision_lines(decision, actions_by_id)]
-            entries.append(Entry(timer["resolved_at"], 1, tuple(lines)))
+                lines += _decision_lines(decision, actions_by_id, 2)
+            entries.append(Entry(timer["resolved_at"], 1, "timer", tuple(lines)))
         elif timer["status"] == "cancelled" and timer["resolved_by"] is None:
-            entries.append(Entry(timer["resolved_at"], 1,
-                                 (f"timer #{timer['id']} ({timer['rule']}) cancelled: {timer['reason']}",)))
+            entries.append(Entry(timer["resolved_at"], 1, "timer",
+                                 (Line(f"timer #{timer['id']} ({timer['rule']}) cancelled: {timer['reason']}",
+                                       0, "head"),)))
 
     for attempt in rows["attempts"]:
         action = actions_by_id[attempt["action_id"]]
         status = f"HTTP {attempt['http_status']}" if attempt["http_status"] else "no answer"
         text = (f"action #{action['id']} {action['kind']} attempt {attempt['number']}: {status}, "
                 f"{attempt['outcome']} ({attempt['latency_ms']:.0f} ms)")
-        lines = [text] + [f"  {part}" for part in (attempt["note"], attempt["error"]) if part]
+        lines = [Line(text, 0, "head")]
+        if attempt["note"]:
+            lines.append(Line(attempt["note"], 2))
+        if attempt["error"]:
+            lines.append(Line(attempt["error"], 2, "error"))
         if attempt["next_due_at"]:
-            lines.append(f"  next attempt at {when(attempt['next_due_at'])}")
-        entries.append(Entry(attempt["started_at"], 2, tuple(lines)))
+            lines.append(Line(f"next attempt at {when(attempt['next_due_at'])}", 2))
+        entries.append(Entry(attempt["started_at"], 2, "attempt", tuple(lines)))
 
-    out = [_header(room_id, rows, now)]
-    for entry in sorted(entries, key=lambda e: (e.at, e.order)):
-        out.append(f"{when(entry.at)}  {entry.lines[0]}")
-        out.extend(" " * 26 + line for line in entry.lines[1:])
-    out.append(_outcome(rows, now))
-    return out
+    entries.sort(key=lambda e: (e.at, e.order))
+    return Story(room_id, _header(room_id, rows, now), tuple(entries), _outcome(rows, now))
 
 
 def _header(room_id: str, rows: dict, now: float) -> str:

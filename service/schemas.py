@@ -46,8 +46,11 @@ class RoomEventData(Schema):
     sessionId = fields.String(required=True, validate=_ID)
 
 
+_NO_CONTROL = validate.Regexp(r"^[^\x00-\x1f\x7f]*\Z", error="Must not contain control characters.")
+
+
 class ParticipantEventData(RoomEventData):
-    participantId = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    participantId = fields.String(required=True, validate=[validate.Length(min=1, max=256), _NO_CONTROL])
     participantName = fields.String(load_default=None, allow_none=True, validate=_NAME)
 
 

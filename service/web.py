@@ -13,10 +13,10 @@ import os
 import time
 
 from flask import Blueprint, Flask, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import admin, metrics
-from .errors import DeliveryRejected, SignatureInvalid, Unavailable
+from . import admin, dashboard, metrics
+from .errors import DeliveryRejected, RequestRejected, SignatureInvalid, Unavailable
 from .events import parse_event
 from .signature import HEADER
 
@@ -33,7 +33,7 @@ def _runtime():
 @bp.post("/webhooks/videosdk")
 def receive_webhook():
     runtime = _runtime()
-    raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH, chunked or not
+    raw = _read_body()
     if runtime.verifier is not None:
         runtime.verifier.verify(raw, request.headers.get(HEADER))  # before parsing anything
     event = parse_event(raw)
@@ -49,6 +49,25 @@ def receive_webhook():
     body = {"delivery": receipt.delivery_id, "event": event.type, "known": event.known,
             "decisions": decisions}
     return jsonify(body), (202 if event.known else 200)
+
+
+def _read_body() -> bytes:
+    """The raw body, whole, or a 4xx: never a truncated body taken as complete.
+
+    Werkzeug stops reading a chunked body at MAX_CONTENT_LENGTH without saying so,
+    hence the limit one byte past the largest body allowed, and the length checks.
+    """
+    try:
+        raw = request.get_data(cache=False)
+    except HTTPException:
+        raise  # 413 for a declared length past the limit
+    except Exception as exc:  # noqa: BLE001 - gunicorn's own errors for broken chunked framing
+        raise RequestRejected(f"the request body could not be read: {type(exc).__name__}") from None
+    if len(raw) > MAX_BODY:
+        raise RequestEntityTooLarge()
+    if request.content_length is not None and len(raw) != request.content_length:
+        raise RequestRejected(f"the body ended after {len(raw)} of its {request.content_length} bytes")
+    return raw
 
 
 @bp.get("/healthz")
@@ -88,9 +107,10 @@ def _error(status: int, message: str, **extra):
 
 
 def init_app(app: Flask) -> None:
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY + 1  # see _read_body
     app.register_blueprint(bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(dashboard.bp)
 
     @app.before_request
     def _start():
@@ -104,8 +124,9 @@ def init_app(app: Flask) -> None:
         fields = {"method": request.method, "path": request.path, "status": response.status_code,
                   "ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)}
         fields.update({k: v for k, v in g.get("log_fields", {}).items() if v is not None})
-        log.log(logging.WARNING if response.status_code >= 500 else logging.INFO,
-                "%s %s %s", request.method, request.path, response.status_code, extra={"fields": fields})
+        log.log(logging.ERROR if g.get("exc_info") else logging.WARNING if response.status_code >= 500
+                else logging.INFO, "%s %s %s", request.method, request.path, response.status_code,
+                extra={"fields": fields}, exc_info=g.get("exc_info"))
         return response
 
     @app.errorhandler(DeliveryRejected)
@@ -124,12 +145,15 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
+        message = f"body larger than {MAX_BODY // 1024} KiB" if exc.code == 413 else exc.description or exc.name
         if exc.code == 413:
             metrics.count_rejection(413, signature=False)
-            return _error(413, f"body larger than {MAX_BODY // 1024} KiB")
-        return _error(exc.code or 500, exc.description or exc.name)
+        g.setdefault("log_fields", {})["error"] = message
+        return _error(exc.code or 500, message)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
-        log.exception("unexpected error on %s", request.path)
+        # Logged once, on the request's own line (with the traceback): see _log.
+        g.setdefault("log_fields", {})["error"] = f"internal error: {type(exc).__name__}"
+        g.exc_info = (type(exc), exc, exc.__traceback__)
         return _error(500, "internal error; the delivery was not recorded, so retry it")

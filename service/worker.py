@@ -161,8 +161,12 @@ class Worker:
             return False
         metrics.BREAKER_OPEN.set(0)
         rule_set = self.rules()
-        claim = self.store.claim(self.worker_id, self.lease_seconds, self.policy.max_attempts,
-                                 per_minute=rule_set.settings.max_actions_per_minute)
+        try:
+            claim = self.store.claim(self.worker_id, self.lease_seconds, self.policy.max_attempts,
+                                     per_minute=rule_set.settings.max_actions_per_minute)
+        except Exception:
+            self.breaker.record_idle()  # no call was made: give a half-open trial back
+            raise
         if claim is None:
             self.breaker.record_idle()
             return False

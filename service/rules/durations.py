@@ -15,11 +15,18 @@ def parse_duration(value) -> float:
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string such as 90s, 5m, 2h, 1d")
     if isinstance(value, (int, float)):
-        if not math.isfinite(value) or value < 0:
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float
+            seconds = math.inf
+        if not math.isfinite(seconds) or seconds < 0:
             raise ValueError("a duration must be a finite number of seconds, not negative")
-        return float(value)
+        return seconds
     if isinstance(value, str) and _DURATION.match(value.strip()):
-        return float(sum(float(n) * _UNITS[u] for n, u in _PART.findall(value.strip())))
+        seconds = float(sum(float(n) * _UNITS[u] for n, u in _PART.findall(value.strip())))
+        if not math.isfinite(seconds):
+            raise ValueError(f"{value!r} is too long a duration")
+        return seconds
     raise ValueError(f"{value!r} is not a duration; write it as 90s, 5m, 2h, 1d or 1h30m")
 
 

@@ -59,9 +59,11 @@ _Loader.add_implicit_resolver(
 
 def _construct_int(loader: _Loader, node: ScalarNode) -> int:
     text = loader.construct_scalar(node)
-    if text.startswith(("0x", "0o")):
-        return int(text, 0)
-    return int(text, 10)
+    try:
+        return int(text, 0) if text.startswith(("0x", "0o")) else int(text, 10)
+    except ValueError:  # more digits than Python converts (4300)
+        raise yaml.constructor.ConstructorError(None, None, "an integer with too many digits",
+                                                node.start_mark) from None
 
 
 _Loader.add_constructor(_INT, _construct_int)
@@ -424,7 +426,13 @@ class _Reader:
 def parse_rules(text: str, source: str = "<rules>") -> tuple[RuleSet | None, list[Problem]]:
     """Read rules from text: the rule set and no problems, or None and every error in file
     order. Warnings do not stop a rule set loading: they are in `rule_set.warnings`."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # refuses characters YAML does not allow (NUL, most controls)
+    except yaml.reader.ReaderError as exc:
+        before = text[:exc.position]
+        line, col = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        return None, [Problem(source, line, col, f"not valid YAML: character #x{exc.character:04x} "
+                                                 "is not allowed in a YAML file")]
     try:
         root = loader.get_single_node()
     except RecursionError:
@@ -441,7 +449,7 @@ def parse_rules(text: str, source: str = "<rules>") -> tuple[RuleSet | None, lis
     if root is not None:
         reader.tags(root)
         if reader.problems:
-            return None, reader.problems
+            return None, sorted(reader.problems, key=lambda p: (p.line, p.col))
     try:
         rules = reader.rule_set(root)
     except RecursionError:

@@ -23,7 +23,9 @@ _TIME = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]\Z")
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, Real) or isinstance(value, bool):
+        return False
+    return isinstance(value, int) or math.isfinite(value)  # ints are finite, however large
 
 
 def _is_scalar(value: Any) -> bool:
@@ -110,7 +112,7 @@ def _check_regex(operand, kind):
         return f"matches strings, but this field is a {kind}"
     try:
         re.compile(operand)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:  # a{4294967296} overflows
         return f"bad regular expression: {exc}"
     return None
 

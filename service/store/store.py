@@ -23,6 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from . import migrations
 from .engine import READ_ONLY, make_engine
+from .dashboard import DashboardMixin
 from .guard import guarded
 from .history import HistoryMixin
 from .intake import IntakeMixin
@@ -31,7 +32,7 @@ from .tables import rooms
 from .timers import TimersMixin
 
 
-class Store(IntakeMixin, TimersMixin, OutboxMixin, HistoryMixin):
+class Store(IntakeMixin, TimersMixin, OutboxMixin, HistoryMixin, DashboardMixin):
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time):
         self.engine = engine
         self.clock = clock

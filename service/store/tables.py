@@ -54,6 +54,8 @@ decisions = Table(
     Column("trace", JSON),
     Index("ix_decisions_delivery", "delivery_id"),
     Index("ix_decisions_room", "room_id", "created_at"),
+    Index("ix_decisions_created", "created_at"),  # the dashboard's decisions per minute
+    Index("ix_decisions_rule", "rule", "outcome"),  # the dashboard's count by rule
 )
 
 # The outbox: actions to carry out at VideoSDK. `key` (rule|room|session) is unique,
@@ -80,6 +82,8 @@ actions = Table(
     Column("updated_at", Float, nullable=False),
     Index("ix_actions_due", "status", "due_at"),
     Index("ix_actions_room", "room_id"),
+    Index("ix_actions_status", "status", "id"),  # the dashboard's actions by status, newest first
+    Index("ix_actions_created", "created_at"),  # the dashboard's actions per minute
 )
 
 # Every call made for an action, whatever came of it.
@@ -107,6 +111,7 @@ rooms = Table(
     Column("state", JSON, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("last_delivery_id", String(32)),
+    Index("ix_rooms_updated", "updated_at", "room_id"),  # the dashboard's rooms, most recent first
 )
 
 # `for:` timers: a rule whose condition must hold a while before it acts. At most one

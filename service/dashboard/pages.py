@@ -1,0 +1,105 @@
+"""The dashboard's read-only pages: overview, rooms, a room's story, actions."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+from flask import abort, current_app, redirect, render_template, request, url_for
+
+from .. import explain
+from . import bp, charts, present
+
+PAGE = 50  # rows a page
+STORY_ENTRIES = 500  # a room's story shows its latest entries, unless ?all=1
+STATUSES = ("pending", "done", "failed", "dead", "cancelled", "dry-run")
+MINUTES = 24 * 60
+
+
+def _runtime():
+    return current_app.extensions["roomwarden"]
+
+
+@bp.get("/", strict_slashes=False)
+def overview():
+    runtime = _runtime()
+    now = time.time()
+    since = (math.floor(now / 60) + 1) * 60 - MINUTES * 60  # the last 24 h, whole minutes, this one last
+    series = runtime.store.activity(since, MINUTES)
+    counts = runtime.store.decision_counts()
+    rule_set = runtime.rules.current
+    rules = [present.rule_row(rule, counts.get(rule.name, {})) for rule in rule_set.rules]
+    in_force = {rule.name for rule in rule_set.rules}
+    retired = sorted((name, sum(c.values())) for name, c in counts.items() if name not in in_force)
+    return render_template(
+        "dashboard/overview.html", rule_set=rule_set, holder=runtime.rules, rules=rules, retired=retired,
+        loaded_at=present.at(runtime.rules.loaded_at),
+        last_error_at=present.at(runtime.rules.last_error_at), pid=os.getpid(),
+        stats=runtime.store.outbox_stats(now), dry_run=not runtime.settings.acts,
+        charts={
+            "deliveries": charts.steps(series["deliveries"], since, title="Deliveries per minute"),
+            "decisions": charts.steps(series["decisions"], since, title="Decisions per minute"),
+            "actions": charts.steps(series["actions"], since, title="Actions per minute"),
+            "latency": charts.dots(series["latency_avg"], series["latency_max"], since,
+                                   title="Attempt latency"),
+        },
+        totals={name: sum(series[name]) for name in ("deliveries", "decisions", "actions", "attempts")})
+
+
+@bp.get("/rooms")
+def rooms():
+    runtime = _runtime()
+    now = time.time()
+    with_timers = request.args.get("timers") == "1"
+    after = request.args.get("after") or None
+    page, next_after = runtime.store.rooms_page(limit=PAGE, after=after, with_timers=with_timers)
+    rule_set = runtime.rules.current
+    return render_template("dashboard/rooms.html", rooms=[present.room_row(r, rule_set, now) for r in page],
+                           total=runtime.store.count_rooms(with_timers=with_timers), with_timers=with_timers,
+                           after=after, next_after=next_after, page_size=PAGE)
+
+
+@bp.get("/room")
+def find_room():
+    """The rooms page's "open a room" box."""
+    room_id = (request.args.get("id") or "").strip()
+    if not room_id:
+        return redirect(url_for(".rooms"), 303)
+    return redirect(url_for(".room", room_id=room_id), 303)
+
+
+@bp.get("/rooms/<room_id>")
+def room(room_id: str):
+    runtime = _runtime()
+    now = time.time()
+    rows = runtime.store.room_story(room_id)
+    if not rows["deliveries"] and not rows["room"]:
+        abort(404, f"nothing recorded for room {room_id}")
+    story = explain.build(room_id, rows, now)
+    show_all = request.args.get("all") == "1"
+    entries = story.entries if show_all else story.entries[-STORY_ENTRIES:]
+    rule_set = runtime.rules.current
+    pending = [present.timer_row(t, rule_set, now) for t in rows["timers"] if t["status"] == "pending"]
+    return render_template("dashboard/room.html", story=story, entries=entries,
+                           hidden=len(story.entries) - len(entries),
+                           protected=rule_set.settings.is_protected(room_id), timers=pending,
+                           actions=rows["actions"])
+
+
+@bp.get("/actions")
+def actions():
+    runtime = _runtime()
+    now = time.time()
+    status = request.args.get("status") or None
+    if status is not None and status not in STATUSES:
+        abort(400, f"status must be one of {', '.join(STATUSES)}")
+    try:
+        before = int(request.args["before"]) if request.args.get("before") else None
+    except ValueError:
+        abort(400, "before must be an action id")
+    page, next_before = runtime.store.actions_page(status=status, limit=PAGE, before=before)
+    counts = runtime.store.counts()
+    return render_template("dashboard/actions.html", actions=page, status=status, statuses=STATUSES,
+                           counts=counts, total=sum(counts.values()), before=before,
+                           next_before=next_before, countdown=lambda due: present.countdown(due, now))

@@ -1,0 +1,99 @@
+"""How the dashboard shows things: times, durations, conditions, rules, rooms and timers (pure)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from ..rooms import RoomState
+from ..rules.conditions import All, Any_, Compare, Not
+from ..rules.durations import format_duration
+from ..rules.model import Rule, RuleSet
+
+FIRED = ("scheduled", "dry-run")  # decisions that made an action
+
+
+def at(seconds: float | None) -> str:
+    """A time as UTC, to the second."""
+    if seconds is None:
+        return ""
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def iso(seconds: float) -> str:
+    """A time for a `datetime` attribute: ISO 8601, UTC, to the millisecond."""
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def ago(seconds: float | None, now: float) -> str:
+    if seconds is None:
+        return ""
+    return f"{format_duration(max(0.0, now - seconds))} ago"
+
+
+def countdown(due: float, now: float) -> str:
+    """What a countdown shows before its script takes over: `in 4m12s`, or `due 3s ago`."""
+    left = due - now
+    return f"in {format_duration(left)}" if left >= 0 else f"due {format_duration(-left)} ago"
+
+
+def condition(node) -> str:
+    """A rule's `when:` as one line of text: `room.participants eq 0 and not (...)`."""
+    if node is None:
+        return "(no conditions)"
+    if isinstance(node, Compare):
+        operand = list(node.operand) if isinstance(node.operand, tuple) else node.operand
+        try:
+            shown = json.dumps(operand, ensure_ascii=False)
+        except (TypeError, ValueError):
+            shown = repr(operand)
+        return f"{node.field} {node.op} {shown}"
+    if isinstance(node, Not):
+        return f"not ({condition(node.child)})"
+    if isinstance(node, (All, Any_)):
+        joiner = " and " if isinstance(node, All) else " or "
+        parts = [condition(c) if isinstance(c, Compare) else f"({condition(c)})" for c in node.children]
+        return joiner.join(parts)
+    return repr(node)
+
+
+def rule_row(rule: Rule, counts: dict[str, int]) -> dict:
+    """A rule in force, with how often it was decided on and how often it fired."""
+    return {
+        "name": rule.name, "line": rule.line, "description": rule.description, "on": ", ".join(rule.on),
+        "action": rule.action, "when": condition(rule.when),
+        "for": format_duration(rule.hold) if rule.hold is not None else None,
+        "confirm": rule.confirm, "dry_run": rule.dry_run,
+        "fired": sum(counts.get(outcome, 0) for outcome in FIRED),
+        "decisions": sum(counts.values()),
+        "outcomes": sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])),
+    }
+
+
+def timer_row(timer: dict, rule_set: RuleSet, now: float) -> dict:
+    """A pending timer: when it is due, and what would cancel it."""
+    rule = rule_set.rule(timer["rule"])
+    if rule is None:
+        cancels = f"rule {timer['rule']} is no longer in the rules: cancelled at its next check"
+    else:
+        cancels = f"an event after which this no longer holds: {condition(rule.when)}"
+    return {"id": timer["id"], "rule": timer["rule"], "action": timer["action"], "due_at": timer["due_at"],
+            "due": at(timer["due_at"]), "due_iso": iso(timer["due_at"]), "countdown": countdown(timer["due_at"], now), "cancels": cancels,
+            "started": at(timer["started_at"])}
+
+
+def room_row(row: dict, rule_set: RuleSet, now: float) -> dict:
+    """A room as the rooms list shows it, from its stored state."""
+    state = RoomState.from_dict(row["room_id"], row["state"] or {})
+    actions = row.get("actions", [])
+    return {
+        "id": row["room_id"], "participants": len(state.participants),
+        "session": state.session_id, "live": state.session_active, "sessions": state.sessions,
+        "empty_for": (format_duration(now - state.empty_since)
+                      if not state.participants and state.empty_since is not None else None),
+        "protected": rule_set.settings.is_protected(row["room_id"]),
+        "timers": [timer_row(t, rule_set, now) for t in row.get("timers", [])],
+        "actions": [{"id": a["id"], "kind": a["kind"], "status": a["status"]} for a in actions[-3:]],
+        "more_actions": max(0, len(actions) - 3),
+        "updated": at(row["updated_at"]), "updated_ago": ago(row["updated_at"], now),
+    }

@@ -1,0 +1,125 @@
+"""Reads for the dashboard: counts by rule, activity per minute, and pages of rooms and actions.
+
+Every read is one indexed query (or a few), paged by keyset, so a page costs the
+same with ten rooms or a million: rooms by (updated_at, room_id) newest first,
+actions by id newest first within a status.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Integer, and_, cast, func, or_, select
+
+from .guard import guarded
+from .records import Row
+from .tables import actions, attempts, decisions, deliveries, rooms, timers
+
+
+class DashboardMixin:
+    def _minute(self, column, since: float):
+        """The minute `column` falls in, counted from `since` (0, 1, ...)."""
+        offset = (column - since) / 60.0
+        if self.engine.dialect.name == "postgresql":
+            offset = func.floor(offset)  # PostgreSQL's cast rounds; SQLite's truncates
+        return cast(offset, Integer)
+
+    @guarded
+    def decision_counts(self) -> dict[str, dict[str, int]]:
+        """{rule: {outcome: decisions}} over everything recorded."""
+        counts: dict[str, dict[str, int]] = {}
+        with self._read() as conn:
+            for rule, outcome, n in conn.execute(
+                    select(decisions.c.rule, decisions.c.outcome, func.count())
+                    .group_by(decisions.c.rule, decisions.c.outcome)):
+                counts.setdefault(rule, {})[outcome] = n
+        return counts
+
+    @guarded
+    def activity(self, since: float, minutes: int) -> dict[str, list]:
+        """Per minute from `since`: deliveries, decisions and actions made, attempts and their latency.
+
+        Each list has `minutes` items; latency is None for a minute with no attempt.
+        """
+        series = {name: [0] * minutes for name in ("deliveries", "decisions", "actions", "attempts")}
+        series["latency_avg"] = [None] * minutes
+        series["latency_max"] = [None] * minutes
+        until = since + minutes * 60
+        with self._read() as conn:
+            for name, table, column in (("deliveries", deliveries, deliveries.c.received_at),
+                                        ("decisions", decisions, decisions.c.created_at),
+                                        ("actions", actions, actions.c.created_at)):
+                minute = self._minute(column, since).label("minute")
+                for bucket, n in conn.execute(select(minute, func.count()).select_from(table)
+                                              .where(column >= since, column < until).group_by(minute)):
+                    if 0 <= bucket < minutes:
+                        series[name][bucket] = n
+            minute = self._minute(attempts.c.started_at, since).label("minute")
+            for bucket, n, avg, top in conn.execute(
+                    select(minute, func.count(), func.avg(attempts.c.latency_ms), func.max(attempts.c.latency_ms))
+                    .where(attempts.c.started_at >= since, attempts.c.started_at < until).group_by(minute)):
+                if 0 <= bucket < minutes:
+                    series["attempts"][bucket] = n
+                    series["latency_avg"][bucket] = float(avg)
+                    series["latency_max"][bucket] = float(top)
+        return series
+
+    @guarded
+    def count_rooms(self, *, with_timers: bool = False) -> int:
+        query = select(func.count()).select_from(rooms)
+        if with_timers:
+            query = query.where(rooms.c.room_id.in_(self._rooms_with_timers()))
+        with self._read() as conn:
+            return conn.execute(query).scalar_one()
+
+    def _rooms_with_timers(self):
+        return select(timers.c.room_id).where(timers.c.status == "pending")
+
+    @guarded
+    def rooms_page(self, *, limit: int = 50, after: str | None = None,
+                   with_timers: bool = False) -> tuple[list[Row], str | None]:
+        """Rooms, most recently updated first, each with its pending `timers` and its `actions`.
+
+        `after` is the last room id of the previous page; returns the rows and the
+        cursor of the next page (None on the last one).
+        """
+        query = (select(rooms).order_by(rooms.c.updated_at.desc(), rooms.c.room_id.desc()).limit(limit + 1))
+        if with_timers:
+            query = query.where(rooms.c.room_id.in_(self._rooms_with_timers()))
+        with self._read() as conn:
+            if after is not None:
+                anchor = conn.execute(select(rooms.c.updated_at).where(rooms.c.room_id == after)).scalar()
+                if anchor is not None:
+                    query = query.where(or_(rooms.c.updated_at < anchor,
+                                            and_(rooms.c.updated_at == anchor, rooms.c.room_id < after)))
+            page = [dict(r) for r in conn.execute(query).mappings()]
+            more = len(page) > limit
+            page = page[:limit]
+            ids = [r["room_id"] for r in page]
+            pending: dict[str, list[Row]] = {}
+            done: dict[str, list[Row]] = {}
+            if ids:
+                for row in conn.execute(select(timers).where(timers.c.room_id.in_(ids), timers.c.status == "pending")
+                                        .order_by(timers.c.due_at)).mappings():
+                    pending.setdefault(row["room_id"], []).append(dict(row))
+                for row in conn.execute(select(actions.c.id, actions.c.room_id, actions.c.kind, actions.c.status,
+                                               actions.c.rule).where(actions.c.room_id.in_(ids))
+                                        .order_by(actions.c.id)).mappings():
+                    done.setdefault(row["room_id"], []).append(dict(row))
+        for row in page:
+            row["timers"] = pending.get(row["room_id"], [])
+            row["actions"] = done.get(row["room_id"], [])
+        return page, (page[-1]["room_id"] if more else None)
+
+    @guarded
+    def actions_page(self, *, status: str | None = None, limit: int = 50,
+                     before: int | None = None) -> tuple[list[Row], int | None]:
+        """Actions newest first, of one status or all; `before` is the last id of the previous page."""
+        query = select(actions).order_by(actions.c.id.desc()).limit(limit + 1)
+        if status is not None:
+            query = query.where(actions.c.status == status)
+        if before is not None:
+            query = query.where(actions.c.id < before)
+        with self._read() as conn:
+            page = [dict(r) for r in conn.execute(query).mappings()]
+        more = len(page) > limit
+        page = page[:limit]
+        return page, (page[-1]["id"] if more else None)

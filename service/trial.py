@@ -1,0 +1,99 @@
+"""What one event would do under a rule set, with no side effects: `python -m service simulate`
+and the dashboard's "try an event" box.
+
+`try_event(rule_set, raw, now)` parses the body (raising `PayloadInvalid`, as the
+webhook would answer 400), folds it into a room with no history, evaluates every
+rule that applies to its type, and asks the planner what each match would lead
+to. Nothing is stored, called or logged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .events import Event, parse_event
+from .planner import Outcome, plan_event
+from .rooms import advance
+from .rules.durations import format_duration
+from .rules.engine import RuleResult, evaluate
+from .rules.fields import Facts
+from .rules.model import RuleSet
+
+VERDICTS = {True: "MATCH", False: "no match", None: "no match (unknown: a field is missing)"}
+
+
+@dataclass(frozen=True)
+class RuleTrial:
+    """One rule's verdict on the event, and what would follow from it."""
+
+    result: RuleResult
+    outcome: Outcome | None  # None when the rule did not match
+    now: float
+
+    @property
+    def verdict(self) -> str:
+        return VERDICTS[self.result.result]
+
+    @property
+    def consequence(self) -> str:
+        """What would follow, as " -> ..." (empty when nothing would)."""
+        outcome = self.outcome
+        if outcome is None:
+            return ""
+        if outcome.outcome == "scheduled":
+            return f" -> would {outcome.action} room {outcome.room_id}"
+        if outcome.outcome == "timer-started":
+            return (f" -> would start a timer: {outcome.action} room {outcome.room_id} in "
+                    f"{format_duration(outcome.due_at - self.now)} if the condition still holds then")
+        return f" -> {outcome.outcome}: would not act"
+
+    @property
+    def condition_lines(self) -> list[str]:
+        """The trace, one condition a line, indented under the rule's line."""
+        trace = self.result.trace
+        return trace.lines(2) if trace else ["    yes (no conditions)"]
+
+
+@dataclass(frozen=True)
+class Trial:
+    event: Event
+    rules_source: str
+    rules: tuple[RuleTrial, ...]
+
+    @property
+    def notes(self) -> list[str]:
+        out = []
+        if not self.event.known:
+            out.append("unknown event type: recorded, never acted on")
+        if not self.rules:
+            out.append(f"no rule in {self.rules_source} applies to {self.event.type}")
+        return out
+
+    def lines(self) -> list[str]:
+        """The trace as `simulate` prints it."""
+        event = self.event
+        out = [f"event {event.type} room={event.room_id} session={event.session_id}"]
+        out += [f"  {note}" for note in self.notes]
+        for rule in self.rules:
+            out.append(f"  rule {rule.result.rule.name} (line {rule.result.rule.line}): {rule.verdict}"
+                       f"{rule.consequence}")
+            out += rule.condition_lines
+        return out
+
+    def to_dict(self) -> dict:
+        """The trace as `simulate --json` prints it."""
+        return {
+            "event": self.event.type, "room": self.event.room_id, "known": self.event.known,
+            "rules": [{"rule": r.result.rule.name, "action": r.result.rule.action, "result": r.result.result,
+                       "outcome": r.outcome.outcome if r.outcome else None,
+                       "trace": r.result.trace.to_dict() if r.result.trace else None} for r in self.rules],
+        }
+
+
+def try_event(rule_set: RuleSet, raw: bytes, now: float) -> Trial:
+    """The decision trace for one body against `rule_set`. Raises PayloadInvalid."""
+    event = parse_event(raw)
+    room = advance(None, event, now)  # a room with no history: this event is all it knows
+    results = evaluate(rule_set, Facts(event=event, now=now, room=room, tz=rule_set.settings.tz))
+    outcomes = {o.rule: o for o in plan_event(rule_set, event, now, None, [], set(), acts=True).outcomes}
+    return Trial(event, rule_set.source, tuple(RuleTrial(r, outcomes.get(r.rule.name), now) for r in results))
