@@ -58,6 +58,7 @@ class Worker:
         self.clock = clock
         self.rand = rand
         self._rules_changed = threading.Event()
+        self._stop = threading.Event()  # set by run()'s caller to shut down
         self.breaker = breaker or CircuitBreaker(clock=clock)
         self.retention_days = retention_days  # 0: keep everything
         self._pruned_at: float | None = None
@@ -92,6 +93,7 @@ class Worker:
     def run(self, stop: threading.Event, poll_interval: float) -> None:
         """Work until `stop` is set; an in-flight action is finished and recorded first."""
         log.info("worker %s started%s", self.worker_id, "" if self.acts else " (not acting: dry run)")
+        self._stop = stop
         self._rules_changed.set()  # the rules may have changed while no worker ran: re-check timers first
         while not stop.is_set():
             try:
@@ -238,18 +240,27 @@ class Worker:
         return None, f"confirm: nobody active in session {claim.session_id}"
 
     def _record(self, claim: ClaimedAction, attempt: AttemptRecord) -> None:
-        """Record the attempt, retrying through a store outage for as long as the lease lasts."""
-        delay = 0.2
+        """Record the attempt, retrying through a store outage until the store is back.
+
+        The call has been made: its result must not be dropped, or this worker would
+        claim the action again and repeat the call. Only a shutdown gives up (the
+        lease then runs out and the action is retried).
+        """
+        delay, warned = 0.2, False
         while True:
             try:
                 if not self.store.finish(claim, attempt, self.worker_id):
                     log.warning("action %s: lease ran out before its attempt was recorded; "
-                                "another worker may repeat the call", claim.id)
+                                "another worker may have repeated the call", claim.id)
                 return
             except StoreUnavailable as exc:
-                if self.clock() + delay >= claim.lease_until:
-                    log.error("action %s: could not record its attempt (%s); it will be retried "
-                              "when the lease runs out", claim.id, exc)
+                if self._stop.is_set():
+                    log.error("action %s: shutting down before its attempt could be recorded (%s); it "
+                              "will be retried when the lease runs out", claim.id, exc)
                     return
-                time.sleep(delay)
+                if not warned:
+                    log.warning("action %s: store unavailable, holding its result until it is back: %s",
+                                claim.id, exc)
+                    warned = True
+                self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)

@@ -41,6 +41,14 @@ class Call:
     auth_error: str | None = None
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up: expected
+            super().handle_error(request, client_address)
+
+
 class FakeVideoSDK:
     def __init__(self, api_key: str, secret: str, public_pem: str):
         self.api_key = api_key
@@ -128,7 +136,7 @@ class FakeVideoSDK:
             def do_POST(self):
                 fake._handle(self, "POST")
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                          daemon=True).start()
