@@ -20,7 +20,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
     """
     settings = settings or Settings.from_env()
     logs.configure(settings.log_level)
-    app = Flask("service")
+    app = Flask("service", static_folder=None)  # the dashboard serves its own files, behind its sign-in
     app.extensions["roomwarden"] = Runtime.build(settings, clock)
     web.init_app(app)
     return app

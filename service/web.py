@@ -21,6 +21,7 @@ from .events import parse_event
 from .signature import HEADER
 
 MAX_BODY = 64 * 1024
+WEBHOOK = "/webhooks/videosdk"
 
 log = logging.getLogger("roomwarden.web")
 bp = Blueprint("roomwarden", __name__)
@@ -30,7 +31,7 @@ def _runtime():
     return current_app.extensions["roomwarden"]
 
 
-@bp.post("/webhooks/videosdk")
+@bp.post(WEBHOOK)
 def receive_webhook():
     runtime = _runtime()
     raw = _read_body()
@@ -137,7 +138,8 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Unavailable)
     def _unavailable(exc: Unavailable):
-        metrics.count_rejection(503, signature=False)
+        if request.path == WEBHOOK:  # an admin page during an outage is not a refused delivery
+            metrics.count_rejection(503, signature=False)
         g.setdefault("log_fields", {})["error"] = str(exc)
         response = _error(503, str(exc))
         response.headers["Retry-After"] = str(exc.retry_after)
@@ -146,7 +148,7 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
         message = f"body larger than {MAX_BODY // 1024} KiB" if exc.code == 413 else exc.description or exc.name
-        if exc.code == 413:
+        if exc.code == 413 and request.path == WEBHOOK:
             metrics.count_rejection(413, signature=False)
         g.setdefault("log_fields", {})["error"] = message
         return _error(exc.code or 500, message)
@@ -156,4 +158,6 @@ def init_app(app: Flask) -> None:
         # Logged once, on the request's own line (with the traceback): see _log.
         g.setdefault("log_fields", {})["error"] = f"internal error: {type(exc).__name__}"
         g.exc_info = (type(exc), exc, exc.__traceback__)
-        return _error(500, "internal error; the delivery was not recorded, so retry it")
+        if request.path == WEBHOOK:
+            return _error(500, "internal error; the delivery was not recorded, so retry it")
+        return _error(500, "internal error")

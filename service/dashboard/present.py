@@ -75,10 +75,13 @@ def timer_row(timer: dict, rule_set: RuleSet, now: float) -> dict:
     rule = rule_set.rule(timer["rule"])
     if rule is None:
         cancels = f"rule {timer['rule']} is no longer in the rules: cancelled at its next check"
+    elif rule.when is None:
+        cancels = "only a change to the rule: it has no conditions"
     else:
         cancels = f"an event after which this no longer holds: {condition(rule.when)}"
     return {"id": timer["id"], "rule": timer["rule"], "action": timer["action"], "due_at": timer["due_at"],
-            "due": at(timer["due_at"]), "due_iso": iso(timer["due_at"]), "countdown": countdown(timer["due_at"], now), "cancels": cancels,
+            "due": at(timer["due_at"]), "due_iso": iso(timer["due_at"]),
+            "countdown": countdown(timer["due_at"], now), "cancels": cancels,
             "started": at(timer["started_at"])}
 
 

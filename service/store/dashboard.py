@@ -7,7 +7,7 @@ actions by id newest first within a status.
 
 from __future__ import annotations
 
-from sqlalchemy import Integer, and_, cast, func, or_, select
+from sqlalchemy import Integer, and_, cast, func, literal_column, or_, select
 
 from .guard import guarded
 from .records import Row
@@ -15,12 +15,15 @@ from .tables import actions, attempts, decisions, deliveries, rooms, timers
 
 
 class DashboardMixin:
-    def _minute(self, column, since: float):
-        """The minute `column` falls in, counted from `since` (0, 1, ...)."""
-        offset = (column - since) / 60.0
+    def _minute(self, column):
+        """The minute since the epoch that `column` (seconds since the epoch) falls in.
+
+        No bound parameters in it, so GROUP BY repeats it word for word on PostgreSQL.
+        """
+        minutes = column / literal_column("60.0")
         if self.engine.dialect.name == "postgresql":
-            offset = func.floor(offset)  # PostgreSQL's cast rounds; SQLite's truncates
-        return cast(offset, Integer)
+            minutes = func.floor(minutes)  # PostgreSQL's cast rounds; SQLite's truncates
+        return cast(minutes, Integer)
 
     @guarded
     def decision_counts(self) -> dict[str, dict[str, int]]:
@@ -35,7 +38,8 @@ class DashboardMixin:
 
     @guarded
     def activity(self, since: float, minutes: int) -> dict[str, list]:
-        """Per minute from `since`: deliveries, decisions and actions made, attempts and their latency.
+        """Per minute from `since` (a whole minute): deliveries, decisions and actions made, attempts
+        and their latency.
 
         Each list has `minutes` items; latency is None for a minute with no attempt.
         """
@@ -43,23 +47,24 @@ class DashboardMixin:
         series["latency_avg"] = [None] * minutes
         series["latency_max"] = [None] * minutes
         until = since + minutes * 60
+        first = int(since // 60)
         with self._read() as conn:
             for name, table, column in (("deliveries", deliveries, deliveries.c.received_at),
                                         ("decisions", decisions, decisions.c.created_at),
                                         ("actions", actions, actions.c.created_at)):
-                minute = self._minute(column, since).label("minute")
+                minute = self._minute(column).label("minute")
                 for bucket, n in conn.execute(select(minute, func.count()).select_from(table)
                                               .where(column >= since, column < until).group_by(minute)):
-                    if 0 <= bucket < minutes:
-                        series[name][bucket] = n
-            minute = self._minute(attempts.c.started_at, since).label("minute")
+                    if 0 <= bucket - first < minutes:
+                        series[name][bucket - first] = n
+            minute = self._minute(attempts.c.started_at).label("minute")
             for bucket, n, avg, top in conn.execute(
                     select(minute, func.count(), func.avg(attempts.c.latency_ms), func.max(attempts.c.latency_ms))
                     .where(attempts.c.started_at >= since, attempts.c.started_at < until).group_by(minute)):
-                if 0 <= bucket < minutes:
-                    series["attempts"][bucket] = n
-                    series["latency_avg"][bucket] = float(avg)
-                    series["latency_max"][bucket] = float(top)
+                if 0 <= bucket - first < minutes:
+                    series["attempts"][bucket - first] = n
+                    series["latency_avg"][bucket - first] = float(avg)
+                    series["latency_max"][bucket - first] = float(top)
         return series
 
     @guarded

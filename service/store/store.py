@@ -4,7 +4,8 @@
     ├── IntakeMixin    (intake.py)   a delivery, the room's state, decisions, actions, timers: one transaction
     ├── TimersMixin    (timers.py)   firing due timers, re-checking them after a reload
     ├── OutboxMixin    (outbox.py)   claiming actions, recording attempts, re-driving dead ones
-    └── HistoryMixin   (history.py)  reads: deliveries, decisions, rooms, rules versions
+    ├── HistoryMixin   (history.py)  reads: deliveries, decisions, rooms, rules versions; retention
+    └── DashboardMixin (dashboard.py) paged, indexed reads for the dashboard's pages
 
 How it fails: a database that is locked past its timeout, unreachable or
 restarting raises `StoreUnavailable` (the HTTP layer answers 503 and the sender
