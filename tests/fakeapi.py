@@ -126,6 +126,7 @@ class FakeVideoSDK:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else every answer waits ~40 ms for a delayed ACK
 
             def log_message(self, *args):
                 pass

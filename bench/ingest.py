@@ -1,0 +1,279 @@
+"""Section 1: ingest. The real app (Procfile `web:`) against a bare Flask app under the same gunicorn
+settings, same machine, same run, same load generator, taking turns round by round."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import loadgen
+from .common import (BENCH, PATH, Processes, Signer, ThrowawayDatabase, fmt, http_request, log, median,
+                     mixed_bodies, procfile, verdict, wait_until_up, table, free_port, base_env, API_KEY,
+                     SECRET, load_average)
+
+TARGET_THROUGHPUT_RATIO = 0.80
+TARGET_P99_RATIO = 1.5
+LAG_LIMIT = 0.25  # open loop: a generator whose own lateness (p99) passes this share of the bare p99 ...
+LAG_FLOOR_MS = 2.0  # ... and this many ms is measuring itself as much as the apps
+
+
+@dataclass
+class IngestConfig:
+    rounds: int
+    duration: float  # seconds of each closed-loop measurement
+    warmup: float
+    fixed_rounds: int
+    fixed_duration: float
+    connections: int = 16
+    wrk_threads: int = 1
+    bodies: int = 400
+    open_loop_connections: int = 64
+    drain: float = 15.0  # open loop: seconds after the last request is due before giving up on answers
+
+
+FULL = IngestConfig(rounds=5, duration=10, warmup=3, fixed_rounds=3, fixed_duration=10)
+QUICK = IngestConfig(rounds=2, duration=3, warmup=1, fixed_rounds=1, fixed_duration=3, drain=5.0)
+
+
+@dataclass
+class Target:
+    name: str  # bare | sqlite | postgresql
+    proc: object
+    closed: list = field(default_factory=list)  # LoadResult per round
+    fixed: list = field(default_factory=list)
+
+
+def service_env(out: Path, signer_pem: Path, rules: Path, database_url: str, port: int, metrics: str,
+                api_base: str = "http://127.0.0.1:9") -> tuple[dict, dict]:
+    """(full environment, the settings worth showing) for a Procfile process."""
+    shown = {
+        "PORT": str(port), "HOST": "127.0.0.1",
+        "DATABASE_URL": database_url,
+        "RULES_FILE": str(rules),
+        "VIDEOSDK_WEBHOOK_PUBLIC_KEY": str(signer_pem),
+        "VIDEOSDK_API_BASE": api_base,
+        "PROMETHEUS_MULTIPROC_DIR": str(out / metrics),
+    }
+    env = {**base_env(), **shown, "VIDEOSDK_API_KEY": API_KEY, "VIDEOSDK_SECRET_KEY": SECRET}
+    shown["VIDEOSDK_API_KEY"] = shown["VIDEOSDK_SECRET_KEY"] = "(set)"
+    return env, shown
+
+
+def bare_command() -> str:
+    web = procfile()["web"]
+    app = "'service:create_app()'"
+    if app not in web:
+        raise RuntimeError(f"the Procfile's web command no longer names {app}: {web}")
+    return web.replace(app, "'bench.bare_app:create_app()'")
+
+
+def run(signer: Signer, out: Path, procs: Processes, config: IngestConfig, pg_base: str | None,
+        commands: list[str]) -> tuple[list, str]:
+    pem = out / "webhook-public.pem"
+    pem.write_text(signer.public_pem)
+    rules = BENCH / "rules.yaml"
+    bodies = mixed_bodies(config.bodies, "ing")
+    signatures = [signer.sign(b) for b in bodies]
+    script = loadgen.write_wrk_script(out / "ingest.lua", bodies, signatures)
+    use_wrk = loadgen.wrk_binary() is not None
+    fixed_wrk2 = loadgen.wrk_binary(rate=True) is not None
+
+    database = ThrowawayDatabase(pg_base) if pg_base else None
+    targets: list[Target] = []
+    try:
+        specs = [("bare", bare_command(), f"sqlite:///{out}/ingest-bare.db"),
+                 ("sqlite", procfile()["web"], f"sqlite:///{out}/ingest-sqlite.db")]
+        if database is not None:
+            specs.append(("postgresql", procfile()["web"], database.create()))
+        for name, command, url in specs:
+            port = free_port()
+            env, shown = service_env(out, pem, rules, url, port, f"metrics-ingest-{name}")
+            if name == "postgresql":
+                shown["DATABASE_URL"] = database.shown
+            proc = procs.start(f"ingest-{name}", command, env, port=port, shown_env=shown)
+            targets.append(Target(name, proc))
+            commands.append(f"ingest, {'bare app' if name == 'bare' else 'real app, ' + name}: "
+                            f"`{proc.describe()}`")
+        for target in targets:
+            wait_until_up(target.proc, "/healthz" if target.name == "bare" else "/readyz")
+        _check_accepted(targets, bodies[0], signatures[0])
+
+        def closed(target: Target, duration: float) -> loadgen.LoadResult:
+            url = f"http://127.0.0.1:{target.proc.port}{PATH}"
+            if use_wrk:
+                return loadgen.run_wrk(url, script, duration=duration, connections=config.connections,
+                                       threads=config.wrk_threads)
+            payloads = [http_request("127.0.0.1", target.proc.port, b, s) for b, s in zip(bodies, signatures)]
+            return loadgen.closed_loop("127.0.0.1", target.proc.port, payloads,
+                                       concurrency=config.connections, duration=duration)
+
+        log(f"ingest: warm-up, {config.warmup:g}s each ({'wrk' if use_wrk else 'python client'})")
+        for target in targets:
+            closed(target, config.warmup)
+        for number in range(config.rounds):
+            order = targets if number % 2 == 0 else targets[::-1]
+            for target in order:
+                result = closed(target, config.duration)
+                target.closed.append(result)
+                log(f"ingest round {number + 1}/{config.rounds} {target.name}: {result.rps:,.0f} req/s, "
+                    f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, errors {result.errors} "
+                    f"(load {load_average()})")
+        commands.append(f"ingest, closed loop: `{targets[0].closed[0].command}` (URL: each app's port)")
+
+        bare_max = median([r.rps for r in targets[0].closed])
+        rate = max(1.0, bare_max / 2)
+        for number in range(config.fixed_rounds):
+            order = targets if number % 2 == 0 else targets[::-1]
+            for target in order:
+                if fixed_wrk2:
+                    url = f"http://127.0.0.1:{target.proc.port}{PATH}"
+                    result = loadgen.run_wrk(url, script, duration=config.fixed_duration,
+                                             connections=config.open_loop_connections, threads=config.wrk_threads,
+                                             rate=rate)
+                else:
+                    count = max(1, int(rate * config.fixed_duration))
+                    pairs = itertools.islice(itertools.cycle(zip(bodies, signatures)), count)
+                    payloads = [http_request("127.0.0.1", target.proc.port, b, s) for b, s in pairs]
+                    result, _ = loadgen.open_loop("127.0.0.1", target.proc.port, payloads, rate=rate,
+                                                  concurrency=config.open_loop_connections,
+                                                  drain=config.drain)
+                target.fixed.append(result)
+                _settle(target)  # an overrun server still holds requests the client gave up on
+                log(f"ingest fixed rate {rate:,.0f}/s round {number + 1}/{config.fixed_rounds} {target.name}: "
+                    f"sent {fmt(result.sent_rate, 0)}/s, p50 {fmt(result.p50_ms, 2)} ms, "
+                    f"p99 {fmt(result.p99_ms, 2)} ms, errors {result.errors}")
+        commands.append(f"ingest, fixed rate: `{targets[0].fixed[0].command}`")
+        return _report(targets, config, use_wrk, fixed_wrk2, rate)
+    finally:
+        for target in targets:
+            procs.stop(target.proc)
+        if database is not None:
+            database.drop()
+
+
+def _settle(target: Target, timeout: float = 120) -> None:
+    """Wait until the app answers a health check within 100 ms, three times running."""
+    import http.client
+    import time
+
+    deadline, quick = time.monotonic() + timeout, 0
+    while quick < 3 and time.monotonic() < deadline:
+        started = time.monotonic()
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", target.proc.port, timeout=30)
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+            conn.close()
+        except OSError:
+            pass
+        quick = quick + 1 if time.monotonic() - started < 0.1 else 0
+        time.sleep(0.2)
+
+
+def _check_accepted(targets: list[Target], body: bytes, signature: str) -> None:
+    """One signed delivery each, before measuring: the real apps must accept it (202/200)."""
+    import urllib.request
+
+    for target in targets:
+        request = urllib.request.Request(f"http://127.0.0.1:{target.proc.port}{PATH}", data=body, method="POST",
+                                         headers={"Content-Type": "application/json",
+                                                  "videosdk-signature": signature})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            expected = (204,) if target.name == "bare" else (200, 202)
+            if answer.status not in expected:
+                raise RuntimeError(f"{target.name} answered {answer.status} to a signed delivery")
+
+
+def _report(targets: list[Target], config: IngestConfig, use_wrk: bool, fixed_wrk2: bool,
+            rate: float) -> tuple[list, str]:
+    bare = targets[0]
+    b_rps = median([r.rps for r in bare.closed])
+    b_p50 = median([r.p50_ms for r in bare.closed])
+    b_p99 = median([r.p99_ms for r in bare.closed])
+    b_fixed = median([r.p99_ms for r in bare.fixed])
+    rows_max, rows_fixed, rows_rounds, summary = [], [], [], []
+    for target in targets[1:]:
+        rps = median([r.rps for r in target.closed])
+        p50 = median([r.p50_ms for r in target.closed])
+        p99 = median([r.p99_ms for r in target.closed])
+        ratio = rps / b_rps if b_rps else None
+        errors = sum(r.errors for r in target.closed)
+        rows_max.append([f"real, {target.name}", fmt(b_rps, 0), fmt(rps, 0), fmt(ratio, 2),
+                         f">= {TARGET_THROUGHPUT_RATIO:.2f}", verdict(ratio >= TARGET_THROUGHPUT_RATIO if ratio else None),
+                         f"{fmt(b_p50, 2)} / {fmt(p50, 2)}", fmt(p50 / b_p50 if b_p50 else None, 2),
+                         f"{fmt(b_p99, 2)} / {fmt(p99, 2)}", fmt(p99 / b_p99 if b_p99 else None, 2),
+                         f"{sum(r.errors for r in bare.closed)} / {errors}"])
+        summary.append(["1. ingest", f"throughput real/bare, {target.name}", fmt(ratio, 2),
+                        f">= {TARGET_THROUGHPUT_RATIO:.2f}",
+                        verdict(ratio >= TARGET_THROUGHPUT_RATIO if ratio else None)])
+        f99 = median([r.p99_ms for r in target.fixed])
+        fratio = f99 / b_fixed if (f99 is not None and b_fixed) else None
+        sent_b = median([r.sent_rate for r in bare.fixed])
+        sent_r = median([r.sent_rate for r in target.fixed])
+        lag_b = max((r.lag_p99_ms or 0.0 for r in bare.fixed), default=0.0)
+        lag_r = max((r.lag_p99_ms or 0.0 for r in target.fixed), default=0.0)
+        behind = (lag_b > max(LAG_FLOOR_MS, LAG_LIMIT * (b_fixed or 0.0))
+                  or lag_r > max(LAG_FLOOR_MS, LAG_LIMIT * (f99 or 0.0)))
+        fixed_verdict = verdict(fratio <= TARGET_P99_RATIO if fratio is not None else None)
+        if behind:
+            fixed_verdict += " (unreliable: the generator fell behind)"
+        rows_fixed.append([f"real, {target.name}", fmt(rate, 0), f"{fmt(sent_b, 0)} / {fmt(sent_r, 0)}",
+                           f"{fmt(median([r.p50_ms for r in bare.fixed]), 2)} / "
+                           f"{fmt(median([r.p50_ms for r in target.fixed]), 2)}",
+                           fmt(b_fixed, 2), fmt(f99, 2), fmt(fratio, 2), f"<= {TARGET_P99_RATIO:.1f}",
+                           fixed_verdict, f"{fmt(lag_b, 1)} / {fmt(lag_r, 1)}",
+                           f"{sum(r.errors for r in bare.fixed)} / {sum(r.errors for r in target.fixed)}"])
+        summary.append(["1. ingest", f"p99 real/bare at {rate:,.0f}/s (half the bare max), {target.name}",
+                        fmt(fratio, 2), f"<= {TARGET_P99_RATIO:.1f}", fixed_verdict])
+    for target in targets:
+        for number, result in enumerate(target.closed, 1):
+            rows_rounds.append([target.name, f"closed {number}", fmt(result.rps, 0), fmt(result.p50_ms, 2),
+                                fmt(result.p99_ms, 2), result.errors])
+        for number, result in enumerate(target.fixed, 1):
+            rows_rounds.append([target.name, f"fixed {number}", f"sent {fmt(result.sent_rate, 0)}",
+                                fmt(result.p50_ms, 2), fmt(result.p99_ms, 2), result.errors])
+
+    generator = (f"wrk, {config.wrk_threads} thread(s), {config.connections} connections" if use_wrk
+                 else f"the Python client (bench/loadgen.py, {loadgen.event_loop_name()}), {config.connections} connections (wrk not installed, or BENCH_NO_WRK set)")
+    fixed_how = (f"wrk2 -R {rate:.0f}" if fixed_wrk2 else
+                 f"the Python client (bench/loadgen.py, {loadgen.event_loop_name()}) in open loop at {rate:,.0f} requests/s (wrk has no fixed-rate "
+                 f"mode and there is no wrk2), up to {config.open_loop_connections} connections; latency "
+                 "counts from each request's scheduled send time, so queueing behind a slow answer is included; "
+                 f"errors are requests still unanswered {config.drain:g} s after the last was due (they count in "
+                 "the latencies with the time they had waited by then), or answered >= 400. "
+                 f"'Generator lag' is how late the client itself was in putting requests out (p99): it adds "
+                 f"to the latencies, so when it passes {LAG_LIMIT:.0%} of the p99 it adds to (and {LAG_FLOOR_MS:g} ms) "
+                 "the row is marked unreliable")
+    return summary, "\n".join([
+        "## 1. Ingest: real app vs bare Flask app",
+        "",
+        f"Both under the Procfile's `web:` command (gunicorn.conf.py: gthread, WEB_CONCURRENCY and WEB_THREADS "
+        f"unset, so 2 workers x 4 threads), signed bodies ({config.bodies} distinct, pre-signed), signature "
+        "verification on with the key pinned (VIDEOSDK_WEBHOOK_PUBLIC_KEY), rules from bench/rules.yaml, "
+        "durable store (SQLite WAL synchronous=FULL; PostgreSQL when configured). The bare app "
+        "(bench/bare_app.py) parses the JSON and answers 204. All apps run at once and take turns, "
+        f"{config.rounds} rounds of {config.duration:g} s each, alternating the order, after a "
+        f"{config.warmup:g} s warm-up each. Load: {generator}, closed loop (each connection sends its next "
+        "request when the last is answered). Figures are medians over the rounds.",
+        "",
+        "### Maximum throughput (closed loop)",
+        "",
+        table(["app", "bare req/s", "real req/s", "ratio real/bare", "target", "verdict",
+               "p50 ms bare / real", "p50 ratio", "p99 ms bare / real", "p99 ratio", "errors bare / real"],
+              rows_max),
+        "",
+        f"### Latency at half the bare maximum rate ({rate:,.0f} requests/s)",
+        "",
+        f"{fixed_how}. {config.fixed_rounds} round(s) of {config.fixed_duration:g} s each, medians.",
+        "",
+        table(["app", "rate asked /s", "rate sent /s bare / real", "p50 ms bare / real", "p99 ms bare",
+               "p99 ms real", "p99 ratio", "target", "verdict", "generator lag p99 ms bare / real",
+               "errors bare / real"], rows_fixed),
+        "",
+        "<details><summary>every round</summary>",
+        "",
+        table(["app", "round", "req/s", "p50 ms", "p99 ms", "errors"], rows_rounds),
+        "",
+        "</details>",
+    ])
