@@ -76,7 +76,7 @@ class Settings:
     api_timeout: float = 30.0
     max_attempts: int = 10
     lease_seconds: float = 120.0
-    poll_interval: float = 0.5
+    poll_interval: float = 0.05
     rules_reload_seconds: float = 1.0
     admin_token: str | None = field(default=None, repr=False)
     retention_days: float = 30.0
@@ -102,7 +102,7 @@ class Settings:
             api_timeout=_number(env, "VIDEOSDK_TIMEOUT_SECONDS", 30.0, minimum=0.1),
             max_attempts=int(_number(env, "ACTION_MAX_ATTEMPTS", 10, minimum=1)),
             lease_seconds=_number(env, "ACTION_LEASE_SECONDS", 120.0, minimum=1),
-            poll_interval=_number(env, "WORKER_POLL_SECONDS", 0.5, minimum=0.01),
+            poll_interval=_number(env, "WORKER_POLL_SECONDS", 0.05, minimum=0.01),
             rules_reload_seconds=_number(env, "RULES_RELOAD_SECONDS", 1.0, minimum=0),
             admin_token=(env.get("ADMIN_TOKEN") or "").strip() or None,
             retention_days=_number(env, "RETENTION_DAYS", 30.0, minimum=0),

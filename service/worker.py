@@ -59,6 +59,7 @@ class Worker:
         self.rand = rand
         self._rules_changed = threading.Event()
         self._stop = threading.Event()  # set by run()'s caller to shut down
+        self._next_due: float | None = None  # from the last look at the store
         self.breaker = breaker or CircuitBreaker(clock=clock)
         self.retention_days = retention_days  # 0: keep everything
         self._pruned_at: float | None = None
@@ -73,7 +74,10 @@ class Worker:
 
     def run_once(self) -> bool:
         """Do one piece of due work: re-check timers after a reload, fire a timer, or carry out
-        an action. False when nothing was due."""
+        an action. False when nothing was due.
+
+        It looks first, read-only, so an idle worker never takes a write lock.
+        """
         if self._rules_changed.is_set():
             self._rules_changed.clear()
             try:
@@ -82,9 +86,14 @@ class Worker:
                 self._rules_changed.set()  # not done: do it once the store is back
                 raise
             return True
-        if self.fire_one_timer():
+        now = self.clock()
+        action_due, timer_due = self.store.due_work(now)
+        self._next_due = min((t for t in (action_due, timer_due) if t is not None), default=None)
+        if timer_due is not None and timer_due <= now and self.fire_one_timer():
             return True
-        return self.act_once() if self.acts else False
+        if self.acts and action_due is not None and action_due <= now:
+            return self.act_once()
+        return False
 
     def rules_reloaded(self, rule_set: RuleSet) -> None:
         """Called by the rules watcher; the re-check runs in the worker's own loop."""
@@ -103,8 +112,11 @@ class Worker:
                 log.warning("store unavailable, waiting: %s", exc)
                 stop.wait(min(5.0, poll_interval * 10))
                 continue
-            if not busy:
-                stop.wait(poll_interval)
+            if not busy:  # sleep until the next thing is due, but look again within poll_interval
+                wait, now = poll_interval, self.clock()
+                if self._next_due is not None and self._next_due > now:  # (overdue: held back, by the
+                    wait = min(poll_interval, self._next_due - now)  # breaker or the rate limit)
+                stop.wait(wait)
         log.info("worker %s stopped", self.worker_id)
 
     def prune_if_due(self, every: float = 3600.0) -> int:

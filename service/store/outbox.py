@@ -150,6 +150,21 @@ class OutboxMixin:
             ).mappings()]
 
     @guarded
+    def due_work(self, now: float) -> tuple[float | None, float | None]:
+        """When the next claimable action and the next pending timer are due (None: none).
+
+        Read-only, so a worker can look this often without taking SQLite's write lock.
+        """
+        from .tables import timers
+
+        with self._read() as conn:
+            action = conn.execute(select(func.min(actions.c.due_at)).where(
+                actions.c.status == ACTIVE,
+                or_(actions.c.lease_until.is_(None), actions.c.lease_until < now))).scalar()
+            timer = conn.execute(select(func.min(timers.c.due_at)).where(timers.c.status == "pending")).scalar()
+        return action, timer
+
+    @guarded
     def outbox_stats(self, now: float) -> dict:
         """For the metrics: actions due, the age of the oldest due one, pending timers, by status."""
         from .tables import timers

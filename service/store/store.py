@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -29,7 +29,7 @@ from .guard import guarded
 from .history import HistoryMixin
 from .intake import IntakeMixin
 from .outbox import OutboxMixin
-from .tables import rooms
+from .statements import Statements
 from .timers import TimersMixin
 
 
@@ -38,6 +38,7 @@ class Store(IntakeMixin, TimersMixin, OutboxMixin, HistoryMixin, DashboardMixin)
         self.engine = engine
         self.clock = clock
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+        self._sql = Statements(self._insert)
 
     @classmethod
     def from_url(cls, url: str, clock: Callable[[], float] = time.time) -> "Store":
@@ -65,10 +66,8 @@ class Store(IntakeMixin, TimersMixin, OutboxMixin, HistoryMixin, DashboardMixin)
         for each other instead of both starting from nothing (PostgreSQL); on
         SQLite the write transaction already serializes them.
         """
-        conn.execute(self._insert(rooms).values(room_id=room_id, state={}, updated_at=self.clock())
-                     .on_conflict_do_nothing(index_elements=["room_id"]))
-        return conn.execute(select(rooms.c.state).where(rooms.c.room_id == room_id)
-                            .with_for_update()).scalar_one()
+        conn.execute(self._sql.insert_room, {"room_id": room_id, "state": {}, "updated_at": self.clock()})
+        return conn.execute(self._sql.lock_room, {"room_id": room_id}).scalar_one()
 
     # -- schema and health -----------------------------------------------------
 
