@@ -141,7 +141,7 @@ def plan_event(rule_set: RuleSet, event: Event, now: float, room: RoomState | No
     running = {t.key for t in timers if t.key not in cancelled}
 
     outcomes = []
-    for result in evaluate(rule_set, _facts(rule_set, event, now, room)):
+    for result in evaluate(rule_set, _facts(rule_set, event, now, room), traces=False):
         if not result.matched:
             continue
         rule = result.rule

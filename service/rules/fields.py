@@ -41,6 +41,7 @@ class Facts:
     now: float  # seconds since the epoch, from the caller's clock
     room: RoomState | None = None  # the room's state after the event
     tz: tzinfo = field(default=timezone.utc)
+    memo: dict = field(default_factory=dict, compare=False, repr=False)  # fields already read
 
     def local_now(self) -> datetime:
         return datetime.fromtimestamp(self.now, self.tz)
@@ -109,6 +110,15 @@ def field_kind(name: str) -> str | None:
 
 
 def read(facts: Facts, name: str) -> Any:
+    """A field's value, or MISSING; each field is read once per Facts, however many rules test it."""
+    memo = facts.memo
+    if name in memo:
+        return memo[name]
+    value = memo[name] = _read(facts, name)
+    return value
+
+
+def _read(facts: Facts, name: str) -> Any:
     spec = FIELDS.get(name)
     if spec is not None:
         value = spec.read(facts)

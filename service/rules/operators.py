@@ -23,9 +23,12 @@ _TIME = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]\Z")
 
 
 def _is_number(value: Any) -> bool:
-    if not isinstance(value, Real) or isinstance(value, bool):
-        return False
-    return isinstance(value, int) or math.isfinite(value)  # ints are finite, however large
+    kind = type(value)  # exact types: fast, and bool (a subclass of int) is not a number here
+    if kind is int:
+        return True  # ints are finite, however large
+    if kind is float:
+        return math.isfinite(value)
+    return isinstance(value, Real) and not isinstance(value, (bool, int, float)) and math.isfinite(value)
 
 
 def _is_scalar(value: Any) -> bool:
@@ -34,11 +37,29 @@ def _is_scalar(value: Any) -> bool:
 
 def _same(actual: Any, operand: Any) -> bool:
     """Equality that never confuses true with 1 or "1" with 1."""
-    if isinstance(actual, bool) or isinstance(operand, bool):
-        return isinstance(actual, bool) and isinstance(operand, bool) and actual == operand
-    if _is_number(actual) and _is_number(operand):
+    if type(actual) is type(operand):
         return actual == operand
-    return type(actual) is type(operand) and actual == operand
+    return _is_number(actual) and _is_number(operand) and actual == operand  # 1 and 1.0
+
+
+def _key(value: Any) -> tuple:
+    """A value's identity for `in`: numbers by value (1 and 1.0 alike), everything else by type too."""
+    return ("number", value) if _is_number(value) else (type(value).__name__, value)
+
+
+def _member(values: tuple) -> frozenset | None:
+    """`in`'s operand as a set of keys, or None if a value cannot be hashed (lists from data.)."""
+    try:
+        return frozenset(_key(v) for v in values)
+    except TypeError:
+        return None
+
+
+def _in(actual: Any, members: frozenset) -> bool:
+    try:
+        return _key(actual) in members
+    except TypeError:  # an unhashable actual (a list or an object from data.) equals no listed scalar
+        return False
 
 
 @dataclass(frozen=True)
@@ -130,9 +151,9 @@ def _present(test):
 def _ordered(compare):
     # Numbers compare with numbers; times ("HH:MM") compare as strings, which orders them.
     def test(actual, operand):
+        if type(actual) is str:
+            return compare(actual, operand) if type(operand) is str else None
         if _is_number(actual) and _is_number(operand):
-            return compare(actual, operand)
-        if isinstance(actual, str) and isinstance(operand, str):
             return compare(actual, operand)
         return None
     return test
@@ -150,9 +171,9 @@ OPERATORS: dict[str, Operator] = {op.name: op for op in (
     Operator("ne", "not equal to the operand", _check_scalar,
              _present(lambda a, o: not _same(a, o))),
     Operator("in", "equal to one of the listed values", _check_list,
-             _present(lambda a, o: any(_same(a, x) for x in o))),
+             _present(lambda a, o: _in(a, o)), compile=_member),
     Operator("not_in", "equal to none of the listed values", _check_list,
-             _present(lambda a, o: not any(_same(a, x) for x in o))),
+             _present(lambda a, o: not _in(a, o)), compile=_member),
     Operator("gt", "a number, duration or time after the operand", _check_ordered, _ordered(lambda a, o: a > o)),
     Operator("gte", "a number, duration or time equal to or after the operand", _check_ordered,
              _ordered(lambda a, o: a >= o)),
