@@ -4,7 +4,7 @@ and deactivate calls arriving at the fake VideoSDK API."""
 from __future__ import annotations
 
 import shlex
-import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -110,20 +110,15 @@ def test_bad_rules_refuse_to_start_with_line_numbers(processes, rules_file):
 
 def test_procfile_honours_port_and_web_concurrency(processes):
     web = processes.start("web", WEB_CONCURRENCY="3")
-    base = f"http://127.0.0.1:{processes.env['PORT']}"
+    base = f"http://127.0.0.1:{processes.env['PORT']}"  # PORT: where it must answer
     wait_until_up(base, web)
-    children = subprocess.run(["pgrep", "-P", str(_gunicorn_master(web.pid))], capture_output=True,
-                              text=True).stdout.split()
-    assert len(children) == 3
-
-
-def _gunicorn_master(shell_pid: int) -> int:
-    # `shell=True` may leave a shell (whose command line names gunicorn too) above the
-    # master: the master is the process in the session with the most children.
-    out = subprocess.run(["pgrep", "-s", str(shell_pid)], capture_output=True, text=True)
-    parents = [int(Path(f"/proc/{pid}/stat").read_text().split()[3]) for pid in out.stdout.split()
-               if Path(f"/proc/{pid}").exists()]
-    return max(set(parents), key=parents.count)
+    pids, deadline = set(), time.monotonic() + 60
+    while len(pids) < 3 and time.monotonic() < deadline:  # new connections until each worker answered
+        pids.add(requests.get(base + "/readyz", headers={"Connection": "close"}, timeout=10).json()["pid"])
+    assert len(pids) == 3
+    for _ in range(30):  # and no fourth
+        pids.add(requests.get(base + "/readyz", headers={"Connection": "close"}, timeout=10).json()["pid"])
+    assert len(pids) == 3
 
 
 def test_procfile_commands_are_the_documented_ones():

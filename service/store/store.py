@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from . import migrations
-from .engine import READ_ONLY, make_engine
+from .engine import READ_ONLY, make_engine, writer_queue
 from .dashboard import DashboardMixin
 from .guard import guarded
 from .history import HistoryMixin
@@ -39,6 +39,7 @@ class Store(IntakeMixin, TimersMixin, OutboxMixin, HistoryMixin, DashboardMixin)
         self.clock = clock
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
         self._sql = Statements(self._insert)
+        self._writers = writer_queue(engine)
 
     @classmethod
     def from_url(cls, url: str, clock: Callable[[], float] = time.time) -> "Store":
@@ -49,7 +50,7 @@ class Store(IntakeMixin, TimersMixin, OutboxMixin, HistoryMixin, DashboardMixin)
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
+        with self._writers.turn(), self.engine.connect() as conn, conn.begin():
             yield conn
 
     @contextmanager
