@@ -154,3 +154,13 @@ def test_the_readme_simulate_output_is_what_simulate_prints():
     actual = subprocess.run([sys.executable, "-m", "service", "simulate", "examples/participant-left.json",
                              "--rules", "rules.yaml"], cwd=ROOT, capture_output=True, text=True).stdout
     assert actual == shown
+
+
+def test_every_test_docs_reliability_names_exists():
+    doc = (ROOT / "docs" / "reliability.md").read_text()
+    named = re.findall(r"`(tests/test_\w+\.py)(?:::(\w+))?", doc)
+    assert len(named) >= 20
+    for path, test in named:
+        source = (ROOT / path).read_text()
+        assert not test or f"def {test}(" in source, f"{path}::{test} does not exist"
+    assert "docs/reliability.md" in README
