@@ -7,7 +7,7 @@ ADMIN_TOKEN configured these endpoints are off (404), not open. Read-only:
 |-----------------------------------|-----------------------------------------------------------|
 | `GET /metrics`                    | Prometheus text format                                    |
 | `GET /api/deliveries?room=&limit=&before=` | deliveries, newest first; `before` (a delivery id) pages back |
-| `GET /api/actions?status=&room=&limit=`    | actions in the outbox                            |
+| `GET /api/actions?status=&room=&limit=&before=` | actions, newest first; `before` (an action id) pages back |
 | `GET /api/rooms/<room_id>`        | state, pending timers, and the whole recorded history     |
 """
 
@@ -76,9 +76,14 @@ def deliveries():
 @bp.get("/api/actions")
 @admin_only
 def actions():
+    limit = _limit()
+    try:
+        before = int(request.args["before"]) if "before" in request.args else None
+    except ValueError:
+        abort(400, "before must be an action id")
     rows = _runtime().store.actions(status=request.args.get("status"), room_id=request.args.get("room"),
-                                    limit=_limit())
-    return jsonify({"actions": rows})
+                                    limit=limit, newest_first=True, before=before)
+    return jsonify({"actions": rows, "next_before": rows[-1]["id"] if len(rows) == limit else None})
 
 
 @bp.get("/api/rooms/<room_id>")

@@ -125,7 +125,7 @@ def cmd_replay(args) -> int:
     except ValueError as exc:
         print(f"replay: --since: {exc}", file=sys.stderr)
         return 2
-    store = open_store(settings)
+    store = open_store(settings, migrate=False)
     candidate = load_rules(args.rules)
     current = load_rules(args.current or settings.rules_file)
     now = time.time()
@@ -163,7 +163,7 @@ def _progress_bar(total: int):
 
 
 def cmd_explain(args) -> int:
-    store = open_store(Settings.from_env())
+    store = open_store(Settings.from_env(), migrate=False)
     rows = store.room_story(args.room)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
@@ -174,8 +174,8 @@ def cmd_explain(args) -> int:
 
 
 def cmd_actions(args) -> int:
-    store = open_store(Settings.from_env())
-    rows = store.actions(status=args.status, limit=args.limit)
+    store = open_store(Settings.from_env(), migrate=False)
+    rows = store.actions(status=args.status, limit=args.limit, newest_first=True)
     for row in rows:
         print(f"{row['id']:>6}  {row['status']:<9} {row['kind']:<11} room={row['room_id']} "
               f"rule={row['rule']} attempts={row['attempts']}"
@@ -188,7 +188,7 @@ def cmd_retry(args) -> int:
     if not args.ids and not args.all_dead:
         print("retry: give action ids, or --all-dead", file=sys.stderr)
         return 2
-    store = open_store(Settings.from_env())
+    store = open_store(Settings.from_env(), migrate=False)
     ids = store.redrive(None if args.all_dead else args.ids)
     for action_id in ids:
         print(f"action {action_id}: pending again, due now")
@@ -207,7 +207,7 @@ def cmd_prune(args) -> int:
     if age <= 0:
         print("prune: RETENTION_DAYS is 0 (keep everything); give --older-than", file=sys.stderr)
         return 2
-    removed = open_store(settings).prune(time.time() - age)
+    removed = open_store(settings, migrate=False).prune(time.time() - age)
     print(f"pruned {removed} deliveries older than {format_duration(age)}; actions and what caused them are kept")
     return 0
 

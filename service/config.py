@@ -33,7 +33,8 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name}={raw!r} is not a boolean; use true or false")
 
 
-def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float,
+            maximum: float = 86400 * 365, whole: bool = False) -> float:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -43,6 +44,10 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
         raise ConfigError(f"{name}={raw!r} is not a number") from None
     if not value >= minimum:  # also rejects NaN
         raise ConfigError(f"{name}={raw!r} must be at least {minimum:g}")
+    if not value <= maximum:  # also rejects inf
+        raise ConfigError(f"{name}={raw!r} must be at most {maximum:g}")
+    if whole and value != int(value):
+        raise ConfigError(f"{name}={raw!r} must be a whole number")
     return value
 
 
@@ -63,6 +68,16 @@ def _public_key_text(raw: str | None) -> str | None:
         ) from None
 
 
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(raw: str | None) -> str:
+    level = (raw or "INFO").strip().upper()
+    if level not in _LEVELS:
+        raise ConfigError(f"LOG_LEVEL={raw!r} is not a level; use one of {', '.join(_LEVELS)}")
+    return level
+
+
 @dataclass(frozen=True)
 class Settings:
     api_key: str | None = field(default=None, repr=False)
@@ -71,7 +86,7 @@ class Settings:
     webhook_public_key: str | None = None
     webhook_verify: bool = True
     rules_file: Path = Path("rules.yaml")
-    database_url: str = DEFAULT_DATABASE_URL
+    database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)  # may hold a password
     dry_run: bool = False
     api_timeout: float = 30.0
     max_attempts: int = 10
@@ -99,16 +114,16 @@ class Settings:
             rules_file=Path(env.get("RULES_FILE") or "rules.yaml"),
             database_url=(env.get("DATABASE_URL") or DEFAULT_DATABASE_URL).strip(),
             dry_run=_flag(env, "DRY_RUN", False),
-            api_timeout=_number(env, "VIDEOSDK_TIMEOUT_SECONDS", 30.0, minimum=0.1),
-            max_attempts=int(_number(env, "ACTION_MAX_ATTEMPTS", 10, minimum=1)),
+            api_timeout=_number(env, "VIDEOSDK_TIMEOUT_SECONDS", 30.0, minimum=0.1, maximum=600),
+            max_attempts=int(_number(env, "ACTION_MAX_ATTEMPTS", 10, minimum=1, maximum=1000, whole=True)),
             lease_seconds=_number(env, "ACTION_LEASE_SECONDS", 120.0, minimum=1),
-            poll_interval=_number(env, "WORKER_POLL_SECONDS", 0.05, minimum=0.01),
-            rules_reload_seconds=_number(env, "RULES_RELOAD_SECONDS", 1.0, minimum=0),
+            poll_interval=_number(env, "WORKER_POLL_SECONDS", 0.05, minimum=0.01, maximum=3600),
+            rules_reload_seconds=_number(env, "RULES_RELOAD_SECONDS", 1.0, minimum=0, maximum=3600),
             admin_token=(env.get("ADMIN_TOKEN") or "").strip() or None,
-            retention_days=_number(env, "RETENTION_DAYS", 30.0, minimum=0),
-            breaker_threshold=int(_number(env, "BREAKER_THRESHOLD", 5, minimum=1)),
-            breaker_cooldown=_number(env, "BREAKER_COOLDOWN_SECONDS", 30.0, minimum=0.1),
-            log_level=(env.get("LOG_LEVEL") or "INFO").strip().upper(),
+            retention_days=_number(env, "RETENTION_DAYS", 30.0, minimum=0, maximum=36500),
+            breaker_threshold=int(_number(env, "BREAKER_THRESHOLD", 5, minimum=1, maximum=1000, whole=True)),
+            breaker_cooldown=_number(env, "BREAKER_COOLDOWN_SECONDS", 30.0, minimum=0.1, maximum=3600),
+            log_level=_log_level(env.get("LOG_LEVEL")),
         )
         if settings.admin_token is not None and len(settings.admin_token) < 16:
             raise ConfigError("ADMIN_TOKEN must be at least 16 characters; make one with "

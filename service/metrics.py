@@ -17,19 +17,20 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-DELIVERIES = Counter("roomwarden_deliveries_total", "Webhook deliveries, by event type and outcome "
-                     "(accepted, ignored, rejected, unavailable)", ["event", "outcome"])
+DELIVERIES = Counter("roomwarden_deliveries_total", "Webhook deliveries recorded, by event type and outcome "
+                     "(accepted: a known event type; ignored: an unknown one)", ["event", "outcome"])
 REJECTIONS = Counter("roomwarden_rejections_total", "Deliveries refused, by HTTP status", ["status"])
 SIGNATURE_FAILURES = Counter("roomwarden_signature_failures_total",
                              "Deliveries refused because videosdk-signature was missing or wrong")
 DECISIONS = Counter("roomwarden_decisions_total", "Decisions, by rule and outcome", ["rule", "outcome"])
-TIMERS = Counter("roomwarden_timers_total", "for: timers resolved, by verdict (fire, cancel)", ["verdict"])
+TIMERS = Counter("roomwarden_timers_total", "for: timers decided by the worker, by verdict (fire, cancel, wait)",
+                 ["verdict"])
 ATTEMPTS = Counter("roomwarden_attempts_total", "Attempts at VideoSDK, by action kind and outcome "
                    "(done, retry, failed, dead, cancelled)", ["kind", "outcome"])
 ATTEMPT_LATENCY = Histogram("roomwarden_attempt_latency_seconds", "Latency of calls to VideoSDK", ["kind"],
                             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 RELOADS = Counter("roomwarden_rules_reloads_total", "Rules reloads, by result (success, failure)", ["result"])
-RULES_INFO = Gauge("roomwarden_rules_info", "The rules in force in each process (value 1), by hash",
+RULES_INFO = Gauge("roomwarden_rules_info", "1 for the hash of the rules each process holds, 0 for those it held",
                    ["hash"], multiprocess_mode="liveall")
 BREAKER_OPEN = Gauge("roomwarden_circuit_open", "1 while a worker's circuit breaker is open",
                      multiprocess_mode="liveall")
@@ -60,9 +61,10 @@ _rules_hash: list[str] = []
 
 
 def rules_in_force(sha256: str) -> None:
-    """One series per process: the hash of the rules it holds."""
-    if _rules_hash:
-        RULES_INFO.remove(_rules_hash[0][:12])
+    """One series per process at 1: the hash of the rules it holds; those it held before go to 0
+    (multiprocess mode cannot remove a series)."""
+    if _rules_hash and _rules_hash[0] != sha256:
+        RULES_INFO.labels(hash=_rules_hash[0][:12]).set(0)
     RULES_INFO.labels(hash=sha256[:12]).set(1)
     _rules_hash[:] = [sha256]
 

@@ -33,6 +33,9 @@ from .rules.fields import Facts
 from .rules.model import Rule, RuleSet
 
 
+_UNREADABLE = "the delivery that started it no longer parses (a newer version reads bodies differently)"
+
+
 def action_key(rule: str, room_id: str, session_id: str | None) -> str:
     """At most one action per rule, room and session, however often the event arrives."""
     return f"{rule}|{room_id}|{session_id or '-'}"
@@ -47,7 +50,7 @@ class PendingTimer:
     session_id: str | None
     started_at: float
     due_at: float
-    trigger: Event  # the event whose rule started it
+    trigger: Event | None  # the event whose rule started it; None if its stored body no longer parses
     id: int | None = None
 
 
@@ -130,6 +133,9 @@ def plan_event(rule_set: RuleSet, event: Event, now: float, room: RoomState | No
     cancels = []
     for timer in timers:
         rule = rule_set.rule(timer.rule)
+        if timer.trigger is None:
+            cancels.append(Cancel(timer.key, _UNREADABLE))
+            continue
         if rule is None:
             cancels.append(Cancel(timer.key, f"rule '{timer.rule}' is no longer in the rules "
                                              f"({rule_set.short_hash})"))
@@ -166,6 +172,8 @@ def plan_event(rule_set: RuleSet, event: Event, now: float, room: RoomState | No
 def fire_timer(rule_set: RuleSet, timer: PendingTimer, now: float, room: RoomState | None,
                acted: set[str], *, acts: bool) -> TimerPlan:
     """Decide a due timer against the rules and the room as they are now."""
+    if timer.trigger is None:
+        return TimerPlan("cancel", _UNREADABLE)
     rule = rule_set.rule(timer.rule)
     if rule is None:
         return TimerPlan("cancel", f"rule '{timer.rule}' is no longer in the rules ({rule_set.short_hash})")
@@ -188,6 +196,8 @@ def recheck_timer(rule_set: RuleSet, timer: PendingTimer, now: float, room: Room
 
     Returns `wait` (keep it, perhaps with a new due time) or `cancel`, with the reason.
     """
+    if timer.trigger is None:
+        return TimerPlan("cancel", _UNREADABLE)
     rule = rule_set.rule(timer.rule)
     if rule is None:
         return TimerPlan("cancel", f"rule '{timer.rule}' was removed in a reload ({rule_set.short_hash})")

@@ -3,6 +3,7 @@ planner's values and the store's records meet."""
 
 from __future__ import annotations
 
+from .errors import PayloadInvalid
 from .events import parse_event
 from .planner import EventPlan, Outcome, PendingTimer, TimerPlan
 from .rooms import RoomState
@@ -14,10 +15,16 @@ def room_state(room_id: str, stored: dict | None) -> RoomState | None:
 
 
 def pending_timer(row: TimerRow) -> PendingTimer:
-    # The trigger was validated when it arrived, by this same parser.
+    """The stored timer, its trigger parsed again. A trigger that no longer parses (validation
+    tightened in an upgrade) comes back as None, and the planner cancels the timer, saying why:
+    it must not poison every later delivery for its room."""
+    try:
+        trigger = parse_event(row.trigger_body.encode("utf-8"))
+    except PayloadInvalid:
+        trigger = None
     return PendingTimer(key=row.key, rule=row.rule, fingerprint=row.fingerprint, room_id=row.room_id,
                         session_id=row.session_id, started_at=row.started_at, due_at=row.due_at,
-                        trigger=parse_event(row.trigger_body.encode("utf-8")), id=row.id)
+                        trigger=trigger, id=row.id)
 
 
 def new_decision(outcome: Outcome) -> NewDecision:

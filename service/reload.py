@@ -36,23 +36,25 @@ class RulesHolder:
     last_error: str | None = None  # the last failed load, until a load succeeds
     last_error_at: float | None = None
     reloads: int = 0
-    failures: int = 0
+    report: bool = True  # into the metrics (not for a process that only checks, such as gunicorn's master)
 
     def __post_init__(self):
-        metrics.rules_in_force(self.current.sha256)
+        if self.report:
+            metrics.rules_in_force(self.current.sha256)
 
     def replace(self, rule_set: RuleSet) -> None:
         self.current = rule_set  # one reference swap: readers see the old set or the new one
         self.loaded_at = time.time()
         self.last_error = self.last_error_at = None
         self.reloads += 1
-        metrics.RELOADS.labels(result="success").inc()
-        metrics.rules_in_force(rule_set.sha256)
+        if self.report:
+            metrics.RELOADS.labels(result="success").inc()
+            metrics.rules_in_force(rule_set.sha256)
 
     def failed(self, message: str) -> None:
         self.last_error, self.last_error_at = message, time.time()
-        self.failures += 1
-        metrics.RELOADS.labels(result="failure").inc()
+        if self.report:
+            metrics.RELOADS.labels(result="failure").inc()
 
 
 def _identity(path: Path) -> tuple | None:

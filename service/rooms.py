@@ -7,8 +7,12 @@ under the deliveries it really gets:
   repeated delivery changes nothing, and a participant who leaves, rejoins and
   leaves again (three deliveries, two of them byte-identical) ends up absent.
 - Sessions are told apart by id. An event for a session older than the current
-  one (a late delivery) does not touch presence; an event for an unseen session
-  starts it, whichever of its events arrives first.
+  one (a late delivery) does not touch presence. An unseen session replaces a
+  live one only when it is plausibly newer: a join or a start (a room has one
+  session at a time, so a new one means the old one ended unseen), and never
+  when its id says it began earlier (VideoSDK's session ids begin with their
+  creation time, as MongoDB ObjectIds do). A leave or an end for an unseen
+  session while one is live is a late or replayed delivery, and is ignored.
 - A join for a session that has already ended is late, and ignored.
 
 What it cannot know: the order of two deliveries for the same participant in
@@ -17,11 +21,14 @@ the same session. It takes them in arrival order (see docs/rules.md).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
 from .events import Event
 
-RECENT_SESSIONS = 16  # how many past session ids are kept to recognise late events
+RECENT_SESSIONS = 64  # how many past session ids are kept to recognise late events
+_OBJECT_ID = re.compile(r"^[0-9a-f]{24}\Z")
+_STARTS_SESSION = ("participant-joined", "session-started")
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,14 @@ def _still_empty_since(state: RoomState, now: float) -> float:
     return state.empty_since if state.empty_since is not None and not state.participants else now
 
 
+def _began_before(session: str, current: str) -> bool:
+    """Whether `session` began before `current`, going by the creation time ObjectId-shaped ids
+    carry; False when either id is of another shape (then arrival order is all there is)."""
+    if _OBJECT_ID.match(session) and _OBJECT_ID.match(current):
+        return int(session[:8], 16) < int(current[:8], 16)
+    return False
+
+
 def advance(state: RoomState | None, event: Event, now: float) -> RoomState | None:
     """The room's state after `event`, received at `now`. None for events with no room."""
     if not event.known or not event.room_id:
@@ -73,6 +88,10 @@ def advance(state: RoomState | None, event: Event, now: float) -> RoomState | No
     if session != state.session_id:
         if session in state.recent_sessions:
             return state  # a late event from an earlier session
+        if state.session_id is not None and _began_before(session, state.session_id):
+            return state  # a session older than the current one, delivered late (or replayed)
+        if state.session_active and event.type not in _STARTS_SESSION:
+            return state  # a leave or an end cannot start a session while another is live
         started = event.start.timestamp() if event.start is not None else now
         state = _new_session(state, session, started, now)
     elif event.type == "session-started" and event.start is not None:

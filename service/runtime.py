@@ -9,9 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
-
-import requests
+from typing import Any, Callable
 
 from .breaker import CircuitBreaker
 from .config import Settings
@@ -20,7 +18,8 @@ from .ingest import Ingestor
 from .retry import RetryPolicy
 from .reload import RulesHolder, RulesWatcher, load_with_fallback
 from .signature import SignatureVerifier, load_public_keys
-from .store import Store
+from .store import Store, migrations
+from .store.engine import missing_sqlite_file
 from .videosdk import TokenSource, VideoSDKClient, fetch_public_key
 from .worker import Worker
 
@@ -34,7 +33,7 @@ UNVERIFIED_BANNER = """
 ********************************************************************************"""
 
 
-def build_verifier(settings: Settings, session: requests.Session | None = None) -> SignatureVerifier | None:
+def build_verifier(settings: Settings, session: Any = None) -> SignatureVerifier | None:
     if not settings.webhook_verify:
         log.warning(UNVERIFIED_BANNER)
         return None
@@ -47,17 +46,30 @@ def build_verifier(settings: Settings, session: requests.Session | None = None) 
     return SignatureVerifier(fetch=lambda: fetch_public_key(settings.api_base, session=session))
 
 
-def open_store(settings: Settings, clock: Callable[[], float] = time.time) -> Store:
+def open_store(settings: Settings, clock: Callable[[], float] = time.time, *, migrate: bool = True) -> Store:
+    """The store; migrated by the processes that serve (web, worker) and by `migrate`.
+
+    The other commands only read or fix records: they open an existing database at the
+    schema this version knows, and say what to do otherwise, rather than migrate a
+    production database behind older processes or create an empty one from a typo.
+    """
+    if not migrate and (missing := missing_sqlite_file(settings.database_url)):
+        raise ConfigError(f"no database at {missing} (DATABASE_URL); nothing has been recorded there")
     store = Store.from_url(settings.database_url, clock)
-    for step in store.migrate():
-        log.info("schema migrated: %s", step)
+    if migrate:
+        for step in store.migrate():
+            log.info("schema migrated: %s", step)
+    elif (version := store.schema_version()) != migrations.LATEST:
+        store.close()
+        raise ConfigError(f"the database is at schema version {version} and this version of roomwarden "
+                          f"needs {migrations.LATEST}: run python -m service migrate")
     return store
 
 
-def load_rules_holder(settings: Settings, store: Store | None) -> RulesHolder:
+def load_rules_holder(settings: Settings, store: Store | None, *, report: bool = True) -> RulesHolder:
     """The rules file, or (if it does not load) the last good rules the store kept."""
     rule_set, error = load_with_fallback(settings.rules_file, store)
-    holder = RulesHolder(rule_set)
+    holder = RulesHolder(rule_set, report=report)
     if error is not None:
         holder.failed(error)
     for warning in rule_set.warnings:
@@ -73,7 +85,7 @@ def watch_rules(settings: Settings, holder: RulesHolder, store: Store | None,
 
 
 def build_worker(settings: Settings, store: Store, rules: RulesHolder,
-                 session: requests.Session | None = None) -> Worker:
+                 session: Any = None) -> Worker:
     """A worker that acts, or (DRY_RUN, or WEBHOOK_VERIFY off) one that only fires timers."""
     client = None
     if settings.acts:
@@ -96,7 +108,7 @@ def preflight(settings: Settings | None = None) -> Settings:
     build_verifier(settings)
     store = open_store(settings)
     try:
-        load_rules_holder(settings, store)
+        load_rules_holder(settings, store, report=False)
     finally:
         store.close()
     return settings

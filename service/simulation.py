@@ -96,7 +96,7 @@ class Simulation:
             self._start(PendingTimer(key=outcome.key, rule=outcome.rule, fingerprint=outcome.fingerprint,
                                      room_id=outcome.room_id, session_id=outcome.session_id, started_at=at,
                                      due_at=outcome.due_at, trigger=trigger))
-        elif outcome.outcome in ("scheduled", "dry-run"):
+        elif outcome.creates_action:
             self.acted.setdefault(outcome.room_id, set()).add(outcome.key)
         self.records.append(Record(at, source, outcome.rule, outcome.action, outcome.room_id,
                                    outcome.session_id, outcome.outcome))

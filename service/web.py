@@ -16,7 +16,7 @@ from flask import Blueprint, Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import admin, dashboard, metrics
-from .errors import DeliveryRejected, RequestRejected, SignatureInvalid, Unavailable
+from .errors import DeliveryRejected, RequestRejected, SignatureInvalid, StoreUnavailable, Unavailable
 from .events import parse_event
 from .signature import HEADER
 
@@ -93,7 +93,8 @@ def readyz():
         runtime.store.ping()
         body["store"] = "ok"
     except Unavailable as exc:
-        body["store"] = str(exc)
+        body["store"] = "store unavailable"  # the driver's detail (hosts, users) is for the log
+        log.warning("readyz: %s", exc)
         problems.append("store")
     if runtime.verifier is not None and not runtime.verifier.has_key:
         body["webhook_key"] = "not fetched yet"  # fetched on the first delivery; not a readiness failure
@@ -140,8 +141,9 @@ def init_app(app: Flask) -> None:
     def _unavailable(exc: Unavailable):
         if request.path == WEBHOOK:  # an admin page during an outage is not a refused delivery
             metrics.count_rejection(503, signature=False)
-        g.setdefault("log_fields", {})["error"] = str(exc)
-        response = _error(503, str(exc))
+        g.setdefault("log_fields", {})["error"] = str(exc)  # the detail is for the log only
+        public = "store unavailable; retry later" if isinstance(exc, StoreUnavailable) else str(exc)
+        response = _error(503, public)
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
 

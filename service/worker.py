@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import secrets
 import socket
 import threading
 import time
@@ -31,6 +32,7 @@ from .errors import StoreUnavailable
 from .planner import fire_timer, recheck_timer
 from .plans import pending_timer, room_state, timer_write
 from .retry import RetryPolicy, Verdict
+from .rooms import RoomState
 from .rules.model import RuleSet
 from .store import AttemptRecord, ClaimedAction, Store, TimerRow
 from .videosdk import ApiResult, VideoSDKClient, count_participants
@@ -38,8 +40,13 @@ from .videosdk import ApiResult, VideoSDKClient, count_participants
 log = logging.getLogger("roomwarden.worker")
 
 
+_GIVE_BACK = ApiResult(None, 0.0, "given back")  # a claim handed back unused
+
+
 def default_worker_id() -> str:
-    return f"{socket.gethostname()[:40]}:{os.getpid()}"
+    # The end of the host name (a pod's unique suffix), the pid, and random bits: pids repeat
+    # across containers (often 1), and the lease is fenced by this id.
+    return f"{socket.gethostname()[-30:]}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class Worker:
@@ -110,7 +117,11 @@ class Worker:
                 busy = self.run_once()
             except StoreUnavailable as exc:
                 log.warning("store unavailable, waiting: %s", exc)
-                stop.wait(min(5.0, poll_interval * 10))
+                stop.wait(min(5.0, max(poll_interval * 10, 0.5)))
+                continue
+            except Exception:  # a bug must not stop the worker: log it, back off, go on
+                log.exception("unexpected error in the worker loop; going on")
+                stop.wait(min(5.0, max(poll_interval * 10, 0.5)))
                 continue
             if not busy:  # sleep until the next thing is due, but look again within poll_interval
                 wait, now = poll_interval, self.clock()
@@ -124,8 +135,8 @@ class Worker:
         now = self.clock()
         if self.retention_days <= 0 or (self._pruned_at is not None and now - self._pruned_at < every):
             return 0
-        self._pruned_at = now
         removed = self.store.prune(now - self.retention_days * 86400)
+        self._pruned_at = now  # only once done: a store outage must not skip retention for an hour
         if removed:
             log.info("pruned %d deliveries older than %g days", removed, self.retention_days)
         return removed
@@ -153,7 +164,10 @@ class Worker:
         """After a reload: cancel or re-check each pending timer whose rule went or changed."""
         rule_set = self.rules()
         changed = 0
-        for timer_id in self.store.pending_timer_ids():
+        for timer_id, name, fingerprint in self.store.pending_timers_by_rule():
+            rule = rule_set.rule(name)
+            if rule is not None and rule.fingerprint == fingerprint:
+                continue  # its rule did not change: nothing to write
             now = self.clock()
 
             def decide(row: TimerRow, stored: dict, acted: set[str]):
@@ -170,10 +184,10 @@ class Worker:
 
     def act_once(self) -> bool:
         """Claim and carry out one due action. False when none was due, or the circuit is open."""
-        if not self.breaker.allow():
-            metrics.BREAKER_OPEN.set(1)
+        allowed = self.breaker.allow()
+        metrics.BREAKER_OPEN.set(self.breaker.state != "closed")
+        if not allowed:
             return False
-        metrics.BREAKER_OPEN.set(0)
         rule_set = self.rules()
         try:
             claim = self.store.claim(self.worker_id, self.lease_seconds, self.policy.max_attempts,
@@ -186,9 +200,16 @@ class Worker:
             return False
         started = self.clock()
         result, verdict, note = self._carry_out(claim, rule_set)
+        if result is _GIVE_BACK:
+            self.breaker.record_idle()
+            self.store.release(claim, self.worker_id)
+            log.warning("action %s: the confirm check left no time in the lease to act; given back",
+                        claim.id)
+            return True
         if result.latency_ms:  # a call was made: tell the breaker how it went
             before = self.breaker.state
             self.breaker.record(result.status)
+            metrics.BREAKER_OPEN.set(self.breaker.state != "closed")
             if self.breaker.state != before:
                 log.warning("circuit breaker %s -> %s after HTTP %s", before, self.breaker.state, result.status)
         else:
@@ -224,32 +245,45 @@ class Worker:
                 return stop + (note,)
             if self.clock() + self.client.timeout[1] >= claim.lease_until:
                 # The check took long: a call now could outlive the lease, and another worker
-                # could make it too. Give the action back, due now, to check again.
-                return (ApiResult(None, 0.0), Verdict("retry", 0.0, "no time left in the lease to act after "
-                                                      "the confirm check"), note)
+                # could make it too. Give the action back, due now, to check again; no call was
+                # made, so it is no attempt and does not count towards the limit.
+                return _GIVE_BACK, None, note
         result = call(claim)
         return result, self.policy.judge(result, claim.attempts, self.rand), note
 
     def _confirm_nobody_active(self, claim: ClaimedAction):
-        """(None, note) when the action may go ahead; else ((result, verdict), note) to stop it."""
-        if not claim.session_id:
+        """(None, note) when the action may go ahead; else ((result, verdict), note) to stop it.
+
+        Asks about the session whose event led to the action and, if roomwarden knows of a
+        later live session in the room, about that one too: a room is never deactivated
+        while anyone is in either.
+        """
+        sessions = [claim.session_id] if claim.session_id else []
+        room = self.store.room(claim.room_id)
+        current = RoomState.from_dict(claim.room_id, room["state"]) if room else None
+        if current is not None and current.session_active and current.session_id not in (None, *sessions):
+            sessions.append(current.session_id)
+        if not sessions:
             return (ApiResult(None, 0.0), Verdict("cancelled", reason="confirm: no session to check")), None
-        check = self.client.active_participants(claim.session_id)
-        if check.status == 404:  # assumed: the session is not live, so nobody is in it
-            return None, f"confirm: session {claim.session_id} not found (404): nobody active"
-        if not check.ok:
-            verdict = self.policy.judge(check, claim.attempts, self.rand)
-            return (check, Verdict(verdict.outcome, verdict.delay, f"confirm check failed: {verdict.reason}",
-                                   verdict.credentials_problem)), None
-        count = count_participants(check.body)
-        if count is None:
-            unreadable = ApiResult(None, check.latency_ms, "confirm: could not read the active participants")
-            verdict = self.policy.judge(unreadable, claim.attempts, self.rand)
-            return (unreadable, verdict), None
-        if count > 0:
-            return (check, Verdict("cancelled", reason=f"confirm: {count} participant(s) active in session "
-                                                        f"{claim.session_id}; not acted on")), None
-        return None, f"confirm: nobody active in session {claim.session_id}"
+        notes = []
+        for session in sessions:
+            check = self.client.active_participants(session)
+            if check.status == 404:  # assumed: the session is not live, so nobody is in it
+                notes.append(f"session {session} not found (404): nobody active")
+                continue
+            if not check.ok:
+                verdict = self.policy.judge(check, claim.attempts, self.rand)
+                return (check, Verdict(verdict.outcome, verdict.delay, f"confirm check failed: {verdict.reason}",
+                                       verdict.credentials_problem)), None
+            count = count_participants(check.body)
+            if count is None:
+                unreadable = ApiResult(None, check.latency_ms, "confirm: could not read the active participants")
+                return (unreadable, self.policy.judge(unreadable, claim.attempts, self.rand)), None
+            if count > 0:
+                return (check, Verdict("cancelled", reason=f"confirm: {count} participant(s) active in session "
+                                                            f"{session}; not acted on")), None
+            notes.append(f"nobody active in session {session}")
+        return None, "confirm: " + "; ".join(notes)
 
     def _record(self, claim: ClaimedAction, attempt: AttemptRecord) -> None:
         """Record the attempt, retrying through a store outage until the store is back.

@@ -54,6 +54,20 @@ def public_pem(private_key) -> str:
         serialization.Encoding.PEM, serialization.PublicFormat.PKCS1).decode()
 
 
+class Clock:
+    """A clock the test moves by hand; pass it where the service takes a clock."""
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
 def sign_with(private_key, body: bytes) -> str:
     return base64.b64encode(private_key.sign(body, padding.PKCS1v15(), hashes.SHA256())).decode()
 
@@ -65,6 +79,18 @@ def sign(private_key):
 
 def event_body(event_type: str, **data) -> bytes:
     return json.dumps({"webhookType": event_type, "data": data}).encode()
+
+
+def joined(room: str, who: str, session: str = "s1") -> bytes:
+    return event_body("participant-joined", meetingId=room, sessionId=session, participantId=who)
+
+
+def left(room: str, who: str, session: str = "s1") -> bytes:
+    return event_body("participant-left", meetingId=room, sessionId=session, participantId=who)
+
+
+def ended(room: str, session: str = "s1") -> bytes:
+    return event_body("session-ended", meetingId=room, sessionId=session)
 
 
 @pytest.fixture

@@ -172,3 +172,28 @@ def test_metrics_add_up_every_process(processes, sign, fake_api):
         assert metric(text, "roomwarden_attempts_total", kind="deactivate", outcome="done") == len(rooms)
         assert metric(text, "roomwarden_attempt_latency_seconds_count", kind="deactivate") == len(rooms)
         assert metric(text, "roomwarden_queue_depth") == 0
+
+
+def test_actions_newest_first_and_paged(admin_app, sign):
+    client = admin_app.test_client()
+    for i in range(5):
+        body = ended(f"room-page-{i:04d}")
+        client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": sign(body)})
+    page = client.get("/api/actions?limit=3", headers=AUTH).get_json()
+    assert [a["room_id"] for a in page["actions"]] == ["room-page-0004", "room-page-0003", "room-page-0002"]
+    rest = client.get(f"/api/actions?limit=3&before={page['next_before']}", headers=AUTH).get_json()
+    assert [a["room_id"] for a in rest["actions"]] == ["room-page-0001", "room-page-0000"]
+    assert rest["next_before"] is None
+    assert client.get("/api/actions?before=x", headers=AUTH).status_code == 400
+
+
+def test_a_reload_sets_the_old_rules_hash_to_0(admin_app, rules_file):
+    from service.rules.loader import load_rules
+
+    runtime = admin_app.extensions["roomwarden"]
+    old = runtime.rules.current.short_hash
+    rules_file.write_text(rules_file.read_text() + "# changed\n")
+    runtime.rules.replace(load_rules(rules_file))
+    text = admin_app.test_client().get("/metrics", headers=AUTH).get_data(as_text=True)
+    assert metric(text, "roomwarden_rules_info", hash=old) == 0
+    assert metric(text, "roomwarden_rules_info", hash=runtime.rules.current.short_hash) == 1

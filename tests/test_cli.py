@@ -142,3 +142,24 @@ def test_secrets_never_reach_cli_output(app, post, fake_api, env):
     # the API key alone is not secret, but the token made from it is: never printed
     token_calls = fake_api.calls_to("/v2/rooms/deactivate")
     assert token_calls and all(c.headers["authorization"].encode() not in outputs[0].stderr for c in token_calls)
+
+
+@pytest.mark.parametrize("args", [["explain", "abcd-efgh-ijkl"], ["actions"], ["retry", "--all-dead"],
+                                  ["prune", "--older-than", "1d"],
+                                  ["replay", "--rules", "rules.yaml", "--current", "rules.yaml"]])
+def test_commands_that_read_the_store_neither_create_nor_migrate_it(tmp_path, args):
+    db = tmp_path / "typo.db"
+    result = run(*args, env={"DATABASE_URL": f"sqlite:///{db}", "DRY_RUN": "1"})
+    assert result.returncode == 2
+    assert f"no database at {db}" in result.stderr.decode()
+    assert not db.exists()
+
+
+def test_commands_that_read_the_store_refuse_an_older_schema(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    sqlite3.connect(db).close()  # a database file, but no schema at all
+    result = run("actions", env={"DATABASE_URL": f"sqlite:///{db}", "DRY_RUN": "1"})
+    assert result.returncode == 2
+    assert "run python -m service migrate" in result.stderr.decode()

@@ -10,7 +10,7 @@ from service.config import Settings
 from service.errors import ConfigError, KeyUnavailable, SignatureInvalid
 from service.signature import SignatureVerifier, load_public_keys
 
-from .conftest import sign_with
+from .conftest import Clock, sign_with
 
 
 def test_defaults():
@@ -86,14 +86,6 @@ def test_in_memory_sqlite_is_refused(make_app):
 # -- the verifier ------------------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
 def test_load_public_keys_rejects_text_without_a_key():
     with pytest.raises(ValueError, match="no PEM public key"):
         load_public_keys("hello")
@@ -108,7 +100,7 @@ def test_verifier_fetches_once_and_caches(private_key, public_pem):
 
 
 def test_verifier_retries_a_failed_fetch_after_a_pause(private_key, public_pem):
-    clock, answers = Clock(), [KeyUnavailable("down"), public_pem]
+    clock, answers = Clock(1000.0), [KeyUnavailable("down"), public_pem]
 
     def fetch():
         answer = answers.pop(0)
@@ -134,7 +126,7 @@ def test_verifier_refetches_a_stale_key_when_a_signature_does_not_match(private_
     old = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     old_pem = old.public_key().public_bytes(serialization.Encoding.PEM,
                                             serialization.PublicFormat.PKCS1).decode()
-    clock, served = Clock(), [old_pem]
+    clock, served = Clock(1000.0), [old_pem]
     verifier = SignatureVerifier(fetch=lambda: served[0], clock=clock, refetch_after=300)
     verifier.verify(b"x", sign_with(old, b"x"))
     served[0] = public_pem  # VideoSDK rotated its key
@@ -148,3 +140,25 @@ def test_verifier_never_accepts_without_a_key(public_pem):
     verifier = SignatureVerifier(fetch=lambda: "no key here")
     with pytest.raises(KeyUnavailable, match="no PEM public key"):
         verifier.verify(b"{}", base64.b64encode(b"x" * 256).decode())
+
+
+@pytest.mark.parametrize("env, fragment", [
+    # values that would overflow, or never wake a sleeping loop, are refused at start
+    ({"ACTION_MAX_ATTEMPTS": "inf"}, "must be at most"),
+    ({"BREAKER_THRESHOLD": "1e400"}, "must be at most"),
+    ({"WORKER_POLL_SECONDS": "1e300"}, "must be at most"),
+    ({"RULES_RELOAD_SECONDS": "inf"}, "must be at most"),
+    # counts are whole numbers
+    ({"ACTION_MAX_ATTEMPTS": "2.5"}, "must be a whole number"),
+    # a log level that does not exist is a typo, not INFO
+    ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL='verbose' is not a level"),
+])
+def test_out_of_range_settings_are_refused(env, fragment):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert fragment in str(info.value)
+
+
+def test_the_database_url_is_not_in_repr():
+    settings = Settings.from_env({"DATABASE_URL": "postgresql://user:hunter2@db/x"})
+    assert "hunter2" not in repr(settings)

@@ -34,7 +34,7 @@ from service.dashboard.auth import session_key
 from service.runtime import build_worker
 from service.store.tables import actions, attempts, decisions, deliveries, rooms, timers
 
-from .conftest import ROOT, event_body
+from .conftest import ROOT, ended, event_body, joined, left
 from .fakeapi import Reply
 from .procs import wait_until_up
 
@@ -63,18 +63,6 @@ rules:
 
 PAGES = ["/dashboard/", "/dashboard/rooms", "/dashboard/rooms?timers=1", "/dashboard/actions",
          "/dashboard/actions?status=dead", "/dashboard/try"]
-
-
-def joined(room: str, who: str, session: str = "s1") -> bytes:
-    return event_body("participant-joined", meetingId=room, sessionId=session, participantId=who)
-
-
-def left(room: str, who: str, session: str = "s1") -> bytes:
-    return event_body("participant-left", meetingId=room, sessionId=session, participantId=who)
-
-
-def ended(room: str, session: str = "s1") -> bytes:
-    return event_body("session-ended", meetingId=room, sessionId=session)
 
 
 def csrf_of(response) -> str:

@@ -37,7 +37,7 @@ from service.store import Store
 
 from .conftest import API_KEY, ROOT, SECRET, event_body
 from .fakeapi import FakeVideoSDK, Reply
-from .procs import Processes, free_port
+from .procs import Processes, free_port, wait_until_up
 
 pytestmark = pytest.mark.e2e
 
@@ -54,22 +54,6 @@ GIVE_UP_AFTER = 40.0  # seconds a sender keeps retrying one event, as VideoSDK w
 def ended(room: str, session: str = "s-1") -> bytes:
     return event_body("session-ended", meetingId=room, sessionId=session,
                       start="2026-11-26T10:00:00Z", end="2026-11-26T10:30:00Z")
-
-
-def wait_until_up(base: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    """Until /readyz answers 200. Unlike procs.wait_until_up, a slow answer (a gunicorn worker
-    still importing the app on a loaded machine) is waited out rather than an error."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"exited with {process.returncode}:\n{Path(process.log_path).read_text()}")
-        try:
-            if requests.get(base + "/readyz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"not up after {timeout}s:\n{Path(process.log_path).read_text()}")
 
 
 def _children(pid: int) -> list[int]:

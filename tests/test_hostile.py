@@ -23,7 +23,6 @@ import os
 import socket
 import sqlite3
 import sys
-import time
 from collections import Counter
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -40,7 +39,7 @@ from service.schemas import KNOWN_EVENTS
 
 from .conftest import API_KEY, SECRET, TEST_RULES, sign_with
 from .fakeapi import FakeVideoSDK
-from .procs import Processes, free_port
+from .procs import Processes, free_port, wait_until_up
 
 pytestmark = pytest.mark.e2e
 
@@ -89,7 +88,7 @@ def server(tmp_path_factory, public_pem, private_key, request):
         web = procs.start("web")
         base = f"http://127.0.0.1:{env['PORT']}"
         try:
-            _wait_until_ready(base, web)
+            wait_until_up(base, web)
         except AssertionError as exc:
             STARTUP["error"] = f"the web process did not start: {exc}"
             pytest.fail(STARTUP["error"], pytrace=False)
@@ -102,21 +101,6 @@ def server(tmp_path_factory, public_pem, private_key, request):
         fake.stop()
         report(request.config, f"test_hostile: {SENT['requests']} hostile requests sent over real sockets "
                                f"({SENT['accepted']} accepted, {SENT['refused']} refused)")
-
-
-def _wait_until_ready(base: str, process, timeout: float = 90) -> None:
-    """Like procs.wait_until_up, but patient with a loaded machine (slow answers are retried)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"exited with {process.returncode}:\n{Path(process.log_path).read_text()[-3000:]}")
-        try:
-            if requests.get(base + "/readyz", timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"not ready after {timeout}s:\n{Path(process.log_path).read_text()[-3000:]}")
 
 
 def report(config, line: str) -> None:

@@ -41,7 +41,7 @@ from service.store import Store
 from service.videosdk import TokenSource, VideoSDKClient
 from service.worker import Worker
 
-from .conftest import API_KEY, ROOT, SECRET, TEST_RULES, event_body
+from .conftest import API_KEY, Clock, ROOT, SECRET, TEST_RULES, event_body
 from .fakeapi import Reply
 
 DEACTIVATE = "/v2/rooms/deactivate"
@@ -53,17 +53,9 @@ LEASE = 30.0
 WRONG_SECRET = "wrong-secret-" + secrets.token_hex(16)
 
 
-class Clock:
-    def __init__(self, now: float = T0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture

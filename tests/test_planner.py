@@ -422,3 +422,28 @@ def test_recheck_changed_rule_that_no_longer_holds_cancels(changed_yaml, room, r
     assert plan.verdict == "cancel"
     assert plan.reason == f"{reason} ({new.short_hash})"
     assert plan.outcome is None and plan.due_at is None
+
+
+# -- a timer whose trigger no longer parses (validation tightened in an upgrade) ----------------------
+
+
+def test_a_timer_whose_trigger_no_longer_parses_is_cancelled_not_fatal():
+    rule_set = rules(EMPTY)
+    timer = a_timer(rule_set, trigger=None)
+    plan = plan_event(rule_set, joined("p2"), NOW + 10, None, [timer], set(), acts=True)
+    assert [c.key for c in plan.cancels] == [KEY_EMPTY]
+    assert "no longer parses" in plan.cancels[0].reason
+    for decide in (lambda: fire_timer(rule_set, timer, NOW + 400, None, set(), acts=True),
+                   lambda: recheck_timer(rule_set, timer, NOW + 10, None)):
+        verdict = decide()
+        assert verdict.verdict == "cancel" and "no longer parses" in verdict.reason
+
+
+def test_plans_pending_timer_reads_an_unparseable_trigger_as_none():
+    from service.plans import pending_timer
+    from service.store import TimerRow
+
+    row = TimerRow(id=1, key=KEY_EMPTY, rule="empty", fingerprint="f", room_id=ROOM, session_id="s-1",
+                   action="deactivate", delivery_id="d", started_at=NOW, due_at=NOW + 300,
+                   trigger_body='{"webhookType": "participant-left", "data": {}}', trigger_verified=True)
+    assert pending_timer(row).trigger is None

@@ -284,3 +284,43 @@ def test_to_dict_from_dict_round_trip(steps):
 
 def test_from_dict_of_nothing_is_a_fresh_state():
     assert RoomState.from_dict(ROOM, {}) == RoomState(room_id=ROOM)
+
+
+# -- an unseen session while one is live ----------------------------------------------------------
+
+OLD = "5f00000000000000000000aa"  # ObjectId-shaped: created 2020-07
+NEW = "6a00000000000000000000bb"  # created 2026
+
+
+@pytest.mark.parametrize("stray", [
+    pytest.param(L("alice", "never-seen"), id="leave-of-an-unseen-session"),
+    pytest.param(E("never-seen"), id="end-of-an-unseen-session"),
+])
+def test_a_leave_or_end_of_an_unseen_session_cannot_take_over_a_live_one(stray):
+    live = fold([(J("alice", "cur"), 10), (J("bob", "cur"), 11)])
+    after = advance(live, stray, 1000)
+    assert (after.session_id, after.participants) == ("cur", frozenset({"alice", "bob"}))
+    later = advance(after, J("carol", "cur"), 1001)  # the live session's events still count
+    assert later.participants == frozenset({"alice", "bob", "carol"})
+
+
+def test_a_session_older_than_the_current_one_is_ignored_even_when_it_joins():
+    live = fold([(J("alice", NEW), 10)])
+    after = advance(live, J("mallory", OLD), 1000)  # a replayed join from an old session
+    assert (after.session_id, after.participants) == (NEW, frozenset({"alice"}))
+
+
+def test_a_newer_session_replaces_the_current_one():
+    live = fold([(J("alice", OLD), 10)])  # its end was never seen
+    after = advance(live, J("bob", NEW), 1000)
+    assert (after.session_id, after.participants, after.sessions) == (NEW, frozenset({"bob"}), 2)
+
+
+def test_an_old_event_beyond_the_remembered_sessions_does_not_freeze_the_room():
+    state = None
+    for i in range(RECENT_SESSIONS + 1):  # more ended sessions than are remembered
+        state = fold([(S(f"s{i}"), i), (E(f"s{i}"), i)], state)
+    state = fold([(J("alice", "cur"), 500), (J("bob", "cur"), 501)], state)
+    state = advance(state, L("alice", "s0"), 1000)  # very late: s0 is forgotten by now
+    state = advance(state, J("carol", "cur"), 1001)
+    assert (state.session_id, state.participants) == ("cur", frozenset({"alice", "bob", "carol"}))

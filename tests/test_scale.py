@@ -42,7 +42,7 @@ import pytest
 import requests
 
 from .conftest import event_body
-from .procs import ROOT, free_port
+from .procs import ROOT, free_port, wait_until_up
 
 pytestmark = pytest.mark.e2e
 
@@ -139,21 +139,6 @@ def worker_ids(process: subprocess.Popen) -> set[str]:
     return {f"{host}:{pid}" for pid in session_pids(process)}
 
 
-def wait_until_ready(base: str, process: subprocess.Popen, timeout: float = 120) -> None:
-    """Like procs.wait_until_up, but a slow /readyz (a loaded machine) is waited for too."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"exited with {process.returncode}:\n{Path(process.log_path).read_text()}")
-        try:
-            if requests.get(base + "/readyz", timeout=10).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"not ready after {timeout}s:\n{Path(process.log_path).read_text()}")
-
-
 class Db:
     """Plain psycopg reads of the shared database, from the test's side."""
 
@@ -234,7 +219,7 @@ def test_two_web_instances_and_three_workers_share_one_postgres(processes, pg_ur
     webs = [processes.start("web", PORT=str(port)) for port in ports]
     bases = [f"http://127.0.0.1:{port}" for port in ports]
     for base, web in zip(bases, webs):
-        wait_until_ready(base, web)
+        wait_until_up(base, web)
     workers = [processes.start("worker") for _ in range(WORKERS)]
 
     db = Db(pg_url)

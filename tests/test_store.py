@@ -36,6 +36,8 @@ from service.store import (AttemptRecord, ClaimedAction, NewDecision, NewDeliver
 from service.store import engine as store_engine
 from service.store import migrations, tables
 
+from .conftest import Clock
+
 T0 = 1_700_000_000.0  # the tests' "now": a fixed epoch second
 LEASE = 30.0
 MAX_ATTEMPTS = 10
@@ -49,20 +51,6 @@ TIMER_KEY = "hold|room-1|sess-1"
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-class Clock:
-    """A clock the test moves by hand: `Store(engine, clock=Clock())`."""
-
-    def __init__(self, now: float = T0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
 
 
 def backend(url: str) -> str:
@@ -218,7 +206,7 @@ def wait_for_pg_lock_waiters(url: str, n: int) -> None:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture
@@ -228,7 +216,7 @@ def make_store(database_url):
 
     def make(clock: Callable[[], float] | None = None, *, migrate: bool = True,
              url: str | None = None) -> Store:
-        store = Store.from_url(url or database_url, clock or Clock())
+        store = Store.from_url(url or database_url, clock or Clock(T0))
         made.append(store)
         if migrate:
             store.migrate()
@@ -690,7 +678,7 @@ def test_cancel_marks_the_pending_timer_cancelled(store):
         "status": "cancelled", "reason": "its condition stopped holding on participant-joined",
         "resolved_by": canceller.id, "resolved_at": T0 + 30}
     assert by_key["hold|room-1|other"]["status"] == "pending"  # only the named key
-    assert store.pending_timer_ids() == [by_key["hold|room-1|other"]["id"]]
+    assert [t[0] for t in store.pending_timers_by_rule()] == [by_key["hold|room-1|other"]["id"]]
 
     again = record(store, new_delivery(at=T0 + 31), cancels=[TimerCancel(TIMER_KEY, "again")])
     assert again.cancelled == ()  # a cancelled timer is not cancelled twice
@@ -783,7 +771,7 @@ def test_fire_due_timer_takes_the_most_overdue_first(store, clock):
         pass
 
     assert [row.id for row, _, _ in decider.calls] == [early["id"], tie["id"], late["id"]]
-    assert store.pending_timer_ids() == [future["id"]]
+    assert [t[0] for t in store.pending_timers_by_rule()] == [future["id"]]
 
 
 def _existing_action(store):
@@ -944,7 +932,7 @@ def test_firing_a_timer_while_a_delivery_for_its_room_arrives_does_not_deadlock(
     assert setup.delivery(delivery.id) is not None
 
 
-# -- recheck_timer and pending_timer_ids ------------------------------------------------------
+# -- recheck_timer and pending_timers_by_rule ------------------------------------------------------
 
 
 def test_recheck_wait_keeps_the_timer_and_notes_only_changes(store, clock):
@@ -994,7 +982,7 @@ def test_recheck_hands_the_decider_the_timer_room_state_and_keys(store, clock):
     # fired by the worker
     lambda store, clock: store.fire_due_timer(Decider(fire())),
     # cancelled by a re-check
-    lambda store, clock: store.recheck_timer(store.pending_timer_ids()[0],
+    lambda store, clock: store.recheck_timer([t[0] for t in store.pending_timers_by_rule()][0],
                                              Decider(TimerWrite("cancel", "rule removed"))),
     # cancelled by a delivery
     lambda store, clock: record(store, new_delivery(at=clock.now),
@@ -1012,7 +1000,7 @@ def test_recheck_of_a_timer_no_longer_pending_returns_none(store, clock, resolve
 
     assert decider.calls == []
     assert store.timers() == before
-    assert store.pending_timer_ids() == []
+    assert [t[0] for t in store.pending_timers_by_rule()] == []
 
 
 def test_recheck_cancel_records_why(store, clock):
@@ -1036,14 +1024,14 @@ def test_unknown_timer_verdict_raises_and_changes_nothing(store, clock):
     assert store.timers() == before
 
 
-def test_pending_timer_ids_lists_pending_timers_in_id_order(store, clock):
-    assert store.pending_timer_ids() == []
+def test_pending_timers_by_rule_lists_pending_timers_in_id_order(store, clock):
+    assert [t[0] for t in store.pending_timers_by_rule()] == []
     ids = [start_timer(store, f"hold|room-1|{i}", at=T0)[1]["id"] for i in range(4)]
     record(store, new_delivery(at=T0 + 1), cancels=[TimerCancel("hold|room-1|1", "joined")])
     clock.now = T0 + HOLD
     store.recheck_timer(ids[2], Decider(TimerWrite("cancel", "removed")))
 
-    assert store.pending_timer_ids() == [ids[0], ids[3]]
+    assert [t[0] for t in store.pending_timers_by_rule()] == [ids[0], ids[3]]
 
 
 # -- claim ----------------------------------------------------------------------------------
@@ -1664,7 +1652,7 @@ def unreachable_url(database_url, tmp_path, closed_port) -> str:
     lambda s: s.actions(),
     lambda s: s.fire_due_timer(Decider(fire())),
     lambda s: s.recheck_timer(1, Decider(fire())),
-    lambda s: s.pending_timer_ids(),
+    lambda s: s.pending_timers_by_rule(),
     lambda s: s.redrive(None),
     lambda s: s.remember_rules("a" * 64, "rules.yaml", "version: 1"),
     lambda s: s.last_good_rules(),
@@ -1672,7 +1660,7 @@ def unreachable_url(database_url, tmp_path, closed_port) -> str:
     lambda s: list(s.deliveries_since(T0)),
     lambda s: s.count_deliveries_since(T0),
 ], ids=["ping", "migrate", "schema_version", "ingest", "claim", "claim-per-minute", "actions",
-        "fire_due_timer", "recheck_timer", "pending_timer_ids", "redrive", "remember_rules",
+        "fire_due_timer", "recheck_timer", "pending_timers_by_rule", "redrive", "remember_rules",
         "last_good_rules", "room_story", "deliveries_since", "count_deliveries_since"])
 def test_unreachable_database_raises_store_unavailable(make_store, unreachable_url, call):
     store = make_store(migrate=False, url=unreachable_url)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, event_body
+from .conftest import ROOT, ended, joined, left
 from .fakeapi import Reply
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -29,18 +29,6 @@ def cli(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.Com
     base["PYTHONPATH"] = str(ROOT)  # the package, from any working directory
     return subprocess.run([sys.executable, "-m", "service", *args], cwd=cwd, env={**base, **(env or {})},
                           capture_output=True, text=True, timeout=60)
-
-
-def joined(room: str, who: str, session: str = "s1") -> bytes:
-    return event_body("participant-joined", meetingId=room, sessionId=session, participantId=who)
-
-
-def left(room: str, who: str, session: str = "s1") -> bytes:
-    return event_body("participant-left", meetingId=room, sessionId=session, participantId=who)
-
-
-def ended(room: str, session: str = "s1") -> bytes:
-    return event_body("session-ended", meetingId=room, sessionId=session)
 
 
 @pytest.fixture

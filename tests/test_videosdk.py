@@ -13,20 +13,12 @@ from service.errors import KeyUnavailable
 from service.videosdk import (TOKEN_RENEW_BEFORE, TOKEN_TTL, ApiResult, TokenSource, VideoSDKClient,
                               fetch_public_key, parse_retry_after)
 
-from .conftest import API_KEY, SECRET
+from .conftest import API_KEY, Clock, SECRET
 from .fakeapi import Reply
 
 DEACTIVATE = "/v2/rooms/deactivate"
 PUBLIC_KEY = "/v2/public/rsa-public-key"
 T0 = 1_700_000_000.0  # a fixed "now" for the fake clocks
-
-
-class Clock:
-    def __init__(self, now: float = T0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_client(base_url: str, *, timeout: float = 5.0, clock=None, secret: str = SECRET) -> VideoSDKClient:
@@ -99,7 +91,7 @@ RENEWAL = [
 
 @pytest.mark.parametrize("later, renewed", RENEWAL)
 def test_token_renewed_only_within_a_minute_of_expiry(later, renewed):
-    clock = Clock()
+    clock = Clock(T0)
     tokens = TokenSource(API_KEY, SECRET, clock=clock)
     first = tokens.token()
     assert decode(first)["iat"] == int(T0)
@@ -115,7 +107,7 @@ def test_token_renewed_only_within_a_minute_of_expiry(later, renewed):
 
 
 def test_renewed_token_is_then_reused_until_its_own_renewal():
-    clock = Clock()
+    clock = Clock(T0)
     tokens = TokenSource(API_KEY, SECRET, clock=clock)
     first = tokens.token()
     clock.now = T0 + TOKEN_TTL - TOKEN_RENEW_BEFORE
@@ -250,7 +242,7 @@ RETRY_AFTER_OVER_HTTP = [
 def test_retry_after_reaches_the_result(fake_api, headers, expected):
     fake_api.script(DEACTIVATE, Reply(429, {"message": "rate limited"}, headers=headers))
 
-    result = make_client(fake_api.base_url, clock=Clock()).deactivate_room("room-1")
+    result = make_client(fake_api.base_url, clock=Clock(T0)).deactivate_room("room-1")
 
     assert result.status == 429
     assert result.retry_after == expected

@@ -9,6 +9,7 @@ parsed webhook body through `Ingestor`, decided by a rule set parsed from YAML.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ from service.store import AttemptRecord, NewDecision, NewDelivery, PlanWrite, St
 from service.videosdk import TokenSource, VideoSDKClient
 from service.worker import Worker
 
-from .conftest import API_KEY, SECRET, event_body
+from .conftest import API_KEY, Clock, SECRET, event_body
 from .fakeapi import Reply
 
 DEACTIVATE = "/v2/rooms/deactivate"
@@ -40,17 +41,9 @@ SESSION = "sess-1"
 CHECK = f"/v2/sessions/{SESSION}/participants/active"
 
 
-class Clock:
-    def __init__(self, now: float = T0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture
@@ -593,8 +586,9 @@ def test_confirm_check_and_call_together_stay_within_the_lease(fake_api, store, 
     first.client.active_participants = slow_check
     assert first.run_once() is True
     assert fake_api.calls_to(DEACTIVATE) == []  # no call that could outlive the lease
-    [attempt] = store.attempts(action_id)
-    assert attempt["outcome"] == "retry" and "no time left in the lease" in attempt["error"]
+    assert store.attempts(action_id) == []  # given back unused: no attempt, none counted
+    action = store.action(action_id)
+    assert (action["status"], action["attempts"], action["lease_owner"]) == ("pending", 0, None)
     assert second.run_once() is True  # due at once: the next attempt checks again and acts
     assert fake_api.deactivations() == ["room-1"]
     assert store.action(action_id)["status"] == "done"
@@ -948,7 +942,7 @@ def test_a_store_outage_during_the_recheck_does_not_lose_it(fake_api, store, clo
     rules = RulesHolder(empty_rules())
     worker = make_worker(store, clock, fake_api.base_url, rules=rules)
     join_then_leave(store, rules, clock)
-    real = store.pending_timer_ids
+    real = store.pending_timers_by_rule
     outages = iter([StoreUnavailable("store unavailable: database is locked")])
 
     def flaky():
@@ -956,7 +950,7 @@ def test_a_store_outage_during_the_recheck_does_not_lose_it(fake_api, store, clo
             raise exc
         return real()
 
-    monkeypatch.setattr(store, "pending_timer_ids", flaky)
+    monkeypatch.setattr(store, "pending_timers_by_rule", flaky)
     rules.replace(empty_rules(hold="2m"))
     worker.rules_reloaded(rules.current)
     with pytest.raises(StoreUnavailable):
@@ -1108,3 +1102,72 @@ def test_build_worker_refuses_without_credentials(store, api_key, secret, missin
         build_worker(Settings(api_key=api_key, secret_key=secret), store, RulesHolder(session_rules()))
 
     assert missing in str(raised.value)
+
+
+# -- found in review -------------------------------------------------------------------------------
+
+
+def test_confirm_also_asks_about_the_rooms_current_session(fake_api, store, clock):
+    """The action came from session sess-1, but the room has moved on to a live session that
+    roomwarden knows of: someone in that one must stop the deactivation too."""
+    rules = RulesHolder(session_rules(confirm="active-participants"))
+    action_id = add_action(store, "room-1", at=T0, confirm="active-participants")
+    deliver(store, rules, clock, "participant-joined", meetingId="room-1", sessionId="sess-2",
+            participantId="carol")
+    fake_api.active["sess-2"] = [{"participantId": "carol"}]
+    worker = make_worker(store, clock, fake_api.base_url, rules=rules)
+    assert worker.run_once() is True
+    assert fake_api.deactivations(status=None) == []
+    checked = [c.path for c in fake_api.calls if c.path.endswith("/participants/active")]
+    assert checked == [CHECK, "/v2/sessions/sess-2/participants/active"]
+    action = store.action(action_id)
+    assert action["status"] == "cancelled" and "session sess-2" in action["last_error"]
+
+
+def test_a_cancelled_action_frees_its_key_so_the_rule_can_act_later(fake_api, store, clock):
+    """Someone was still there when the worker checked: "not now", not "never"."""
+    rules = RulesHolder(empty_rules(confirm="active-participants"))
+    join_then_leave(store, rules, clock)
+    fake_api.active[SESSION] = [{"participantId": "p-1"}]  # VideoSDK still sees p-1
+    worker = make_worker(store, clock, fake_api.base_url, rules=rules)
+    clock.now = DUE
+    assert worker.run_once() is True  # the timer fires: an action
+    assert worker.run_once() is True  # the check finds p-1: cancelled
+    [first] = store.actions(room_id=ROOM)
+    assert first["status"] == "cancelled"
+
+    fake_api.active[SESSION] = []  # p-1 really leaves, and says so again
+    clock.now = DUE + 60
+    receipt = deliver(store, rules, clock, "participant-left", meetingId=ROOM, sessionId=SESSION,
+                      participantId="p-1")
+    assert [d.outcome for d in receipt.decisions] == ["timer-started"]  # not a duplicate
+    clock.now = DUE + 60 + 300
+    while worker.run_once():
+        pass
+    assert fake_api.deactivations() == [ROOM]
+    assert sorted(a["status"] for a in store.actions(room_id=ROOM)) == ["cancelled", "done"]
+
+
+def test_an_unexpected_error_does_not_stop_the_worker_loop(fake_api, store, clock, monkeypatch):
+    worker = make_worker(store, clock, fake_api.base_url)
+    add_action(store, "room-1", at=T0)
+    calls = []
+    real = worker.run_once
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real()
+
+    monkeypatch.setattr(worker, "run_once", flaky)
+    stop = threading.Event()
+
+    def stop_when_done():
+        while not fake_api.deactivations():
+            time.sleep(0.01)
+        stop.set()
+
+    threading.Thread(target=stop_when_done, daemon=True).start()
+    worker.run(stop, 0.01)
+    assert fake_api.deactivations() == ["room-1"] and len(calls) >= 2

@@ -45,7 +45,8 @@ def configure(app: Flask) -> None:
     app.secret_key = session_key(token)
     app.config.update(SESSION_COOKIE_NAME=COOKIE, SESSION_COOKIE_PATH="/dashboard",
                       SESSION_COOKIE_SECURE=True, SESSION_COOKIE_HTTPONLY=True,
-                      SESSION_COOKIE_SAMESITE="Strict", PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME)
+                      SESSION_COOKIE_SAMESITE="Strict", PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
+                      SESSION_REFRESH_EACH_REQUEST=False)  # 12 hours from signing in, not from the last click
 
 
 def enabled() -> bool:

@@ -89,6 +89,10 @@ class OutboxMixin:
             values = dict(status=FINAL[attempt.outcome], lease_owner=None, lease_until=None,
                           updated_at=now, last_status=attempt.http_status,
                           last_error=attempt.error)
+            if attempt.outcome == "cancelled":
+                # "Not now" (someone was there), not "never": free the key, so that the rule can
+                # act for this room and session when its condition holds again.
+                values["key"] = f"{claim.key}#cancelled-{claim.id}"
             if attempt.next_due_at is not None:
                 values["due_at"] = attempt.next_due_at
             moved = conn.execute(
@@ -132,13 +136,17 @@ class OutboxMixin:
             return dict(row) if row else None
 
     @guarded
-    def actions(self, *, status: str | None = None, room_id: str | None = None,
-                limit: int = 100) -> list[Row]:
-        query = select(actions).order_by(actions.c.id).limit(limit)
+    def actions(self, *, status: str | None = None, room_id: str | None = None, limit: int = 100,
+                newest_first: bool = False, before: int | None = None) -> list[Row]:
+        """Actions by id; `newest_first` with `before` (an action id) pages back from the newest."""
+        order = actions.c.id.desc() if newest_first else actions.c.id
+        query = select(actions).order_by(order).limit(limit)
         if status is not None:
             query = query.where(actions.c.status == status)
         if room_id is not None:
             query = query.where(actions.c.room_id == room_id)
+        if before is not None:
+            query = query.where(actions.c.id < before)
         with self._read() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 

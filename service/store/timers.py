@@ -39,10 +39,12 @@ class TimersMixin:
         return None
 
     @guarded
-    def pending_timer_ids(self) -> list[int]:
+    def pending_timers_by_rule(self) -> list[tuple[int, str, str]]:
+        """(id, rule, fingerprint) of every pending timer, read-only: what a reload must re-check."""
         with self._read() as conn:
-            return list(conn.execute(select(timers.c.id).where(timers.c.status == "pending")
-                                     .order_by(timers.c.id)).scalars())
+            return [tuple(row) for row in conn.execute(
+                select(timers.c.id, timers.c.rule, timers.c.fingerprint)
+                .where(timers.c.status == "pending").order_by(timers.c.id))]
 
     @guarded
     def recheck_timer(self, timer_id: int, decide: Decide) -> TimerWrite | None:
