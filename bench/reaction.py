@@ -16,7 +16,6 @@ from .ingest import service_env
 
 TARGET_P50_MS = 50
 TARGET_P99_MS = 250
-COMPARISON_POLL = "0.05"
 
 RULES = """\
 version: 1
@@ -67,7 +66,7 @@ def start_services(name: str, out: Path, procs: Processes, pem: Path, rules: Pat
 
 
 def _one_store(store: str, url: str, shown_url: str | None, signer: Signer, out: Path, procs: Processes,
-               duration: float, rate: float, commands: list[str], poll: str | None = None) -> tuple[list, list]:
+               duration: float, rate: float, commands: list[str]) -> tuple[list, list]:
     pem = out / "webhook-public.pem"
     pem.write_text(signer.public_pem)
     rules = out / "rules-reaction.yaml"
@@ -75,9 +74,8 @@ def _one_store(store: str, url: str, shown_url: str | None, signer: Signer, out:
     fake = _fake_api(signer.public_pem)
     web = worker = None
     try:
-        name = f"reaction-{store}" + (f"-poll-{poll}" if poll else "")
-        web, worker = start_services(name, out, procs, pem, rules, url, fake.base_url, commands, shown_url,
-                                     {"WORKER_POLL_SECONDS": poll} if poll else None)
+        web, worker = start_services(f"reaction-{store}", out, procs, pem, rules, url, fake.base_url, commands,
+                                     shown_url, None)
         port = web.port
 
         def payloads(prefix: str, count: int) -> tuple[list[str], list[bytes]]:
@@ -127,12 +125,6 @@ def run(signer: Signer, out: Path, procs: Processes, duration: float, pg_base: s
     summary, row = _one_store("sqlite", f"sqlite:///{out}/reaction.db", None, signer, out, procs, duration, rate,
                               commands)
     rows = [row]
-    # For comparison only (not the configuration the targets are about): the same with a short poll.
-    _, row = _one_store("sqlite", f"sqlite:///{out}/reaction-poll.db", None, signer, out, procs, duration, rate,
-                        commands, poll=COMPARISON_POLL)
-    row[0] = f"sqlite, WORKER_POLL_SECONDS={COMPARISON_POLL} (comparison only)"
-    row[5] = row[7] = "-"
-    comparison = row
     if pg_base:
         database = ThrowawayDatabase(pg_base)
         try:
@@ -142,19 +134,16 @@ def run(signer: Signer, out: Path, procs: Processes, duration: float, pg_base: s
             rows.append(row)
         finally:
             database.drop()
-    rows.append(comparison)
     return summary, "\n".join([
         "## 3. Reaction: signed event in, deactivate call out",
         "",
-        f"The Procfile's `web` and `worker` processes (WORKER_POLL_SECONDS unset: its default, 0.5 s), "
-        f"one rule (`close-after-session`: on session-ended, deactivate, no `for:`, no `confirm:`), the "
-        f"fake VideoSDK API of tests/fakeapi.py in the bench process (with TCP_NODELAY on its connections: "
-        f"as it stands it costs ~40 ms of delayed ACK per call). {int(rate * duration)} signed "
+        f"The Procfile's `web` and `worker` processes (WORKER_POLL_SECONDS unset: its default, 0.05 s; an "
+        f"idle worker looks with a read-only query), one rule (`close-after-session`: on session-ended, "
+        f"deactivate, no `for:`, no `confirm:`), the fake VideoSDK API of tests/fakeapi.py in the bench "
+        f"process. {int(rate * duration)} signed "
         f"session-ended events, each for its own room, at {rate:g} per second for {duration:g} s (open loop, "
         "after 10 unmeasured warm-up events). Reaction = when the fake API received the room's deactivate "
-        "call minus when the event's request was written to the socket (one clock: both in this process). "
-        f"The last row is the same run with WORKER_POLL_SECONDS={COMPARISON_POLL}, for comparison only: "
-        "it shows how much of the reaction time is the worker's idle poll.",
+        "call minus when the event's request was written to the socket (one clock: both in this process).",
         "",
         table(["store", "events", "sent /s", "webhook answer p50 / p99 ms", "reaction p50 ms",
                f"p50 <= {TARGET_P50_MS} ms", "reaction p99 ms", f"p99 <= {TARGET_P99_MS} ms",
