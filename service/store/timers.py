@@ -23,9 +23,9 @@ class TimersMixin:
         Locks are taken room first, then timer, the order a delivery takes them in,
         so a timer firing while a delivery for its room arrives cannot deadlock.
         """
-        now = self.clock()
-        with self._write() as conn:
-            for _ in range(10):  # another worker may take the timer we picked; pick again
+        for _ in range(10):  # another worker may take the timer we picked: pick again, in a new transaction
+            now = self.clock()
+            with self._write() as conn:
                 candidate = conn.execute(
                     select(timers.c.id, timers.c.room_id)
                     .where(timers.c.status == "pending", timers.c.due_at <= now)
@@ -34,8 +34,10 @@ class TimersMixin:
                 if candidate is None:
                     return None
                 write = self._decide_locked(conn, candidate.id, candidate.room_id, decide, now)
-                if write is not None:
-                    return write
+            # (Never a second room in one transaction: two workers holding one room each and
+            # wanting the other's would deadlock.)
+            if write is not None:
+                return write
         return None
 
     @guarded
