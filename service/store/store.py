@@ -23,8 +23,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from . import migrations
+from .driver import run
 from .engine import READ_ONLY, make_engine, writer_queue
 from .dashboard import DashboardMixin
+from .batch import GroupCommit
 from .guard import guarded
 from .history import HistoryMixin
 from .intake import IntakeMixin
@@ -38,8 +40,9 @@ class Store(IntakeMixin, TimersMixin, OutboxMixin, HistoryMixin, DashboardMixin)
         self.engine = engine
         self.clock = clock
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
-        self._sql = Statements(self._insert)
+        self._sql = Statements(self._insert, engine.dialect)
         self._writers = writer_queue(engine)
+        self._intake = GroupCommit(self._ingest_together)
 
     @classmethod
     def from_url(cls, url: str, clock: Callable[[], float] = time.time) -> "Store":
@@ -67,8 +70,9 @@ class Store(IntakeMixin, TimersMixin, OutboxMixin, HistoryMixin, DashboardMixin)
         for each other instead of both starting from nothing (PostgreSQL); on
         SQLite the write transaction already serializes them.
         """
-        conn.execute(self._sql.insert_room, {"room_id": room_id, "state": {}, "updated_at": self.clock()})
-        return conn.execute(self._sql.lock_room, {"room_id": room_id}).scalar_one()
+        run(conn, self._sql.insert_room, {"room_id": room_id, "state": "{}", "updated_at": self.clock()})
+        (state,) = run(conn, self._sql.lock_room, {"room_id": room_id}).fetchone()
+        return self._sql.lock_room.json(state)
 
     # -- schema and health -----------------------------------------------------
 
