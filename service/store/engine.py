@@ -87,9 +87,11 @@ class WriterQueue:
     Without it, processes racing for SQLite's write lock retry on SQLite's own
     sleeping back-off (1, 2, 5 ... 100 ms), so one unlucky request can wait
     hundreds of milliseconds while others get through. Here a waiter tries a
-    non-blocking flock every half millisecond at first, backing off to 5 ms, so
-    a freed lock is taken within a few milliseconds; there is no strict
-    first-come order. Past the busy timeout the store is reported unavailable (503).
+    non-blocking flock every half millisecond at first, backing off to 1 ms, so
+    a freed lock is taken within a millisecond; there is no strict first-come
+    order. With group commit (batch.py) one thread a process waits here at a
+    time, so the polling costs little. Past the busy timeout the store is
+    reported unavailable (503).
     """
 
     def __init__(self, path: str, timeout: float):
@@ -109,7 +111,7 @@ class WriterQueue:
                     if time.monotonic() > deadline:
                         raise StoreUnavailable("store unavailable: database is locked") from None
                     time.sleep(pause)
-                    pause = min(pause * 1.5, 0.005)
+                    pause = min(pause * 1.5, 0.001)
             yield
         finally:
             os.close(fd)  # closing the file releases the lock
