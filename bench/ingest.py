@@ -4,6 +4,9 @@ settings, same machine, same run, same load generator, taking turns round by rou
 from __future__ import annotations
 
 import itertools
+import json
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,11 +32,13 @@ class IngestConfig:
     wrk_threads: int = 1
     bodies: int = 400
     open_loop_connections: int = 64
+    budget_events: int = 1000  # bench/budget.py: deliveries timed stage by stage, in one process
     drain: float = 15.0  # open loop: seconds after the last request is due before giving up on answers
 
 
 FULL = IngestConfig(rounds=5, duration=10, warmup=3, fixed_rounds=3, fixed_duration=10)
-QUICK = IngestConfig(rounds=2, duration=3, warmup=1, fixed_rounds=1, fixed_duration=3, drain=5.0)
+QUICK = IngestConfig(rounds=2, duration=3, warmup=1, fixed_rounds=1, fixed_duration=3, drain=5.0,
+                     budget_events=200)
 
 
 @dataclass
@@ -144,12 +149,24 @@ def run(signer: Signer, out: Path, procs: Processes, config: IngestConfig, pg_ba
                     f"sent {fmt(result.sent_rate, 0)}/s, p50 {fmt(result.p50_ms, 2)} ms, "
                     f"p99 {fmt(result.p99_ms, 2)} ms, errors {result.errors}")
         commands.append(f"ingest, fixed rate: `{targets[0].fixed[0].command}`")
-        return _report(targets, config, use_wrk, fixed_wrk2, rate)
+        for target in targets:  # the budget runs alone, on a quiet machine
+            procs.stop(target.proc)
+        budget = _budget(config, commands)
+        return _report(targets, config, use_wrk, fixed_wrk2, rate, budget)
     finally:
         for target in targets:
             procs.stop(target.proc)
         if database is not None:
             database.drop()
+
+
+def _budget(config: IngestConfig, commands: list[str]) -> dict:
+    command = [sys.executable, "-m", "bench.budget", str(config.budget_events), "3"]
+    log(f"ingest: where a delivery's time goes ({config.budget_events} deliveries, in one process)")
+    done = subprocess.run(command, cwd=BENCH.parent, env=base_env(), capture_output=True, text=True,
+                          timeout=600, check=True)
+    commands.append(f"ingest, stage by stage: `python -m bench.budget {config.budget_events} 3`")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _settle(target: Target, timeout: float = 120) -> None:
@@ -186,13 +203,14 @@ def _check_accepted(targets: list[Target], body: bytes, signature: str) -> None:
 
 
 def _report(targets: list[Target], config: IngestConfig, use_wrk: bool, fixed_wrk2: bool,
-            rate: float) -> tuple[list, str]:
+            rate: float, budget: dict) -> tuple[list, str]:
     bare = targets[0]
     b_rps = median([r.rps for r in bare.closed])
     b_p50 = median([r.p50_ms for r in bare.closed])
     b_p99 = median([r.p99_ms for r in bare.closed])
     b_fixed = median([r.p99_ms for r in bare.fixed])
     rows_max, rows_fixed, rows_rounds, summary = [], [], [], []
+    bare_us = next(iter(budget["stages_us"].values()))  # the first stage is the bare app's whole request
     for target in targets[1:]:
         rps = median([r.rps for r in target.closed])
         p50 = median([r.p50_ms for r in target.closed])
@@ -270,6 +288,18 @@ def _report(targets: list[Target], config: IngestConfig, use_wrk: bool, fixed_wr
         table(["app", "rate asked /s", "rate sent /s bare / real", "p50 ms bare / real", "p99 ms bare",
                "p99 ms real", "p99 ratio", "target", "verdict", "generator lag p99 ms bare / real",
                "errors bare / real"], rows_fixed),
+        "",
+        "### Where one delivery's time goes (one process, no load)",
+        "",
+        f"bench/budget.py: {budget['events']:,} of the same kind of deliveries through each stage alone, in one "
+        "process and one thread (Flask's test client, no sockets, no gunicorn), on a SQLite file set up as "
+        f"the service sets its own; the median of {budget['rounds']} rounds' means. Each stage is timed on "
+        "its own, so they overlap (the store's transaction includes planning, and its commit's fsync) and "
+        "do not sum to the whole request; what the whole real request costs beyond its parts is Flask's "
+        "dispatch, the request's log line, the metrics and the JSON answer.",
+        "",
+        table(["stage", "us per delivery", "x the bare app's whole request"],
+              [[name, fmt(us, 0), fmt(us / bare_us, 2)] for name, us in budget["stages_us"].items()]),
         "",
         "<details><summary>every round</summary>",
         "",

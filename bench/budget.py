@@ -1,0 +1,133 @@
+"""Where one delivery's time goes: each stage of the real request timed alone, in one process.
+
+Run by the ingest section (`python -m bench.budget` in a child process, so the service reads its
+settings from an environment of its own); prints one JSON object. Everything is single-threaded
+and in-process (Flask's test client, no sockets, no gunicorn), on a SQLite file with the service's
+own settings (WAL, synchronous=FULL), so the figures are CPU and fsync costs per delivery, not
+throughput. Each stage runs over every body, several rounds; the figure is the median round's
+mean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HEADERS = "videosdk-signature"
+
+
+def _per_event_us(call, items, rounds: int) -> float:
+    means = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for item in items:
+            call(item)
+        means.append((time.perf_counter() - started) / len(items) * 1e6)
+    return statistics.median(means)
+
+
+def _fsync_us(directory: Path, count: int = 300) -> float:
+    """One tiny write transaction on a SQLite file set up as the service sets its own (WAL, FULL)."""
+    path = directory / "fsync.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+    db.execute("CREATE TABLE t (x INTEGER)")
+
+    def write(i):
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT INTO t VALUES (?)", (i,))
+        db.execute("COMMIT")
+
+    try:
+        return _per_event_us(write, range(count), 3)
+    finally:
+        db.close()
+
+
+def measure(count: int, rounds: int) -> dict:
+    from bench.common import Signer, mixed_bodies
+
+    work = Path(tempfile.mkdtemp(prefix="roomwarden-budget-"))
+    signer = Signer()
+    (work / "key.pem").write_text(signer.public_pem)
+    (work / "metrics").mkdir()
+    os.environ.update({
+        "DATABASE_URL": f"sqlite:///{work}/roomwarden.db",
+        "RULES_FILE": str(Path(__file__).with_name("rules.yaml")),
+        "VIDEOSDK_WEBHOOK_PUBLIC_KEY": str(work / "key.pem"),
+        "VIDEOSDK_API_KEY": "bench", "VIDEOSDK_SECRET_KEY": "bench",
+        "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics"),
+        "LOG_LEVEL": "INFO",
+    })
+    import logging
+
+    from bench.bare_app import create_app as bare_app
+    from service import create_app
+    from service.events import parse_event
+    from service.planner import plan_event
+    from service.plans import room_state
+
+    app = create_app()
+    log_file = open(work / "service.log", "w")  # the request's log line is still built and written
+    for handler in logging.getLogger("roomwarden").handlers:
+        handler.setStream(log_file)
+    runtime = app.extensions["roomwarden"]
+    bodies = mixed_bodies(count, f"budget-{os.getpid()}")
+    signed = [(body, signer.sign(body)) for body in bodies]
+    events = [(body, parse_event(body)) for body in bodies]
+    rule_set = runtime.rules.current
+    now = time.time()
+
+    real, bare = app.test_client(), bare_app().test_client()
+
+    def post_real(item):
+        body, signature = item
+        response = real.post("/webhooks/videosdk", data=body, headers={
+            HEADERS: signature, "Content-Type": "application/json"})
+        assert response.status_code in (200, 202), response.data
+
+    def post_bare(item):
+        response = bare.post("/webhooks/videosdk", data=item[0], headers={"Content-Type": "application/json"})
+        assert response.status_code == 204
+
+    def plan(item):
+        _, event = item
+        plan_event(rule_set, event, now, room_state(event.room_id, None) if event.room_id else None,
+                   [], set(), acts=True)
+
+    for call, items in ((post_real, signed[:50]), (post_bare, signed[:50])):  # warm up
+        _per_event_us(call, items, 1)
+    stages = {
+        "bare app: whole request (Flask test client, JSON parsed, 204)": _per_event_us(post_bare, signed, rounds),
+        "real app: whole request (Flask test client)": _per_event_us(post_real, signed, rounds),
+        "signature check (RSA-2048, PKCS#1 v1.5)": _per_event_us(
+            lambda item: runtime.verifier.verify(item[0], item[1]), signed, rounds),
+        "parse and validate (json, marshmallow)": _per_event_us(parse_event, bodies, rounds),
+        "rules and planner, no store": _per_event_us(plan, events, rounds),
+        "store: the delivery's transaction alone (with planning, commit and fsync)": _per_event_us(
+            lambda item: runtime.ingestor.ingest(item[0], item[1], verified=True), events, rounds),
+        "of which: one commit's fsync on this disk (a one-row transaction)": _fsync_us(work),
+    }
+    runtime.store.close()
+    log_file.close()
+    shutil.rmtree(work, ignore_errors=True)
+    return {"events": count, "rounds": rounds, "stages_us": stages}
+
+
+def main(argv: list[str]) -> int:
+    count = int(argv[0]) if argv else 1000
+    rounds = int(argv[1]) if len(argv) > 1 else 3
+    print(json.dumps(measure(count, rounds)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
