@@ -1,5 +1,5 @@
 """The pure rule engine: operators, three-valued conditions, fields, evaluate (and the planner's keys),
-rules_for, traces."""
+rules_for, traces, and compiled evaluation agreeing with the condition trees."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from service.events import Event
 from service.planner import Outcome, action_key, plan_event
 from service.rooms import RoomState
+from service.rules.conditions import Compare
 from service.rules.engine import evaluate
 from service.rules.fields import MISSING, Facts
 from service.rules.loader import parse_rules
+from service.rules.model import Rule, RuleSet
 
 T0 = datetime(2022, 7, 5, 15, 55, 35, tzinfo=timezone.utc)
 DATA = {
@@ -621,3 +625,122 @@ def test_plan_event_uses_the_timezone_from_settings(tz, expected):
 ])
 def test_duration_operands_evaluate_as_seconds(when, expected):
     assert result_of(when, SE) is expected
+
+
+# -- compiled evaluation: the same verdicts and traces as the condition trees --------------------
+
+# Leaves chosen so that rules repeat them (and so share compiled nodes), with operands that `==`
+# confuses but tests and traces do not: 1, 1.0 and true; 0.0 and -0.0; "1".
+LEAVES = [
+    "room.id: room-1", "room.id: {ne: room-2}", "room.id: {in: [a, room-1]}", "room.id: {matches: '^room-'}",
+    "participant.id: p-1", "participant.name: {not_in: [Bob]}", "participant.id: {exists: false}",
+    "session.duration: {gte: 10m}", "session.duration: {gt: 10, lt: 601}", "session.age: {gt: 5m}",
+    "room.participants: {lte: 1}", "room.empty_for: {gte: 1m}", "room.sessions: {gt: 0}",
+    "data.count: 1", "data.count: 1.0", "data.count: true", "data.flag: true", "data.flag: 1", "data.text: '1'",
+    "data.ratio: {in: [1]}", "data.ratio: {in: [1.0]}", "data.ratio: 0.0", "data.ratio: -0.0",
+    "data.ratio: {gte: 0}", "data.nothing: null", "data.nested: {exists: true}", "data.list.1.x: y",
+    "now.weekday: {in: [sat, sun]}", "now.time: {gte: '09:00'}", "event: session-ended",
+]
+ODD_DATA = dict(DATA, count=True, ratio=-0.0, flag=1, text=1, nothing="", nested=None, list=[])
+EVENTS = [SE, PJ, SHORT, event(data=ODD_DATA), event("participant-left", participant_id="p-2",
+                                                        participant_name="Bob", data=ODD_DATA)]
+ROOMS = [None, IN_USE, EMPTY_90S, ENDED_30S, FRESH]
+
+
+def _flow(key: str, children: list[str]) -> str:
+    return f"{key}: [" + ", ".join("{%s}" % child for child in children) + "]"
+
+
+flow_conditions = st.recursive(
+    st.sampled_from(LEAVES),
+    lambda inner: st.one_of(st.lists(inner, min_size=1, max_size=3).map(lambda cs: _flow("all", cs)),
+                            st.lists(inner, min_size=1, max_size=3).map(lambda cs: _flow("any", cs)),
+                            inner.map(lambda c: "not: {%s}" % c)),
+    max_leaves=6)
+
+
+def exact(trace) -> str:
+    """A trace as text that tells 1 from 1.0 and true, which `==` on traces does not."""
+    return repr(trace)
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(whens=st.lists(st.one_of(st.none(), flow_conditions, st.sampled_from(LEAVES)), min_size=1, max_size=8),
+       ev=st.sampled_from(EVENTS), room=st.sampled_from(ROOMS), tz=st.sampled_from([None, "Europe/Berlin"]),
+       now=st.sampled_from([MON_2330_UTC_SUMMER, SAT_NOON_UTC, NOW_R]))
+def test_compiled_evaluation_agrees_with_the_condition_trees(whens, ev, room, tz, now):
+    settings_text = f"settings:\n  timezone: {tz}\n" if tz else ""
+    text = "version: 1\n" + settings_text + "rules:\n" + "".join(
+        f"  - {{name: r{i}, on: '*', action: deactivate" + (f", when: {{{when}}}" if when else "") + "}\n"
+        for i, when in enumerate(whens))
+    rules = rule_set(text)
+
+    def fresh():
+        return Facts(event=ev, now=now, room=room, tz=rules.settings.tz)
+    expected = [None if r.when is None else r.when.evaluate(fresh()) for r in rules.rules]
+    shared = fresh()  # both modes, twice, on one Facts: whatever the memo holds must not change a verdict
+    for traces in (True, False, True, False):
+        got = evaluate(rules, shared, traces=traces)
+        assert [r.rule for r in got] == list(rules.rules)
+        for res, reference in zip(got, expected):
+            if reference is None:
+                assert res.result is True and res.trace is None
+                continue
+            assert res.result is reference.result
+            if traces or res.result is True:
+                assert res.trace == reference and exact(res.trace) == exact(reference)
+            else:
+                assert res.trace is None
+
+
+def test_equal_conditions_share_a_compiled_node_and_unequal_ones_do_not():
+    rules = rule_set("version: 1\nrules:\n" + "".join(
+        f"  - {{name: r{i}, on: session-ended, action: deactivate, when: {{{when}}}}}\n" for i, when in enumerate([
+            "data.count: 1", "data.count: 1", "data.count: 1.0", "data.count: true",
+            "all: [{data.count: 1}, {room.id: room-1}]", "all: [{data.count: 1}, {room.id: room-1}]",
+            "data.ratio: 0.0", "data.ratio: -0.0"])))
+    nodes = [check.test for check in rules.checks_for("session-ended")]
+    assert nodes[0] is nodes[1] and nodes[4] is nodes[5]
+    assert len({id(n) for n in (nodes[0], nodes[2], nodes[3], nodes[4])}) == 4
+    assert nodes[6] is not nodes[7]
+    got = evaluate(rules, facts(SE))
+    assert [r.result for r in got] == [True, True, True, False, True, True, False, False]
+    assert [json.dumps(r.trace.to_dict()["operand"]) for r in got[:4]] == ["1", "1", "1.0", "true"]
+    assert [json.dumps(r.trace.to_dict()["operand"]) for r in got[6:]] == ["0.0", "-0.0"]
+
+
+def test_two_rule_sets_on_one_facts_keep_their_own_verdicts():
+    a = one_rule("room.id: room-1")
+    b = one_rule("room.id: room-2")
+    shared = facts(SE)
+    assert [r.result for r in evaluate(a, shared)] == [True]
+    assert [r.result for r in evaluate(b, shared, traces=False)] == [False]
+    assert [r.result for r in evaluate(a, shared, traces=False)] == [True]
+
+
+def test_a_hand_built_condition_with_an_unhashable_operand_still_evaluates():
+    when = Compare("data.list", "eq", [10, {"x": "y"}], [10, {"x": "y"}])  # not what the loader makes
+    rules = RuleSet(rules=(Rule("a", ("*",), "deactivate", when), Rule("b", ("*",), "deactivate", when)))
+    got = evaluate(rules, facts(SE))
+    assert [r.result for r in got] == [True, True]
+    assert [r.trace for r in got] == [when.evaluate(facts(SE))] * 2
+
+
+@pytest.mark.parametrize("nest", [
+    pytest.param(lambda depth: "{not: " * depth + "{room.id: x}" + "}" * depth, id="not"),
+    pytest.param(lambda depth: "{all: [" * depth + "{room.id: x}" + "]}" * depth, id="all"),
+])
+def test_the_deepest_condition_that_loads_evaluates_compiled(nest):
+    def text(depth):
+        return "version: 1\nrules:\n" + "".join(f"  - {{name: {name}, on: '*', action: deactivate, when: "
+                                                f"{nest(depth)}}}\n" for name in "ab")  # shared: memoized
+    depth, rules = 300, None
+    while rules is None:
+        depth -= 10
+        rules, _ = parse_rules(text(depth))
+    for traces in (True, False):
+        got = evaluate(rules, facts(SE), traces=traces)
+        reference = rules.rules[0].when.evaluate(facts(SE))
+        assert [r.result for r in got] == [reference.result] * 2
+        assert [r.trace for r in got] == [reference if traces or reference.result else None] * 2

@@ -2,27 +2,24 @@
 
 What a match leads to (an action, a timer, nothing for a protected room) is the
 planner's business: see `service/planner.py`.
+
+Conditions are evaluated through their compiled nodes (`compiled.py`): a condition that
+several rules share is tested once per event, and a verdict without a trace is a tuple
+the rule set made when it loaded.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from functools import partial
 
-from .conditions import Trace
 from .fields import Facts
-from .model import Rule, RuleSet
+from .model import RuleResult, RuleSet
 
+__all__ = ["RuleResult", "evaluate"]
 
-class RuleResult(NamedTuple):  # a tuple: one is made per rule per event
-    """One rule's verdict on one event, with the trace that explains it."""
-
-    rule: Rule
-    result: bool | None  # True: matched; False: did not; None: unknown (missing facts)
-    trace: Trace | None  # None for a rule without `when:`, or not asked for
-
-    @property
-    def matched(self) -> bool:
-        return self.result is True
+# RuleResult((rule, result, trace)) without the NamedTuple's Python-level `__new__`: one is
+# made per matching rule per event (see `compiled._trace`).
+_result = partial(tuple.__new__, RuleResult)
 
 
 def evaluate(rule_set: RuleSet, facts: Facts, *, traces: bool = True) -> tuple[RuleResult, ...]:
@@ -33,15 +30,16 @@ def evaluate(rule_set: RuleSet, facts: Facts, *, traces: bool = True) -> tuple[R
     """
     results = []
     append = results.append
-    for rule in rule_set.rules_for(facts.event.type):
-        when = rule.when
-        if when is None:
-            append(RuleResult(rule, True, None))
+    for rule, test, trace, always, unmatched, unknown in rule_set.checks_for(facts.event.type):
+        if test is None:
+            append(always)
         elif traces:
-            trace = when.evaluate(facts)
-            append(RuleResult(rule, trace.result, trace))
+            made = trace(facts)
+            append(_result((rule, made.result, made)))
         else:
-            result = when.test(facts)
-            append(RuleResult(rule, result, when.evaluate(facts) if result is True else None))
+            result = test(facts)
+            if result is True:
+                append(_result((rule, True, trace(facts))))
+            else:
+                append(unmatched if result is False else unknown)
     return tuple(results)
-

@@ -41,7 +41,7 @@ class Facts:
     now: float  # seconds since the epoch, from the caller's clock
     room: RoomState | None = None  # the room's state after the event
     tz: tzinfo = field(default=timezone.utc)
-    memo: dict = field(default_factory=dict, compare=False, repr=False)  # fields already read
+    memo: dict = field(default_factory=dict, compare=False, repr=False)  # fields read, conditions decided
 
     def local_now(self) -> datetime:
         return datetime.fromtimestamp(self.now, self.tz)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timezone as dt_timezone, tzinfo
 from fnmatch import fnmatchcase
+from typing import NamedTuple
 
-from .conditions import Condition
+from .compiled import Compiler, Test, Tracer
+from .conditions import Condition, Trace
 
 # What each action does at VideoSDK; the worker maps these names to API calls.
 ACTIONS = {
@@ -53,6 +55,40 @@ class Rule:
         return any(fnmatchcase(event_type, pattern) for pattern in self.on)
 
 
+class RuleResult(NamedTuple):  # a tuple: one is made per rule per event
+    """One rule's verdict on one event, with the trace that explains it."""
+
+    rule: Rule
+    result: bool | None  # True: matched; False: did not; None: unknown (missing facts)
+    trace: Trace | None  # None for a rule without `when:`, or not asked for
+
+    @property
+    def matched(self) -> bool:
+        return self.result is True
+
+
+class Check(NamedTuple):
+    """A rule made ready for `engine.evaluate`: its condition compiled (see `compiled.py`), and
+    the verdicts that carry no trace, made once here rather than per event (most rules do
+    not match)."""
+
+    rule: Rule
+    test: Test | None  # None: no `when:`, the rule always matches
+    trace: Tracer | None
+    always: RuleResult  # (rule, True, None): the verdict of a rule without `when:`
+    unmatched: RuleResult  # (rule, False, None)
+    unknown: RuleResult  # (rule, None, None)
+
+    @classmethod
+    def of(cls, rule: Rule, compiler: Compiler) -> "Check":
+        test = trace = None
+        if rule.when is not None:
+            node = compiler.compile(rule.when)
+            test, trace = node.test, node.trace
+        return cls(rule, test, trace, RuleResult(rule, True, None), RuleResult(rule, False, None),
+                   RuleResult(rule, None, None))
+
+
 @dataclass(frozen=True)
 class RuleSet:
     rules: tuple[Rule, ...]
@@ -66,9 +102,13 @@ class RuleSet:
     # that evaluating an event costs only the rules that can apply to its type.
     _exact: dict = field(default_factory=dict, repr=False, compare=False)
     _globbed: tuple = field(default=(), repr=False, compare=False)
-    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    _checks: tuple = field(default=(), repr=False, compare=False)  # a Check per rule, in file order
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)  # type -> (rules, checks)
 
     def __post_init__(self):
+        # One compiler for the whole set: equal conditions of its rules share a node.
+        compiler = Compiler(rule.when for rule in self.rules if rule.when is not None)
+        object.__setattr__(self, "_checks", tuple(Check.of(rule, compiler) for rule in self.rules))
         globbed = []
         for position, rule in enumerate(self.rules):
             if any(_GLOB_CHARS & set(p) for p in rule.on):
@@ -87,11 +127,19 @@ class RuleSet:
 
     def rules_for(self, event_type: str) -> tuple[Rule, ...]:
         """The rules whose `on:` covers this event type, in file order."""
+        return self._for(event_type)[0]
+
+    def checks_for(self, event_type: str) -> tuple[Check, ...]:
+        """The same rules, each as its `Check`, for `engine.evaluate`."""
+        return self._for(event_type)[1]
+
+    def _for(self, event_type: str) -> tuple[tuple[Rule, ...], tuple[Check, ...]]:
         cached = self._cache.get(event_type)
         if cached is None:
             positions = set(self._exact.get(event_type, ()))
             positions.update(i for i in self._globbed if self.rules[i].applies_to(event_type))
-            cached = tuple(self.rules[i] for i in sorted(positions))
+            ordered = sorted(positions)
+            cached = tuple(self.rules[i] for i in ordered), tuple(self._checks[i] for i in ordered)
             if len(self._cache) < 4096:  # event types are open-ended; bound the memo
                 self._cache[event_type] = cached
         return cached

@@ -9,6 +9,7 @@ Only `exists` gives a definite answer about a missing field.
 from __future__ import annotations
 
 import math
+import operator
 import re
 from dataclasses import dataclass
 from numbers import Real
@@ -28,6 +29,8 @@ def _is_number(value: Any) -> bool:
         return True  # ints are finite, however large
     if kind is float:
         return math.isfinite(value)
+    if kind is str or kind is bool or value is None:
+        return False  # the usual non-numbers, without the slow check for other Reals below
     return isinstance(value, Real) and not isinstance(value, (bool, int, float)) and math.isfinite(value)
 
 
@@ -44,6 +47,8 @@ def _same(actual: Any, operand: Any) -> bool:
 
 def _key(value: Any) -> tuple:
     """A value's identity for `in`: numbers by value (1 and 1.0 alike), everything else by type too."""
+    if type(value) is str:
+        return ("str", value)  # the usual case, first
     return ("number", value) if _is_number(value) else (type(value).__name__, value)
 
 
@@ -142,10 +147,23 @@ def _check_bool(operand, kind):
     return None if isinstance(operand, bool) else "needs true or false"
 
 
-def _present(test):
-    def wrapped(actual, operand):
-        return None if actual is MISSING else test(actual, operand)
-    return wrapped
+# The tests are plain functions of (actual, operand), one call each: every condition of
+# every rule that applies to an event calls one.
+
+def _eq(actual, operand):
+    return None if actual is MISSING else _same(actual, operand)
+
+
+def _ne(actual, operand):
+    return None if actual is MISSING else not _same(actual, operand)
+
+
+def _in_list(actual, members):
+    return None if actual is MISSING else _in(actual, members)
+
+
+def _not_in_list(actual, members):
+    return None if actual is MISSING else not _in(actual, members)
 
 
 def _ordered(compare):
@@ -159,6 +177,10 @@ def _ordered(compare):
     return test
 
 
+def _exists(actual, flag):
+    return (actual is not MISSING and actual is not None) == flag
+
+
 def _matches(actual, pattern):
     if actual is MISSING or not isinstance(actual, str):
         return None
@@ -166,22 +188,18 @@ def _matches(actual, pattern):
 
 
 OPERATORS: dict[str, Operator] = {op.name: op for op in (
-    Operator("eq", "equal to the operand (also written `field: value`)", _check_scalar,
-             _present(lambda a, o: _same(a, o))),
-    Operator("ne", "not equal to the operand", _check_scalar,
-             _present(lambda a, o: not _same(a, o))),
-    Operator("in", "equal to one of the listed values", _check_list,
-             _present(lambda a, o: _in(a, o)), compile=_member),
-    Operator("not_in", "equal to none of the listed values", _check_list,
-             _present(lambda a, o: not _in(a, o)), compile=_member),
-    Operator("gt", "a number, duration or time after the operand", _check_ordered, _ordered(lambda a, o: a > o)),
+    Operator("eq", "equal to the operand (also written `field: value`)", _check_scalar, _eq),
+    Operator("ne", "not equal to the operand", _check_scalar, _ne),
+    Operator("in", "equal to one of the listed values", _check_list, _in_list, compile=_member),
+    Operator("not_in", "equal to none of the listed values", _check_list, _not_in_list, compile=_member),
+    Operator("gt", "a number, duration or time after the operand", _check_ordered, _ordered(operator.gt)),
     Operator("gte", "a number, duration or time equal to or after the operand", _check_ordered,
-             _ordered(lambda a, o: a >= o)),
-    Operator("lt", "a number, duration or time before the operand", _check_ordered, _ordered(lambda a, o: a < o)),
+             _ordered(operator.ge)),
+    Operator("lt", "a number, duration or time before the operand", _check_ordered, _ordered(operator.lt)),
     Operator("lte", "a number, duration or time equal to or before the operand", _check_ordered,
-             _ordered(lambda a, o: a <= o)),
+             _ordered(operator.le)),
     Operator("matches", "a string in which the regular expression finds a match (Python `re.search`)",
              _check_regex, _matches, compile=re.compile),
     Operator("exists", "`true`: the field is present and not null; `false`: it is absent or null",
-             _check_bool, lambda a, o: (a is not MISSING and a is not None) == o),
+             _check_bool, _exists),
 )}
