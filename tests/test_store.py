@@ -1673,6 +1673,52 @@ def test_unreachable_database_raises_store_unavailable(make_store, unreachable_u
     assert isinstance(caught.value.__cause__, SQLAlchemyError)  # kept for the logs
 
 
+def test_driver_errors_come_out_as_sqlalchemys(make_store):
+    """The hot path runs on the driver's cursor (store/driver.py); its errors must still be
+    SQLAlchemy's classes, which is what `guarded` and the callers catch."""
+    from sqlalchemy import text
+
+    from service.store.driver import Compiled, run
+
+    store = make_store()
+    broken = Compiled(text("SELECT missing_column FROM deliveries"), store.engine.dialect)
+    with pytest.raises(SQLAlchemyError) as caught:
+        with store._write() as conn:
+            run(conn, broken, {})
+    assert type(caught.value.orig).__module__.split(".")[0] in ("sqlite3", "psycopg")
+    assert "missing_column" in str(caught.value.orig)
+    assert row_counts(store) == counts()
+    record(store, new_delivery(), [new_decision("k")])  # the store works on after it
+    assert row_counts(store)["deliveries"] == 1
+
+
+def test_a_connection_dropped_mid_delivery_is_unavailable_then_recovers(make_store, database_url):
+    if backend(database_url) != "postgresql":
+        pytest.skip("only a server connection can be dropped")
+    import psycopg
+
+    store = make_store()
+    dropped = new_delivery(room_id="room-dropped")
+
+    def plan_then_drop(state, timers, keys):
+        # The server ends every other session of this database, the store's open one included,
+        # after the delivery's first statements ran and before its room update and decisions.
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        return PlanWrite({"n": 1}, (new_decision("k-dropped", room_id="room-dropped"),))
+
+    with pytest.raises(StoreUnavailable):
+        store.ingest(dropped, plan_then_drop)
+
+    # Nothing of it was kept, and the same store (its pool) takes the delivery on the next try.
+    assert row_counts(store) == counts()
+    receipt = record(store, dropped, [new_decision("k-dropped", room_id="room-dropped")],
+                     room_state={"n": 1})
+    assert [d.outcome for d in receipt.decisions] == ["scheduled"]
+    assert store.room("room-dropped")["state"] == {"n": 1}
+
+
 class _Lock:
     """Another connection's open write transaction, holding the store's tables."""
 
