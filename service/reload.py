@@ -57,6 +57,9 @@ class RulesHolder:
             metrics.RELOADS.labels(result="failure").inc()
 
 
+_NOT_LOOKED = object()  # a file identity equal to none, not even a missing file's (None)
+
+
 def _identity(path: Path) -> tuple | None:
     try:
         st = os.stat(path)
@@ -115,7 +118,9 @@ class RulesWatcher:
         self.interval = interval
         self.store = store
         self.on_reload = on_reload
-        self._seen = _identity(self.path)
+        # Unknown at first: the file may have changed between the load of the rules in force and
+        # now, so the first look compares its text with them (and reloads if they differ).
+        self._seen: object = _NOT_LOOKED
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()

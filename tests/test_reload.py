@@ -68,6 +68,19 @@ def test_an_unchanged_or_touched_file_is_not_reloaded(watched):
     assert watcher.check() is False and reloaded == []
 
 
+def test_a_file_changed_between_the_load_and_the_watcher_is_reloaded(tmp_path):
+    # A gunicorn worker loads its rules, then starts watching: a file replaced in between
+    # (seen in CI: one worker kept the old rules for good) must still be picked up.
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES_A)
+    holder = RulesHolder(load_rules(path))
+    replace_file(path, RULES_B)
+    watcher = RulesWatcher(holder, path, interval=None)
+    assert watcher.check() is True
+    assert names(holder) == ["b"]
+    assert watcher.check() is False  # and only once
+
+
 def test_a_broken_file_leaves_the_last_good_rules_and_says_why(watched):
     path, holder, watcher, reloaded = watched
     replace_file(path, BROKEN)
