@@ -765,7 +765,8 @@ WARNINGS = [
                  [(6, 7, "'participant.id' is never set on session-ended events (only on participant-*), "
                          "so this test is never true")], id="participant-field-on-session-ended"),
     pytest.param(one_rule("session.duration: {gt: 1m}", on="participant-left"),
-                 [(6, 7, "'session.duration' is never set on participant-left events (only on session-ended)")],
+                 [(6, 7, "'session.duration' is never set on participant-left events (only on session-ended)"),
+                  (7, 13, "'deactivate' on participant-left without 'confirm: active-participants'")],
                  id="session-duration-on-participant-left"),
     pytest.param(one_rule("not:\n  any:\n    - room.id: a\n    - participant.name: bob", on="session-started"),
                  [(9, 13, "'participant.name' is never set on session-started events")], id="nested-field"),
@@ -777,13 +778,23 @@ WARNINGS = [
     pytest.param(one_rule("participant.id: p1", on="batchcall-*"),
                  [(4, 9, "'batchcall-*' matches no event type"),
                   (6, 7, "'participant.id' is never set on batchcall-* events")], id="both-in-file-order"),
+    # acting on a leave without asking VideoSDK first
+    pytest.param(one_rule(on="participant-left"), [(5, 13, "'deactivate' on participant-left without 'confirm: active-participants': events can arrive late or out of "
+                                                            "order")], id="deactivate-on-leave"),
+    pytest.param(one_rule(on="'participant-*'", action="end-session"),
+                 [(5, 13, "'end-session' on participant-left without")], id="end-session-on-leave-glob"),
+    pytest.param(one_rule("participant.id: p1", on="'*'"), [(7, 13, "'deactivate' on participant-left without 'confirm: active-participants'")], id="star-carries-everything"),
+    pytest.param(one_rule("participant.id: p1", on="[participant-left, session-ended]"), [(7, 13, "'deactivate' on participant-left without 'confirm: active-participants'")],
+                 id="one-type-carries"),
     # no warnings
-    pytest.param(one_rule("participant.id: p1", on="'*'"), [], id="star-carries-everything"),
-    pytest.param(one_rule("participant.id: p1", on="[participant-left, session-ended]"), [], id="one-type-carries"),
+    pytest.param(one_rule(on="participant-left").replace("    action:", "    confirm: active-participants\n"
+                                                          "    action:"), [], id="leave-with-confirm"),
+    pytest.param(one_rule(on="participant-left").replace("    action:", "    dry_run: true\n    action:"), [],
+                 id="leave-dry-run"),
     pytest.param(one_rule("participant.id: p1", on="participant-recording-started"), [], id="participant-recording"),
     pytest.param(one_rule("session.duration: {gt: 1}", on="'session-*'"), [], id="glob-covers-session-ended"),
     pytest.param(one_rule("room.empty_for: {gt: 5m}\nsession.age: {gt: 1h}\nnow.time: '22:00'",
-                          on="participant-left"), [], id="room-and-clock-fields-on-any-event"),
+                          on="participant-joined"), [], id="room-and-clock-fields-on-any-event"),
     pytest.param(one_rule("data.kind: video", on="hls-started"), [], id="data-paths-never-warn"),
 ]
 

@@ -307,6 +307,11 @@ class _Reader:
         if len(self.problems) > before:
             return None
         self.warn_unreachable(on, present["on"])
+        if confirm is None and not dry_run and any(_overlap(p, "participant-left") for p in on):
+            # VideoSDK's events carry no order or time: the room's count is a best guess.
+            self.warn(present["action"], f"'{action}' on participant-left without 'confirm: "
+                                         "active-participants': events can arrive late or out of order, "
+                                         "so a room can look empty while someone is in it")
         # What makes two versions of a rule "the same" for its pending timers: all but its description.
         raw = self.loader.construct_object(node, deep=True)
         raw.pop("description", None)
