@@ -136,46 +136,35 @@ def _compare(condition: Compare, children: tuple) -> tuple[Test, Tracer]:
     return test, trace
 
 
-def _all(condition: All, children: tuple[Node, ...]) -> tuple[Test, Tracer]:
-    tests, tracers = tuple(c.test for c in children), tuple(c.trace for c in children)
+def _junction(name: str, decisive: bool):
+    """`all` (decided by the first False) or `any` (by the first True), three-valued: with no
+    decisive child, an unknown one makes the whole unknown."""
 
-    def test(facts):
-        unknown = False
-        for child in tests:
-            result = child(facts)
-            if result is False:
-                return False  # false whatever the others are
-            if result is None:
-                unknown = True
-        return None if unknown else True
+    def build(condition: All | Any_, children: tuple[Node, ...]) -> tuple[Test, Tracer]:
+        tests, tracers = tuple(c.test for c in children), tuple(c.trace for c in children)
+        otherwise = not decisive
 
-    def trace(facts):
-        traces = tuple([child(facts) for child in tracers])
-        results = [t.result for t in traces]
-        result = False if False in results else (None if None in results else True)
-        return _trace(("all", result, traces, None, None, None))
-    return test, trace
+        def test(facts):
+            unknown = False
+            for child in tests:
+                result = child(facts)
+                if result is decisive:
+                    return decisive  # whatever the others are
+                if result is None:
+                    unknown = True
+            return None if unknown else otherwise
+
+        def trace(facts):
+            traces = tuple([child(facts) for child in tracers])
+            results = [t.result for t in traces]
+            result = decisive if decisive in results else (None if None in results else otherwise)
+            return _trace((name, result, traces, None, None, None))
+        return test, trace
+    return build
 
 
-def _any(condition: Any_, children: tuple[Node, ...]) -> tuple[Test, Tracer]:
-    tests, tracers = tuple(c.test for c in children), tuple(c.trace for c in children)
-
-    def test(facts):
-        unknown = False
-        for child in tests:
-            result = child(facts)
-            if result is True:
-                return True  # true whatever the others are
-            if result is None:
-                unknown = True
-        return None if unknown else False
-
-    def trace(facts):
-        traces = tuple([child(facts) for child in tracers])
-        results = [t.result for t in traces]
-        result = True if True in results else (None if None in results else False)
-        return _trace(("any", result, traces, None, None, None))
-    return test, trace
+_all = _junction("all", False)
+_any = _junction("any", True)
 
 
 def _not(condition: Not, children: tuple[Node, ...]) -> tuple[Test, Tracer]:
