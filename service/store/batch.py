@@ -49,28 +49,53 @@ class GroupCommit(Generic[Work, Result]):
         self._write = write
         self._max = max_batch
         self._queue: deque[Job] = deque()
-        self._leader = threading.Lock()
+        self._turn = threading.Condition()  # guards the queue and `_leading`
+        self._leading = False  # a thread is writing a batch
 
     def submit(self, work: Work) -> Result:
         job: Job = Job(work)
-        self._queue.append(job)  # deque.append and popleft are atomic
-        with self._leader:
-            # Whoever holds the lock writes what is queued, this thread's work included
-            # unless an earlier leader wrote it already.
+        self._queue.append(job)  # atomic; the leader pops under `_turn`
+        while True:
+            with self._turn:
+                # A sender whose work is written returns as soon as its batch is committed: it
+                # never waits for the next leader's transaction to see its answer.
+                while not job.done and self._leading:
+                    self._turn.wait()
+                if job.done:
+                    break
+                # This thread writes what is queued (more than one batch may be ahead of its
+                # own work: hence the loop).
+                batch = self._take()
+                self._leading = True
             try:
-                while not job.done:  # more than one batch may be queued ahead of it
-                    batch = [self._queue.popleft() for _ in range(min(self._max, len(self._queue)))]
-                    self._run(batch)
+                self._run(batch)
             except BaseException:
-                # Interrupted while writing others' work: take this thread's own work back, so
-                # that nobody writes it later for a sender who was told it failed.
-                if not job.done:
-                    self._queue.remove(job)
-                    job.finish(error=StoreUnavailable("store unavailable: the write was interrupted"))
+                # Interrupted while writing: take this thread's own work back, if it is still
+                # queued, so that nobody writes it later for a sender who was told it failed.
+                with self._turn:
+                    if not job.done and job in self._queue:
+                        self._queue.remove(job)
+                        job.finish(error=StoreUnavailable("store unavailable: the write was interrupted"))
                 raise
+            finally:
+                with self._turn:
+                    self._leading = False
+                    self._turn.notify_all()
         if job.error is not None:
             raise job.error
         return job.result
+
+    def _take(self) -> list[Job]:
+        batch: list[Job] = []
+        try:
+            while self._queue and len(batch) < self._max:
+                batch.append(self._queue.popleft())
+        except BaseException:  # interrupted mid-way: what was taken is answered, not dropped
+            for job in batch:
+                job.finish(error=StoreUnavailable("store unavailable: the write was interrupted"))
+            self._turn.notify_all()
+            raise
+        return batch
 
     def _run(self, batch: list[Job]) -> None:
         try:

@@ -23,9 +23,11 @@ class IntakeMixin:
         actions, all locked, so concurrent deliveries for one room are decided one
         after the other. A decision whose action key is already taken is recorded
         as `duplicate`; a timer whose key already has a pending one, as
-        `timer-running`. Deliveries that arrive together in one process share a
-        transaction (batch.py); each is still all-or-nothing.
+        `timer-running`. On SQLite, deliveries that arrive together in one process share
+        a transaction (batch.py); each is still all-or-nothing.
         """
+        if self._intake is None:
+            return self._ingest_together([(delivery, plan)])[0]
         return self._intake.submit((delivery, plan))
 
     @guarded
