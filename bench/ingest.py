@@ -164,7 +164,9 @@ def _budget(config: IngestConfig, commands: list[str]) -> dict:
     command = [sys.executable, "-m", "bench.budget", str(config.budget_events), "3"]
     log(f"ingest: where a delivery's time goes ({config.budget_events} deliveries, in one process)")
     done = subprocess.run(command, cwd=BENCH.parent, env=base_env(), capture_output=True, text=True,
-                          timeout=600, check=True)
+                          timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.budget failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     commands.append(f"ingest, stage by stage: `python -m bench.budget {config.budget_events} 3`")
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -27,8 +27,10 @@ class Compiled:
         compiled = statement.compile(dialect=dialect, column_keys=column_keys)
         self.sql = compiled.string
         # Values written into the statement itself (status = 'pending') are bind parameters too.
-        self._fixed = {name: bind.value for bind, name in compiled.bind_names.items()
-                       if not bind.required and bind.value is not None}
+        for bind in compiled.bind_names:
+            if bind.expanding or bind.callable is not None:
+                raise ValueError(f"{bind.key}: an expanding or computed parameter needs SQLAlchemy's own execute")
+        self._fixed = {name: bind.value for bind, name in compiled.bind_names.items() if not bind.required}
         self._order = compiled.positiontup  # names in order for a positional style (SQLite's ?)
         # SQLite hands JSON back as text; psycopg parses PostgreSQL's json type itself.
         self.json = json.loads if dialect.name == "sqlite" else _same

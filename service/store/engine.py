@@ -89,9 +89,9 @@ class WriterQueue:
     hundreds of milliseconds while others get through. Here a waiter tries a
     non-blocking flock every half millisecond at first, backing off to 1 ms, so
     a freed lock is taken within a millisecond; there is no strict first-come
-    order. With group commit (batch.py) one thread a process waits here at a
-    time, so the polling costs little. Past the busy timeout the store is
-    reported unavailable (503).
+    order. With group commit (batch.py) one request thread a process waits here
+    at a time (besides the worker's own writes), so the polling costs little.
+    Past the busy timeout the store is reported unavailable (503).
     """
 
     def __init__(self, path: str, timeout: float):
