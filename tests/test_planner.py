@@ -447,3 +447,24 @@ def test_plans_pending_timer_reads_an_unparseable_trigger_as_none():
                    action="deactivate", delivery_id="d", started_at=NOW, due_at=NOW + 300,
                    trigger_body='{"webhookType": "participant-left", "data": {}}', trigger_verified=True)
     assert pending_timer(row).trigger is None
+
+
+def test_plans_pending_timer_parses_each_stored_trigger_once_per_process():
+    # Every delivery for a room reads its pending timers again, inside the room's write lock:
+    # the trigger is parsed once and the same immutable Event comes back after that.
+    from service.plans import pending_timer
+    from service.store import TimerRow
+
+    body = ('{"webhookType": "participant-left", "data": {"meetingId": "cache-room", "sessionId": "s-9", '
+            '"participantId": "p-1", "participantName": "A"}}')
+
+    def row(id_):
+        return TimerRow(id=id_, key=KEY_EMPTY, rule="empty", fingerprint="f", room_id="cache-room",
+                        session_id="s-9", action="deactivate", delivery_id="d", started_at=NOW,
+                        due_at=NOW + 300, trigger_body=body, trigger_verified=True)
+
+    first, second = pending_timer(row(1)).trigger, pending_timer(row(2)).trigger
+    assert first is not None and first.room_id == "cache-room" and first.participant_id == "p-1"
+    assert second is first
+    with pytest.raises(TypeError):
+        first.data["meetingId"] = "other"  # shared, so it must not be writable
