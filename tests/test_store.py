@@ -1692,6 +1692,32 @@ def test_driver_errors_come_out_as_sqlalchemys(make_store):
     assert row_counts(store)["deliveries"] == 1
 
 
+def test_an_interrupt_inside_a_driver_statement_does_not_return_the_connection_to_the_pool(
+        make_store, monkeypatch):
+    """A KeyboardInterrupt or a worker's timeout raised while the driver runs a statement leaves
+    the connection in an unknown state: it is closed, not pooled, and the store works on."""
+    from sqlalchemy import text
+
+    from service.store.driver import Compiled, run
+
+    store = make_store()
+    statement = Compiled(text("SELECT 1"), store.engine.dialect)
+
+    def interrupted(values):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(statement, "params", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with store._write() as conn:
+            raw = conn.connection.driver_connection
+            run(conn, statement, {})
+    with pytest.raises(Exception, match="(?i)closed"):
+        raw.execute("SELECT 1")
+    assert row_counts(store) == counts()
+    record(store, new_delivery(), [new_decision("k")])
+    assert row_counts(store)["deliveries"] == 1
+
+
 def test_a_connection_dropped_mid_delivery_is_unavailable_then_recovers(make_store, database_url):
     if backend(database_url) != "postgresql":
         pytest.skip("only a server connection can be dropped")

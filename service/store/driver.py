@@ -6,9 +6,12 @@ times the cost of a simple SQLite statement. A delivery runs about eight, so
 the intake path compiles its statements once per store (`Compiled`) and runs
 them with `run`, inside the transaction SQLAlchemy opened, on the same
 connection. Errors come out as SQLAlchemy's own exception classes, and a
-dropped connection is invalidated, exactly as if SQLAlchemy had run the
-statement, so `guarded` and the callers see no difference. JSON values are
-serialized by the caller (`to_json`) and read back with `Compiled.json`.
+dropped connection is invalidated, as is one interrupted mid-statement (a
+worker's timeout, ^C), exactly as if SQLAlchemy had run the statement, so
+`guarded` and the callers see no difference. One thing differs: SQLAlchemy's
+`handle_error` event does not fire for these statements (nothing here listens
+for it). JSON values are serialized by the caller (`to_json`) and read back
+with `Compiled.json`.
 """
 
 from __future__ import annotations
@@ -53,6 +56,12 @@ def run(conn: Connection, statement: Compiled, values: Mapping[str, Any]):
         raise DBAPIError.instance(statement.sql, None, exc, conn.dialect.loaded_dbapi.Error,
                                   hide_parameters=True, connection_invalidated=dropped,
                                   dialect=conn.dialect) from exc
+    except BaseException as exc:
+        # Interrupted inside the driver (a worker's timeout, ^C): the connection's state is
+        # unknown, so it must not go back to the pool. SQLAlchemy does the same for these.
+        if not isinstance(exc, Exception) and not conn.closed:
+            conn.invalidate(exc)
+        raise
 
 
 def to_json(value: Any) -> str:
