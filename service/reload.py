@@ -132,7 +132,7 @@ class RulesWatcher:
             identity = _identity(self.path)
             if not force and identity == self._seen:
                 return False
-            self._seen = identity
+            first, self._seen = self._seen is _NOT_LOOKED, identity
             try:
                 data = self.path.read_bytes()
             except OSError as exc:
@@ -142,7 +142,10 @@ class RulesWatcher:
             try:
                 rule_set = load_rules(self.path)
             except RulesError as exc:
-                return self._fail("\n".join(exc.problems))
+                message = "\n".join(exc.problems)
+                if first and message == self.holder.last_error:
+                    return False  # the failure the process started on (with fallback rules), counted then
+                return self._fail(message)
             old = self.holder.current.short_hash
             self.holder.replace(rule_set)
             _remember(self.store, rule_set)

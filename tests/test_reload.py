@@ -128,6 +128,39 @@ def test_start_up_falls_back_to_the_last_good_rules_the_store_kept(tmp_path):
     store.close()
 
 
+def test_the_watchers_first_look_does_not_count_the_start_up_failure_again(tmp_path):
+    # A process that started on fallback rules has counted its file's failure once (the holder's
+    # `failed`, which feeds roomwarden_rules_reloads_total{result="failure"}); the watcher's
+    # first look at the same broken file must not count it a second time. A later change that
+    # still fails is a new failure.
+    class Counting(RulesHolder):
+        failures: int = 0
+
+        def failed(self, message):
+            self.failures += 1
+            super().failed(message)
+
+    store = Store.from_url(f"sqlite:///{tmp_path}/s.db")
+    store.migrate()
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES_A)
+    load_with_fallback(path, store)
+    path.write_text(BROKEN)
+    rule_set, error = load_with_fallback(path, store)
+    holder = Counting(rule_set, report=False)
+    holder.failed(error)  # as runtime.load_rules_holder does
+    watcher = RulesWatcher(holder, path, interval=None)
+
+    assert watcher.check() is False
+    assert holder.failures == 1 and holder.last_error == error
+    replace_file(path, BROKEN.replace("obliterate", "vaporize"))
+    assert watcher.check() is False
+    assert holder.failures == 2 and "vaporize" in holder.last_error
+    replace_file(path, RULES_B)
+    assert watcher.check() is True and names(holder) == ["b"] and holder.last_error is None
+    store.close()
+
+
 def test_start_up_with_a_broken_file_and_nothing_to_fall_back_to_refuses(tmp_path):
     store = Store.from_url(f"sqlite:///{tmp_path}/s.db")
     store.migrate()
