@@ -1,6 +1,7 @@
 """What an API answer means for its action: done, failed for good, retried when, or dead.
 
-Pure: an `ApiResult`, the attempt number and a random source in; a `Verdict` out.
+Pure: an API answer (anything shaped like `videosdk.ApiResult`), the attempt number and a random
+source in; a `Verdict` out. It imports nothing of the HTTP client.
 
 | answer                                   | verdict                                           |
 |------------------------------------------|---------------------------------------------------|
@@ -17,9 +18,21 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
-from .videosdk import ApiResult
+
+class ApiAnswer(Protocol):
+    """What the policy reads of an answer (videosdk.ApiResult has it)."""
+
+    @property
+    def status(self) -> int | None: ...  # None: no HTTP answer at all
+
+    @property
+    def retry_after(self) -> float | None: ...  # seconds, when the answer said when to come back
+
+    @property
+    def ok(self) -> bool: ...
+
 
 PERMANENT = {400: "bad request", 402: "room not found", 404: "room not found"}
 CREDENTIALS = {401, 403}
@@ -48,7 +61,7 @@ class RetryPolicy:
         ceiling = min(self.max_delay, self.base_delay * 2 ** min(max(0, attempt - 1), 64))
         return ceiling / 2 + rand() * ceiling / 2
 
-    def judge(self, result: ApiResult, attempt: int, rand: Callable[[], float] = random.random) -> Verdict:
+    def judge(self, result: ApiAnswer, attempt: int, rand: Callable[[], float] = random.random) -> Verdict:
         status = result.status
         if result.ok:
             return Verdict("done")
