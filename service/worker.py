@@ -277,6 +277,8 @@ class Worker:
                                        verdict.credentials_problem)), None
             count = count_participants(check.body)
             if count is None:
+                # A 200 whose body cannot be read is retried like no answer at all, and the breaker
+                # counts it as a failure: an API that answers but says nothing usable is not healthy.
                 unreadable = ApiResult(None, check.latency_ms, "confirm: could not read the active participants")
                 return (unreadable, self.policy.judge(unreadable, claim.attempts, self.rand)), None
             if count > 0:

@@ -1171,3 +1171,18 @@ def test_an_unexpected_error_does_not_stop_the_worker_loop(fake_api, store, cloc
     threading.Thread(target=stop_when_done, daemon=True).start()
     worker.run(stop, 0.01)
     assert fake_api.deactivations() == ["room-1"] and len(calls) >= 2
+
+
+def test_an_unreadable_confirm_answer_counts_as_a_breaker_failure(fake_api, store, clock):
+    # A 200 whose body says nothing usable is not a healthy API: the breaker counts it, as it
+    # counts no answer at all; a readable answer afterwards closes the count again.
+    fake_api.script(CHECK, Reply(200, {"foo": 1}))
+    worker = make_worker(store, clock, fake_api.base_url)
+    action_id = add_action(store, "room-1", at=T0, confirm="active-participants")
+
+    assert worker.run_once() is True
+    assert worker.breaker.failures == 1
+    clock.now = store.action(action_id)["due_at"]
+    assert worker.run_once() is True  # the fake's default answer: nobody active; then deactivated
+    assert worker.breaker.failures == 0
+    assert fake_api.deactivations() == ["room-1"]
