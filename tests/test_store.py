@@ -252,6 +252,59 @@ def test_migrate_applies_each_step_once(make_store):
     assert migrated == [1]
 
 
+def _schema(conn, schema: str | None = None) -> dict:
+    """Every table of the store as the database reports it: columns, keys, indexes."""
+    found = inspect(conn)
+    described = {}
+    for table in sorted(tables.metadata.tables):
+        if table == "schema_migrations":
+            continue
+        indexes = []
+        for index in found.get_indexes(table, schema=schema):
+            options = {k: str(v) for k, v in index.get("dialect_options", {}).items() if k.endswith("_where")}
+            indexes.append((index["name"], tuple(index["column_names"]), bool(index["unique"]), options))
+        described[table] = {
+            "columns": [(c["name"], str(c["type"]), c["nullable"], c.get("autoincrement") is True)
+                        for c in found.get_columns(table, schema=schema)],
+            "primary": found.get_pk_constraint(table, schema=schema)["constrained_columns"],
+            "foreign": sorted((tuple(f["constrained_columns"]), f["referred_table"], tuple(f["referred_columns"]))
+                              for f in found.get_foreign_keys(table, schema=schema)),
+            "unique": sorted(tuple(u["column_names"]) for u in found.get_unique_constraints(table, schema=schema)),
+            "indexes": sorted(indexes),
+        }
+    return described
+
+
+def test_the_migration_steps_build_exactly_what_tables_py_declares(make_store, database_url, tmp_path):
+    """The steps are frozen SQL; tables.py is what the code's statements are built from. A change
+    to tables.py without a new step (or a step edited after release) fails here."""
+    from sqlalchemy import create_engine, text
+
+    store = make_store()
+    declared_engine = None
+    try:
+        if backend(database_url) == "sqlite":
+            declared_engine = create_engine(f"sqlite:///{tmp_path}/declared.db")
+            with declared_engine.begin() as conn:
+                tables.metadata.create_all(conn)
+            with declared_engine.connect() as conn:
+                declared = _schema(conn)
+        else:
+            with store.engine.begin() as conn:
+                conn.execute(text("CREATE SCHEMA declared"))
+                tables.metadata.create_all(conn.execution_options(schema_translate_map={None: "declared"}))
+            with store.engine.connect() as conn:
+                declared = _schema(conn, "declared")
+        with store.engine.connect() as conn:
+            migrated = _schema(conn)
+    finally:
+        if declared_engine is not None:
+            declared_engine.dispose()
+    assert migrated.keys() == declared.keys() and len(migrated) == 7
+    for table in declared:
+        assert migrated[table] == declared[table], table
+
+
 def test_concurrent_migrations_all_succeed_and_apply_once(make_store):
     stores = [make_store(migrate=False) for _ in range(4)]
     # Each store has connected once (an empty database still: no schema), so what races

@@ -4,12 +4,14 @@
 Concurrent callers are safe: on PostgreSQL an advisory lock serializes them; on
 SQLite the write transaction (BEGIN IMMEDIATE) does.
 
-A step, once released, never changes: a later change to the schema is a new step.
+A step, once released, never changes: a later change to the schema is a new step
+(tests/test_store.py checks that the steps together build what tables.py declares).
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 from sqlalchemy import Connection, inspect, select, text
@@ -20,17 +22,26 @@ from . import tables
 _LOCK_KEY = int.from_bytes(b"roomwrdn", "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def _initial(conn: Connection) -> None:
-    # Step 1 is still open: no release has shipped it. From the first release on, it is
-    # frozen, and a schema change is a new step that alters tables.
-    tables.metadata.create_all(conn, tables=[
-        tables.deliveries, tables.actions, tables.timers, tables.decisions, tables.attempts,
-        tables.rooms, tables.rules_versions,
-    ])
+STEPS_DIR = Path(__file__).with_name("steps")
+
+
+def _sql_file(name: str) -> Callable[[Connection], None]:
+    """A step written as SQL, one file per dialect (`steps/NAME.DIALECT.sql`), frozen once released.
+
+    Plain SQL rather than `metadata.create_all`: tables.py describes the schema as it is now,
+    and a step must create what it created when it shipped, whatever tables.py says later."""
+    def step(conn: Connection) -> None:
+        path = STEPS_DIR / f"{name}.{conn.dialect.name}.sql"
+        lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("--")]
+        for statement in "\n".join(lines).split(";\n"):
+            if statement.strip():
+                conn.exec_driver_sql(statement)
+    return step
 
 
 STEPS: tuple[tuple[int, str, Callable[[Connection], None]], ...] = (
-    (1, "initial: deliveries, decisions, actions, attempts, rooms, timers, rules_versions", _initial),
+    (1, "initial: deliveries, decisions, actions, attempts, rooms, timers, rules_versions",
+     _sql_file("0001_initial")),
 )
 
 
