@@ -20,20 +20,29 @@ def pending_timer(row: TimerRow) -> PendingTimer:
     """The stored timer, its trigger parsed again. A trigger that no longer parses (validation
     tightened in an upgrade) comes back as None, and the planner cancels the timer, saying why:
     it must not poison every later delivery for its room."""
+    body = row.trigger_body
+    trigger = _cached_trigger(body) if len(body) <= CACHED_TRIGGER_MAX else _trigger(body)
     return PendingTimer(key=row.key, rule=row.rule, fingerprint=row.fingerprint, room_id=row.room_id,
                         session_id=row.session_id, started_at=row.started_at, due_at=row.due_at,
-                        trigger=_trigger(row.trigger_body), id=row.id)
+                        trigger=trigger, id=row.id)
 
 
-@lru_cache(maxsize=512)
+# Every later delivery for a room reads its pending timers again, inside the room's write lock:
+# parsing each trigger once per process keeps that work (about 0.1 ms a timer) off the serial
+# path. An Event is frozen and nothing writes into its data, so one may be shared. Only ordinary
+# bodies are kept: a 64 KiB body can parse into megabytes, and 512 of those would be a process's
+# memory.
+CACHED_TRIGGER_MAX = 4096
+
+
 def _trigger(body: str) -> Event | None:
-    # Every later delivery for the room reads its pending timers again, inside the room's write
-    # lock: parsing each trigger once per process keeps that work (about 0.1 ms a timer) off the
-    # serial path. Events are immutable, so one may be shared; the bodies are the stored ones.
     try:
         return parse_event(body.encode("utf-8"))
     except PayloadInvalid:
         return None
+
+
+_cached_trigger = lru_cache(maxsize=512)(_trigger)
 
 
 def new_decision(outcome: Outcome) -> NewDecision:

@@ -468,3 +468,12 @@ def test_plans_pending_timer_parses_each_stored_trigger_once_per_process():
     assert second is first
     with pytest.raises(TypeError):
         first.data["meetingId"] = "other"  # shared, so it must not be writable
+
+    # A large body is parsed each time instead: 512 of them kept could be a process's memory.
+    from service.plans import CACHED_TRIGGER_MAX
+
+    padding = "x" * CACHED_TRIGGER_MAX
+    body = body.replace('"A"', f'"A", "note": "{padding}"')
+    large, again = pending_timer(row(3)).trigger, pending_timer(row(4)).trigger
+    assert large is not None and again is not None and large.room_id == again.room_id == "cache-room"
+    assert again is not large
