@@ -143,7 +143,7 @@ class RulesWatcher:
                 rule_set = load_rules(self.path)
             except RulesError as exc:
                 message = "\n".join(exc.problems)
-                if first and message == self.holder.last_error:
+                if first and not force and message == self.holder.last_error:
                     return False  # the failure the process started on (with fallback rules), counted then
                 return self._fail(message)
             old = self.holder.current.short_hash

@@ -153,9 +153,14 @@ def test_the_watchers_first_look_does_not_count_the_start_up_failure_again(tmp_p
 
     assert watcher.check() is False
     assert holder.failures == 1 and holder.last_error == error
+    # An operator's SIGHUP (a forced look, also the first one when polling is off) is a reload
+    # attempt of its own: it counts, and says when it failed.
+    forced = RulesWatcher(holder, path, interval=None)
+    assert forced.check(force=True) is False
+    assert holder.failures == 2
     replace_file(path, BROKEN.replace("obliterate", "vaporize"))
     assert watcher.check() is False
-    assert holder.failures == 2 and "vaporize" in holder.last_error
+    assert holder.failures == 3 and "vaporize" in holder.last_error
     replace_file(path, RULES_B)
     assert watcher.check() is True and names(holder) == ["b"] and holder.last_error is None
     store.close()
