@@ -264,15 +264,22 @@ def _schema(conn, schema: str | None = None) -> dict:
             options = {k: str(v) for k, v in index.get("dialect_options", {}).items() if k.endswith("_where")}
             indexes.append((index["name"], tuple(index["column_names"]), bool(index["unique"]), options))
         described[table] = {
-            "columns": [(c["name"], str(c["type"]), c["nullable"], c.get("autoincrement") is True)
+            "columns": [(c["name"], str(c["type"]), c["nullable"], c.get("autoincrement") is True,
+                         _default(c.get("default"), schema), bool(c.get("identity")))
                         for c in found.get_columns(table, schema=schema)],
             "primary": found.get_pk_constraint(table, schema=schema)["constrained_columns"],
-            "foreign": sorted((tuple(f["constrained_columns"]), f["referred_table"], tuple(f["referred_columns"]))
+            "foreign": sorted((tuple(f["constrained_columns"]), f["referred_table"], tuple(f["referred_columns"]),
+                               tuple(sorted(f.get("options", {}).items())))
                               for f in found.get_foreign_keys(table, schema=schema)),
             "unique": sorted(tuple(u["column_names"]) for u in found.get_unique_constraints(table, schema=schema)),
             "indexes": sorted(indexes),
         }
     return described
+
+
+def _default(default: str | None, schema: str | None) -> str | None:
+    # A SERIAL column's default names its sequence, which is qualified outside the default schema.
+    return default.replace(f"{schema}.", "") if default and schema else default
 
 
 def test_the_migration_steps_build_exactly_what_tables_py_declares(make_store, database_url, tmp_path):
@@ -300,6 +307,9 @@ def test_the_migration_steps_build_exactly_what_tables_py_declares(make_store, d
     finally:
         if declared_engine is not None:
             declared_engine.dispose()
+        else:
+            with store.engine.begin() as conn:
+                conn.execute(text("DROP SCHEMA IF EXISTS declared CASCADE"))
     assert migrated.keys() == declared.keys() and len(migrated) == 7
     for table in declared:
         assert migrated[table] == declared[table], table
