@@ -219,6 +219,16 @@ def _stat(pid: int) -> tuple[int, int] | None:
     return int(fields[1]), int(fields[3])
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time a process has used so far, from /proc/PID/stat."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def session_pids(sid: int) -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
