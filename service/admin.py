@@ -50,6 +50,23 @@ def admin_only(view):
     return wrapped
 
 
+MAX_ID = 2 ** 63 - 1  # the largest id a database's integer column holds
+
+
+def id_arg(name: str, what: str) -> int | None:
+    """The query argument `name` as a positive id (None when absent or empty), or a 400."""
+    text = request.args.get(name)
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_ID:
+        abort(400, f"{name} must be {what}")
+    return value
+
+
 def _limit() -> int:
     try:
         return max(1, min(MAX_LIMIT, int(request.args.get("limit", 100))))
@@ -77,10 +94,7 @@ def deliveries():
 @admin_only
 def actions():
     limit = _limit()
-    try:
-        before = int(request.args["before"]) if "before" in request.args else None
-    except ValueError:
-        abort(400, "before must be an action id")
+    before = id_arg("before", "an action id")
     rows = _runtime().store.actions(status=request.args.get("status"), room_id=request.args.get("room"),
                                     limit=limit, newest_first=True, before=before)
     return jsonify({"actions": rows, "next_before": rows[-1]["id"] if len(rows) == limit else None})

@@ -12,11 +12,12 @@ import logging
 import os
 import time
 
-from flask import Blueprint, Flask, current_app, g, jsonify, request
+from flask import Blueprint, Flask, abort, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import admin, dashboard, metrics
-from .errors import DeliveryRejected, RequestRejected, SignatureInvalid, StoreUnavailable, Unavailable
+from .errors import (DeliveryRejected, KeyUnavailable, RequestRejected, SignatureInvalid, StoreUnavailable,
+                     Unavailable)
 from .events import parse_event
 from .signature import HEADER
 
@@ -117,6 +118,10 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _start():
         g.started, g.log_fields = time.perf_counter(), {}
+        # No id, cursor or filter of this service holds a NUL, and PostgreSQL refuses one in a
+        # string: say so here rather than let a lookup fail as a 500.
+        if "\x00" in request.path or any("\x00" in value for _, values in request.args.lists() for value in values):
+            abort(400, "the request's path or query has a NUL character")
 
     @app.after_request
     def _log(response):
@@ -142,7 +147,10 @@ def init_app(app: Flask) -> None:
         if request.path == WEBHOOK:  # an admin page during an outage is not a refused delivery
             metrics.count_rejection(503, signature=False)
         g.setdefault("log_fields", {})["error"] = str(exc)  # the detail is for the log only
-        public = "store unavailable; retry later" if isinstance(exc, StoreUnavailable) else str(exc)
+        # The detail (the API's address, the network error) is for the log only, as for the store.
+        public = ("store unavailable; retry later" if isinstance(exc, StoreUnavailable)
+                  else "the webhook public key is not available yet; retry later" if isinstance(exc, KeyUnavailable)
+                  else str(exc))
         response = _error(503, public)
         response.headers["Retry-After"] = str(exc.retry_after)
         return response

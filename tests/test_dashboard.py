@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from itsdangerous import TimestampSigner
 
 from service import explain
 from service.dashboard.auth import session_key
@@ -393,9 +394,12 @@ def test_the_dashboard_reads_on_each_database(database_url):
 
     order = [f"room-{i}" for i in (5, 2, 4, 1, 3, 0)]  # updated_at descending, then room id descending
     page, after = store.rooms_page(limit=4)
-    assert [r["room_id"] for r in page] == order[:4] and after == order[3]
-    rest, after = store.rooms_page(limit=4, after=after)
-    assert [r["room_id"] for r in rest] == order[4:] and after is None
+    assert [r["room_id"] for r in page] == order[:4] and after.endswith("~" + order[3])
+    rest, end = store.rooms_page(limit=4, after=after)
+    assert [r["room_id"] for r in rest] == order[4:] and end is None
+    assert store.rooms_page(limit=4, after=order[3])[0] == rest  # a bare room id, from an older link
+    with pytest.raises(ValueError):
+        store.rooms_page(limit=4, after="soon~room-1")
     [with_timer], _ = store.rooms_page(limit=4, with_timers=True)
     assert with_timer["room_id"] == "room-4" and [t["key"] for t in with_timer["timers"]] == ["t"]
     assert [a["status"] for a in with_timer["actions"]] == ["done"]
@@ -685,3 +689,93 @@ def test_the_dashboard_in_a_browser(browser, processes, rules_file, fake_api, si
     assert all(url.startswith(base) for url in seen_urls), "nothing is loaded from elsewhere"
     assert not any(TOKEN in url for url in seen_urls)
     context.close()
+
+
+# == at the edges (found in a review; each failed before its fix) ===================================
+# Ids past 64 bits and NUL characters get a 4xx, not a 500; a session ends 12 hours after signing
+# in whatever is done with it; the rooms pages hold still while rooms change.
+
+ADMIN_HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+TOO_BIG = str(2 ** 63)  # one past the largest 64-bit integer a database column holds
+
+
+# -- ids past 64 bits: a 4xx, not a 500 (the database refused them) --
+
+
+def test_api_actions_before_past_64_bits_is_a_400(dash_app):
+    answer = dash_app.test_client().get(f"/api/actions?before={TOO_BIG}", headers=ADMIN_HEADERS)
+    assert answer.status_code == 400
+
+
+def test_dashboard_actions_before_past_64_bits_is_a_400(dash_app):
+    client, _ = sign_in(dash_app)
+    assert client.get(f"/dashboard/actions?before={TOO_BIG}").status_code == 400
+
+
+def test_re_drive_of_an_action_id_past_64_bits_is_a_4xx(dash_app):
+    client, csrf = sign_in(dash_app)
+    answer = client.post(f"/dashboard/actions/{TOO_BIG}/redrive", data={"csrf": csrf})
+    assert 300 <= answer.status_code < 500
+
+
+# -- NUL characters: a 400, not a 500 (PostgreSQL refused them) --
+
+
+@pytest.fixture
+def pg_dash_app(make_app, rules_file, pg_url):
+    rules_file.write_text(RULES)
+    return make_app(ADMIN_TOKEN=TOKEN, DATABASE_URL=pg_url)
+
+
+@pytest.mark.parametrize("path", ["/api/rooms/room%00x", "/api/deliveries?room=%00", "/api/deliveries?before=%00",
+                                  "/api/actions?room=%00", "/api/actions?status=%00",
+                                  "/dashboard/rooms/room%00x", "/dashboard/rooms?after=%00"])
+def test_a_nul_in_a_room_id_or_cursor_is_a_4xx_on_postgresql(pg_dash_app, path):
+    if path.startswith("/dashboard"):
+        client, _ = sign_in(pg_dash_app)
+        answer = client.get(path)
+    else:
+        answer = pg_dash_app.test_client().get(path, headers=ADMIN_HEADERS)
+    assert answer.status_code < 500, answer.get_data(as_text=True)
+
+
+# -- the dashboard session --
+
+
+def test_a_re_drive_does_not_extend_the_session_past_12_hours(dash_app, dead_action, monkeypatch):
+    from service.dashboard import auth
+
+    now = [1_900_000_000]
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: now[0])
+    monkeypatch.setattr(auth.time, "time", lambda: now[0])
+    client, csrf = sign_in(dash_app)
+    now[0] += 11 * 3600
+    assert client.post(f"/dashboard/actions/{dead_action}/redrive", data={"csrf": csrf}).status_code == 303
+    assert client.get("/dashboard/actions").status_code == 200  # shows (and pops) the flash
+    now[0] += 2 * 3600  # 13 hours after signing in
+    assert client.get("/dashboard/").status_code == 303  # signed out by then
+
+
+# -- rooms paging --
+
+
+def test_rooms_page_two_does_not_repeat_page_one_when_a_room_gets_an_event(dash_app, sign):
+    client = dash_app.test_client()
+
+    def deliver(body):
+        answer = client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": sign(body)})
+        assert answer.status_code in (200, 202)
+
+    for i in range(60):
+        deliver(event_body("session-started", meetingId=f"room-{i:04d}", sessionId="s1"))
+    dash, _ = sign_in(dash_app)
+    links = re.compile(r'class="room-link" href="/dashboard/rooms/([^"]+)"')
+    first = dash.get("/dashboard/rooms").get_data(as_text=True)
+    page_one = links.findall(first)
+    older = html.unescape(re.search(r'rel="next" href="([^"]+)"', first)[1])
+    assert len(page_one) == 50
+    last = page_one[-1]
+    deliver(event_body("participant-joined", meetingId=last, sessionId="s1", participantId="ann"))
+    page_two = links.findall(dash.get(older).get_data(as_text=True))
+    assert len(page_two) == 10
+    assert not set(page_two) & set(page_one), f"{len(set(page_two) & set(page_one))} rooms repeated"

@@ -204,6 +204,7 @@ def test_no_key_yet_answers_503_and_never_accepts(make_app, fake_api, sign):
     client = app.test_client()
     response = client.post("/webhooks/videosdk", data=ENDED, headers={"videosdk-signature": sign(ENDED)})
     assert response.status_code == 503 and "public key" in response.get_json()["error"]
+    assert fake_api.base_url not in response.get_data(as_text=True)  # the address is for the log only
     assert stored(app)["deliveries"] == 0
 
 

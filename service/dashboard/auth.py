@@ -6,6 +6,11 @@ setting is needed, and changing the token signs everyone out. The token itself
 is only ever read from a POSTed form and compared in constant time; it is never
 put in a page, a URL, the cookie or a log line.
 
+A session lasts 12 hours from signing in, whatever is done with it: the time of
+signing in is in the cookie and checked on every request. The session is
+stateless, so signing out clears this browser's cookie only: a copy of it taken
+before stays valid until its 12 hours are up, or until ADMIN_TOKEN changes.
+
 Every POST carries the session's CSRF token in a hidden `csrf` field: missing is
 a 400, wrong a 403, and nothing is done. The sign-in form has one too (a session
 is started for it before sign-in), so a third-party page cannot sign a browser
@@ -17,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from datetime import timedelta
 
 from flask import Flask, abort, current_app, request, session
@@ -54,7 +60,9 @@ def enabled() -> bool:
 
 
 def signed_in() -> bool:
-    return session.get("signed_in") is True
+    since = session.get("since")
+    return (session.get("signed_in") is True and isinstance(since, (int, float))
+            and 0 <= time.time() - since <= SESSION_LIFETIME.total_seconds())
 
 
 def csrf_token() -> str:
@@ -82,6 +90,7 @@ def sign_in(given: str | None) -> bool:
     session.clear()  # a fresh session: nothing from before sign-in carries over
     session.permanent = True
     session["signed_in"] = True
+    session["since"] = int(time.time())  # the cookie's own expiry is renewed whenever the session changes
     session["csrf"] = secrets.token_urlsafe(32)
     return True
 

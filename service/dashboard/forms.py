@@ -11,6 +11,7 @@ import time
 from flask import current_app, flash, redirect, render_template, request, url_for
 
 from .. import trial
+from ..admin import MAX_ID
 from ..errors import PayloadInvalid
 from . import auth, bp
 
@@ -40,7 +41,7 @@ def logout():
     return redirect(url_for(".login"), 303)
 
 
-@bp.post("/actions/<int:action_id>/redrive")
+@bp.post(f"/actions/<int(max={MAX_ID}):action_id>/redrive")
 def redrive(action_id: int):
     if _runtime().store.redrive([action_id]):
         flash(f"Action #{action_id} is pending again, due now.", "ok")

@@ -9,6 +9,7 @@ import time
 from flask import abort, current_app, redirect, render_template, request, url_for
 
 from .. import explain
+from ..admin import id_arg
 from . import bp, charts, present
 
 PAGE = 50  # rows a page
@@ -53,7 +54,10 @@ def rooms():
     now = time.time()
     with_timers = request.args.get("timers") == "1"
     after = request.args.get("after") or None
-    page, next_after = runtime.store.rooms_page(limit=PAGE, after=after, with_timers=with_timers)
+    try:
+        page, next_after = runtime.store.rooms_page(limit=PAGE, after=after, with_timers=with_timers)
+    except ValueError:
+        abort(400, "after must be a rooms page cursor, as the 'older' link gives")
     rule_set = runtime.rules.current
     return render_template("dashboard/rooms.html", rooms=[present.room_row(r, rule_set, now) for r in page],
                            total=runtime.store.count_rooms(with_timers=with_timers), with_timers=with_timers,
@@ -94,10 +98,7 @@ def actions():
     status = request.args.get("status") or None
     if status is not None and status not in STATUSES:
         abort(400, f"status must be one of {', '.join(STATUSES)}")
-    try:
-        before = int(request.args["before"]) if request.args.get("before") else None
-    except ValueError:
-        abort(400, "before must be an action id")
+    before = id_arg("before", "an action id")
     page, next_before = runtime.store.actions_page(status=status, limit=PAGE, before=before)
     counts = runtime.store.counts()
     return render_template("dashboard/actions.html", actions=page, status=status, statuses=STATUSES,

@@ -7,6 +7,8 @@ actions by id newest first within a status.
 
 from __future__ import annotations
 
+import math
+
 from sqlalchemy import Integer, and_, cast, func, literal_column, or_, select
 
 from .guard import guarded
@@ -83,18 +85,23 @@ class DashboardMixin:
                    with_timers: bool = False) -> tuple[list[Row], str | None]:
         """Rooms, most recently updated first, each with its pending `timers` and its `actions`.
 
-        `after` is the last room id of the previous page; returns the rows and the
-        cursor of the next page (None on the last one).
+        `after` is the cursor of the previous page's last room, "UPDATED_AT~ROOM_ID" (a
+        bare room id, from older links, is looked up); returns the rows and the cursor
+        of the next page (None on the last one). The cursor carries the time the page
+        was sorted by, so a room that changes in between does not move the page.
+        Raises ValueError for a cursor that cannot be read.
         """
         query = (select(rooms).order_by(rooms.c.updated_at.desc(), rooms.c.room_id.desc()).limit(limit + 1))
         if with_timers:
             query = query.where(rooms.c.room_id.in_(self._rooms_with_timers()))
         with self._read() as conn:
             if after is not None:
-                anchor = conn.execute(select(rooms.c.updated_at).where(rooms.c.room_id == after)).scalar()
+                anchor, room_id = _room_cursor(after)
+                if anchor is None:
+                    anchor = conn.execute(select(rooms.c.updated_at).where(rooms.c.room_id == room_id)).scalar()
                 if anchor is not None:
                     query = query.where(or_(rooms.c.updated_at < anchor,
-                                            and_(rooms.c.updated_at == anchor, rooms.c.room_id < after)))
+                                            and_(rooms.c.updated_at == anchor, rooms.c.room_id < room_id)))
             page = [dict(r) for r in conn.execute(query).mappings()]
             more = len(page) > limit
             page = page[:limit]
@@ -112,7 +119,7 @@ class DashboardMixin:
         for row in page:
             row["timers"] = pending.get(row["room_id"], [])
             row["actions"] = done.get(row["room_id"], [])
-        return page, (page[-1]["room_id"] if more else None)
+        return page, (f"{page[-1]['updated_at']!r}~{page[-1]['room_id']}" if more else None)
 
     @guarded
     def actions_page(self, *, status: str | None = None, limit: int = 50,
@@ -128,3 +135,14 @@ class DashboardMixin:
         more = len(page) > limit
         page = page[:limit]
         return page, (page[-1]["id"] if more else None)
+
+
+def _room_cursor(cursor: str) -> tuple[float | None, str]:
+    """(updated_at, room_id) of a rooms page cursor; (None, room_id) for a bare room id."""
+    if "~" not in cursor:
+        return None, cursor
+    at, _, room_id = cursor.partition("~")
+    value = float(at)  # ValueError when unreadable
+    if not math.isfinite(value):
+        raise ValueError("not a rooms page cursor")
+    return value, room_id
