@@ -199,7 +199,13 @@ class Worker:
             self.breaker.record_idle()
             return False
         started = self.clock()
-        result, verdict, note = self._carry_out(claim, rule_set)
+        try:
+            result, verdict, note = self._carry_out(claim, rule_set)
+        except BaseException:
+            # The confirm check's store read failed, say: no call was made, so a half-open
+            # trial goes back; otherwise the breaker would refuse every claim from now on.
+            self.breaker.record_idle()
+            raise
         if result is _GIVE_BACK:
             self.breaker.record_idle()
             self.store.release(claim, self.worker_id)
@@ -243,10 +249,11 @@ class Worker:
             stop, note = self._confirm_nobody_active(claim)
             if stop is not None:
                 return stop + (note,)
-            if self.clock() + self.client.timeout[1] >= claim.lease_until:
-                # The check took long: a call now could outlive the lease, and another worker
-                # could make it too. Give the action back, due now, to check again; no call was
-                # made, so it is no attempt and does not count towards the limit.
+            if self.clock() + sum(self.client.timeout) >= claim.lease_until:
+                # The check took long: a call now (connect, then read, each with its own timeout)
+                # could outlive the lease, and another worker could make it too. Give the action
+                # back, due now, to check again; no call was made, so it is no attempt and does
+                # not count towards the limit.
                 return _GIVE_BACK, None, note
         result = call(claim)
         return result, self.policy.judge(result, claim.attempts, self.rand), note

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from service.breaker import CircuitBreaker
 from service.config import Settings
 from service.errors import ConfigError, StoreUnavailable
 from service.events import parse_event
@@ -569,13 +570,15 @@ def test_confirm_without_a_session_is_cancelled_without_any_call(fake_api, store
 
 
 def test_confirm_check_and_call_together_stay_within_the_lease(fake_api, store, clock):
-    """A 3 s lease with a 2 s timeout: after a check that took 1.9 s, a call could outlast the
-    lease and a second worker could make it too. The worker must not call then: it gives the
-    action back, due now, and the room is deactivated once, by the next attempt."""
-    with pytest.raises(ConfigError, match="must exceed twice"):  # settings refuse such a lease...
-        Settings.from_env({"ACTION_LEASE_SECONDS": "3", "VIDEOSDK_TIMEOUT_SECONDS": "2"})
-    first, second = (make_worker(store, clock, fake_api.base_url, worker_id=name, timeout=2.0, lease=3.0)
-                     for name in ("worker-a", "worker-b"))  # ...and the worker copes with one anyway
+    """A 4.5 s lease with a 2 s timeout (2 s to connect, 2 s to answer): after a check that took
+    1.9 s, a call could outlast the lease and a second worker could make it too. The worker must
+    not call then: it gives the action back, due now, and the room is deactivated once, by the
+    next attempt."""
+    with pytest.raises(ConfigError, match="must exceed twice"):  # settings refuse a shorter lease
+        Settings.from_env({"ACTION_LEASE_SECONDS": "4", "VIDEOSDK_TIMEOUT_SECONDS": "2"})
+    Settings.from_env({"ACTION_LEASE_SECONDS": "4.5", "VIDEOSDK_TIMEOUT_SECONDS": "2"})
+    first, second = (make_worker(store, clock, fake_api.base_url, worker_id=name, timeout=2.0, lease=4.5)
+                     for name in ("worker-a", "worker-b"))
     action_id = add_action(store, "room-1", at=T0, confirm="active-participants")
     check = first.client.active_participants
 
@@ -1186,3 +1189,84 @@ def test_an_unreadable_confirm_answer_counts_as_a_breaker_failure(fake_api, stor
     assert worker.run_once() is True  # the fake's default answer: nobody active; then deactivated
     assert worker.breaker.failures == 0
     assert fake_api.deactivations() == ["room-1"]
+
+
+def worker_for(store, clock, base_url, *, rules, worker_id="worker-1", timeout=5.0, lease=30.0,
+               breaker=None) -> Worker:
+    client = VideoSDKClient(base_url, TokenSource(API_KEY, SECRET), timeout=timeout)
+    holder = RulesHolder(rules)
+    return Worker(store, client, RetryPolicy(), lambda: holder.current, lease_seconds=lease,
+                  worker_id=worker_id, clock=clock, rand=HALF, breaker=breaker)
+
+
+# -- the breaker's half-open trial goes back when the confirm check's store read fails (review) --
+
+
+def test_a_store_outage_during_the_confirm_check_does_not_wedge_a_half_open_breaker(
+        fake_api, store, clock, monkeypatch):
+    breaker = CircuitBreaker(threshold=1, cooldown=10, clock=clock)
+    worker = worker_for(store, clock, fake_api.base_url, rules=session_rules(confirm="active-participants"),
+                        breaker=breaker)
+    action_id = add_action(store, "room-1", at=T0, confirm="active-participants")
+    fake_api.script(DEACTIVATE, Reply(503))
+    assert worker.run_once() is True  # checked (nobody), called, 503: the breaker opens
+    assert breaker.state == "open"
+
+    clock.now = T0 + 10  # half-open: the next allow() is the trial
+    real = store.room
+    outages = iter([StoreUnavailable("store unavailable: server closed the connection")])
+
+    def flaky(room_id):
+        for exc in outages:
+            raise exc
+        return real(room_id)
+
+    monkeypatch.setattr(store, "room", flaky)
+    with pytest.raises(StoreUnavailable):
+        worker.run_once()  # run() logs it, waits, and calls run_once again
+
+    clock.now = T0 + 3600  # the store is back, the claim's lease and any cooldown long past
+    assert worker.run_once() is True  # wedged: allow() is False for ever, nothing is claimed
+    assert store.action(action_id)["status"] == "done"
+    assert fake_api.deactivations() == ["room-1"]
+
+
+# -- the lease guard after a confirm check counts the connect timeout too (review) --
+
+
+def test_a_call_after_a_confirm_check_cannot_outlive_its_lease(fake_api, store, clock):
+    """VIDEOSDK_TIMEOUT_SECONDS=30, ACTION_LEASE_SECONDS=61 (accepted: more than twice the timeout).
+
+    requests bounds the connect (5 s) and the wait for the answer (30 s) separately, so one call
+    can take 35 s: a first address that does not answer SYN, then a server that answers at 29 s.
+    The check here takes 30 s; the guard sees 31 s left, more than the 30 s it reserves, and calls.
+    """
+    lease, timeout = 61.0, 30.0
+    rules = session_rules(confirm="active-participants")
+    first = worker_for(store, clock, fake_api.base_url, rules=rules, worker_id="worker-a",
+                       timeout=timeout, lease=lease)
+    second = worker_for(store, clock, fake_api.base_url, rules=rules, worker_id="worker-b",
+                        timeout=timeout, lease=lease)
+    assert first.client.timeout == (5.0, 30.0)
+    action_id = add_action(store, "room-1", at=T0, confirm="active-participants")
+    check, call = first.client.active_participants, first.client.deactivate_room
+    second_claims = []
+
+    def slow_check(session_id):
+        clock.now += 30.0  # within the 30 s timeout
+        return check(session_id)
+
+    def slow_call(room_id):
+        clock.now += 5.0 + 29.0  # connect timeout on a dead address, then an answer within 30 s
+        second_claims.append(store.claim("worker-b", lease, 10))  # another worker looks meanwhile
+        return call(room_id)
+
+    first.client.active_participants = slow_check
+    first.client.deactivate_room = slow_call
+    first._calls["deactivate"] = lambda action: first.client.deactivate_room(action.room_id)
+    assert first.run_once() is True
+    assert all(claim is None for claim in second_claims)  # the lease must hold while a call is in flight
+
+    second.run_once()  # (a worker that gave the action back: the next one checks again and acts)
+    assert len(fake_api.calls_to(DEACTIVATE)) == 1
+    assert store.action(action_id)["status"] == "done"
