@@ -240,6 +240,13 @@ class Worker:
         if rule_set.settings.is_protected(claim.room_id):
             return (ApiResult(None, 0.0), Verdict("cancelled", reason=f"room {claim.room_id} is protected "
                                                   f"by settings.protect (rules {rule_set.short_hash})"), None)
+        # Switching to dry-run by a reload (the whole file, or the rule) stops what is queued too,
+        # not only what is decided from then on.
+        rule = rule_set.rule(claim.rule)
+        if rule_set.settings.dry_run or (rule is not None and rule.dry_run):
+            where = "settings.dry_run" if rule_set.settings.dry_run else f"rule {claim.rule}'s dry_run"
+            return (ApiResult(None, 0.0), Verdict("cancelled", reason=f"{where} is on (rules "
+                                                  f"{rule_set.short_hash}): not acted on"), None)
         call = self._calls.get(claim.kind)
         if call is None:  # a kind written by a newer version of this service
             result = ApiResult(None, 0.0, f"this worker cannot carry out '{claim.kind}' actions")

@@ -624,6 +624,27 @@ def test_a_room_protected_by_a_reload_before_the_worker_acts_is_cancelled(fake_a
     assert store.action(other)["status"] == "done"
 
 
+@pytest.mark.parametrize("reloaded", [
+    session_rules(settings="{dry_run: true}"),
+    parse("version: 1\nrules:\n  - name: close-after-session\n    on: session-ended\n"
+          "    action: deactivate\n    dry_run: true\n"),
+], ids=["settings", "rule"])
+def test_a_reload_to_dry_run_cancels_what_is_queued_before_the_worker_acts(fake_api, store, clock, reloaded):
+    # dry_run is how an operator stops roomwarden acting: actions queued before the reload must
+    # not be carried out afterwards either.
+    holder = RulesHolder(session_rules())
+    worker = make_worker(store, clock, fake_api.base_url, rules=holder)
+    action_id = add_action(store, "room-1", at=T0)
+
+    holder.replace(reloaded)
+    assert worker.run_once() is True
+
+    assert store.action(action_id)["status"] == "cancelled"
+    [attempt] = store.attempts(action_id)
+    assert "dry_run is on" in attempt["error"] and reloaded.short_hash in attempt["error"]
+    assert fake_api.calls == []
+
+
 def test_max_actions_per_minute_holds_the_rest_back_and_loses_none(fake_api, store, clock):
     holder = RulesHolder(session_rules(settings="{max_actions_per_minute: 2}"))
     worker = make_worker(store, clock, fake_api.base_url, rules=holder)
