@@ -96,8 +96,15 @@ class TimerPlan:
     trace: Trace | None = None
 
 
-def _facts(rule_set: RuleSet, event: Event, now: float, room: RoomState | None) -> Facts:
-    return Facts(event=event, now=now, room=room, tz=rule_set.settings.tz)
+def _facts(rule_set: RuleSet, event: Event, now: float, room: RoomState | None,
+           clock: float | None = None) -> Facts:
+    return Facts(event=event, now=now, room=room, tz=rule_set.settings.tz, clock=clock)
+
+
+def _between(rule_set: RuleSet, timer: PendingTimer, now: float, room: RoomState | None) -> Facts:
+    """A pending timer's facts between its start and its due time: the time of day (now.time,
+    now.weekday) is read as at the start, so only what events change can cancel it then."""
+    return _facts(rule_set, timer.trigger, now, room, clock=timer.started_at)
 
 
 def _act(rule_set: RuleSet, rule: Rule, event: Event, trace: Trace | None, acted: set[str],
@@ -140,7 +147,7 @@ def plan_event(rule_set: RuleSet, event: Event, now: float, room: RoomState | No
             cancels.append(Cancel(timer.key, f"rule '{timer.rule}' is no longer in the rules "
                                              f"({rule_set.short_hash})"))
             continue
-        holds, trace = _holds(rule, _facts(rule_set, timer.trigger, now, room))
+        holds, trace = _holds(rule, _between(rule_set, timer, now, room))
         if not holds:
             cancels.append(Cancel(timer.key, f"its condition stopped holding on {event.type}", trace))
     cancelled = {c.key for c in cancels}
@@ -206,7 +213,7 @@ def recheck_timer(rule_set: RuleSet, timer: PendingTimer, now: float, room: Room
     if not rule.applies_to(timer.trigger.type):
         return TimerPlan("cancel", f"rule '{rule.name}' changed in a reload and no longer applies to "
                                    f"{timer.trigger.type} ({rule_set.short_hash})")
-    holds, trace = _holds(rule, _facts(rule_set, timer.trigger, now, room))
+    holds, trace = _holds(rule, _between(rule_set, timer, now, room))
     if not holds:
         return TimerPlan("cancel", f"rule '{rule.name}' changed in a reload and its condition no longer "
                                    f"holds ({rule_set.short_hash})", trace=trace)

@@ -477,3 +477,46 @@ def test_plans_pending_timer_parses_each_stored_trigger_once_per_process():
     large, again = pending_timer(row(3)).trigger, pending_timer(row(4)).trigger
     assert large is not None and again is not None and large.room_id == again.room_id == "cache-room"
     assert again is not large
+
+
+# -- now.time between a timer's start and its due time (found in a review) --
+
+
+def test_an_unrelated_event_in_between_does_not_cancel_a_timer_on_now_time():
+    from datetime import datetime, timezone
+    from textwrap import dedent
+
+    def ev(event_type, session="s1", **data):
+        return parse_event(json.dumps({"webhookType": event_type,
+                                       "data": {"meetingId": ROOM, "sessionId": session, **data}}).encode())
+
+    rule_set, problems = parse_rules(dedent("""\
+        version: 1
+        rules:
+          - name: office-hours-empty
+            on: participant-left
+            when:
+              room.participants: 0
+              now.time: {gte: "09:00", lt: "17:00"}
+            for: 1d
+            confirm: active-participants
+            action: deactivate
+    """), "rules.yaml")
+    assert problems == []
+    monday_10 = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc).timestamp()
+    room = advance(None, ev("participant-joined", participantId="ann"), monday_10 - 60)
+    leave = ev("participant-left", participantId="ann")
+    started = plan_event(rule_set, leave, monday_10, room, [], set(), acts=True)
+    [outcome] = started.outcomes
+    assert outcome.outcome == "timer-started"
+    timer = PendingTimer(key=action_key("office-hours-empty", ROOM, "s1"), rule="office-hours-empty",
+                         fingerprint=rule_set.rules[0].fingerprint, room_id=ROOM, session_id="s1",
+                         started_at=monday_10, due_at=outcome.due_at, trigger=leave)
+    # Without anything in between, the timer fires when due (Tuesday 10:00: inside the hours).
+    assert fire_timer(rule_set, timer, outcome.due_at, started.room, set(), acts=True).verdict == "fire"
+    # An unrelated event for the room at 20:00 Monday changes nothing about the room...
+    between = plan_event(rule_set, ev("recording-stopped"), monday_10 + 10 * 3600, started.room, [timer],
+                         set(), acts=True)
+    assert between.room.participants == frozenset()
+    # ...so, with now.time checked only at start and when due, it must not cancel the timer.
+    assert between.cancels == ()

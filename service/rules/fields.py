@@ -42,9 +42,10 @@ class Facts:
     room: RoomState | None = None  # the room's state after the event
     tz: tzinfo = field(default=timezone.utc)
     memo: dict = field(default_factory=dict, compare=False, repr=False)  # fields read, conditions decided
+    clock: float | None = None  # the time now.time and now.weekday read, when not `now` (a timer's start)
 
     def local_now(self) -> datetime:
-        return datetime.fromtimestamp(self.now, self.tz)
+        return datetime.fromtimestamp(self.now if self.clock is None else self.clock, self.tz)
 
 
 @dataclass(frozen=True)
