@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+import textwrap
 import re
 from pathlib import Path
 
@@ -11,6 +14,8 @@ import pytest
 from service.errors import RulesError
 from service.rules.conditions import All, Any_, Compare, Not
 from service.rules.loader import Problem, load_rules, parse_rules
+
+from .conftest import ROOT
 
 SHIPPED = Path(__file__).resolve().parent.parent / "rules.yaml"
 HEAD = "version: 1\nrules:\n"
@@ -893,3 +898,53 @@ def test_fingerprint_does_not_depend_on_position_or_other_rules():
     assert moved == fingerprint(FINGERPRINT_BASE)
     [rule] = loads(HEAD + FINGERPRINT_BASE).rules
     assert rule.line == 3
+
+
+# -- files that must come back as file:line:col problems (found in a review) ------------------------
+
+REVIEW_HEAD = """\
+version: 1
+rules:
+  - name: r
+    on: session-ended
+    action: deactivate
+"""
+
+
+def test_a_recursive_yaml_alias_is_reported_not_looped_on():
+    text = REVIEW_HEAD + "    description: &d [*d]\n"
+    script = textwrap.dedent(f"""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+        sys.path.insert(0, {str(ROOT)!r})
+        from service.rules.loader import parse_rules
+        rule_set, problems = parse_rules({text!r}, "rules.yaml")
+        print(rule_set is None, [str(p) for p in problems])
+    """)
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        pytest.fail("parse_rules did not return within 10 s on a recursive alias")
+    assert done.returncode == 0, done.stderr[-500:]
+    assert done.stdout.startswith("True ['rules.yaml:"), done.stdout
+
+
+@pytest.mark.parametrize("line", [
+    pytest.param("    when:\n      session.duration: {gte: !!float 5m}\n", id="float-tag"),
+    pytest.param("    dry_run: !!bool maybe\n", id="bool-tag"),
+])
+def test_an_explicit_scalar_tag_with_an_unreadable_value_is_a_problem_not_a_traceback(line):
+    rule_set, problems = parse_rules(REVIEW_HEAD + line, "rules.yaml")
+    assert rule_set is None
+    line_no = REVIEW_HEAD.count("\n") + line.count("\n")  # the tagged scalar's line
+    assert any(str(p).startswith(f"rules.yaml:{line_no}:") for p in problems), [str(p) for p in problems]
+
+
+def test_aliases_that_expand_past_the_limit_are_a_problem_not_hours_of_work():
+    text = "version: 1\nx0: &a0 [1,1,1,1,1,1,1,1,1,1]\n" + "".join(
+        f"x{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 9)) + "rules: []\n"
+    rule_set, problems = parse_rules(text, "rules.yaml")
+    assert rule_set is None
+    assert [str(p) for p in problems] == [
+        "rules.yaml:1:1: the file stands for more than 1,000,000 YAML nodes once its aliases (*name) are "
+        "expanded; write it with fewer or smaller aliases"]

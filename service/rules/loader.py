@@ -37,6 +37,18 @@ _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
+MAX_NODES = 1_000_000  # YAML nodes a rules file may stand for, aliases expanded (10,000 rules use about 150,000)
+
+
+class _Unreadable:
+    """A scalar whose explicit tag's converter refused it (already reported)."""
+
+    def __repr__(self) -> str:
+        return "<unreadable>"
+
+
+_UNREADABLE = _Unreadable()
+
 _PLAIN_TAGS = {_BOOL, _INT, _FLOAT, _MAP, _SEQ, "tag:yaml.org,2002:str", "tag:yaml.org,2002:null"}
 
 
@@ -125,7 +137,11 @@ class _Reader:
     def value(self, node: Node) -> Any:
         """A scalar, or a list of scalars, as Python values."""
         if isinstance(node, ScalarNode):
-            return self.loader.construct_object(node, deep=True)
+            try:
+                return self.loader.construct_object(node, deep=True)
+            except (ValueError, KeyError, TypeError):  # `!!float 5m`, `!!bool maybe`: its tag's converter refuses it
+                self.error(node, f"'{node.value}' cannot be read as {node.tag.rsplit(':', 1)[-1]}")
+                return _UNREADABLE
         if isinstance(node, SequenceNode):
             return [self.value(item) for item in node.value]
         return {"<mapping>": True}  # callers reject this with a kind error
@@ -156,19 +172,37 @@ class _Reader:
 
     def tags(self, node: Node) -> None:
         """Refuse explicit tags (`!!python/object`, `!foo`) anywhere: they would otherwise be
-        ignored on mappings and lists, which this reader walks itself."""
-        stack = [node]
+        ignored on mappings and lists, which this reader walks itself. Refuse too an alias
+        inside what it names (`&a [*a]`: no end to it) and aliases that repeat the file past
+        MAX_NODES nodes (each `*a` stands for all of `&a` again): the reader would walk them
+        for ever, or for hours."""
+        stack: list[tuple[Node, bool]] = [(node, False)]
+        inside: set[int] = set()  # ids of the collections being walked, from the root down
+        walked = 0
         while stack:
-            current = stack.pop()
+            current, leaving = stack.pop()
+            if leaving:
+                inside.discard(id(current))
+                continue
+            walked += 1
+            if walked > MAX_NODES:
+                self.error(node, f"the file stands for more than {MAX_NODES:,} YAML nodes once its aliases "
+                                 "(*name) are expanded; write it with fewer or smaller aliases")
+                return
             if current.tag == "tag:yaml.org,2002:merge":
                 self.error(current, "YAML merge keys ('<<') are not supported; write the keys out")
             elif current.tag not in _PLAIN_TAGS:
                 self.error(current, f"YAML tag '{current.tag}' is not allowed in a rules file")
-            if isinstance(current, SequenceNode):
-                stack.extend(current.value)
-            elif isinstance(current, MappingNode):
-                for key, value in current.value:
-                    stack.extend((key, value))
+            if isinstance(current, (SequenceNode, MappingNode)):
+                if id(current) in inside:
+                    self.error(current, "a YAML alias (*name) inside the very list or mapping it names "
+                                        "(&name) never ends")
+                    return
+                inside.add(id(current))
+                stack.append((current, True))
+                children = (current.value if isinstance(current, SequenceNode)
+                            else [part for pair in current.value for part in pair])
+                stack.extend((child, False) for child in reversed(children))
 
     # -- the file -------------------------------------------------------------
 
