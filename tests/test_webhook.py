@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import sqlite3
+from textwrap import dedent
 
 import pytest
 
@@ -262,3 +263,33 @@ def test_readyz_is_503_when_the_store_is_unreachable(app, client):
     assert response.status_code == 503
     assert response.get_json()["status"] == "unavailable"
     assert "store unavailable" in response.get_json()["store"]
+
+
+# -- a deep data value in a matching rule's trace (found in a review) -------------------------------
+
+DEEP_ROOM = "abcd-efgh-ijkl"
+
+
+def test_a_deep_data_value_in_a_matching_trace_gets_2xx_or_4xx_never_500(make_app, tmp_path, sign):
+    rules = tmp_path / "deep.yaml"
+    rules.write_text(dedent("""\
+        version: 1
+        rules:
+          - name: any-payload
+            on: "recording-*"
+            when:
+              data.x: {exists: true}
+            action: deactivate
+    """))
+    client = make_app(RULES_FILE=str(rules)).test_client()
+    answers = {}
+    for depth in range(900, 1001):
+        body = ('{"webhookType":"recording-stopped","data":{"meetingId":"%s","sessionId":"s1","x":%s%s}}'
+                % (DEEP_ROOM, "[" * depth, "]" * depth)).encode()
+        status = client.post("/webhooks/videosdk", data=body, headers={
+            "Content-Type": "application/json", "videosdk-signature": sign(body)}).status_code
+        answers[depth] = status
+        if status == 400:  # too deep to parse: every deeper body is refused the same way
+            break
+    assert 400 in answers.values()  # the scan reached the parser's own limit
+    assert {d: s for d, s in answers.items() if s >= 500} == {}

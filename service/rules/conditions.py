@@ -36,7 +36,7 @@ class Trace(NamedTuple):  # a tuple, not a frozen dataclass: thousands are made 
                     "children": [c.to_dict() for c in self.children]}
         return {"node": self.node, "result": self.result, "field": self.field,
                 "operand": self.operand,
-                "actual": None if self.actual is MISSING else self.actual,
+                "actual": None if self.actual is MISSING else _kept(self.actual),
                 "missing": self.actual is MISSING}
 
     @classmethod
@@ -62,10 +62,28 @@ class Trace(NamedTuple):  # a tuple, not a frozen dataclass: thousands are made 
 
 def _show(value: Any) -> str:
     """A value as it would be written in rules.yaml or JSON."""
+    value = _kept(value)
     try:
         return json.dumps(list(value) if isinstance(value, tuple) else value, ensure_ascii=False)
     except (TypeError, ValueError):
         return repr(value)
+
+
+KEPT_DEPTH = 32  # a `data.` value nested deeper than this is summed up in a trace, not copied
+
+
+def _kept(value: Any) -> Any:
+    """The value as a trace keeps it: itself, or a note for a list or object nested deeper than
+    KEPT_DEPTH (a body may nest up to the parser's limit, past what json.dumps can write back)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, tuple, dict)):
+            if depth >= KEPT_DEPTH:
+                kind = "an object" if isinstance(value, dict) else "a list"
+                return f"({kind} nested deeper than {KEPT_DEPTH} levels, not copied here)"
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return value
 
 
 @dataclass(frozen=True)
