@@ -25,7 +25,7 @@ import uuid
 from typing import Callable
 
 import pytest
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError, StatementError
 
@@ -42,7 +42,8 @@ T0 = 1_700_000_000.0  # the tests' "now": a fixed epoch second
 LEASE = 30.0
 MAX_ATTEMPTS = 10
 HOLD = 300.0  # a rule's `for: 5m`
-INITIAL_STEP = "1: initial: deliveries, decisions, actions, attempts, rooms, timers, rules_versions"
+ALL_STEPS = ["1: initial: deliveries, decisions, actions, attempts, rooms, timers, rules_versions",
+             "2: deliveries.problem (kept but unreadable); attempts.answer and attempts.doubt (what a 2xx said)"]
 THREAD_JOIN_LIMIT = 120.0  # a hang guard for worker threads, never a timing assertion
 PG_LOCK_WAIT = 10.0  # how long a PostgreSQL lock may block a write before it must give up
 ALL_TABLES = (tables.deliveries, tables.decisions, tables.actions, tables.attempts, tables.rooms,
@@ -239,17 +240,17 @@ def test_migrate_applies_each_step_once(make_store):
     store = make_store(migrate=False)
     assert store.schema_version() == 0  # an empty database
 
-    assert store.migrate() == [INITIAL_STEP]
+    assert store.migrate() == ALL_STEPS
     assert store.migrate() == []
     assert make_store(migrate=False).migrate() == []  # another process, later
-    assert store.schema_version() == migrations.LATEST == 1
+    assert store.schema_version() == migrations.LATEST == 2
 
     with store.engine.connect() as conn:
         names = set(inspect(conn).get_table_names())
         migrated = conn.execute(select(tables.schema_migrations.c.version)).scalars().all()
     assert {"schema_migrations", "deliveries", "decisions", "actions", "attempts", "rooms",
             "timers", "rules_versions"} <= names
-    assert migrated == [1]
+    assert migrated == [1, 2]
 
 
 def _schema(conn, schema: str | None = None) -> dict:
@@ -315,6 +316,22 @@ def test_the_migration_steps_build_exactly_what_tables_py_declares(make_store, d
         assert migrated[table] == declared[table], table
 
 
+def test_step_2_upgrades_a_store_of_step_1_and_keeps_its_rows(make_store, monkeypatch):
+    store = make_store(migrate=False)
+    monkeypatch.setattr(migrations, "STEPS", migrations.STEPS[:1])  # the release before step 2
+    assert store.migrate() == ALL_STEPS[:1]
+    with store.engine.begin() as conn:
+        conn.execute(text("INSERT INTO deliveries (id, received_at, event_type, known, verified, "
+                          "body_sha256, body, rules_hash) VALUES ('d1', 1.0, 'session-ended', "
+                          "true, true, 'x', '{}', 'h')"))
+    monkeypatch.undo()
+
+    assert store.migrate() == ALL_STEPS[1:]
+    with store.engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, problem FROM deliveries")).all()
+    assert [tuple(row) for row in rows] == [("d1", None)]
+
+
 def test_concurrent_migrations_all_succeed_and_apply_once(make_store):
     stores = [make_store(migrate=False) for _ in range(4)]
     # Each store has connected once (an empty database still: no schema), so what races
@@ -327,10 +344,10 @@ def test_concurrent_migrations_all_succeed_and_apply_once(make_store):
 
     errors = [r for r in results if isinstance(r, BaseException)]
     assert errors == []
-    assert sorted(results, key=len) == [[], [], [], [INITIAL_STEP]]
-    assert stores[0].schema_version() == 1
+    assert sorted(results, key=len) == [[], [], [], ALL_STEPS]
+    assert stores[0].schema_version() == 2
     with stores[0].engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(tables.schema_migrations)).scalar() == 1
+        assert conn.execute(select(func.count()).select_from(tables.schema_migrations)).scalar() == 2
 
 
 def test_first_connection_to_a_new_sqlite_file_waits_for_a_writer(make_store, database_url,
@@ -352,7 +369,7 @@ def test_first_connection_to_a_new_sqlite_file_waits_for_a_writer(make_store, da
         release.join(THREAD_JOIN_LIMIT)
         writer.close()
 
-    assert store.migrate() == [INITIAL_STEP]
+    assert store.migrate() == ALL_STEPS
 
 
 # -- ingest: deliveries, decisions, actions -------------------------------------------------

@@ -42,6 +42,8 @@ def _sql_file(name: str) -> Callable[[Connection], None]:
 STEPS: tuple[tuple[int, str, Callable[[Connection], None]], ...] = (
     (1, "initial: deliveries, decisions, actions, attempts, rooms, timers, rules_versions",
      _sql_file("0001_initial")),
+    (2, "deliveries.problem (kept but unreadable); attempts.answer and attempts.doubt (what a 2xx said)",
+     _sql_file("0002_unreadable_and_answers")),
 )
 
 

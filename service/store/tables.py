@@ -29,6 +29,9 @@ deliveries = Table(
     Column("body_sha256", String(64), nullable=False),
     Column("body", Text, nullable=False),
     Column("rules_hash", String(64), nullable=False),
+    # Why a body of a known type could not be read (a field it needs is missing or invalid):
+    # kept, answered 2xx, never decided on. Null when it was read.
+    Column("problem", Text),
     Index("ix_deliveries_room", "room_id", "received_at"),
     Index("ix_deliveries_room_id", "room_id", "id"),
     Index("ix_deliveries_received", "received_at"),
@@ -100,6 +103,8 @@ attempts = Table(
     Column("error", Text),
     Column("note", Text),  # what a confirm check found, for instance
     Column("next_due_at", Float),
+    Column("answer", JSON),  # what was read of a 2xx answer: deactivate's `disabled`, a session's state
+    Column("doubt", Text),  # why that answer leaves the action's effect in doubt (`disabled: false`)
     Index("ix_attempts_action", "action_id"),
     Index("ix_attempts_started", "started_at"),
 )
