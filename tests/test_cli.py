@@ -126,7 +126,7 @@ def test_worker_once_delivers_due_actions(app, post, fake_api, env):
 
 def test_migrate_reports_the_version(tmp_path):
     result = run("migrate", env={"DATABASE_URL": f"sqlite:///{tmp_path}/m.db", "DRY_RUN": "1"})
-    assert result.returncode == 0 and result.stdout.decode().strip() == "schema at version 1"
+    assert result.returncode == 0 and result.stdout.decode().strip() == "schema at version 2"
 
 
 @pytest.mark.parametrize("args", [[], ["nope"], ["simulate"]])
