@@ -27,6 +27,8 @@ TIMERS = Counter("roomwarden_timers_total", "for: timers decided by the worker, 
                  ["verdict"])
 ATTEMPTS = Counter("roomwarden_attempts_total", "Attempts at VideoSDK, by action kind and outcome "
                    "(done, retry, failed, dead, cancelled)", ["kind", "outcome"])
+DOUBTFUL = Counter("roomwarden_doubtful_answers_total", "Actions VideoSDK answered 2xx in words that leave "
+                   "their effect in doubt (deactivate without disabled: true)", ["kind"])
 ATTEMPT_LATENCY = Histogram("roomwarden_attempt_latency_seconds", "Latency of calls to VideoSDK", ["kind"],
                             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 RELOADS = Counter("roomwarden_rules_reloads_total", "Rules reloads, by result (success, failure)", ["result"])
@@ -49,6 +51,10 @@ def count_rejection(status: int, signature: bool) -> None:
 def count_decisions(outcomes) -> None:
     for outcome in outcomes:
         DECISIONS.labels(rule=outcome.rule, outcome=outcome.outcome).inc()
+
+
+def count_doubtful(kind: str) -> None:
+    DOUBTFUL.labels(kind=kind).inc()
 
 
 def count_attempt(kind: str, outcome: str, latency_ms: float | None) -> None:

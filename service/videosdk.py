@@ -4,7 +4,7 @@ How it fails: `VideoSDKClient` calls never raise for a failed call. They return
 an `ApiResult` whose `status` is the HTTP status, or None when no HTTP answer
 came (timeout, refused connection, an answer that is not HTTP), and whose
 `error` says why in a line that never holds a secret. The worker decides what
-each result means (see `retry.py`). `fetch_public_key` raises `KeyUnavailable`.
+each result means (see `retry.py`), and `answers.py` reads what a 2xx body says. `fetch_public_key` raises `KeyUnavailable`.
 
 Requests go through one `requests.Session` (pass your own to reuse connections
 or to point it elsewhere) with explicit connect and read timeouts.
@@ -129,10 +129,17 @@ class VideoSDKClient:
         return self._call("POST", "/v2/sessions/end", body)
 
     def active_participants(self, session_id: str) -> ApiResult:
-        """`GET /v2/sessions/{sessionId}/participants/active`; see `count_participants`."""
+        """`GET /v2/sessions/{sessionId}/participants/active`; read it with `answers.active_participants`."""
         return self._call("GET", f"/v2/sessions/{quote(session_id, safe='')}/participants/active", None)
 
-    def _call(self, method: str, path: str, body: dict | None) -> ApiResult:
+    def live_sessions(self, room_id: str) -> ApiResult:
+        """`GET /v2/sessions?roomId=...&status=ongoing`, as the server SDK finds a room's live session;
+        read it with `answers.live_sessions`. A room has at most one live session; a few more per
+        page cost nothing and make a second one visible rather than hidden."""
+        return self._call("GET", "/v2/sessions", None, params={"roomId": room_id, "status": "ongoing",
+                                                              "perPage": 5})
+
+    def _call(self, method: str, path: str, body: dict | None, params: dict | None = None) -> ApiResult:
         started = time.perf_counter()
 
         def elapsed() -> float:
@@ -142,7 +149,7 @@ class VideoSDKClient:
                    "User-Agent": USER_AGENT}
         try:
             response = self.session.request(method, self.base_url + path, json=body, headers=headers,
-                                            timeout=self.timeout, allow_redirects=False)
+                                            params=params, timeout=self.timeout, allow_redirects=False)
             content = response.content  # read it all inside the try: a body can time out too
         except requests.Timeout:
             return ApiResult(None, elapsed(), f"timed out after {self.timeout[1]:g}s")
@@ -160,22 +167,6 @@ class VideoSDKClient:
             return ApiResult(response.status_code, latency, None, retry_after, parsed)
         return ApiResult(response.status_code, latency, _error_text(response, self.tokens.redact),
                          retry_after)
-
-
-def count_participants(body: Any) -> int | None:
-    """How many participants an active-participants answer lists; None if it cannot be read.
-
-    The answer's shape is not documented: a list, or an object holding one under
-    `data` or `participants`, are read. Anything else is a misread, and a misread
-    never lets a room be deactivated.
-    """
-    if isinstance(body, list):
-        return len(body)
-    if isinstance(body, dict):
-        for key in ("data", "participants"):
-            if isinstance(body.get(key), list):
-                return len(body[key])
-    return None
 
 
 def _first_line(exc: Exception, redact: Callable[[str], str] = lambda text: text) -> str:

@@ -24,9 +24,10 @@ import secrets
 import socket
 import threading
 import time
+from dataclasses import replace
 from typing import Callable
 
-from . import metrics
+from . import answers, metrics
 from .breaker import CircuitBreaker
 from .errors import StoreUnavailable
 from .planner import fire_timer, recheck_timer
@@ -35,7 +36,7 @@ from .retry import RetryPolicy, Verdict
 from .rooms import RoomState
 from .rules.model import RuleSet
 from .store import AttemptRecord, ClaimedAction, Store, TimerRow
-from .videosdk import ApiResult, VideoSDKClient, count_participants
+from .videosdk import ApiResult, VideoSDKClient
 
 log = logging.getLogger("roomwarden.worker")
 
@@ -70,7 +71,12 @@ class Worker:
         self.breaker = breaker or CircuitBreaker(clock=clock)
         self.retention_days = retention_days  # 0: keep everything
         self._pruned_at: float | None = None
+        self._misreads_logged: set[str] = set()  # each shape of unreadable answer is logged once
         self._calls: dict[str, Callable[[ClaimedAction], ApiResult]] = {}
+        self._readers: dict[str, Callable[[ClaimedAction, ApiResult], answers.Reading]] = {
+            "deactivate": lambda action, result: answers.deactivated(result.body, action.room_id),
+            "end-session": lambda action, result: answers.session_ended(result.body),
+        }
         if client is not None:
             self._calls = {
                 "deactivate": lambda action: client.deactivate_room(action.room_id),
@@ -200,7 +206,7 @@ class Worker:
             return False
         started = self.clock()
         try:
-            result, verdict, note = self._carry_out(claim, rule_set)
+            result, verdict, note, reading = self._carry_out(claim, rule_set)
         except BaseException:
             # The confirm check's store read failed, say: no call was made, so a half-open
             # trial goes back; otherwise the breaker would refuse every claim from now on.
@@ -226,6 +232,7 @@ class Worker:
             started_at=started, latency_ms=result.latency_ms, http_status=result.status,
             outcome=verdict.outcome, error=reason, note=note,
             next_due_at=self.clock() + verdict.delay if verdict.outcome == "retry" else None,
+            answer=reading.answer if reading else None, doubt=reading.doubt if reading else None,
         )
         self._record(claim, attempt)
         level = logging.ERROR if verdict.credentials_problem or verdict.outcome == "dead" else logging.INFO
@@ -234,36 +241,79 @@ class Worker:
                 f" error={reason!r}" if reason else "", extra={"fields": {
                     "action": claim.id, "room": claim.room_id, "rule": claim.rule,
                     "outcome": verdict.outcome, "status": result.status}})
+        if reading is not None and reading.doubt:
+            metrics.count_doubtful(claim.kind)
+            log.warning("action %s %s room=%s: done, but doubtful: %s", claim.id, claim.kind, claim.room_id,
+                        reading.doubt, extra={"fields": {"action": claim.id, "room": claim.room_id,
+                                                         "doubt": reading.doubt}})
         return True
 
-    def _carry_out(self, claim: ClaimedAction, rule_set: RuleSet) -> tuple[ApiResult, Verdict, str | None]:
+    def _carry_out(self, claim: ClaimedAction, rule_set: RuleSet
+                   ) -> tuple[ApiResult, Verdict, str | None, answers.Reading | None]:
+        """(the call's result, what it means, a note, what a 2xx answer said)."""
         if rule_set.settings.is_protected(claim.room_id):
             return (ApiResult(None, 0.0), Verdict("cancelled", reason=f"room {claim.room_id} is protected "
-                                                  f"by settings.protect (rules {rule_set.short_hash})"), None)
+                                                  f"by settings.protect (rules {rule_set.short_hash})"), None, None)
         # Switching to dry-run by a reload (the whole file, or the rule) stops what is queued too,
         # not only what is decided from then on.
         rule = rule_set.rule(claim.rule)
         if rule_set.settings.dry_run or (rule is not None and rule.dry_run):
             where = "settings.dry_run" if rule_set.settings.dry_run else f"rule {claim.rule}'s dry_run"
             return (ApiResult(None, 0.0), Verdict("cancelled", reason=f"{where} is on (rules "
-                                                  f"{rule_set.short_hash}): not acted on"), None)
+                                                  f"{rule_set.short_hash}): not acted on"), None, None)
         call = self._calls.get(claim.kind)
         if call is None:  # a kind written by a newer version of this service
             result = ApiResult(None, 0.0, f"this worker cannot carry out '{claim.kind}' actions")
-            return result, self.policy.judge(result, self.policy.max_attempts), None
+            return result, self.policy.judge(result, self.policy.max_attempts), None, None
         note = None
         if claim.confirm == "active-participants":
             stop, note = self._confirm_nobody_active(claim)
             if stop is not None:
-                return stop + (note,)
+                return stop + (note, None)
             if self.clock() + sum(self.client.timeout) >= claim.lease_until:
                 # The check took long: a call now (connect, then read, each with its own timeout)
                 # could outlive the lease, and another worker could make it too. Give the action
                 # back, due now, to check again; no call was made, so it is no attempt and does
                 # not count towards the limit.
-                return _GIVE_BACK, None, note
+                return _GIVE_BACK, None, note, None
         result = call(claim)
-        return result, self.policy.judge(result, claim.attempts, self.rand), note
+        if result.ok:
+            return result, Verdict("done"), note, self._readers[claim.kind](claim, result)
+        if claim.kind == "end-session" and result.status == 406:
+            ended = self._session_already_ended(claim)
+            if ended is not None:  # the API's refusal is the note, not an error: the action is done
+                note = "; ".join(part for part in (note, f"{ended} ({result.error})") if part)
+                return replace(result, error=None), Verdict("done"), note, answers.Reading({"status": "ended"})
+        return result, self.policy.judge(result, claim.attempts, self.rand), note, None
+
+    def _session_already_ended(self, claim: ClaimedAction) -> str | None:
+        """After a 406 from end-session: why the session counts as ended, or None if it may not be.
+
+        VideoSDK answers 406 "Failed to end session" for a session that has already ended, it
+        seems (inferred, not documented; docs/videosdk.md). The same status can mean a real
+        failure, so the room's live sessions are listed: only when the session is not among
+        them is the action done. Anything unclear leaves the 406 to the retry policy.
+        """
+        listed = self.client.live_sessions(claim.room_id)
+        if not listed.ok:
+            return None
+        live = answers.live_sessions(listed.body)
+        if isinstance(live, answers.Misread):
+            self._log_misread(claim, live)
+            return None
+        if claim.session_id:
+            if claim.session_id in live:
+                return None
+            return f"session already ended: VideoSDK does not list {claim.session_id} as live"
+        if live:
+            return None
+        return f"session already ended: VideoSDK lists no live session in room {claim.room_id}"
+
+    def _log_misread(self, claim: ClaimedAction, misread: answers.Misread) -> None:
+        if misread.message not in self._misreads_logged:  # once per shape, not once per retry
+            self._misreads_logged.add(misread.message)
+            log.error("action %s room=%s: %s (logged once per shape; never acted on while unreadable)",
+                      claim.id, claim.room_id, misread.message)
 
     def _confirm_nobody_active(self, claim: ClaimedAction):
         """(None, note) when the action may go ahead; else ((result, verdict), note) to stop it.
@@ -282,18 +332,19 @@ class Worker:
         notes = []
         for session in sessions:
             check = self.client.active_participants(session)
-            if check.status == 404:  # assumed: the session is not live, so nobody is in it
+            if check.status == 404:  # documented: "Session not found" or "No active participants found"
                 notes.append(f"session {session} not found (404): nobody active")
                 continue
             if not check.ok:
                 verdict = self.policy.judge(check, claim.attempts, self.rand)
                 return (check, Verdict(verdict.outcome, verdict.delay, f"confirm check failed: {verdict.reason}",
                                        verdict.credentials_problem)), None
-            count = count_participants(check.body)
-            if count is None:
+            count = answers.active_participants(check.body)
+            if isinstance(count, answers.Misread):
                 # A 200 whose body cannot be read is retried like no answer at all, and the breaker
                 # counts it as a failure: an API that answers but says nothing usable is not healthy.
-                unreadable = ApiResult(None, check.latency_ms, "confirm: could not read the active participants")
+                self._log_misread(claim, count)
+                unreadable = ApiResult(None, check.latency_ms, f"confirm: {count.message}")
                 return (unreadable, self.policy.judge(unreadable, claim.attempts, self.rand)), None
             if count > 0:
                 return (check, Verdict("cancelled", reason=f"confirm: {count} participant(s) active in session "

@@ -1,5 +1,5 @@
 """The pure core imports nothing that does I/O: the rule engine, the planner, room state, the retry
-policy and the breaker decide from their arguments alone, so they are tested without a server,
+policy, the breaker and the API answer readers decide from their arguments alone, so they are tested without a server,
 a database or a network, and cannot reach one by accident."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 PURE = ["service.rules.engine", "service.rules.loader", "service.planner", "service.rooms", "service.retry",
-        "service.breaker"]
+        "service.breaker", "service.answers"]
 IO = {"flask", "werkzeug", "requests", "urllib3", "sqlalchemy", "psycopg", "sqlite3", "jwt",
       "prometheus_client", "gunicorn"}
 

@@ -14,7 +14,7 @@ from service.videosdk import (TOKEN_RENEW_BEFORE, TOKEN_TTL, ApiResult, TokenSou
                               fetch_public_key, parse_retry_after)
 
 from .conftest import API_KEY, Clock, SECRET
-from .fakeapi import Reply
+from .fakeapi import Reply, deactivate_answer
 
 DEACTIVATE = "/v2/rooms/deactivate"
 PUBLIC_KEY = "/v2/public/rsa-public-key"
@@ -129,7 +129,8 @@ def test_200_answer_body_is_parsed(fake_api):
     assert result.ok
     assert result.error is None
     assert result.retry_after is None
-    assert result.body == {"roomId": "abcd-efgh-ijkl", "meetingId": "abcd-efgh-ijkl", "disabled": True}
+    assert result.body == deactivate_answer("abcd-efgh-ijkl")  # the documented example, for this room
+    assert result.body["meetingId"] == "abcd-efgh-ijkl" and result.body["disabled"] is True
     assert result.latency_ms >= 0
 
 

@@ -30,7 +30,7 @@ from service.videosdk import TokenSource, VideoSDKClient
 from service.worker import Worker
 
 from .conftest import API_KEY, Clock, SECRET, event_body
-from .fakeapi import Reply
+from .fakeapi import Reply, participant
 
 DEACTIVATE = "/v2/rooms/deactivate"
 END_SESSION = "/v2/sessions/end"
@@ -438,7 +438,9 @@ def test_success_attempt_records_no_error(fake_api, store, clock):
 @dataclass
 class Confirm:
     # what VideoSDK says about the session
-    active: list | None = None       # fake.active[sess-1]; None: the fake knows no one
+    active: list | None = None       # who is live in sess-1 (fake.set_active); None: the fake knows no session
+    shape: str = "current"           # which documented shape the fake answers in: current | older
+    nobody: str = "404"              # how the fake says nobody is there: 404 (documented) | empty (a 200)
     replies: tuple = ()              # scripted answers to the check, in order; then the fake's default
     # after the first run_once
     status: str = "done"             # the action's status
@@ -453,7 +455,7 @@ class Confirm:
 
 
 ANY = object()
-ONE_ACTIVE = [{"participantId": "p-1", "name": "Ann"}]
+ONE_ACTIVE = [participant("p-1", "Ann")]  # as the documented examples list one
 
 CONFIRMS = {
     # someone is in the session: cancelled, naming the count, and the room is never touched
@@ -461,15 +463,21 @@ CONFIRMS = {
                           error_has=("confirm: 1 participant(s) active in session sess-1", "not acted on"),
                           deactivated=False),
     # two in it: the count says two
-    "two-active": Confirm(active=ONE_ACTIVE + [{"participantId": "p-2"}], status="cancelled",
+    "two-active": Confirm(active=ONE_ACTIVE + [participant("p-2")], status="cancelled",
                           outcome="cancelled", http_status=ANY,
                           error_has=("confirm: 2 participant(s) active",), deactivated=False),
-    # an answer listing them under `participants` is read too
-    "participants-key": Confirm(replies=(Reply(200, {"participants": ONE_ACTIVE}),), status="cancelled",
-                                outcome="cancelled", http_status=ANY, error_has=("1 participant(s) active",),
-                                deactivated=False),
-    # nobody in it (the fake's default answer: an empty list): deactivated, and the note says it confirmed
-    "nobody-active": Confirm(active=[], note_has="confirm: nobody active in session sess-1"),
+    # the older documented shape ({"data": {session}}) is read too
+    "older-shape": Confirm(active=ONE_ACTIVE, shape="older", status="cancelled", outcome="cancelled",
+                           http_status=ANY, error_has=("confirm: 1 participant(s) active",), deactivated=False),
+    "older-shape-two": Confirm(active=ONE_ACTIVE + [participant("p-2")], shape="older", status="cancelled",
+                               outcome="cancelled", http_status=ANY, error_has=("2 participant(s) active",),
+                               deactivated=False),
+    # nobody in it, said as documented (404 "No active participants found"): deactivated, with why
+    "nobody-active": Confirm(active=[], note_has="confirm: session sess-1 not found (404): nobody active"),
+    # nobody in it, said as a 200 listing no one (the docs' other possible reading), in either shape
+    "nobody-empty-current": Confirm(active=[], nobody="empty", note_has="confirm: nobody active in session sess-1"),
+    "nobody-empty-older": Confirm(active=[], nobody="empty", shape="older",
+                                  note_has="confirm: nobody active in session sess-1"),
     # the check answers 404 (session not live): assumed nobody is in it, so it proceeds, and notes why
     "check-404": Confirm(replies=(Reply(404, {"message": "Session not found"}),),
                          note_has="confirm: session sess-1 not found (404): nobody active"),
@@ -482,18 +490,31 @@ CONFIRMS = {
     "check-403": Confirm(replies=(Reply(403, {"message": "forbidden"}),), status="pending", outcome="retry",
                          http_status=403, error_has=("confirm check failed: credentials refused",),
                          due_in=300.0, then="done"),
-    # an answer that cannot be read (200 {"foo": 1}), twice: retried each time, never deactivated
+    # an answer in no documented shape (200 {"foo": 1}; scripted on purpose, the fake's defaults
+    # are all documented), twice: retried each time, never deactivated
     "unreadable": Confirm(replies=(Reply(200, {"foo": 1}), Reply(200, {"foo": 1})), status="pending",
                           outcome="retry", http_status=None,
-                          error_has=("confirm: could not read the active participants",), due_in=1.5,
-                          then="pending", deactivated=False),
+                          error_has=("confirm: could not read the active participants: the answer held keys [foo]",),
+                          due_in=1.5, then="pending", deactivated=False),
+    # a session without a participants list: the server SDK would read nobody; a misread here
+    "session-without-participants": Confirm(
+        replies=(Reply(200, {"data": {"id": SESSION}}),) * 2, status="pending", outcome="retry",
+        http_status=None, error_has=("could not read the active participants: the answer held a session "
+                                     "with keys [id]",), due_in=1.5, then="pending", deactivated=False),
+    # the undocumented shape the fake used to answer (a bare participant list under data) is a
+    # page of "sessions" without participants: a misread, never a count of participants
+    "old-fake-shape": Confirm(replies=(Reply(200, {"data": ONE_ACTIVE, "pageInfo": {"total": 1}}),) * 2,
+                              status="pending", outcome="retry", http_status=None,
+                              error_has=("could not read the active participants",), due_in=1.5,
+                              then="pending", deactivated=False),
 }
 
 
 @pytest.mark.parametrize("case", CONFIRMS.values(), ids=CONFIRMS.keys())
 def test_confirm_active_participants(fake_api, store, clock, case):
+    fake_api.participants_shape, fake_api.nobody_answer = case.shape, case.nobody
     if case.active is not None:
-        fake_api.active[SESSION] = list(case.active)
+        fake_api.set_active(SESSION, list(case.active), "room-1")
     fake_api.script(CHECK, *case.replies)
     worker = make_worker(store, clock, fake_api.base_url,
                          rules=RulesHolder(session_rules(confirm="active-participants")))
@@ -805,7 +826,7 @@ def test_a_timer_rule_with_confirm_is_cancelled_when_someone_is_still_there(fake
     rules = RulesHolder(empty_rules(confirm="active-participants"))
     worker = make_worker(store, clock, fake_api.base_url, rules=rules)
     join_then_leave(store, rules, clock)
-    fake_api.active[SESSION] = ONE_ACTIVE  # a join whose webhook never arrived
+    fake_api.set_active(SESSION, ONE_ACTIVE, ROOM)  # a join whose webhook never arrived
 
     clock.now = DUE
     assert worker.run_once() is True  # the timer fires...
@@ -1138,7 +1159,7 @@ def test_confirm_also_asks_about_the_rooms_current_session(fake_api, store, cloc
     action_id = add_action(store, "room-1", at=T0, confirm="active-participants")
     deliver(store, rules, clock, "participant-joined", meetingId="room-1", sessionId="sess-2",
             participantId="carol")
-    fake_api.active["sess-2"] = [{"participantId": "carol"}]
+    fake_api.set_active("sess-2", ["carol"], "room-1")
     worker = make_worker(store, clock, fake_api.base_url, rules=rules)
     assert worker.run_once() is True
     assert fake_api.deactivations(status=None) == []
@@ -1152,7 +1173,7 @@ def test_a_cancelled_action_frees_its_key_so_the_rule_can_act_later(fake_api, st
     """Someone was still there when the worker checked: "not now", not "never"."""
     rules = RulesHolder(empty_rules(confirm="active-participants"))
     join_then_leave(store, rules, clock)
-    fake_api.active[SESSION] = [{"participantId": "p-1"}]  # VideoSDK still sees p-1
+    fake_api.set_active(SESSION, ["p-1"], ROOM)  # VideoSDK still sees p-1
     worker = make_worker(store, clock, fake_api.base_url, rules=rules)
     clock.now = DUE
     assert worker.run_once() is True  # the timer fires: an action
@@ -1160,7 +1181,7 @@ def test_a_cancelled_action_frees_its_key_so_the_rule_can_act_later(fake_api, st
     [first] = store.actions(room_id=ROOM)
     assert first["status"] == "cancelled"
 
-    fake_api.active[SESSION] = []  # p-1 really leaves, and says so again
+    fake_api.set_active(SESSION, [], ROOM)  # p-1 really leaves, and says so again
     clock.now = DUE + 60
     receipt = deliver(store, rules, clock, "participant-left", meetingId=ROOM, sessionId=SESSION,
                       participantId="p-1")
@@ -1291,3 +1312,123 @@ def test_a_call_after_a_confirm_check_cannot_outlive_its_lease(fake_api, store, 
     second.run_once()  # (a worker that gave the action back: the next one checks again and acts)
     assert len(fake_api.calls_to(DEACTIVATE)) == 1
     assert store.action(action_id)["status"] == "done"
+
+
+# -- what a 2xx answer says, read as documented (issue 13) -------------------------------------------
+
+
+def test_deactivate_records_the_documented_answer_disabled_true(fake_api, store, clock):
+    worker = make_worker(store, clock, fake_api.base_url)
+    action_id = add_action(store, "room-1", at=T0)
+
+    assert worker.run_once() is True
+
+    [attempt] = store.attempts(action_id)
+    # payloads/deactivate-response.json spells the id meetingId; it is read as the room's id
+    assert (attempt["outcome"], attempt["answer"], attempt["doubt"]) == (
+        "done", {"disabled": True, "roomId": "room-1"}, None)
+
+
+def test_a_2xx_deactivate_saying_disabled_false_is_done_but_doubtful(fake_api, store, clock, caplog):
+    fake_api.deactivate_says_disabled = False
+    worker = make_worker(store, clock, fake_api.base_url)
+    action_id = add_action(store, "room-1", at=T0)
+
+    with caplog.at_level("WARNING", logger="roomwarden.worker"):
+        assert worker.run_once() is True
+
+    [attempt] = store.attempts(action_id)
+    assert attempt["outcome"] == "done" and store.action(action_id)["status"] == "done"
+    assert attempt["answer"] == {"disabled": False, "roomId": "room-1"}
+    assert attempt["doubt"] == "the answer says disabled: false: the room may still be open"
+    assert any("doubtful" in r.getMessage() and "disabled: false" in r.getMessage() for r in caplog.records)
+    clock.now = T0 + 3600
+    assert worker.run_once() is False  # done, not retried: the API took the call
+
+
+def test_end_session_records_the_documented_session_answer(fake_api, store, clock):
+    worker = make_worker(store, clock, fake_api.base_url)
+    action_id = add_action(store, "room-1", at=T0, kind="end-session", session="sess-77")
+
+    assert worker.run_once() is True
+
+    [attempt] = store.attempts(action_id)
+    assert attempt["outcome"] == "done" and attempt["doubt"] is None
+    # answers/end-session.json: "status": "completed", and the end time
+    assert attempt["answer"]["status"] == "completed" and attempt["answer"]["end"].endswith("Z")
+
+
+def test_end_session_of_a_session_already_ended_is_done_not_retried(fake_api, store, clock):
+    """406 "Failed to end session" (inferred: the session had ended) and VideoSDK lists the
+    session as not live: the action is done, with why, after one call and one look."""
+    fake_api.ended_sessions.add("sess-77")
+    worker = make_worker(store, clock, fake_api.base_url)
+    action_id = add_action(store, "room-1", at=T0, kind="end-session", session="sess-77")
+
+    assert worker.run_once() is True
+
+    assert [c.status for c in fake_api.calls_to(END_SESSION)] == [406]
+    [listed] = fake_api.calls_to("/v2/sessions")
+    assert listed.method == "GET"
+    action = store.action(action_id)
+    assert (action["status"], action["last_error"]) == ("done", None)
+    [attempt] = store.attempts(action_id)
+    assert (attempt["outcome"], attempt["http_status"], attempt["error"]) == ("done", 406, None)
+    assert attempt["note"] == ("session already ended: VideoSDK does not list sess-77 as live "
+                               "(HTTP 406: Failed to end session)")
+    assert attempt["answer"] == {"status": "ended"}
+    clock.now = T0 + 3600
+    assert worker.run_once() is False
+
+
+def test_a_406_from_end_session_while_the_session_is_still_live_is_retried(fake_api, store, clock):
+    """The same 406 with the session still listed live is a failure: retried, never taken as done."""
+    fake_api.set_active("sess-77", ["p-1"], "room-1")
+    fake_api.script(END_SESSION, Reply(406, {"message": "Failed to end session"}))
+    worker = make_worker(store, clock, fake_api.base_url)
+    action_id = add_action(store, "room-1", at=T0, kind="end-session", session="sess-77")
+
+    assert worker.run_once() is True
+
+    [attempt] = store.attempts(action_id)
+    assert (attempt["outcome"], attempt["http_status"]) == ("retry", 406)
+    assert "HTTP 406: Failed to end session" in attempt["error"]
+    assert store.action(action_id)["status"] == "pending"
+    clock.now = store.action(action_id)["due_at"]
+    assert worker.run_once() is True  # the second call ends it
+    assert store.action(action_id)["status"] == "done"
+    assert fake_api.session_ends() == [("room-1", "sess-77")]
+
+
+def test_a_406_from_end_session_with_an_unreadable_sessions_list_is_retried_and_logged_once(
+        fake_api, store, clock, caplog):
+    fake_api.ended_sessions.add("sess-77")
+    fake_api.script("/v2/sessions", *[Reply(200, {"sessions": []})] * 2)  # no documented shape
+    worker = make_worker(store, clock, fake_api.base_url)
+    action_id = add_action(store, "room-1", at=T0, kind="end-session", session="sess-77")
+
+    with caplog.at_level("ERROR", logger="roomwarden.worker"):
+        assert worker.run_once() is True
+        clock.now = store.action(action_id)["due_at"]
+        assert worker.run_once() is True
+
+    assert [a["outcome"] for a in store.attempts(action_id)] == ["retry", "retry"]
+    misreads = [r.getMessage() for r in caplog.records if "could not read the live sessions" in r.getMessage()]
+    assert len(misreads) == 1 and "keys [sessions]" in misreads[0]
+
+
+def test_an_unreadable_confirm_answer_is_logged_once_with_its_keys_not_its_values(fake_api, store, clock,
+                                                                                    caplog):
+    fake_api.script(CHECK, *[Reply(200, {"secretish": "Ann Smith", "n": 1})] * 2)
+    worker = make_worker(store, clock, fake_api.base_url)
+    action_id = add_action(store, "room-1", at=T0, confirm="active-participants")
+
+    with caplog.at_level("ERROR", logger="roomwarden.worker"):
+        assert worker.run_once() is True
+        clock.now = store.action(action_id)["due_at"]
+        assert worker.run_once() is True
+
+    logged = [r.getMessage() for r in caplog.records if "could not read" in r.getMessage()]
+    assert len(logged) == 1 and "keys [n, secretish]" in logged[0]
+    assert "Ann Smith" not in caplog.text
+    assert fake_api.calls_to(DEACTIVATE) == []

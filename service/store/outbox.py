@@ -85,7 +85,8 @@ class OutboxMixin:
                 action_id=claim.id, number=claim.attempts, worker=worker,
                 started_at=attempt.started_at, latency_ms=attempt.latency_ms,
                 http_status=attempt.http_status, outcome=attempt.outcome, error=attempt.error,
-                note=attempt.note, next_due_at=attempt.next_due_at))
+                note=attempt.note, next_due_at=attempt.next_due_at, answer=attempt.answer,
+                doubt=attempt.doubt))
             values = dict(status=FINAL[attempt.outcome], lease_owner=None, lease_until=None,
                           updated_at=now, last_status=attempt.http_status,
                           last_error=attempt.error)

@@ -119,6 +119,8 @@ class AttemptRecord:
     error: str | None
     next_due_at: float | None  # when outcome is retry
     note: str | None = None
+    answer: dict | None = None  # what a 2xx answer said (answers.Reading)
+    doubt: str | None = None  # why that answer leaves the action's effect in doubt
 
 
 Row = dict[str, Any]
