@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from service.store import Store
 
 from .conftest import event_body
 from .fakeapi import Reply
-from .procs import procfile, wait_until_up
+from .procs import ROOT, procfile, wait_until_up
 
 pytestmark = pytest.mark.e2e
 
@@ -78,6 +79,59 @@ def test_a_killed_worker_loses_nothing(processes, fake_api, sign):
     [action] = store.actions()
     assert action["attempts"] == 2  # the killed claim, then the one that succeeded
     store.close()
+
+
+def shipped_rules(grace: str) -> str:
+    """The shipped rules.yaml as it is, but for the grace period of its flagship rule (5m), which a
+    test cannot wait out. Changed through the parsed YAML, not the text."""
+    rules = yaml.safe_load((ROOT / "rules.yaml").read_text())
+    for rule in rules["rules"]:  # PyYAML reads YAML 1.1, where the key `on` is the boolean true
+        rule["on"] = rule.pop(True)
+    [flagship] = [rule for rule in rules["rules"] if rule["name"] == "close-when-empty"]
+    assert (flagship["for"], flagship["confirm"], flagship["action"]) == ("5m", "active-participants",
+                                                                         "deactivate")
+    flagship["for"] = grace
+    return yaml.safe_dump(rules, sort_keys=False)
+
+
+@pytest.mark.parametrize("shape,nobody", [("current", "404"), ("current", "empty"), ("older", "empty")])
+def test_the_shipped_flagship_rule_against_each_documented_answer(processes, fake_api, sign, rules_file,
+                                                                  shape, nobody):
+    """Two rooms empty out as their webhooks tell it. VideoSDK (answering in one documented shape)
+    agrees for the first, which is deactivated after the grace period; for the second it lists
+    someone whose join webhook never arrived, so it is left open."""
+    rules_file.write_text(shipped_rules("2s"))
+    fake_api.participants_shape, fake_api.nobody_answer = shape, nobody
+    emptied, busy = "empt-ied0-room", "busy-busy-room"
+    fake_api.set_active("sess-e", [], emptied)
+    fake_api.set_active("sess-b", ["p-lost"], busy)  # in the room, as far as VideoSDK knows
+    web = processes.start("web")
+    base = f"http://127.0.0.1:{processes.env['PORT']}"
+    wait_until_up(base, web)
+    processes.start("worker")
+
+    with requests.Session() as http:
+        for room, session in ((emptied, "sess-e"), (busy, "sess-b")):
+            for kind in ("participant-joined", "participant-left"):
+                body = event_body(kind, meetingId=room, sessionId=session, participantId="p-1",
+                                  participantName="Ann")
+                answer = http.post(base + "/webhooks/videosdk", data=body, timeout=10,
+                                   headers={"videosdk-signature": sign(body)})
+                assert answer.status_code == 202, answer.text
+
+    store = Store.from_url(processes.env["DATABASE_URL"])
+    try:
+        assert fake_api.wait_for(lambda: fake_api.deactivations() == [emptied], timeout=30), fake_api.calls
+        assert fake_api.wait_for(lambda: {a["room_id"]: a["status"] for a in store.actions()} ==
+                                 {emptied: "done", busy: "cancelled"}, timeout=30), store.actions()
+        [cancelled] = store.actions(room_id=busy)
+        assert "confirm: 1 participant(s) active in session sess-b" in cancelled["last_error"]
+        [done] = store.actions(room_id=emptied)
+        [attempt] = store.attempts(done["id"])
+        assert attempt["answer"] == {"disabled": True, "roomId": emptied} and attempt["doubt"] is None
+    finally:
+        store.close()
+    assert fake_api.deactivations(status=None) == [emptied]  # the busy room was never called for
 
 
 def _claimed(url: str) -> bool:
