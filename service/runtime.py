@@ -43,7 +43,9 @@ def build_verifier(settings: Settings, session: Any = None) -> SignatureVerifier
         except ValueError as exc:
             raise ConfigError(f"VIDEOSDK_WEBHOOK_PUBLIC_KEY: {exc}") from None
         return SignatureVerifier(pinned=pinned)
-    return SignatureVerifier(fetch=lambda: fetch_public_key(settings.api_base, session=session))
+    # A token goes along when there are credentials: whether the key endpoint needs one is undocumented.
+    tokens = TokenSource(settings.api_key, settings.secret_key) if settings.api_key and settings.secret_key else None
+    return SignatureVerifier(fetch=lambda: fetch_public_key(settings.api_base, session=session, tokens=tokens))
 
 
 def open_store(settings: Settings, clock: Callable[[], float] = time.time, *, migrate: bool = True) -> Store:

@@ -175,19 +175,24 @@ def _first_line(exc: Exception, redact: Callable[[str], str] = lambda text: text
 
 
 def fetch_public_key(base_url: str, *, session: requests.Session | None = None,
-                     timeout: float = 10.0) -> str:
+                     timeout: float = 10.0, tokens: TokenSource | None = None) -> str:
     """`GET /v2/public/rsa-public-key`: the PEM that VideoSDK signs webhooks with.
 
+    Whether the endpoint needs a token is undocumented (its path says public; VideoSDK's server
+    SDK sends one): with `tokens`, one is sent, so either reading works (docs/videosdk.md).
     Raises KeyUnavailable when it cannot be fetched or the answer holds no PEM.
     """
     url = base_url.rstrip("/") + "/v2/public/rsa-public-key"
+    headers = {"User-Agent": USER_AGENT}
+    if tokens is not None:
+        headers["Authorization"] = tokens.token()
     try:
-        response = (session or requests).get(url, timeout=(CONNECT_TIMEOUT, timeout),
-                                             headers={"User-Agent": USER_AGENT})
+        response = (session or requests).get(url, timeout=(CONNECT_TIMEOUT, timeout), headers=headers)
         response.raise_for_status()
         key = response.json().get("publicKey")
     except (requests.RequestException, ValueError, AttributeError) as exc:
-        raise KeyUnavailable(f"cannot fetch the webhook public key from {url}: {_first_line(exc)}") from None
+        text = _first_line(exc, tokens.redact) if tokens is not None else _first_line(exc)
+        raise KeyUnavailable(f"cannot fetch the webhook public key from {url}: {text}") from None
     if not isinstance(key, str) or "-----BEGIN" not in key:
         raise KeyUnavailable(f"{url} answered without a PEM publicKey")
     return key

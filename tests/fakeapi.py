@@ -143,6 +143,9 @@ class FakeVideoSDK:
         # The deactivate answer's `disabled` (documented: true); a test may make it say false.
         self.deactivate_says_disabled = True
         self.serve_public_key = True
+        # Whether the key endpoint asks for a token is undocumented: the fake takes none by default
+        # (its path says public), and a test can make it ask for one (the server SDK sends one).
+        self.public_key_needs_auth = False
         self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -292,6 +295,8 @@ class FakeVideoSDK:
         if method == "GET" and path == "/v2/public/rsa-public-key":
             if not self.serve_public_key:
                 return Reply(503, error_body("unavailable")), None
+            if self.public_key_needs_auth and (problem := self.check_auth(headers.get("authorization"))):
+                return Reply(problem[0], error_body(problem[1])), problem[1]
             # Documented: {"publicKey": "<PEM>"}, with no auth (shared/videosdk/README.md).
             return Reply(200, {"publicKey": self.public_pem}), None
         problem = self.check_auth(headers.get("authorization"))

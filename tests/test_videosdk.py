@@ -381,6 +381,19 @@ def test_fetch_public_key_returns_the_pem(fake_api, public_pem):
     assert call.method == "GET"
 
 
+def test_the_key_endpoint_works_whether_or_not_it_asks_for_a_token(fake_api, public_pem):
+    """Undocumented either way (docs/videosdk.md): with credentials a token goes along, and the
+    endpoint answers; without, an endpoint that asks for one is refused, and says so."""
+    fake_api.public_key_needs_auth = True
+    with pytest.raises(KeyUnavailable, match="401"):
+        fetch_public_key(fake_api.base_url)
+    tokens = TokenSource(API_KEY, SECRET)
+    assert fetch_public_key(fake_api.base_url, tokens=tokens) == public_pem
+    refused, fetched = fake_api.calls_to(PUBLIC_KEY)
+    assert "authorization" not in refused.headers and fetched.auth_error is None
+    assert fetched.headers["authorization"] == tokens.token()  # a bare JWT, as for the REST calls
+
+
 # Each row: how the key endpoint fails -> a phrase the KeyUnavailable message holds.
 KEY_FAILURES = {
     # the endpoint answers 503
@@ -428,3 +441,16 @@ def test_fetch_public_key_timeout(fake_api):
 
     with pytest.raises(KeyUnavailable):
         fetch_public_key(fake_api.base_url, timeout=0.3)
+
+
+def test_the_service_fetches_the_key_with_its_token(fake_api, make_app, sign):
+    """Through the app as deployed: a key endpoint that asks for a token still gives the key."""
+    from .conftest import event_body
+
+    fake_api.public_key_needs_auth = True
+    client = make_app().test_client()
+    body = event_body("session-ended", meetingId="abcd-efgh-ijkl", sessionId="s-1")
+    answer = client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": sign(body)})
+    assert answer.status_code == 202, answer.get_json()
+    [fetch] = fake_api.calls_to(PUBLIC_KEY)
+    assert (fetch.status, fetch.auth_error) == (200, None)
