@@ -6,10 +6,13 @@
     ├── DeliveryRejected     a webhook delivery refused with a 4xx; carries the status
     │   ├── SignatureInvalid     401: missing, garbled or wrong `videosdk-signature`
     │   ├── RequestRejected      400: a body that could not be read whole (broken framing)
-    │   └── PayloadInvalid       400: not JSON, or not the shape its event type needs
+    │   └── PayloadInvalid       400: not UTF-8, not JSON, or not `{"webhookType": str, "data": {...}}`
     └── Unavailable          a dependency is down; the sender should retry (503)
         ├── KeyUnavailable       no webhook public key yet (fetch failed, none pinned)
         └── StoreUnavailable     the database is locked or unreachable
+
+A body of a known event type whose `data` lacks a field the service needs is
+not an error: it is kept unread and never decided on (`Event.problem`, events.py).
 
 Outbound API calls do not raise: they return an `ApiResult` (see `videosdk.py`),
 because every outcome, failures included, is data the worker records.

@@ -1,8 +1,13 @@
 """A webhook delivery's body, read once at the edge into an immutable `Event`.
 
 `parse_event(raw)` raises `PayloadInvalid` (a 400 with field-level messages) for
-anything that is not a well-formed body; it never raises anything else, whatever
-the bytes. It does not check signatures: that happens before, on the raw bytes.
+a body that is not UTF-8, not JSON, or not the envelope `{"webhookType": str,
+"data": {...}}`; it never raises anything else, whatever the bytes. A body of a
+known event type whose `data` lacks a field the service needs, or has one it
+cannot read, is not an error: VideoSDK signed it and may never send it again, so
+it comes back as an Event with `problem` set (which fields failed), to be kept
+and never decided on. It does not check signatures: that happens before, on the
+raw bytes.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ class Event:
     type: str
     data: Mapping[str, Any]  # the raw `data` object, read-only
     known: bool  # whether the service understands this event type
+    # Why a body of a known type could not be read (which `data` fields failed), or None.
+    # Such an event is kept but never decided on: no rule sees it and no room state changes.
+    problem: str | None = None
     room_id: str | None = None
     session_id: str | None = None
     participant_id: str | None = None
@@ -93,8 +101,12 @@ def parse_event(raw: bytes) -> Event:
     try:
         fields = schema.load(data)
     except ValidationError as exc:
-        raise PayloadInvalid(f"{event_type} body is missing or has invalid fields",
-                             fields={"data": exc.messages}) from None
+        # Keep the ids that did pass, so the delivery can be found by room (explain).
+        valid = exc.valid_data if isinstance(exc.valid_data, dict) else {}
+        return Event(type=event_type, data=MappingProxyType(data), known=True,
+                     problem=_problem_text(exc.messages, "data."),
+                     room_id=valid.get("meetingId"), session_id=valid.get("sessionId"),
+                     participant_id=valid.get("participantId"))
     return Event(
         type=event_type,
         data=MappingProxyType(data),
@@ -106,6 +118,21 @@ def parse_event(raw: bytes) -> Event:
         start=parse_timestamp(fields.get("start")),
         end=parse_timestamp(fields.get("end")),
     )
+
+
+def _problem_text(messages: Mapping[str, Any], prefix: str = "") -> str:
+    """Marshmallow's messages as one short line: `data.participantId: Missing data for required field.`
+
+    Only the schema's own field names and messages appear (unknown fields are excluded
+    before validation), never a value from the body, so the line is safe to log."""
+    parts = []
+    for key, value in messages.items():
+        if isinstance(value, Mapping):
+            parts.append(_problem_text(value, f"{prefix}{key}."))
+        else:
+            text = " ".join(str(m) for m in value) if isinstance(value, (list, tuple)) else str(value)
+            parts.append(f"{prefix}{key}: {text}")
+    return "; ".join(parts)
 
 
 def _maybe_str(value: Any) -> str | None:

@@ -1,9 +1,10 @@
 """A room's story in time order: `python -m service explain ROOM_ID`.
 
 Answers "why was this room (not) deactivated?" from what the store recorded:
-every delivery for the room, each decision with its condition-by-condition
-trace, the timers started, fired and cancelled (and by what), every attempt at
-VideoSDK, and a last line that says how it ended.
+every delivery for the room (one kept unread, with what could not be read),
+each decision with its condition-by-condition trace, the timers started, fired
+and cancelled (and by what), every attempt at VideoSDK, and a last line that
+says how it ended.
 
 `build` returns the story as structured entries (`Story`, `Entry`, `Line`): the
 CLI prints `Story.text()`, and the dashboard's room page renders the same
@@ -134,7 +135,10 @@ def build(room_id: str, rows: dict[str, list[dict]], now: float) -> Story:
                 lines.append(Line(f"timer #{timer['id']} due {when(timer['due_at'])}", 4, "timer"))
         for timer in cancelled_by.get(delivery["id"], []):
             lines.append(Line(f"cancelled timer #{timer['id']} ({timer['rule']}): {timer['reason']}", 2, "cancel"))
-        if not decisions_by_delivery.get(delivery["id"]) and delivery["known"]:
+        problem = delivery.get("problem")
+        if problem:
+            lines.append(Line(f"{delivery['event_type']} (unreadable: {problem}): kept, not decided on", 2, "error"))
+        elif not decisions_by_delivery.get(delivery["id"]) and delivery["known"]:
             lines.append(Line("no rule matched", 2))
         if not delivery["known"]:
             lines.append(Line("event type not known to roomwarden: recorded, never acted on", 2))
@@ -210,5 +214,12 @@ def _outcome(rows: dict, now: float) -> str:
     if cancelled:
         return f"outcome: not deactivated: its last timer was cancelled ({cancelled[-1]['reason']})"
     if not rows["decisions"]:
-        return f"outcome: not deactivated: no rule matched any of its {len(rows['deliveries'])} deliveries"
+        total = len(rows["deliveries"])
+        unread = sum(1 for d in rows["deliveries"] if d.get("problem"))
+        if unread == total:
+            return f"outcome: not deactivated: none of its {total} deliveries could be read (kept, not decided on)"
+        if unread:
+            return (f"outcome: not deactivated: no rule matched any of its {total - unread} readable deliveries; "
+                    f"{unread} kept unread, not decided on")
+        return f"outcome: not deactivated: no rule matched any of its {total} deliveries"
     return "outcome: not deactivated"

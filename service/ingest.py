@@ -5,6 +5,9 @@ planner, and writes the delivery, the room's new state, the decisions, the
 actions and the timers they cause, and the timers they cancel, in one
 transaction. When `ingest` returns, all of it is durable; when it raises
 (`StoreUnavailable`), none of it is, and the sender should retry.
+
+A delivery whose body could not be read as its type needs (`Event.problem`) is
+stored with that problem and nothing else: the planner is not asked about it.
 """
 
 from __future__ import annotations
@@ -48,6 +51,6 @@ class Ingestor:
             room_id=event.room_id, session_id=event.session_id,
             participant_id=event.participant_id, known=event.known, verified=verified,
             body_sha256=hashlib.sha256(raw).hexdigest(), body=raw.decode("utf-8"),
-            rules_hash=rule_set.sha256,
+            rules_hash=rule_set.sha256, problem=event.problem,
         )
         return self.store.ingest(delivery, plan)

@@ -18,7 +18,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 DELIVERIES = Counter("roomwarden_deliveries_total", "Webhook deliveries recorded, by event type and outcome "
-                     "(accepted: a known event type; ignored: an unknown one)", ["event", "outcome"])
+                     "(accepted: a known event type; ignored: an unknown one; unreadable: a known type "
+                     "missing a field it needs, kept and never decided on)", ["event", "outcome"])
 REJECTIONS = Counter("roomwarden_rejections_total", "Deliveries refused, by HTTP status", ["status"])
 SIGNATURE_FAILURES = Counter("roomwarden_signature_failures_total",
                              "Deliveries refused because videosdk-signature was missing or wrong")

@@ -131,9 +131,12 @@ def _holds(rule: Rule, facts: Facts) -> tuple[bool, Trace | None]:
 
 def plan_event(rule_set: RuleSet, event: Event, now: float, room: RoomState | None,
                timers: Iterable[PendingTimer], acted: set[str], *, acts: bool) -> EventPlan:
-    """Everything one delivery changes: the room's state, its timers, and the decisions."""
-    if not event.known or not event.room_id:
-        return EventPlan(room, (), ())  # recorded, never acted on
+    """Everything one delivery changes: the room's state, its timers, and the decisions.
+
+    An event of an unknown type, with no room, or whose body could not be read
+    (`event.problem`) changes nothing: it is recorded, never decided on."""
+    if not event.known or event.problem is not None or not event.room_id:
+        return EventPlan(room, (), ())
     room = advance(room, event, now)
     timers = list(timers)
 

@@ -37,9 +37,10 @@ CACHED_TRIGGER_MAX = 4096
 
 def _trigger(body: str) -> Event | None:
     try:
-        return parse_event(body.encode("utf-8"))
+        event = parse_event(body.encode("utf-8"))
     except PayloadInvalid:
         return None
+    return event if event.problem is None else None  # read, but no longer readable as its type
 
 
 _cached_trigger = lru_cache(maxsize=512)(_trigger)

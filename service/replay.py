@@ -45,6 +45,8 @@ def replay(deliveries: Iterable[dict], current: RuleSet, candidate: RuleSet, *, 
             event = parse_event(row["body"].encode("utf-8"))
         except PayloadInvalid:  # stored bodies parsed once; a newer schema may read them differently
             continue
+        if event.problem is not None:  # kept unread: the service never decided on it, nor does a replay
+            continue
         events[row["id"]] = event.type
         for run in runs:
             run.deliver(event, row["received_at"], row["id"])

@@ -126,9 +126,12 @@ def _event(path: Path, where: str, item: dict) -> Event:
     else:
         _fail(path, where, "needs `event:` (with `data:`) or `body:`")
     try:
-        return parse_event(raw)
+        event = parse_event(raw)
     except PayloadInvalid as exc:
         _fail(path, where, f"{exc.message}{': ' + json.dumps(exc.fields) if exc.fields else ''}")
+    if event.problem is not None:  # the service would keep it and decide nothing: a test of nothing
+        _fail(path, where, f"{event.type} body cannot be read: {event.problem}")
+    return event
 
 
 def load_tests(path: Path, rules_override: Path | None = None) -> TestFile:

@@ -1,10 +1,12 @@
 """What one event would do under a rule set, with no side effects: `python -m service simulate`
 and the dashboard's "try an event" box.
 
-`try_event(rule_set, raw, now)` parses the body (raising `PayloadInvalid`, as the
+`try_event(rule_set, raw, now)` parses the body (raising `PayloadInvalid` where the
 webhook would answer 400), folds it into a room with no history, evaluates every
 rule that applies to its type, and asks the planner what each match would lead
-to. Nothing is stored, called or logged.
+to. A body the webhook would keep unread (a known type missing a field it needs)
+evaluates no rule: the trial says why, as the service would decide nothing on it.
+Nothing is stored, called or logged.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class Trial:
     @property
     def notes(self) -> list[str]:
         out = []
+        if self.event.problem is not None:
+            return [f"unreadable ({self.event.problem}): kept, never decided on"]
         if not self.event.known:
             out.append("unknown event type: recorded, never acted on")
         if not self.rules:
@@ -84,6 +88,7 @@ class Trial:
         """The trace as `simulate --json` prints it."""
         return {
             "event": self.event.type, "room": self.event.room_id, "known": self.event.known,
+            "problem": self.event.problem,
             "rules": [{"rule": r.result.rule.name, "action": r.result.rule.action, "result": r.result.result,
                        "outcome": r.outcome.outcome if r.outcome else None,
                        "trace": r.result.trace.to_dict() if r.result.trace else None} for r in self.rules],
@@ -93,6 +98,8 @@ class Trial:
 def try_event(rule_set: RuleSet, raw: bytes, now: float) -> Trial:
     """The decision trace for one body against `rule_set`. Raises PayloadInvalid."""
     event = parse_event(raw)
+    if event.problem is not None:
+        return Trial(event, rule_set.source, ())  # the service would not decide on it: nor does a trial
     room = advance(None, event, now)  # a room with no history: this event is all it knows
     results = evaluate(rule_set, Facts(event=event, now=now, room=room, tz=rule_set.settings.tz))
     outcomes = {o.rule: o for o in plan_event(rule_set, event, now, None, [], set(), acts=True).outcomes}

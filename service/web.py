@@ -1,9 +1,13 @@
 """The HTTP layer: the webhook receiver and the health checks. Thin: parse, call, answer.
 
 Every error answer is JSON with an `error` message; no answer ever carries a
-stack trace. Status codes: 401 bad signature, 400 bad body, 413 body over
-64 KiB, 503 store or key unavailable (with Retry-After), 202 accepted, 200
-recorded but not acted on (an event type the service does not know).
+stack trace. Status codes: 401 bad signature; 400 a body that is not UTF-8, not
+JSON, or not `{"webhookType": str, "data": {...}}`; 413 body over 64 KiB; 503
+store or key unavailable (with Retry-After); 202 accepted; 200 recorded but not
+acted on: an event type the service does not know, or a known type whose `data`
+lacks a field the service needs (`"readable": false` and the `problem`): a signed
+body in the webhook's envelope is never refused for what its `data` lacks, since
+VideoSDK may never send it again.
 """
 
 from __future__ import annotations
@@ -39,18 +43,22 @@ def receive_webhook():
     if runtime.verifier is not None:
         runtime.verifier.verify(raw, request.headers.get(HEADER))  # before parsing anything
     event = parse_event(raw)
-    g.setdefault("log_fields", {}).update(event=event.type, room=event.room_id)
+    # The problem names schema fields and messages only, never a value from the body.
+    g.setdefault("log_fields", {}).update(event=event.type, room=event.room_id, problem=event.problem)
     receipt = runtime.ingestor.ingest(raw, event, verified=runtime.verifier is not None)
     decisions = [{"rule": d.rule, "action": d.action, "outcome": d.outcome, "action_id": d.action_id}
                  for d in receipt.decisions]
-    metrics.count_delivery(event.type, "accepted" if event.known else "ignored")
+    readable = event.problem is None
+    metrics.count_delivery(event.type, "unreadable" if not readable else "accepted" if event.known else "ignored")
     metrics.count_decisions(receipt.decisions)
     g.log_fields.update(delivery=receipt.delivery_id,
                         decisions=[f"{d['rule']}:{d['outcome']}" for d in decisions],
                         cancelled_timers=list(receipt.cancelled) or None)
-    body = {"delivery": receipt.delivery_id, "event": event.type, "known": event.known,
+    body = {"delivery": receipt.delivery_id, "event": event.type, "known": event.known, "readable": readable,
             "decisions": decisions}
-    return jsonify(body), (202 if event.known else 200)
+    if not readable:
+        body["problem"] = event.problem  # recorded, but not read: never decided on
+    return jsonify(body), (202 if event.known and readable else 200)
 
 
 def _read_body() -> bytes:

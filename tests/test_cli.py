@@ -92,11 +92,23 @@ def test_simulate_inline_json_of_an_unknown_event():
     assert "unknown event type: recorded, never acted on" in result.stdout.decode()
 
 
-def test_simulate_rejects_a_bad_event_with_field_messages():
+def test_simulate_rejects_a_body_that_is_not_a_webhook_with_field_messages():
+    result = run("simulate", '{"webhookType": "session-ended"}', "--rules", "rules.yaml")
+    assert result.returncode == 1
+    assert "not a VideoSDK webhook" in result.stderr.decode()
+    assert '"data"' in result.stderr.decode() and "Missing data" in result.stderr.decode()
+
+
+def test_simulate_shows_a_known_event_missing_a_field_is_kept_and_never_decided_on():
+    # What the service does with it: keeps it (200) and evaluates no rule, as close-after-session
+    # would otherwise match any session-ended.
     result = run("simulate", '{"webhookType": "session-ended", "data": {"sessionId": "s"}}',
                  "--rules", "rules.yaml")
-    assert result.returncode == 1
-    assert "meetingId" in result.stderr.decode() and "Missing data" in result.stderr.decode()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().splitlines() == [
+        "event session-ended room=None session=s",
+        "  unreadable (data.meetingId: Missing data for required field.): kept, never decided on",
+    ]
 
 
 def test_simulate_with_bad_rules_exits_2_with_positions(tmp_path):

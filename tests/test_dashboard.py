@@ -283,7 +283,8 @@ def test_the_rooms_list_shows_occupancy_timers_and_protection(dash_app, post):
 
 def test_a_rooms_page_shows_what_explain_prints(dash_app, post, dead_action, fake_api):
     post(joined("room-ssss-0001", "ann"), left("room-ssss-0001", "ann"), joined("room-ssss-0001", "bob"),
-         ended("room-ssss-0001"), event_body("call-started", meetingId="room-ssss-0001"))
+         ended("room-ssss-0001"), event_body("call-started", meetingId="room-ssss-0001"),
+         event_body("participant-left", meetingId="room-ssss-0001", sessionId="s1"))  # kept unread
     run_worker(dash_app)
     client, _ = sign_in(dash_app)
     store = dash_app.extensions["roomwarden"].store
@@ -297,6 +298,10 @@ def test_a_rooms_page_shows_what_explain_prints(dash_app, post, dead_action, fak
                 assert part.strip() in shown, (room, part)
         assert printed[-1] in shown
     assert "Re-drive" in client.get("/dashboard/rooms/room-dead-0001").get_data(as_text=True)
+    unread = ("participant-left (unreadable: data.participantId: Missing data for required field.): "
+              "kept, not decided on")
+    assert (f'<div class="line line-error">  {unread}</div>'
+            in client.get("/dashboard/rooms/room-ssss-0001").get_data(as_text=True))
     answer = client.get("/dashboard/rooms/no-such-room")
     assert answer.status_code == 404 and "nothing recorded" in answer.get_json()["error"]
 
@@ -323,9 +328,15 @@ def test_try_an_event_shows_the_trace_and_changes_nothing(dash_app, post):
     assert "yes room.participants eq 0  (actual: 0)" in shown
     protected = text_of(client.post("/dashboard/try", data={"csrf": csrf, "body": ended("demo-room-0001").decode()}))
     assert "MATCH -> protected: would not act" in protected
-    bad = client.post("/dashboard/try", data={"csrf": csrf, "body": '{"webhookType": "session-ended", "data": {}}'})
+    bad = client.post("/dashboard/try", data={"csrf": csrf, "body": '{"webhookType": "session-ended"}'})
     assert bad.status_code == 400 and "Not a valid event" in bad.get_data(as_text=True)
-    assert "meetingId" in text_of(bad)
+    assert "Missing data" in text_of(bad)
+    # a known type missing a field: what the service would do, keep it and decide nothing
+    unread = client.post("/dashboard/try", data={"csrf": csrf, "body": '{"webhookType": "session-ended", "data": {}}'})
+    assert unread.status_code == 200
+    assert ("unreadable (data.meetingId: Missing data for required field.; data.sessionId: Missing data for "
+            "required field.): kept, never decided on") in text_of(unread)
+    assert "rule close-" not in text_of(unread)
     assert (len(store.deliveries(limit=500)), store.counts()) == before
     assert client.post("/dashboard/try", data={"body": "{}"}).status_code == 400  # CSRF
 

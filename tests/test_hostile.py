@@ -5,8 +5,9 @@ before and after every request.
 Every row of the table says what must come back. For each row: the status is the expected one and
 never 5xx; no answer carries a traceback; an error the application answers is JSON with an
 `error` message; a refused request wrote nothing (deliveries, decisions, actions, timers, rooms);
-an accepted one stored exactly one delivery, byte for byte. Requests that gunicorn's HTTP parser
-refuses before the application runs (bad Content-Length, header limits, ...) are answered by
+an accepted one stored exactly one delivery, byte for byte; a signed body of a known type with a
+field missing or unreadable was kept (200, its problem stored) and wrote nothing else. Requests
+that gunicorn's HTTP parser refuses before the application runs (bad Content-Length, header limits, ...) are answered by
 gunicorn in text/html: those rows are marked `layer="gunicorn"` and checked for status, no
 traceback and no writes. At the end the server must still be up, with its two original workers,
 and its log must hold no traceback.
@@ -124,11 +125,12 @@ def counts(db: Path) -> dict[str, int]:
         con.close()
 
 
-def stored_body(db: Path, delivery_id: str) -> str | None:
+def stored(db: Path, delivery_id: str) -> tuple[str, str | None] | None:
+    """The stored delivery's (body, problem)."""
     con = sqlite3.connect(db, timeout=30)
     try:
-        row = con.execute("SELECT body FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
-        return row[0] if row else None
+        row = con.execute("SELECT body, problem FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+        return tuple(row) if row else None
     finally:
         con.close()
 
@@ -227,6 +229,7 @@ class Case:
     error: str | None = None  # a fragment of the JSON `error` message
     layer: str = "app"  # "gunicorn": refused by the HTTP parser before the app runs (text/html)
     stores: bool | None = None  # None: a 200/202 stores one delivery, anything else nothing
+    problem: str | None = None  # kept unread (200): a fragment of the problem it is stored with
 
     @property
     def accepted(self) -> bool:
@@ -323,11 +326,16 @@ def _cases() -> list[Case]:
         "json-true": b"true", "json-number": b"1", "json-string": b'"session-ended"', "json-array": b"[]",
         "array-of-webhook": b"[" + ENDED + b"]", "raw-control-char-in-string": mangled(b"\x01"),
         "bare-word": b"session-ended", "xml": b"<webhook/>",
-        "duplicate-keys-last-wins": b'{"webhookType":"call-x","data":{},"webhookType":"session-ended"}',
     }
     for name, body in malformed.items():
         add(Case(f"malformed-{name}-signed", http_request(body), 400))
         add(Case(f"malformed-{name}-unsigned", http_request(body, sig=OMIT), 401, "missing videosdk-signature"))
+    # duplicate keys: the last wins, so this is a session-ended with nothing in it, kept unread
+    duplicate = b'{"webhookType":"call-x","data":{},"webhookType":"session-ended"}'
+    add(Case("malformed-duplicate-keys-last-wins-signed", http_request(duplicate), 200,
+             problem="data.meetingId: Missing data for required field.; data.sessionId: Missing data"))
+    add(Case("malformed-duplicate-keys-last-wins-unsigned", http_request(duplicate, sig=OMIT), 401,
+             "missing videosdk-signature"))
     add(Case("malformed-garbage-signature", http_request(b"{not json", sig="Zm9v"), 401, "does not match"))
 
     # -- not UTF-8 ---------------------------------------------------------------------------------
@@ -381,7 +389,7 @@ def _cases() -> list[Case]:
                 data = {**valid_data(event_type), name: value}
                 ok = need == OPTIONAL and value is None
                 add(Case(f"type-{event_type}-{name}-{label}", http_request(ev(event_type, data)),
-                         202 if ok else 400, None if ok else "missing or has invalid fields"))
+                         202 if ok else 200, problem=None if ok else f"data.{name}: "))
     for label, value in WRONG_TYPES + [("empty", ""), ("uppercase", "Session-Ended"), ("space", "session ended"),
                                        ("too-long", "a" * 101), ("slash", "session/ended")]:
         add(Case(f"type-webhookType-{label}", http_request(json.dumps({"webhookType": value, "data": {}}).encode()),
@@ -392,15 +400,20 @@ def _cases() -> list[Case]:
     for label, value in [("with-slash", "a/b"), ("with-space", "a b"), ("newline", "abcd\n"), ("too-long", "a" * 129),
                          ("empty", ""), ("leading-dash", "-abc"), ("unicode", "ábcd")]:
         add(Case(f"value-meetingId-{label}", http_request(ev("session-ended", {**valid_data("session-ended"),
-                                                                               "meetingId": value})), 400))
+                                                                               "meetingId": value})), 200,
+                 problem="data.meetingId: Not a valid id."))
     add(Case("value-participantId-empty", http_request(ev("participant-left", {**valid_data("participant-left"),
-                                                                               "participantId": ""})), 400))
+                                                                               "participantId": ""})), 200,
+             problem="data.participantId: Length must be between 1 and 256."))
     add(Case("value-participantId-too-long", http_request(ev("participant-left", {
-        **valid_data("participant-left"), "participantId": "p" * 257})), 400))
+        **valid_data("participant-left"), "participantId": "p" * 257})), 200,
+        problem="data.participantId: Length must be between 1 and 256."))
     add(Case("value-participantName-too-long", http_request(ev("participant-left", {
-        **valid_data("participant-left"), "participantName": "n" * 513})), 400))
+        **valid_data("participant-left"), "participantName": "n" * 513})), 200,
+        problem="data.participantName: Longer than maximum length 512."))
     add(Case("value-start-too-long", http_request(ev("session-started", {
-        **valid_data("session-started"), "start": "2" * 65})), 400))
+        **valid_data("session-started"), "start": "2" * 65})), 200,
+        problem="data.start: Longer than maximum length 64."))
     for label, stamp in (("garbage", "yesterday"), ("sixty-minutes", "2022-07-05T15:60:35Z"), ("empty", ""),
                          ("year-0", "0000-01-01T00:00:00Z"), ("far-offset", "9999-12-31T23:59:59-23:59")):
         add(Case(f"value-start-unreadable-is-accepted-{label}", http_request(ev("session-ended", {
@@ -413,12 +426,13 @@ def _cases() -> list[Case]:
     add(Case("value-unknown-event-wrong-types-recorded", http_request(
         ev("call-answered", {"meetingId": 12, "sessionId": None, "participantId": []})), 200))
 
-    # -- missing fields ------------------------------------------------------------------------------
+    # -- missing fields: a signed body of a known type is kept (200), never decided on ----------------
     for event_type, fields in EVENTS.items():
         for name, need in fields.items():
             data = {k: v for k, v in valid_data(event_type).items() if k != name}
             add(Case(f"missing-{event_type}-{name}", http_request(ev(event_type, data)),
-                     202 if need == OPTIONAL else 400, None if need == OPTIONAL else "missing or has invalid fields"))
+                     202 if need == OPTIONAL else 200,
+                     problem=None if need == OPTIONAL else f"data.{name}: Missing data for required field."))
     add(Case("missing-webhookType", http_request(json.dumps({"data": valid_data("session-ended")}).encode()), 400))
     add(Case("missing-data", http_request(json.dumps({"webhookType": "session-ended"}).encode()), 400))
     add(Case("missing-everything", http_request(b"{}"), 400, "not a VideoSDK webhook"))
@@ -435,10 +449,11 @@ def _cases() -> list[Case]:
         **valid_data("session-ended"), "participantId": 12, "participantName": {"x": 1}})), 202))
     add(Case("extra-top-level-only", http_request(ev("session-ended", valid_data("session-ended"),
                                                      webhookId=None, extra={"deep": [[[]]]})), 202))
-    # a NUL (or any control character) in an id would end up in the store's columns: refused
+    # a NUL (or any control character) in an id would end up in the store's columns: the body is kept
+    # (as sent: the NUL is a JSON escape in it), the id is not
     add(Case("value-participantId-with-nul", http_request(
-        ev("participant-left", {**valid_data("participant-left"), "participantId": "p\u0000q"})), 400,
-        "missing or has invalid fields"))
+        ev("participant-left", {**valid_data("participant-left"), "participantId": "p\u0000q"})), 200,
+        problem="data.participantId: Must not contain control characters."))
 
     # -- empty bodies -----------------------------------------------------------------------------------
     add(Case("empty-body-signed", http_request(b""), 400, "empty"))
@@ -645,10 +660,16 @@ def test_hostile_input(server, case: Case):
 
     if case.accepted:
         payload = json.loads(body)
-        assert payload["known"] is (case.status == 202)
+        assert payload["known"] is (case.status == 202 or case.problem is not None)
         assert isinstance(payload["decisions"], list)
         assert after["deliveries"] == before["deliveries"] + 1, (before, after)
-        assert stored_body(server.db, payload["delivery"]) == req.body.decode("utf-8"), "not stored byte for byte"
+        kept_body, problem = stored(server.db, payload["delivery"])
+        assert kept_body == req.body.decode("utf-8"), "not stored byte for byte"
+        assert payload["readable"] is (case.problem is None) and problem == payload.get("problem")
+        if case.problem is not None:
+            assert case.problem in problem, problem
+            assert payload["decisions"] == []
+            assert after == {**before, "deliveries": before["deliveries"] + 1}, "an unreadable body was decided on"
     else:
         assert after == before, f"a refused request wrote rows: {before} -> {after}"
 

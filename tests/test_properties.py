@@ -142,11 +142,12 @@ def _counts(db: str) -> dict[str, int]:
         con.close()
 
 
-def _stored_body(db: str, delivery: str) -> str | None:
+def _stored(db: str, delivery: str) -> tuple[str, str | None] | None:
+    """The stored delivery's (body, problem)."""
     con = sqlite3.connect(db, timeout=30)
     try:
-        row = con.execute("SELECT body FROM deliveries WHERE id = ?", (delivery,)).fetchone()
-        return row[0] if row else None
+        row = con.execute("SELECT body, problem FROM deliveries WHERE id = ?", (delivery,)).fetchone()
+        return tuple(row) if row else None
     finally:
         con.close()
 
@@ -177,9 +178,14 @@ class Receiver:
             assert isinstance(payload.get("error"), str) and payload["error"], payload
             assert after == before, f"a {status} left rows behind: {before} -> {after}"
         else:
-            assert payload["known"] is (status == 202)
+            # 202: read and decided on; 200: an unknown type, or a known one kept unread (with its problem)
+            assert payload["known"] is (status == 202 or not payload["readable"])
             assert after["deliveries"] == before["deliveries"] + 1, (before, after)
-            assert _stored_body(self.db, payload["delivery"]) == body.decode("utf-8")
+            assert _stored(self.db, payload["delivery"]) == (body.decode("utf-8"), payload.get("problem"))
+            if not payload["readable"]:
+                self.statuses["unreadable"] += 1
+                assert status == 200 and payload["problem"] and payload["decisions"] == []
+                assert after == {**before, "deliveries": before["deliveries"] + 1}, "an unreadable body was decided on"
         return status
 
 
@@ -217,8 +223,10 @@ def test_receiver_webhook_shaped_bodies(make_app, env):
         receiver.post(body)
 
     prop()
-    # Both sides of the property were exercised: some accepted (known and unknown), some refused.
+    # Every side of the property was exercised: some accepted (known and unknown), some kept unread,
+    # some refused.
     assert receiver.statuses[202] > 0 and receiver.statuses[200] > 0 and receiver.statuses[400] > 0, receiver.statuses
+    assert receiver.statuses["unreadable"] > 0, receiver.statuses
 
 
 def test_receiver_signed_bodies(make_app, env, public_pem, sign):
@@ -514,9 +522,11 @@ room_bodies = st.one_of(
 def room_events():
     def parse(body):
         try:
-            return parse_event(json.dumps(body).encode())
+            event = parse_event(json.dumps(body).encode())
         except PayloadInvalid:
-            return None  # a stamp over 64 characters, say: never reaches advance()
+            return None
+        return event if event.problem is None else None  # a stamp over 64 characters, say: kept unread,
+        # so it never reaches advance()
     return st.lists(room_bodies.map(parse).filter(lambda e: e is not None), max_size=25)
 
 

@@ -424,7 +424,10 @@ def test_ingest_writes_delivery_decisions_and_actions(store):
     new_delivery(verified=False, body='{"data": {"name": "Zoë’s room ✓"}}'),
     # a received_at with a fraction of a second, kept exactly
     new_delivery(at=T0 + 0.123456),
-], ids=["unknown-event", "unicode-body", "fractional-time"])
+    # a known type kept unread: its problem, and the ids that were valid
+    new_delivery(event_type="participant-left", participant_id=None,
+                 problem="data.participantId: Missing data for required field."),
+], ids=["unknown-event", "unicode-body", "fractional-time", "kept-unread"])
 def test_delivery_round_trips_exactly(store, delivery):
     record(store, delivery)
 
@@ -656,6 +659,26 @@ def test_unknown_delivery_without_a_room_touches_no_room(store):
 
     assert seen.calls == [(None, [], set())]
     assert row_counts(store) == counts(deliveries=1)
+
+
+def test_a_delivery_kept_unread_is_stored_and_nothing_is_decided_on_it(store, clock):
+    _, timer = start_timer(store, "hold|room-1|a", at=T0)
+    room_before = store.room("room-1")
+    seen = Plans()
+    unread = new_delivery(at=T0 + 1, event_type="participant-left", participant_id=None,
+                          problem="data.participantId: Missing data for required field.")
+
+    # a plan that would change everything, if it were asked
+    receipt = record(store, unread, [new_decision("k-unread")], room_state={"n": -1},
+                     cancels=[TimerCancel("hold|room-1|a", "left")], seen=seen)
+
+    assert seen.calls == []  # never asked
+    assert receipt == Receipt(unread.id, ())
+    assert store.delivery(unread.id) == unread.__dict__
+    assert store.room("room-1") == room_before  # not even its updated_at
+    assert [(t["id"], t["status"]) for t in store.timers()] == [(timer["id"], "pending")]
+    assert store.decisions(delivery_id=unread.id) == [] and store.actions() == []
+    assert row_counts(store) == counts(deliveries=2, decisions=1, timers=1, rooms=1)
 
 
 def test_plan_is_handed_the_rooms_pending_timers_and_action_keys_only(store, clock):

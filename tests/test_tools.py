@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, ended, joined, left
+from .conftest import ROOT, event_body, ended, joined, left
 from .fakeapi import Reply
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -674,6 +674,26 @@ def test_explain_a_protected_room(service, env, fake_api):
     assert "rule close-after-session: protected" in [line.strip() for line in lines]
     assert lines[-1] == "outcome: not deactivated: the room is protected (settings.protect)"
     assert fake_api.deactivations(status=None) == []
+
+
+def test_explain_shows_a_delivery_kept_unread(service, env, make_app, sign):
+    post = service(EXPLAIN_RULES)
+    post(joined("room-u", "ann"))
+    unread = event_body("participant-left", meetingId="room-u", sessionId="s1")  # no participantId
+    answer = make_app().test_client().post("/webhooks/videosdk", data=unread, headers={
+        "Content-Type": "application/json", "videosdk-signature": sign(unread)})
+    assert answer.status_code == 200 and answer.get_json()["readable"] is False
+    code, lines = story("room-u", env)
+    assert code == 0
+    assert lines[0].startswith("room room-u: 1 session(s) seen, 1 participant(s) in it now")  # ann never left
+    heads = [re.sub(r"^delivery \w+ (.*) \[verified, rules \w{12}\]$", r"\1", text) for _, text in entries(lines)]
+    assert heads == ["participant-joined participant=ann session=s1", "participant-left session=s1"]
+    body = [line.strip() for line in lines]
+    left_at = next(i for i, b in enumerate(body) if "participant-left session=s1" in b)
+    assert body[left_at + 1:-1] == [
+        "participant-left (unreadable: data.participantId: Missing data for required field.): kept, not decided on"]
+    assert lines[-1] == ("outcome: not deactivated: no rule matched any of its 1 readable deliveries; "
+                         "1 kept unread, not decided on")
 
 
 @pytest.mark.parametrize("json_flag", [False, True], ids=["text", "json"])

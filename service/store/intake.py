@@ -23,7 +23,9 @@ class IntakeMixin:
         actions, all locked, so concurrent deliveries for one room are decided one
         after the other. A decision whose action key is already taken is recorded
         as `duplicate`; a timer whose key already has a pending one, as
-        `timer-running`. On SQLite, deliveries that arrive together in one process share
+        `timer-running`. A delivery kept unread (`problem` set) is stored and nothing
+        else: `plan` is not called, and no room, timer, decision or action changes.
+        On SQLite, deliveries that arrive together in one process share
         a transaction (batch.py); each is still all-or-nothing.
         """
         if self._intake is None:
@@ -44,6 +46,8 @@ class IntakeMixin:
     def _ingest_one(self, conn: Connection, delivery: NewDelivery, plan: Callable) -> Receipt:
         now = delivery.received_at
         run(conn, self._sql.insert_delivery, delivery.__dict__)
+        if delivery.problem is not None:
+            return Receipt(delivery.id, ())  # kept unread: never decided on, its room not even locked
         room_id = delivery.room_id if delivery.known else None
         if room_id is None:
             write = plan(None, [], set())

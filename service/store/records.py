@@ -19,6 +19,7 @@ class NewDelivery:
     body_sha256: str
     body: str
     rules_hash: str
+    problem: str | None = None  # a body of a known type that could not be read: kept, never decided on
 
 
 @dataclass(frozen=True)
