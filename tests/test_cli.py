@@ -111,6 +111,22 @@ def test_simulate_shows_a_known_event_missing_a_field_is_kept_and_never_decided_
     ]
 
 
+def test_check_warns_on_a_type_videosdk_does_not_document_with_the_nearest_name(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("version: 1\nrules:\n  - name: a\n    on: participant-leftt\n    action: deactivate\n"
+                    "  - name: b\n    on: agent-session-started\n    action: deactivate\n")
+    result = run("check", str(path))
+    assert result.returncode == 0  # warnings fail only with --strict
+    assert result.stdout.decode().splitlines()[:2] == [
+        f"{path}:4:9: warning: 'participant-leftt': VideoSDK documents no such type, and roomwarden does not "
+        "act on it: events of unknown types are recorded but never acted on; did you mean 'participant-left'?",
+        f"{path}:7:9: warning: 'agent-session-started': VideoSDK documents no such type (it names the "
+        "agent-session-* family, with shapes unknown), and roomwarden does not act on it: events of unknown "
+        "types are recorded but never acted on",
+    ]
+    assert run("check", str(path), "--strict").returncode == 1
+
+
 def test_simulate_with_bad_rules_exits_2_with_positions(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("version: 1\nrules:\n  - name: x\n    on: session-ended\n    action: nope\n")

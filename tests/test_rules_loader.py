@@ -775,14 +775,41 @@ WARNINGS = [
                  id="session-duration-on-participant-left"),
     pytest.param(one_rule("not:\n  any:\n    - room.id: a\n    - participant.name: bob", on="session-started"),
                  [(9, 13, "'participant.name' is never set on session-started events")], id="nested-field"),
+    # families VideoSDK names without documenting a type: no near name is offered for them
     pytest.param(one_rule(on="call-*"),
-                 [(4, 9, "'call-*' matches no event type roomwarden acts on; events of unknown types are "
+                 [(4, 9, "'call-*': VideoSDK documents no type it matches (it names the call-* family, with "
+                         "shapes unknown), and roomwarden does not act on it: events of unknown types are "
                          "recorded but never acted on")], id="on-call-glob"),
     pytest.param(one_rule(on="[session-ended, agent-session-ended]"),
-                 [(4, 9, "'agent-session-ended' matches no event type roomwarden acts on")], id="on-list-item"),
+                 [(4, 9, "'agent-session-ended': VideoSDK documents no such type (it names the agent-session-* "
+                         "family, with shapes unknown), and roomwarden does not act on it")], id="on-list-item"),
     pytest.param(one_rule("participant.id: p1", on="batchcall-*"),
-                 [(4, 9, "'batchcall-*' matches no event type"),
+                 [(4, 9, "'batchcall-*': VideoSDK documents no type it matches (it names the batchcall-*"),
                   (6, 7, "'participant.id' is never set on batchcall-* events")], id="both-in-file-order"),
+    pytest.param(one_rule(on="ai-deployment-session-started"),
+                 [(4, 9, "'ai-deployment-session-started': VideoSDK documents no such type (it names the "
+                         "ai-deployment-session-* family")], id="ai-deployment-session"),
+    # a type VideoSDK does not document: most often a typo, so the nearest documented name is offered
+    pytest.param(one_rule(on="participant-leftt"),
+                 [(4, 9, "'participant-leftt': VideoSDK documents no such type, and roomwarden does not act on "
+                         "it: events of unknown types are recorded but never acted on; did you mean "
+                         "'participant-left'?")], id="typo-of-a-documented-type"),
+    pytest.param(one_rule(on="sesion-ended"),
+                 [(4, 9, "'sesion-ended': VideoSDK documents no such type, and roomwarden does not act on it: "
+                         "events of unknown types are recorded but never acted on; did you mean 'session-ended'?")],
+                 id="typo-session-ended"),
+    # roomwarden would read it (recording-*), but VideoSDK documents no such type
+    pytest.param(one_rule(on="recording-paused"),
+                 [(4, 9, "'recording-paused': VideoSDK documents no such type; did you mean 'recording-")],
+                 id="read-by-a-family-glob-but-undocumented"),
+    # a glob that can only match undocumented types
+    pytest.param(one_rule(on="'hls-play*d'"),
+                 [(4, 9, "'hls-play*d': VideoSDK documents no type it matches; did you mean 'hls-playable'?")],
+                 id="glob-matching-no-documented-type"),
+    # documented, but not a type roomwarden reads
+    pytest.param(one_rule(on="resource-acquired"),
+                 [(4, 9, "'resource-acquired' matches no event type roomwarden acts on; events of unknown types "
+                         "are recorded but never acted on")], id="documented-but-not-read"),
     # acting on a leave without asking VideoSDK first
     pytest.param(one_rule(on="participant-left"), [(5, 13, "'deactivate' on participant-left without 'confirm: active-participants': events can arrive late or out of "
                                                             "order")], id="deactivate-on-leave"),
@@ -801,6 +828,9 @@ WARNINGS = [
     pytest.param(one_rule("room.empty_for: {gt: 5m}\nsession.age: {gt: 1h}\nnow.time: '22:00'",
                           on="participant-joined"), [], id="room-and-clock-fields-on-any-event"),
     pytest.param(one_rule("data.kind: video", on="hls-started"), [], id="data-paths-never-warn"),
+    pytest.param(one_rule(on="transcription-completed"), [], id="documented-with-no-payload"),
+    pytest.param(one_rule(on="'merge-recording-*'"), [], id="glob-of-a-documented-family"),
+    pytest.param(one_rule(on="'hls-*'"), [], id="glob-matching-documented-types"),
 ]
 
 
@@ -816,6 +846,41 @@ def test_warnings(text, expected):
     for warning in rule_set.warnings:
         assert warning.severity == "warning"
         assert str(warning) == f"w.yaml:{warning.line}:{warning.col}: warning: {warning.message}"
+
+
+# The webhook types VideoSDK documents, copied by hand from ../shared/videosdk/README.md: the four of
+# its "Fields by event" table (participant-joined, participant-left, session-started, session-ended)
+# and the bullet "Webhook event types documented today". Kept apart from the service's own list so
+# that a change to either shows up here.
+DOCUMENTED_IN_THE_SHARED_README = [
+    "participant-joined", "participant-left", "session-started", "session-ended",
+    "recording-starting", "recording-started", "recording-stopping", "recording-stopped", "recording-failed",
+    "participant-recording-starting", "participant-recording-started", "participant-recording-stopping",
+    "participant-recording-stopped", "participant-recording-failed",
+    "participant-track-recording-starting", "participant-track-recording-started",
+    "participant-track-recording-stopping", "participant-track-recording-stopped",
+    "participant-track-recording-failed",
+    "merge-recording-completed", "merge-recording-failed",
+    "livestream-starting", "livestream-started", "livestream-playable", "livestream-stopping",
+    "livestream-stopped", "livestream-failed",
+    "hls-starting", "hls-started", "hls-playable", "hls-stopping", "hls-stopped", "hls-failed",
+    "transcription-started", "transcription-stopped", "transcription-failed", "transcription-completed",
+    "resource-acquired",
+]
+
+
+def test_the_documented_types_are_exactly_the_shared_readme_list():
+    from service.schemas import DOCUMENTED_EVENT_TYPES
+
+    assert len(DOCUMENTED_EVENT_TYPES) == len(set(DOCUMENTED_EVENT_TYPES))  # no type twice
+    assert sorted(DOCUMENTED_EVENT_TYPES) == sorted(DOCUMENTED_IN_THE_SHARED_README)
+
+
+@pytest.mark.parametrize("event_type", DOCUMENTED_IN_THE_SHARED_README)
+def test_a_rule_on_any_documented_type_gets_no_undocumented_warning(event_type):
+    rule_set, problems = parse_rules(one_rule(on=event_type), "d.yaml")
+    assert problems == []
+    assert [w.message for w in rule_set.warnings if "VideoSDK documents" in w.message] == []
 
 
 def test_warnings_do_not_stop_load_rules(tmp_path):

@@ -417,8 +417,9 @@ def test_check_prints_warnings_with_positions_and_fails_only_when_strict(tmp_pat
     assert lines[:2] == [
         f"{path}:6:7: warning: 'participant.id' is never set on session-ended events (only on participant-*), "
         "so this test is never true",
-        f"{path}:9:9: warning: 'call-started' matches no event type roomwarden acts on; events of unknown "
-        "types are recorded but never acted on",
+        f"{path}:9:9: warning: 'call-started': VideoSDK documents no such type (it names the call-* family, "
+        "with shapes unknown), and roomwarden does not act on it: events of unknown types are recorded but "
+        "never acted on",
     ]
     if strict:
         assert lines[2:] == [] and result.stderr.strip() == "2 warning(s), and --strict"

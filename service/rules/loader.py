@@ -24,7 +24,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ..errors import RulesError
-from ..schemas import DOCUMENTED_EVENT_TYPES, KNOWN_EVENTS
+from ..schemas import DOCUMENTED_EVENT_TYPES, KNOWN_EVENTS, NAMED_UNDOCUMENTED_FAMILIES
 from . import fields
 from .conditions import All, Any_, Compare, Condition, Not
 from .durations import parse_duration
@@ -108,6 +108,20 @@ def _overlap(a: str, b: str) -> bool:
     one matches the other, or both match an event type VideoSDK documents."""
     return fnmatchcase(a, b) or fnmatchcase(b, a) or any(
         fnmatchcase(name, a) and fnmatchcase(name, b) for name in DOCUMENTED_EVENT_TYPES)
+
+
+def _undocumented(pattern: str, acted_on: bool) -> str:
+    """The warning for an `on:` that can match no webhook type VideoSDK documents: most often a
+    typo, so it names the nearest documented type, unless it is in a family VideoSDK names
+    without documenting (a near name there would mislead)."""
+    glob = any(c in pattern for c in "*?[")
+    message = f"'{pattern}': VideoSDK documents no {'type it matches' if glob else 'such type'}"
+    family = next((f for f in NAMED_UNDOCUMENTED_FAMILIES if _overlap(pattern, f)), None)
+    if family is not None:
+        message += f" (it names the {family} family, with shapes unknown)"
+    if not acted_on:
+        message += ", and roomwarden does not act on it: events of unknown types are recorded but never acted on"
+    return message + ("" if family is not None else _hint(pattern, DOCUMENTED_EVENT_TYPES))
 
 
 def _hint(word: str, choices) -> str:
@@ -357,7 +371,10 @@ class _Reader:
     def warn_unreachable(self, on: tuple[str, ...], on_node: Node) -> None:
         """Warnings for parts of a rule that can never apply; errors are already ruled out."""
         for pattern in on:
-            if not any(_overlap(pattern, known) for known in _KNOWN_EVENT_PATTERNS):
+            acted_on = any(_overlap(pattern, known) for known in _KNOWN_EVENT_PATTERNS)
+            if not any(fnmatchcase(name, pattern) for name in DOCUMENTED_EVENT_TYPES):
+                self.warn(on_node, _undocumented(pattern, acted_on))
+            elif not acted_on:
                 self.warn(on_node, f"'{pattern}' matches no event type roomwarden acts on; events of "
                                    "unknown types are recorded but never acted on")
         for name, key_node in self._fields_used:
