@@ -7,7 +7,7 @@
     │   ├── SignatureInvalid     401: missing, garbled or wrong `videosdk-signature`
     │   ├── RequestRejected      400: a body that could not be read whole (broken framing)
     │   └── PayloadInvalid       400: not UTF-8, not JSON, or not `{"webhookType": str, "data": {...}}`
-    └── Unavailable          a dependency is down; the sender should retry (503)
+    └── Unavailable          a dependency is down: 503 (VideoSDK documents no retries: a loss)
         ├── KeyUnavailable       no webhook public key yet (fetch failed, none pinned)
         └── StoreUnavailable     the database is locked or unreachable
 
@@ -64,7 +64,8 @@ class PayloadInvalid(DeliveryRejected):
 
 
 class Unavailable(RoomwardenError):
-    """Something the service needs is down; answer 503 so the sender retries."""
+    """Something the service needs is down: answer 503. VideoSDK documents no retries, so the
+    delivery may be lost; the caller counts and logs it (docs/videosdk.md)."""
 
     status = 503
     retry_after = 5

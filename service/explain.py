@@ -166,6 +166,8 @@ def build(room_id: str, rows: dict[str, list[dict]], now: float) -> Story:
         lines = [Line(text, 0, "head")]
         if attempt["note"]:
             lines.append(Line(attempt["note"], 2))
+        if attempt.get("doubt"):  # a 2xx whose words leave the effect in doubt (docs/videosdk.md)
+            lines.append(Line(f"DOUBTFUL: {attempt['doubt']}", 2, "error"))
         if attempt["error"]:
             lines.append(Line(attempt["error"], 2, "error"))
         if attempt["next_due_at"]:
@@ -193,7 +195,9 @@ def _outcome(rows: dict, now: float) -> str:
     done = [a for a in actions if a["kind"] == "deactivate" and a["status"] == "done"]
     if done:
         a = done[0]
-        return f"outcome: deactivated at {when(a['updated_at'])} by rule {a['rule']} (action #{a['id']})"
+        text = f"outcome: deactivated at {when(a['updated_at'])} by rule {a['rule']} (action #{a['id']})"
+        doubts = [t["doubt"] for t in rows["attempts"] if t["action_id"] == a["id"] and t.get("doubt")]
+        return text + (f", but doubtful: {doubts[-1]}" if doubts else "")
     for status, text in (("pending", "deactivation under way"), ("dead", "deactivation gave up (dead)"),
                          ("failed", "deactivation failed for good"), ("cancelled", "not deactivated: cancelled"),
                          ("dry-run", "not deactivated: dry run, it would have been")):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from service import explain
 from service.breaker import CircuitBreaker
 from service.config import Settings
 from service.errors import ConfigError, StoreUnavailable
@@ -1344,6 +1345,9 @@ def test_a_2xx_deactivate_saying_disabled_false_is_done_but_doubtful(fake_api, s
     assert any("doubtful" in r.getMessage() and "disabled: false" in r.getMessage() for r in caplog.records)
     clock.now = T0 + 3600
     assert worker.run_once() is False  # done, not retried: the API took the call
+    story = explain.story("room-1", store.room_story("room-1"), clock.now)
+    assert " " * 28 + "DOUBTFUL: the answer says disabled: false: the room may still be open" in story
+    assert story[-1].endswith(", but doubtful: the answer says disabled: false: the room may still be open")
 
 
 def test_end_session_records_the_documented_session_answer(fake_api, store, clock):
