@@ -15,12 +15,17 @@ _metrics_dir = promdir.ensure()
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "gthread"
-threads = int(os.environ.get("WEB_THREADS", "4"))
+# gevent: each request a greenlet, so requests waiting for the inbox's shared commit (run on a
+# real thread: store/offload.py) or for a slow client hold no thread. Measured against gthread in
+# bench/RESULTS.md; a thread per request waits through every fsync and is held by a stalled client.
+worker_class = "gevent"
+worker_connections = int(os.environ.get("WEB_CONNECTIONS", "1000"))  # open connections per worker
 timeout = 30
 graceful_timeout = 30
 keepalive = 5
-accesslog = "-"
+# No access log: the app logs one JSON line per request with more in it (web.py), and gunicorn's
+# own line cost a quarter of a bare app's throughput when measured.
+accesslog = None
 errorlog = "-"
 # A webhook body is at most 64 KiB; headers have no reason to be large.
 limit_request_field_size = 8190

@@ -8,7 +8,8 @@
     │   ├── RequestRejected      400: a body that could not be read whole (broken framing)
     │   └── PayloadInvalid       400: not UTF-8, not JSON, or not `{"webhookType": str, "data": {...}}`
     └── Unavailable          a dependency is down: 503 (VideoSDK documents no retries: a loss)
-        ├── KeyUnavailable       no webhook public key yet (fetch failed, none pinned)
+        ├── KeyUnavailable       no webhook public key yet (fetch failed, none pinned): the body
+        │                        is kept unverified (accept.py), never refused for it
         └── StoreUnavailable     the database is locked or unreachable
 
 A body of a known event type whose `data` lacks a field the service needs is

@@ -17,9 +17,12 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-DELIVERIES = Counter("roomwarden_deliveries_total", "Webhook deliveries recorded, by event type and outcome "
-                     "(accepted: a known event type; ignored: an unknown one; unreadable: a known type "
-                     "missing a field it needs, kept and never decided on)", ["event", "outcome"])
+DELIVERIES = Counter("roomwarden_deliveries_total", "Webhook deliveries decided (taken out of the inbox), by event "
+                     "type and outcome (accepted: a known event type; ignored: an unknown one; unreadable: a "
+                     "known type missing a field it needs, kept and never decided on; refused: kept unverified "
+                     "for want of a key, then its signature failed)", ["event", "outcome"])
+ACCEPTED = Counter("roomwarden_accepted_total", "Deliveries accepted into the inbox, by whether their signature "
+                   "was verified (yes; later: no key yet, verified by the decider; off)", ["verified"])
 REJECTIONS = Counter("roomwarden_rejections_total", "Deliveries refused, by HTTP status", ["status"])
 SIGNATURE_FAILURES = Counter("roomwarden_signature_failures_total",
                              "Deliveries refused because videosdk-signature was missing or wrong")
@@ -41,6 +44,10 @@ BREAKER_OPEN = Gauge("roomwarden_circuit_open", "1 while a worker's circuit brea
 
 def count_delivery(event: str, outcome: str) -> None:
     DELIVERIES.labels(event=event, outcome=outcome).inc()
+
+
+def count_accepted(verified: str) -> None:
+    ACCEPTED.labels(verified=verified).inc()
 
 
 def count_rejection(status: int, signature: bool) -> None:
@@ -88,7 +95,14 @@ class _OutboxCollector:
         self.store = store
 
     def collect(self):
-        stats = self.store.outbox_stats(time.time())
+        now = time.time()
+        depth, oldest = self.store.inbox_stats()
+        yield GaugeMetricFamily("roomwarden_inbox_depth", "Deliveries accepted and not yet decided",
+                                value=depth)
+        yield GaugeMetricFamily("roomwarden_inbox_oldest_age_seconds",
+                                "How long the oldest undecided delivery has waited",
+                                value=max(0.0, now - oldest) if oldest is not None else 0.0)
+        stats = self.store.outbox_stats(now)
         yield GaugeMetricFamily("roomwarden_queue_depth", "Actions due now and not yet done",
                                 value=stats["due"])
         yield GaugeMetricFamily("roomwarden_oldest_due_age_seconds",

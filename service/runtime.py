@@ -14,7 +14,8 @@ from typing import Any, Callable
 from .breaker import CircuitBreaker
 from .config import Settings
 from .errors import ConfigError
-from .ingest import Ingestor
+from .accept import Intake
+from .decider import Decider
 from .retry import RetryPolicy
 from .reload import RulesHolder, RulesWatcher, load_with_fallback
 from .signature import SignatureVerifier, load_public_keys
@@ -86,15 +87,23 @@ def watch_rules(settings: Settings, holder: RulesHolder, store: Store | None,
                         store=store, on_reload=on_reload).start()
 
 
+def build_decider(settings: Settings, store: Store, rules: RulesHolder, verifier: SignatureVerifier | None,
+                  clock: Callable[[], float] = time.time) -> Decider:
+    """What decides the inbox's deliveries: the worker's (and, in tests, after a request)."""
+    return Decider(store, lambda: rules.current, acts=settings.acts, verifier=verifier, clock=clock)
+
+
 def build_worker(settings: Settings, store: Store, rules: RulesHolder,
                  session: Any = None) -> Worker:
-    """A worker that acts, or (DRY_RUN, or WEBHOOK_VERIFY off) one that only fires timers."""
+    """A worker that decides the inbox and acts, or (DRY_RUN, or WEBHOOK_VERIFY off) one that
+    decides and fires timers as dry-run."""
     client = None
     if settings.acts:
         settings.require_credentials()
         client = VideoSDKClient(settings.api_base, TokenSource(settings.api_key, settings.secret_key),
                                 session=session, timeout=settings.api_timeout)
     return Worker(store, client, RetryPolicy(max_attempts=settings.max_attempts), lambda: rules.current,
+                  decider=build_decider(settings, store, rules, build_verifier(settings, session)),
                   lease_seconds=settings.lease_seconds, acts=settings.acts,
                   breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown),
                   retention_days=settings.retention_days)
@@ -124,7 +133,7 @@ class Runtime:
     store: Store
     rules: RulesHolder
     verifier: SignatureVerifier | None
-    ingestor: Ingestor
+    intake: Intake
     watcher: RulesWatcher | None = None
 
     @classmethod
@@ -133,10 +142,10 @@ class Runtime:
         verifier = build_verifier(settings)
         store = open_store(settings, clock)
         rules = load_rules_holder(settings, store)
-        ingestor = Ingestor(store, lambda: rules.current, acts=settings.acts, clock=clock)
+        intake = Intake(store, verifier, clock=clock)
         if settings.dry_run:
             log.warning("DRY_RUN is on: decisions are recorded, no API call is made")
-        return cls(settings, store, rules, verifier, ingestor, watch_rules(settings, rules, store))
+        return cls(settings, store, rules, verifier, intake, watch_rules(settings, rules, store))
 
     def close(self) -> None:
         if self.watcher is not None:

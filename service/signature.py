@@ -1,7 +1,7 @@
 """Check `videosdk-signature`: base64 of RSA PKCS#1 v1.5 / SHA-256 over the raw body bytes.
 
 How it fails: `verify` raises `SignatureInvalid` (401) for a missing, garbled or
-wrong signature, and `KeyUnavailable` (503; VideoSDK documents no retries) when there is
+wrong signature, and `KeyUnavailable` when there is
 no key to check with: none pinned and the fetch failed. It never accepts a body
 it could not check.
 

@@ -3,11 +3,11 @@
 Every error answer is JSON with an `error` message; no answer ever carries a
 stack trace. Status codes: 401 bad signature; 400 a body that is not UTF-8, not
 JSON, or not `{"webhookType": str, "data": {...}}`; 413 body over 64 KiB; 503
-store or key unavailable (with Retry-After); 202 accepted; 200 recorded but not
-acted on: an event type the service does not know, or a known type whose `data`
-lacks a field the service needs (`"readable": false` and the `problem`): a signed
-body in the webhook's envelope is never refused for what its `data` lacks, since
-VideoSDK may never send it again.
+only when the inbox cannot be written (with Retry-After); 202 accepted: the body
+is durable in the inbox and will be decided exactly once, behind the request
+(decider.py). A signed body in the webhook's envelope is never refused for what
+its `data` holds, nor for want of a key to verify it (it is verified later), since
+VideoSDK documents no retries and may never send it again.
 """
 
 from __future__ import annotations
@@ -20,13 +20,15 @@ from flask import Blueprint, Flask, abort, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import admin, dashboard, metrics
-from .errors import (DeliveryRejected, KeyUnavailable, RequestRejected, SignatureInvalid, StoreUnavailable,
+from .errors import (DeliveryRejected, RequestRejected, SignatureInvalid, StoreUnavailable,
                      Unavailable)
-from .events import parse_event
 from .signature import HEADER
 
 MAX_BODY = 64 * 1024
 WEBHOOK = "/webhooks/videosdk"
+# The answer's `verified`: yes; later (no public key could be had yet: verified by the decider
+# once one can); off (WEBHOOK_VERIFY=false: never acted on).
+VERIFIED = {True: "yes", None: "later", False: "off"}
 
 log = logging.getLogger("roomwarden.web")
 bp = Blueprint("roomwarden", __name__)
@@ -40,25 +42,13 @@ def _runtime():
 def receive_webhook():
     runtime = _runtime()
     raw = _read_body()
-    if runtime.verifier is not None:
-        runtime.verifier.verify(raw, request.headers.get(HEADER))  # before parsing anything
-    event = parse_event(raw)
-    # The problem names schema fields and messages only, never a value from the body.
-    g.setdefault("log_fields", {}).update(event=event.type, room=event.room_id, problem=event.problem)
-    receipt = runtime.ingestor.ingest(raw, event, verified=runtime.verifier is not None)
-    decisions = [{"rule": d.rule, "action": d.action, "outcome": d.outcome, "action_id": d.action_id}
-                 for d in receipt.decisions]
-    readable = event.problem is None
-    metrics.count_delivery(event.type, "unreadable" if not readable else "accepted" if event.known else "ignored")
-    metrics.count_decisions(receipt.decisions)
-    g.log_fields.update(delivery=receipt.delivery_id,
-                        decisions=[f"{d['rule']}:{d['outcome']}" for d in decisions],
-                        cancelled_timers=list(receipt.cancelled) or None)
-    body = {"delivery": receipt.delivery_id, "event": event.type, "known": event.known, "readable": readable,
-            "decisions": decisions}
-    if not readable:
-        body["problem"] = event.problem  # recorded, but not read: never decided on
-    return jsonify(body), (202 if event.known and readable else 200)
+    item, event_type = runtime.intake.accept(raw, request.headers.get(HEADER))
+    verified = VERIFIED[item.verified]
+    g.setdefault("log_fields", {}).update(event=event_type, room=item.room_id, delivery=item.id, verified=verified)
+    metrics.count_accepted(verified)
+    # Accepted: durable in the inbox, to be decided behind (decider.py). What was decided is in
+    # `python -m service explain ROOM`, GET /deliveries/ID and the dashboard, not in this answer.
+    return jsonify({"delivery": item.id, "event": event_type, "verified": verified}), 202
 
 
 def _read_body() -> bytes:
@@ -101,6 +91,11 @@ def readyz():
     try:
         runtime.store.ping()
         body["store"] = "ok"
+        # Information, not a readiness failure: a backlog means the decider is behind, and the
+        # webhook still accepts (and keeps) deliveries.
+        depth, oldest = runtime.store.inbox_stats()
+        body["inbox"] = {"depth": depth,
+                         "oldest_age_seconds": round(max(0.0, time.time() - oldest), 3) if oldest else None}
     except Unavailable as exc:
         body["store"] = "store unavailable"  # the driver's detail (hosts, users) is for the log
         log.warning("readyz: %s", exc)
@@ -153,12 +148,10 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(Unavailable)
     def _unavailable(exc: Unavailable):
         if request.path == WEBHOOK:  # an admin page during an outage is not a refused delivery
-            metrics.count_rejection(503, signature=False)
+            metrics.count_rejection(503, signature=False)  # probably lost: VideoSDK documents no retries
         g.setdefault("log_fields", {})["error"] = str(exc)  # the detail is for the log only
-        # The detail (the API's address, the network error) is for the log only, as for the store.
-        public = ("store unavailable; retry later" if isinstance(exc, StoreUnavailable)
-                  else "the webhook public key is not available yet; retry later" if isinstance(exc, KeyUnavailable)
-                  else str(exc))
+        # The detail (the database's address, the driver's error) is for the log only.
+        public = "store unavailable; retry later" if isinstance(exc, StoreUnavailable) else "unavailable; retry later"
         response = _error(503, public)
         response.headers["Retry-After"] = str(exc.retry_after)
         return response

@@ -1,4 +1,5 @@
-"""The worker: fires due `for:` timers, and carries out due actions at VideoSDK.
+"""The worker: decides the inbox's deliveries, fires due `for:` timers, and carries out due
+actions at VideoSDK.
 
 Guarantee: each action is attempted until it is done, failed for good,
 cancelled or dead. An action is called at least once, and more than once only
@@ -29,6 +30,7 @@ from typing import Callable
 
 from . import answers, metrics
 from .breaker import CircuitBreaker
+from .decider import Decider
 from .errors import StoreUnavailable
 from .planner import fire_timer, recheck_timer
 from .plans import pending_timer, room_state, timer_write
@@ -52,12 +54,14 @@ def default_worker_id() -> str:
 
 class Worker:
     def __init__(self, store: Store, client: VideoSDKClient | None, policy: RetryPolicy,
-                 rules: Callable[[], RuleSet], *, lease_seconds: float, acts: bool = True,
+                 rules: Callable[[], RuleSet], *, lease_seconds: float, decider: Decider | None = None,
+                 acts: bool = True,
                  worker_id: str | None = None, clock: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random, breaker: CircuitBreaker | None = None,
                  retention_days: float = 0.0):
         self.store = store
         self.client = client
+        self.decider = decider  # None: another process decides the inbox (tests of acting alone)
         self.policy = policy
         self.rules = rules
         self.lease_seconds = lease_seconds
@@ -68,6 +72,8 @@ class Worker:
         self._rules_changed = threading.Event()
         self._stop = threading.Event()  # set by run()'s caller to shut down
         self._next_due: float | None = None  # from the last look at the store
+        self._inbox_turn = False  # the last call decided a full batch: timers and actions go next
+        self._drained = True  # the last batch decided all it could: timers may fire
         self.breaker = breaker or CircuitBreaker(clock=clock)
         self.retention_days = retention_days  # 0: keep everything
         self._pruned_at: float | None = None
@@ -86,10 +92,14 @@ class Worker:
     # -- the loop ----------------------------------------------------------------------
 
     def run_once(self) -> bool:
-        """Do one piece of due work: re-check timers after a reload, fire a timer, or carry out
-        an action. False when nothing was due.
+        """Do one piece of due work: re-check timers after a reload, decide a batch of the inbox,
+        fire a timer, or carry out an action. False when nothing was due.
 
-        It looks first, read-only, so an idle worker never takes a write lock.
+        The inbox goes first, but a busy inbox never holds timers and actions back: after a batch
+        that left more behind, the next call gives them their turn. A timer fires only when the
+        last batch drained what could be decided, so it never fires past a delivery that arrived
+        before it was due and would cancel it. It looks first, read-only, so an idle worker never
+        takes a write lock.
         """
         if self._rules_changed.is_set():
             self._rules_changed.clear()
@@ -99,14 +109,24 @@ class Worker:
                 self._rules_changed.set()  # not done: do it once the store is back
                 raise
             return True
+        turn_taken, self._inbox_turn = self._inbox_turn, False
+        if self.decider is not None and not turn_taken:
+            if not self.store.has_undecided():
+                self._drained = True
+            else:
+                decided = self.decider.decide_once()
+                self._drained = len(decided) < self.decider.batch
+                if decided:
+                    self._inbox_turn = not self._drained  # more waits: timers and actions go next
+                    return True
         now = self.clock()
         action_due, timer_due = self.store.due_work(now)
         self._next_due = min((t for t in (action_due, timer_due) if t is not None), default=None)
-        if timer_due is not None and timer_due <= now and self.fire_one_timer():
+        if self._drained and timer_due is not None and timer_due <= now and self.fire_one_timer():
             return True
         if self.acts and action_due is not None and action_due <= now:
             return self.act_once()
-        return False
+        return turn_taken  # a turn given away: the inbox still waits, so not idle
 
     def rules_reloaded(self, rule_set: RuleSet) -> None:
         """Called by the rules watcher; the re-check runs in the worker's own loop."""
@@ -133,8 +153,17 @@ class Worker:
                 wait, now = poll_interval, self.clock()
                 if self._next_due is not None and self._next_due > now:  # (overdue: held back, by the
                     wait = min(poll_interval, self._next_due - now)  # breaker or the rate limit)
-                stop.wait(wait)
+                if self.decider is None or self._listen(wait) is None:
+                    stop.wait(wait)
         log.info("worker %s stopped", self.worker_id)
+
+    def _listen(self, wait: float) -> bool | None:
+        """PostgreSQL: wait for an append to the inbox, woken at once by its NOTIFY; None on SQLite."""
+        try:
+            return self.store.wait_for_inbox(wait)
+        except Exception:  # noqa: BLE001 - never let the wake-up stop the loop; polling still works
+            log.exception("waiting for the inbox failed; polling instead")
+            return None
 
     def prune_if_due(self, every: float = 3600.0) -> int:
         """Delete deliveries older than the retention period, at most once an `every` seconds."""

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from service.app import create_app
 from service.config import Settings
+from service.runtime import build_decider
 
 from .fakeapi import FakeVideoSDK
 from .procs import Processes, free_port
@@ -156,14 +157,79 @@ def client(app):
     return app.test_client()
 
 
+def ingest(store, delivery, plan):
+    """A delivery through the store's real path, with `plan` standing in for the planner: appended
+    to the inbox, then taken out in a decider's transaction (`Store.deciding`), where `plan` is
+    handed the room's locked state, pending timers and action keys, and what it returns is
+    recorded with the delivery. A delivery kept unread (`problem`) is recorded without asking
+    `plan`, as the decider does. Rows of other deliveries are left for their own callers."""
+    from service.store.inbox import InboxItem
+
+    store.append(InboxItem(id=delivery.id, received_at=delivery.received_at, room_id=delivery.room_id,
+                           body=delivery.body, signature=None, verified=delivery.verified))
+    while True:
+        with store.deciding(10_000) as batch:
+            for row in batch.rows:
+                if row.id != delivery.id:
+                    batch.keep(row)
+                    continue
+                room_id = delivery.room_id if delivery.known else None
+                if delivery.problem is not None:
+                    write = None
+                elif room_id is None:
+                    write = plan(None, [], set())
+                else:
+                    write = plan(*batch.room_inputs(room_id))
+                return batch.record(row, delivery, write)
+        # another caller's transaction holds this row's room (PostgreSQL): take turns
+
+
+def deliver(store, rules, raw: bytes, *, at: float, verified: bool | None = True, acts: bool = True):
+    """One delivery through the real pipeline behind the request: into the inbox as the web
+    request leaves it (received at `at`), then decided by the real Decider with the rule set
+    `rules` (a RuleSet, or a callable returning one). Returns the delivery's Receipt."""
+    from service.accept import new_delivery_id
+    from service.decider import Decider
+    from service.events import read_envelope
+    from service.store.inbox import InboxItem
+
+    _, room_id = read_envelope(raw)
+    item = InboxItem(id=new_delivery_id(at), received_at=at, room_id=room_id, body=raw.decode("utf-8"),
+                     signature=None, verified=verified)
+    store.append(item)
+    current = rules if callable(rules) else (lambda: rules)
+    decided = {d.delivery_id: d for d in Decider(store, current, acts=acts, verifier=None).drain()}
+    return decided[item.id].receipt
+
+
+def decide(app) -> list:
+    """Decide what the app's inbox holds, as the worker's decider does, until nothing is left it
+    can take. Returns what became of each delivery (decider.Decided)."""
+    runtime = app.extensions["roomwarden"]
+    return build_decider(runtime.settings, runtime.store, runtime.rules, runtime.verifier).drain()
+
+
+def decided(app, response) -> list[dict]:
+    """The decisions made about the delivery a 202 names, once decided: rule, action, outcome and
+    action id, as the webhook's answer carried them before deciding moved behind the request."""
+    decide(app)
+    store = app.extensions["roomwarden"].store
+    return [{"rule": d["rule"], "action": d["action"], "outcome": d["outcome"], "action_id": d["action_id"]}
+            for d in store.decisions(delivery_id=response.get_json()["delivery"])]
+
+
 @pytest.fixture
-def post(client, sign):
-    """POST a signed body to the webhook, as VideoSDK would."""
+def post(app, client, sign):
+    """POST a signed body to the webhook, as VideoSDK would, then let the decider take it, as the
+    worker would: what the delivery decided is in the store when this returns."""
 
     def post(body: bytes, *, signature: str | None = None, **headers):
         headers.setdefault("Content-Type", "application/json")
         headers["videosdk-signature"] = sign(body) if signature is None else signature
-        return client.post("/webhooks/videosdk", data=body, headers=headers)
+        response = client.post("/webhooks/videosdk", data=body, headers=headers)
+        if response.status_code == 202:
+            decide(app)
+        return response
 
     return post
 

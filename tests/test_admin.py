@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 import requests
@@ -11,7 +12,7 @@ from service.config import Settings
 from service.errors import ConfigError
 from service.runtime import build_worker
 
-from .conftest import event_body
+from .conftest import Clock, decide, event_body
 from .procs import wait_until_up
 
 TOKEN = "admin-token-for-tests-0123456789"
@@ -69,6 +70,7 @@ def test_deliveries_newest_first_by_room_and_paged(admin_app, sign):
         client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": sign(body)})
     body = ended("room-bbbb-0002")
     client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": sign(body)})
+    decide(admin_app)  # as the worker does: a delivery is listed once decided
 
     page = client.get("/api/deliveries?room=room-aaaa-0001&limit=3", headers=AUTH).get_json()
     assert [d["session_id"] for d in page["deliveries"]] == ["s4", "s3", "s2"]
@@ -104,10 +106,12 @@ def test_actions_by_status(admin_app, sign, fake_api):
 def test_a_room_with_its_state_timers_and_history(make_app, rules_file, sign):
     rules_file.write_text("version: 1\nrules:\n  - name: empty\n    on: participant-left\n"
                           "    when: {room.participants: 0}\n    for: 5m\n    action: deactivate\n")
-    client = make_app(ADMIN_TOKEN=TOKEN).test_client()
+    app = make_app(ADMIN_TOKEN=TOKEN)
+    client = app.test_client()
     for kind in ("participant-joined", "participant-left"):
         body = event_body(kind, meetingId="abcd-efgh-ijkl", sessionId="s1", participantId="ann")
         assert client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": sign(body)}).status_code == 202
+    decide(app)
     room = client.get("/api/rooms/abcd-efgh-ijkl", headers=AUTH).get_json()
     assert room["state"]["participants"] == [] and room["state"]["session_id"] == "s1"
     [timer] = room["pending_timers"]
@@ -129,17 +133,34 @@ def metric(text: str, name: str, **labels) -> float:
 
 def test_metrics_count_what_happened(admin_app, sign):
     client = admin_app.test_client()
+    # The delivery arrives an hour ago by the intake's clock, so the inbox's oldest age is known
+    # to be at least an hour when scraped, whatever the scrape's own timing.
+    admin_app.extensions["roomwarden"].intake.clock = Clock(time.time() - 3600)
     before = client.get("/metrics", headers=AUTH).get_data(as_text=True)
     body = ended("abcd-efgh-ijkl")
-    client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": sign(body)})
+    assert client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": sign(body)}).status_code == 202
     client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": "AAAA"})
+    accepted = client.get("/metrics", headers=AUTH).get_data(as_text=True)
+    decide(admin_app)  # what the worker does next
     text = client.get("/metrics", headers=AUTH).get_data(as_text=True)
-    delta = lambda name, **labels: metric(text, name, **labels) - metric(before, name, **labels)  # noqa: E731
-    assert delta("roomwarden_deliveries_total", event="session-ended", outcome="accepted") == 1
-    assert delta("roomwarden_signature_failures_total") == 1
-    assert delta("roomwarden_rejections_total", status="401") == 1
-    assert delta("roomwarden_decisions_total", rule="close-after-session", outcome="scheduled") == 1
-    assert metric(text, "roomwarden_queue_depth") == 1  # read from the store when scraped
+
+    # The request: accepted into the inbox, verified, nothing decided yet.
+    delta = lambda now, name, **labels: metric(now, name, **labels) - metric(before, name, **labels)  # noqa: E731
+    assert delta(accepted, "roomwarden_accepted_total", verified="yes") == 1
+    assert delta(accepted, "roomwarden_accepted_total", verified="later") == 0
+    assert delta(accepted, "roomwarden_deliveries_total", event="session-ended", outcome="accepted") == 0
+    assert delta(accepted, "roomwarden_signature_failures_total") == 1
+    assert delta(accepted, "roomwarden_rejections_total", status="401") == 1
+    assert metric(accepted, "roomwarden_inbox_depth") == 1  # read from the store when scraped
+    assert metric(accepted, "roomwarden_inbox_oldest_age_seconds") >= 3600
+    assert metric(accepted, "roomwarden_queue_depth") == 0
+    # Decided: counted by the decider, and the inbox is empty.
+    assert delta(text, "roomwarden_accepted_total", verified="yes") == 1
+    assert delta(text, "roomwarden_deliveries_total", event="session-ended", outcome="accepted") == 1
+    assert delta(text, "roomwarden_decisions_total", rule="close-after-session", outcome="scheduled") == 1
+    assert metric(text, "roomwarden_inbox_depth") == 0
+    assert re.search(r"^roomwarden_inbox_oldest_age_seconds 0\.0$", text, re.M)  # nothing waits
+    assert metric(text, "roomwarden_queue_depth") == 1
     assert metric(text, "roomwarden_pending_timers") == 0
     assert metric(text, "roomwarden_actions", status="pending") == 1
 
@@ -168,10 +189,12 @@ def test_metrics_add_up_every_process(processes, sign, fake_api):
     assert len(pids) == 2, "both gunicorn workers should have answered"
     for _ in range(6):  # whichever worker answers, the totals are the same
         text = scrape()
+        assert metric(text, "roomwarden_accepted_total", verified="yes") == len(rooms)  # the web processes
         assert metric(text, "roomwarden_deliveries_total", event="session-ended", outcome="accepted") == len(rooms)
         assert metric(text, "roomwarden_attempts_total", kind="deactivate", outcome="done") == len(rooms)
         assert metric(text, "roomwarden_attempt_latency_seconds_count", kind="deactivate") == len(rooms)
         assert metric(text, "roomwarden_queue_depth") == 0
+        assert metric(text, "roomwarden_inbox_depth") == 0  # every delivery decided (each room was acted on)
 
 
 def test_actions_newest_first_and_paged(admin_app, sign):
@@ -179,6 +202,7 @@ def test_actions_newest_first_and_paged(admin_app, sign):
     for i in range(5):
         body = ended(f"room-page-{i:04d}")
         client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": sign(body)})
+    decide(admin_app)
     page = client.get("/api/actions?limit=3", headers=AUTH).get_json()
     assert [a["room_id"] for a in page["actions"]] == ["room-page-0004", "room-page-0003", "room-page-0002"]
     rest = client.get(f"/api/actions?limit=3&before={page['next_before']}", headers=AUTH).get_json()

@@ -1,38 +1,48 @@
 """Group commit (service/store/batch.py): threads that write together share one `write` call.
 
 What is pinned here, first on `GroupCommit` alone with a fake `write`, then on the
-real store (`Store.ingest`, SQLite and PostgreSQL via the `database_url` fixture):
+real store, where it batches the web requests' inbox appends (`Store.append` on
+SQLite through `inbox.SqliteAppender`; on PostgreSQL each append is its own
+transaction, and only the free-for-all runs there too):
 
 - a lone submit is a batch of one; work queued while a write runs goes out in the
   next call, in submission order, never more than `max_batch` at a time, and each
-  submitter gets its own result;
+  submitter gets its own result; on the store, appends queued together are one
+  transaction, kept in the order they were submitted, and a room's deliveries are
+  then decided in that order;
 - a batch that fails on an ordinary exception is written again one piece at a time,
-  so only the bad piece fails, in its own thread, with its own exception;
+  so only the bad piece fails, in its own thread, with its own exception (on the
+  store: a repeated inbox id);
 - an outage (`StoreUnavailable`) fails the whole batch, each submitter getting its
-  own instance, with no retry;
+  own instance, with no retry (on the store: a locked database, and nothing kept);
 - a BaseException in `write` propagates in the leader thread and every other
-  submitter of that batch gets `StoreUnavailable` instead of hanging.
+  submitter of that batch gets `StoreUnavailable` instead of hanging (on the store:
+  an interrupt before COMMIT, and nothing of the batch half-kept).
 
-No sleep synchronizes anything: a write (or a plan) blocks on an Event while the
-other threads queue, and the queue reports each append through a Condition. Every
-thread is joined with a timeout that only guards against a hang.
+No sleep synchronizes anything: a write blocks on an Event while the other threads
+queue, and the queue reports each append through a Condition. Every thread is
+joined with a timeout that only guards against a hang.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections import deque
 from typing import Callable
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy.engine import make_url
 
 from service.errors import StoreUnavailable
-from service.store import PlanWrite, Store, tables
+from service.store import PlanWrite, Store
+from service.store import engine as store_engine
 from service.store.batch import MAX_BATCH, GroupCommit
+from service.store.engine import sqlite_connect
+from service.store.inbox import InboxItem
 
 from .conftest import Clock
-from .test_store import T0, counts, new_decision, new_delivery, row_counts
+from .test_store import T0, counts, inbox_item, new_decision, new_delivery, row_counts
 
 JOIN_LIMIT = 60.0  # a hang guard only, never a timing assertion
 
@@ -362,7 +372,7 @@ def test_interrupted_leader_leaves_no_work_of_its_own_behind():
     assert write.calls == [["b"], ["d"]]  # today: [["b"], ["c"], ["d"]], "c" written orphaned
 
 
-# -- the real store -------------------------------------------------------------------------
+# -- the real store: inbox appends ----------------------------------------------------------
 
 
 @pytest.fixture
@@ -373,165 +383,266 @@ def store(database_url):
     store.close()
 
 
-def spy_on_writes(store: Store) -> list[list[str]]:
-    """Record the delivery ids of each `write` call the store's group commit makes."""
-    if store._intake is None:
-        pytest.skip("PostgreSQL: each delivery is its own transaction (no group commit)")
-    calls: list[list[str]] = []
-    write = store._intake._write
+class Writes:
+    """The store's SQLite inbox transactions (`SqliteAppender._write`), as inbox ids per call:
+    `calls` every transaction begun, `committed` those that returned. While `hold` names an
+    item, the call that carries it waits for `release` before it begins (its sender leads)."""
 
-    def spy(works):
-        calls.append([delivery.id for delivery, _ in works])
-        return write(works)
+    def __init__(self, store: Store):
+        if store._sqlite_appender is None:
+            pytest.skip("PostgreSQL: each append is its own transaction (no group commit)")
+        self.calls: list[list[str]] = []
+        self.committed: list[list[str]] = []
+        self.hold: str | None = None
+        self.entered, self.release = threading.Event(), threading.Event()
+        write = store._sqlite_appender._write
 
-    store._intake._write = spy
-    return calls
+        def spy(items):
+            ids = [item.id for item in items]
+            self.calls.append(ids)
+            if self.hold in ids:
+                self.entered.set()
+                assert self.release.wait(JOIN_LIMIT), "the held write was never released"
+            result = write(items)
+            self.committed.append(ids)
+            return result
+
+        store._sqlite_appender._write = spy
 
 
-def plan_of(delivery, *, room_state: dict | None = None, before: Callable[[], None] | None = None,
-            seen: list | None = None):
+def append_behind_blocked_one(store: Store, writes: Writes, items: list) -> tuple[tuple, list]:
+    """Append a first item (room-0) whose write waits for `writes.release`; meanwhile append
+    each of `items` from its own thread, each queued before the next starts.
+    Returns (blocked thread, first item), threads."""
+    queue = observed(store._appender)
+    first = inbox_item(room_id="room-0")
+    writes.hold = first.id
+    blocked = started(lambda: store.append(first))
+    assert writes.entered.wait(JOIN_LIMIT), "the first append never reached its write"
+    threads = []
+    for i, item in enumerate(items):
+        threads.append(started(lambda item=item: store.append(item)))
+        queue.wait_appended(i + 2)
+    return (blocked, first), threads
+
+
+def inbox_rows(store: Store) -> list[InboxItem]:
+    """What the inbox holds, in arrival order, as the items appended (read by a decider)."""
+    with store.deciding(10_000) as batch:
+        return [InboxItem(**{k: v for k, v in row.__dict__.items() if k != "seq"}) for row in batch.rows]
+
+
+def plan_of(row, *, room_state: dict | None = None, seen: list | None = None):
     """A plan scheduling one action keyed by the delivery id, in the delivery's room."""
 
     def plan(stored, pending, keys) -> PlanWrite:
         if seen is not None:
             seen.append(dict(stored or {}))
-        if before is not None:
-            before()
         return PlanWrite(room_state=room_state,
-                         decisions=(new_decision(f"act|{delivery.id}", room_id=delivery.room_id),))
+                         decisions=(new_decision(f"act|{row.id}", room_id=row.room_id),))
 
     return plan
 
 
-def ingest_behind_blocked_one(store: Store, deliveries: list, plans: list) -> tuple[tuple, list]:
-    """Ingest a first delivery (room-0) whose plan waits, inside its transaction, for the
-    returned Event; meanwhile ingest each of `deliveries` from its own thread, each queued
-    before the next starts. Returns (blocked thread, release Event, delivery), threads."""
-    if store._intake is None:
-        pytest.skip("PostgreSQL: each delivery is its own transaction (no group commit)")
-    queue = observed(store._intake)
-    entered, release = threading.Event(), threading.Event()
-
-    def wait_for_release():
-        entered.set()
-        assert release.wait(JOIN_LIMIT), "the blocked plan was never released"
-
-    first = new_delivery(room_id="room-0")
-    blocked = started(lambda: store.ingest(first, plan_of(first, before=wait_for_release)))
-    assert entered.wait(JOIN_LIMIT), "the first ingest never reached its plan"
-    threads = []
-    for i, (delivery, plan) in enumerate(zip(deliveries, plans, strict=True)):
-        threads.append(started(lambda d=delivery, p=plan: store.ingest(d, p)))
-        queue.wait_appended(i + 2)
-    return (blocked, release, first), threads
+def decide_all(store: Store, plan_for: Callable = plan_of) -> dict:
+    """Decide what the inbox holds, in arrival order, in one decider's transaction, each row
+    with `plan_for(row)`. Returns each delivery's receipt by id."""
+    receipts = {}
+    with store.deciding(10_000) as batch:
+        for row in batch.rows:
+            write = plan_for(row)(*batch.room_inputs(row.room_id))
+            delivery = new_delivery(id=row.id, at=row.received_at, room_id=row.room_id, body=row.body)
+            receipts[row.id] = batch.record(row, delivery, write)
+    return receipts
 
 
-def stored_delivery_ids(store: Store) -> set[str]:
-    with store.engine.connect() as conn:
-        return set(conn.execute(select(tables.deliveries.c.id)).scalars())
-
-
-def test_store_ingests_queued_deliveries_in_one_batch(store):
-    """Deliveries for different rooms queued behind a running ingest are written in one
-    transaction; each thread gets the receipt of its own delivery and every row is stored.
-    Rooms are submitted out of order (the batch locks them sorted) to pin the mapping back."""
+def test_store_appends_queued_deliveries_in_one_transaction(store, database_url):
+    """Deliveries queued behind a running append are written in one transaction; each sender
+    returns (durable) with no error, and every row is in the inbox, exactly as submitted, in
+    submission order, seen from another store (another process)."""
     rooms = ["room-5", "room-2", "room-4", "room-1", "room-3"]
-    deliveries = [new_delivery(room_id=r) for r in rooms]
-    calls = spy_on_writes(store)
-    (blocked, release, first), threads = ingest_behind_blocked_one(
-        store, deliveries, [plan_of(d, room_state={"last": d.id}) for d in deliveries])
+    items = [inbox_item(at=T0 + i, room_id=r, signature=f"sig-{i}", verified=None if i == 2 else True)
+             for i, r in enumerate(rooms)]
+    writes = Writes(store)
+    (blocked, first), threads = append_behind_blocked_one(store, writes, items)
 
-    release.set()
+    writes.release.set()
     finish_all(blocked, threads)
 
-    assert calls == [[first.id], [d.id for d in deliveries]]  # one transaction for all five
-    assert blocked.error is None and blocked.result.delivery_id == first.id
-    for thread, delivery in zip(threads, deliveries):
-        assert thread.error is None, thread.error
-        receipt = thread.result
-        assert receipt.delivery_id == delivery.id
-        [decision] = receipt.decisions
-        assert decision.outcome == "scheduled"
-        action = store.action(decision.action_id)
-        assert (action["key"], action["room_id"], action["delivery_id"]) == \
-            (f"act|{delivery.id}", delivery.room_id, delivery.id)
-        assert store.room(delivery.room_id)["state"] == {"last": delivery.id}
-    assert len({t.result.decisions[0].action_id for t in threads}) == len(threads)
-    assert row_counts(store) == counts(deliveries=6, decisions=6, actions=6, rooms=6)
+    assert writes.calls == [[first.id], [i.id for i in items]]  # one transaction for all five
+    assert writes.committed == writes.calls
+    assert (blocked.error, blocked.result) == (None, None)
+    assert [(t.error, t.result) for t in threads] == [(None, None)] * len(items)
+    other = Store.from_url(database_url, Clock(T0))
+    try:
+        assert inbox_rows(other) == [first, *items]
+    finally:
+        other.close()
 
 
 def test_store_batch_keeps_one_rooms_deliveries_in_order(store):
-    """Two deliveries for one room in one batch: the second plan sees the state the first
-    wrote, in the same transaction."""
-    deliveries = [new_delivery(room_id="room-9"), new_delivery(room_id="room-1"),
-                  new_delivery(room_id="room-9")]
-    seen: list[list] = [[], [], []]
-    plans = [plan_of(d, room_state={"last": d.id}, seen=s) for d, s in zip(deliveries, seen)]
-    calls = spy_on_writes(store)
-    (blocked, release, first), threads = ingest_behind_blocked_one(store, deliveries, plans)
+    """Two deliveries for one room in one batch keep their order: deciding them, the second
+    plan sees the state the first wrote."""
+    items = [inbox_item(room_id="room-9"), inbox_item(room_id="room-1"), inbox_item(room_id="room-9")]
+    writes = Writes(store)
+    (blocked, first), threads = append_behind_blocked_one(store, writes, items)
 
-    release.set()
+    writes.release.set()
     finish_all(blocked, threads)
+    seen: dict[str, list] = {}
+    receipts = decide_all(store, lambda row: plan_of(row, room_state={"last": row.id},
+                                                     seen=seen.setdefault(row.id, [])))
 
-    assert calls == [[first.id], [d.id for d in deliveries]]
+    assert writes.calls == [[first.id], [i.id for i in items]]
     assert [t.error for t in threads] == [None, None, None]
-    assert seen[0] == [{}] and seen[2] == [{"last": deliveries[0].id}]
-    assert store.room("room-9")["state"] == {"last": deliveries[2].id}
+    assert list(receipts) == [first.id, *(i.id for i in items)]  # decided in arrival order
+    assert seen[items[0].id] == [{}] and seen[items[2].id] == [{"last": items[0].id}]
+    assert store.room("room-9")["state"] == {"last": items[2].id}
     assert row_counts(store) == counts(deliveries=4, decisions=4, actions=4, rooms=3)
 
 
-def test_store_batch_with_one_failing_plan_stores_all_the_others(store):
-    """One delivery's plan raises inside a shared batch: the batch is rolled back and each
-    delivery written alone; the others are stored with their receipts, the bad one's
-    thread gets its plan's error, and nothing of the bad delivery is stored."""
-    deliveries = [new_delivery(room_id=f"room-{i}") for i in (1, 2, 3)]
-    good1, bad, good3 = deliveries
+def test_store_batch_with_one_repeated_id_stores_all_the_others(store):
+    """One append in a shared batch repeats an id the inbox holds: the batch is rolled back
+    and each append written alone; the others are kept, the bad one's sender gets the
+    IntegrityError, and the row it repeated is untouched."""
+    items = [inbox_item(room_id="room-1"), None, inbox_item(room_id="room-3")]
+    writes = Writes(store)
+    queue = observed(store._appender)
+    first = inbox_item(room_id="room-0", body='{"first": true}')
+    writes.hold = first.id
+    blocked = started(lambda: store.append(first))
+    assert writes.entered.wait(JOIN_LIMIT), "the first append never reached its write"
+    items[1] = inbox_item(id=first.id, room_id="room-2", body='{"repeat": true}')
+    good1, bad, good3 = items
+    threads = []
+    for i, item in enumerate(items):
+        threads.append(started(lambda item=item: store.append(item)))
+        queue.wait_appended(i + 2)
 
-    def broken():
-        raise ValueError("plan bug")
-
-    plans = [plan_of(good1), plan_of(bad, before=broken), plan_of(good3)]
-    calls = spy_on_writes(store)
-    (blocked, release, first), threads = ingest_behind_blocked_one(store, deliveries, plans)
-
-    release.set()
+    writes.release.set()
     finish_all(blocked, threads)
 
-    ids = [d.id for d in deliveries]
-    assert calls == [[first.id], ids, [good1.id], [bad.id], [good3.id]]
+    ids = [i.id for i in items]
+    assert writes.calls == [[first.id], ids, [good1.id], [bad.id], [good3.id]]
+    assert writes.committed == [[first.id], [good1.id], [good3.id]]
     t1, t_bad, t3 = threads
-    assert t1.error is None and t1.result.delivery_id == good1.id
-    assert t3.error is None and t3.result.delivery_id == good3.id
-    assert isinstance(t_bad.error, ValueError) and str(t_bad.error) == "plan bug"
-    assert t_bad.result is None
-    assert stored_delivery_ids(store) == {first.id, good1.id, good3.id}
-    assert store.room("room-2") is None  # the room row the failed transactions made is gone
+    assert (t1.error, t3.error) == (None, None)
+    assert isinstance(t_bad.error, sqlite3.IntegrityError)  # a bug, not an outage: no 503
+    assert inbox_rows(store) == [first, good1, good3]  # the first's body, not the repeat's
+    decide_all(store)
+    assert store.room("room-2") is None
     assert row_counts(store) == counts(deliveries=3, decisions=3, actions=3, rooms=3)
 
 
-def test_store_concurrent_ingests_all_stored(store):
-    """A free-for-all: several threads ingest for their own rooms at once (batching as it
-    happens); every delivery is stored once and every receipt is its own."""
+def test_store_locked_database_fails_each_sender_and_keeps_nothing(store, database_url, monkeypatch):
+    """Another connection holds SQLite's write lock past the busy timeout: the lone append
+    and each sender of the batch queued behind it get their own StoreUnavailable, nothing is
+    retried one by one, nothing is kept, and the same store appends once the lock is gone."""
+    monkeypatch.setattr(store_engine, "SQLITE_BUSY_TIMEOUT_MS", 200)  # keep the wait short
+    items = [inbox_item(room_id=f"room-{i}") for i in (1, 2, 3)]
+    writes = Writes(store)
+    (blocked, first), threads = append_behind_blocked_one(store, writes, items)
+    lock = sqlite3.connect(make_url(database_url).database, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        writes.release.set()
+        finish_all(blocked, threads)
+    finally:
+        lock.rollback()
+        lock.close()
+
+    assert writes.calls == [[first.id], [i.id for i in items]]
+    assert writes.committed == []
+    errors = [t.error for t in (blocked, *threads)]
+    assert all(type(e) is StoreUnavailable for e in errors), errors
+    assert all("locked" in str(e) for e in errors), errors
+    assert len({id(e) for e in errors}) == len(errors)
+    assert inbox_rows(store) == []
+
+    again = inbox_item()
+    store.append(again)
+    assert inbox_rows(store) == [again]
+
+
+class InterruptBeforeCommit:
+    """The appender's sqlite3 connection, raising Interrupt at the COMMIT of a transaction
+    that wrote more than one row: after its INSERTs ran, before anything was kept."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+        self._rows = 0
+
+    def executemany(self, sql, rows):
+        rows = list(rows)
+        self._rows = len(rows)
+        return self._conn.executemany(sql, rows)
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT" and self._rows > 1:
+            raise Interrupt("interrupted before COMMIT")
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+def test_store_interrupted_batch_keeps_nothing_and_frees_the_others(store, database_url):
+    """A batch interrupted inside its transaction (a worker's timeout, a signal): its leader
+    sees the interrupt, the other senders get StoreUnavailable, none of the batch is in the
+    inbox, and the appender's connection is not left inside a transaction."""
+    writes = Writes(store)
+    store._sqlite_appender._conn = InterruptBeforeCommit(sqlite_connect(make_url(database_url).database))
+    items = [inbox_item(room_id=f"room-{i}") for i in (1, 2, 3)]
+    (blocked, first), threads = append_behind_blocked_one(store, writes, items)
+
+    writes.release.set()
+    finish_all(blocked, threads)
+
+    assert writes.calls == [[first.id], [i.id for i in items]]  # not retried one by one
+    assert writes.committed == [[first.id]]
+    assert blocked.error is None
+    interrupted = [t for t in threads if isinstance(t.error, Interrupt)]
+    assert len(interrupted) == 1  # the leader of the batch, whichever thread that was
+    others = [t for t in threads if t is not interrupted[0]]
+    assert all(type(t.error) is StoreUnavailable for t in others), [t.error for t in others]
+    assert inbox_rows(store) == [first]
+
+    after = inbox_item()
+    store.append(after)
+    assert inbox_rows(store) == [first, after]
+
+
+def test_store_concurrent_appends_all_stored(store):
+    """A free-for-all: several threads append for their own rooms at once (batching as it
+    happens, on SQLite); every delivery is kept once, each thread's in the order it sent
+    them, and each is then decided once with its own receipt."""
+    writes = Writes(store) if store._sqlite_appender is not None else None
     n_threads, per_thread = 8, 5
     barrier = threading.Barrier(n_threads)
+    sent = [[inbox_item(room_id=f"room-{i}") for _ in range(per_thread)] for i in range(n_threads)]
 
-    def ingest_some(i: int) -> list:
+    def append_some(i: int) -> None:
         barrier.wait(JOIN_LIMIT)
-        out = []
-        for _ in range(per_thread):
-            delivery = new_delivery(room_id=f"room-{i}")
-            out.append((delivery.id, store.ingest(delivery, plan_of(delivery))))
-        return out
+        for item in sent[i]:
+            store.append(item)
 
-    threads = [started(lambda i=i: ingest_some(i)) for i in range(n_threads)]
+    threads = [started(lambda i=i: append_some(i)) for i in range(n_threads)]
     for t in threads:
         t.finished()
 
     assert [t.error for t in threads] == [None] * n_threads
-    pairs = [pair for t in threads for pair in t.result]
-    assert all(receipt.delivery_id == delivery_id for delivery_id, receipt in pairs)
-    assert all([d.outcome for d in r.decisions] == ["scheduled"] for _, r in pairs)
     total = n_threads * per_thread
-    assert stored_delivery_ids(store) == {delivery_id for delivery_id, _ in pairs}
+    kept = [item.id for item in inbox_rows(store)]
+    assert sorted(kept) == sorted(item.id for items in sent for item in items)
+    for items in sent:  # each sender's appends in the order it made them
+        assert [k for k in kept if k in {item.id for item in items}] == [item.id for item in items]
+    if writes is not None:  # each in exactly one committed transaction, none begun in vain
+        assert sorted(i for ids in writes.committed for i in ids) == sorted(kept)
+        assert writes.calls == writes.committed
+    receipts = decide_all(store)
+    assert all(receipt.delivery_id == delivery_id for delivery_id, receipt in receipts.items())
+    assert all([d.outcome for d in r.decisions] == ["scheduled"] for r in receipts.values())
+    assert len({r.decisions[0].action_id for r in receipts.values()}) == total
     assert row_counts(store) == counts(deliveries=total, decisions=total, actions=total,
                                        rooms=n_threads)
+    assert inbox_rows(store) == []

@@ -100,8 +100,8 @@ def test_simulate_rejects_a_body_that_is_not_a_webhook_with_field_messages():
 
 
 def test_simulate_shows_a_known_event_missing_a_field_is_kept_and_never_decided_on():
-    # What the service does with it: keeps it (200) and evaluates no rule, as close-after-session
-    # would otherwise match any session-ended.
+    # What the service does with it: accepts it (202), then its decider keeps it and evaluates no
+    # rule, as close-after-session would otherwise match any session-ended.
     result = run("simulate", '{"webhookType": "session-ended", "data": {"sessionId": "s"}}',
                  "--rules", "rules.yaml")
     assert result.returncode == 0, result.stderr
@@ -142,11 +142,17 @@ def test_worker_refuses_to_start_without_credentials(tmp_path, rules_file):
     assert b"Traceback" not in result.stderr
 
 
-def test_worker_once_delivers_due_actions(app, post, fake_api, env):
+def test_worker_once_decides_the_inbox_and_delivers_due_actions(app, client, sign, fake_api, env):
+    # Posted without deciding: `worker --once` does all that is due, the inbox first.
     body = event_body("session-ended", meetingId="abcd-efgh-ijkl", sessionId="s")
-    assert post(body).status_code == 202
+    answer = client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": sign(body)})
+    assert answer.status_code == 202
+    store = app.extensions["roomwarden"].store
+    assert store.inbox_stats()[0] == 1 and store.delivery(answer.get_json()["delivery"]) is None
     result = run("worker", "--once", env=env)
     assert result.returncode == 0, result.stderr
+    assert store.inbox_stats() == (0, None)
+    assert [d["outcome"] for d in store.decisions(delivery_id=answer.get_json()["delivery"])] == ["scheduled"]
     assert fake_api.deactivations() == ["abcd-efgh-ijkl"]
     listing = run("actions", "--status", "done", env=env)
     assert "room=abcd-efgh-ijkl rule=close-after-session attempts=1" in listing.stdout.decode()
@@ -154,7 +160,7 @@ def test_worker_once_delivers_due_actions(app, post, fake_api, env):
 
 def test_migrate_reports_the_version(tmp_path):
     result = run("migrate", env={"DATABASE_URL": f"sqlite:///{tmp_path}/m.db", "DRY_RUN": "1"})
-    assert result.returncode == 0 and result.stdout.decode().strip() == "schema at version 2"
+    assert result.returncode == 0 and result.stdout.decode().strip() == "schema at version 3"
 
 
 @pytest.mark.parametrize("args", [[], ["nope"], ["simulate"]])

@@ -179,3 +179,33 @@ def test_procfile_commands_are_the_documented_ones():
     commands = procfile()
     assert shlex.split(commands["worker"]) == ["python", "-m", "service", "worker"]
     assert "service:create_app()" in commands["web"] and commands["web"].startswith("gunicorn ")
+
+
+def test_stalled_clients_do_not_stop_health_checks_or_deliveries(processes, fake_api, sign):
+    """Clients that send half a request and stall hold no thread (gevent: a greenlet each): with
+    50 of them on 2 gunicorn workers, /healthz and a signed delivery are still answered. (Under the
+    former thread-per-request model, 8 stalled clients stopped both. How fast: bench/.)"""
+    import socket
+
+    web = processes.start("web")
+    port = int(processes.env["PORT"])
+    base = f"http://127.0.0.1:{port}"
+    wait_until_up(base, web)
+    stalled = []
+    try:
+        for i in range(50):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            if i % 2:  # mid-headers
+                sock.sendall(b"POST /webhooks/videosdk HTTP/1.1\r\nHost: x\r\n")
+            else:  # mid-body: the headers promise more than is sent
+                sock.sendall(b"POST /webhooks/videosdk HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{\"we")
+            stalled.append(sock)
+        body = ended("stal-led0-room")
+        with requests.Session() as http:
+            assert http.get(base + "/healthz", timeout=20).status_code == 200
+            answer = http.post(base + "/webhooks/videosdk", data=body, timeout=20,
+                               headers={"videosdk-signature": sign(body)})
+            assert answer.status_code == 202, answer.text
+    finally:
+        for sock in stalled:
+            sock.close()

@@ -1,4 +1,11 @@
-"""parse_event, parse_timestamp and Event.session_duration: the edge where a webhook body becomes an Event."""
+"""read_envelope, parse_event, parse_timestamp and Event.session_duration: the edge where a webhook
+body becomes an Event.
+
+The web request only reads the envelope (`read_envelope`: UTF-8 JSON, `{"webhookType": str,
+"data": {...}}`, and the room id when it is a valid id); the decider reads the rest later
+(`parse_event`). Both refuse exactly the same bodies, so a body the request accepted is always
+readable by the decider (a known type with unreadable `data` is an Event with a problem).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from service.errors import PayloadInvalid
-from service.events import Event, parse_event, parse_timestamp
+from service.events import Event, parse_event, parse_timestamp, read_envelope
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 UTC = timezone.utc
@@ -214,10 +221,16 @@ BAD_BODIES = [
 ]
 
 
+# The web request (read_envelope) refuses what parse_event refuses, with the same message: the
+# request's 400 is the whole of the refusal, and the decider never meets a body it cannot read.
+READERS = [pytest.param(parse_event, id="parse_event"), pytest.param(read_envelope, id="read_envelope")]
+
+
+@pytest.mark.parametrize("read", READERS)
 @pytest.mark.parametrize("raw, message, expected_fields", BAD_BODIES)
-def test_bad_body_raises_payload_invalid(raw, message, expected_fields):
+def test_bad_body_raises_payload_invalid(read, raw, message, expected_fields):
     with pytest.raises(PayloadInvalid) as info:
-        parse_event(raw)
+        read(raw)
     error = info.value
     assert error.status == 400
     assert message in error.message
@@ -345,6 +358,81 @@ def test_tolerated_oddities_parse(raw):
 def test_parse_event_never_raises_on_out_of_range_timestamps(start):
     event = parse_event(body(SE, {"meetingId": "m1", "sessionId": "s1", "start": start}))
     assert event.start is None
+
+
+# -- read_envelope: what the web request reads, and all it reads ---------------------------------
+
+
+@pytest.mark.parametrize("name, expected", list(EXAMPLE_EVENTS.items()), ids=list(EXAMPLE_EVENTS))
+def test_read_envelope_of_each_example_payload(name, expected):
+    assert read_envelope((EXAMPLES / name).read_bytes()) == (expected["type"], expected["room_id"])
+
+
+@pytest.mark.parametrize("envelope, expected_type", [
+    pytest.param({"type": "session-ended"}, "session-ended", id="type-only"),
+    pytest.param({"webhookType": "session-ended", "type": "participant-left"}, "session-ended",
+                 id="webhookType-wins-over-type"),
+])
+def test_read_envelope_takes_type_as_an_alias_of_webhookType(envelope, expected_type):
+    raw = json.dumps({**envelope, "data": {"meetingId": "room-1", "sessionId": "s-1"}}).encode()
+    assert read_envelope(raw) == (expected_type, "room-1")
+
+
+# (body, the room id read_envelope gives): the room id only when `data.meetingId` is a valid id,
+# whatever the event type; a body is never refused for what `data` holds
+ENVELOPE_ROOMS = [
+    pytest.param(body(SE, {"meetingId": ROOM, "sessionId": SESSION}), ROOM, id="valid"),
+    pytest.param(body(SE, {"meetingId": "A" + "b" * 127, "sessionId": "s"}), "A" + "b" * 127, id="128-chars"),
+    pytest.param(body(SE, {"meetingId": "x.y:z_w-1"}), "x.y:z_w-1", id="punctuation-allowed"),
+    pytest.param(body("call-started", {"meetingId": "abcd-efgh-ijkl"}), "abcd-efgh-ijkl", id="unknown-type"),
+    pytest.param(body(SE, {"meetingId": "a" * 129, "sessionId": "s"}), None, id="129-chars"),
+    pytest.param(body(SE, {"meetingId": "", "sessionId": "s"}), None, id="empty"),
+    pytest.param(body(SE, {"meetingId": "-abc", "sessionId": "s"}), None, id="leading-dash"),
+    pytest.param(body(SE, {"meetingId": "abc\nFORGED", "sessionId": "s"}), None, id="newline"),
+    pytest.param(body(SE, {"meetingId": "../../etc/passwd"}), None, id="slashes"),
+    pytest.param(body("call-started", {"meetingId": "a b"}), None, id="space-unknown-type"),
+    pytest.param(body(SE, {"meetingId": "ábcd", "sessionId": "s"}), None, id="non-ascii"),
+    pytest.param(body(SE, {"meetingId": 1234, "sessionId": "s"}), None, id="number"),
+    pytest.param(body(SE, {"meetingId": ["abcd"], "sessionId": "s"}), None, id="list"),
+    pytest.param(body(SE, {"meetingId": None, "sessionId": "s"}), None, id="null"),
+    pytest.param(body(SE, {"sessionId": "s"}), None, id="missing"),
+    pytest.param(body(SE, {}), None, id="data-empty"),
+]
+
+
+@pytest.mark.parametrize("raw, room_id", ENVELOPE_ROOMS)
+def test_read_envelope_gives_the_room_id_only_when_valid(raw, room_id):
+    event_type, got = read_envelope(raw)
+    assert (event_type, got) == (json.loads(raw)["webhookType"], room_id)
+    assert got == parse_event(raw).room_id  # the room the decider files the delivery under
+
+
+@pytest.mark.parametrize("event_type, data, room_id, session_id", [
+    pytest.param("agent-session-started", {"meetingId": "abcd-efgh-ijkl", "sessionId": "s1"}, "abcd-efgh-ijkl",
+                 "s1", id="agent-session-with-ids"),
+    pytest.param("ai-deployment-session-ended", {}, None, None, id="ai-deployment-empty-data"),
+    pytest.param("batchcall-completed", {"meetingId": 12345, "sessionId": ["x"]}, None, None,
+                 id="batchcall-ids-not-strings"),
+    pytest.param("x", {"meetingId": "a" * 128}, "a" * 128, None, id="one-char-type-128-char-room"),
+])
+def test_read_envelope_accepts_unknown_event_types(event_type, data, room_id, session_id):
+    assert read_envelope(body(event_type, data)) == (event_type, room_id)
+
+
+@pytest.mark.parametrize("raw, expected_fields, ids", UNREADABLE_BODIES)
+def test_read_envelope_accepts_a_known_type_whose_data_cannot_be_read(raw, expected_fields, ids):
+    # Not refused: VideoSDK signed it and documents no retry; the decider keeps it with its problem.
+    event_type, room_id = read_envelope(raw)
+    assert (event_type, room_id) == (json.loads(raw)["webhookType"], ids[0])
+    event = parse_event(raw)
+    assert (event.type, event.room_id) == (event_type, room_id) and event.problem
+
+
+def test_read_envelope_reads_nothing_of_data_but_the_room():
+    # A field parse_event would refuse to read (the problem) is not the request's business.
+    raw = body(PJ, {"meetingId": "m1", "sessionId": "s1", "participantId": "p\u0000x", "participantName": 7})
+    assert read_envelope(raw) == (PJ, "m1")
+    assert parse_event(raw).problem
 
 
 # -- parse_timestamp --------------------------------------------------------------------------

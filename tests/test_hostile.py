@@ -4,13 +4,16 @@ before and after every request.
 
 Every row of the table says what must come back. For each row: the status is the expected one and
 never 5xx; no answer carries a traceback; an error the application answers is JSON with an
-`error` message; a refused request wrote nothing (deliveries, decisions, actions, timers, rooms);
-an accepted one stored exactly one delivery, byte for byte; a signed body of a known type with a
-field missing or unreadable was kept (200, its problem stored) and wrote nothing else. Requests
-that gunicorn's HTTP parser refuses before the application runs (bad Content-Length, header limits, ...) are answered by
-gunicorn in text/html: those rows are marked `layer="gunicorn"` and checked for status, no
-traceback and no writes. At the end the server must still be up, with its two original workers,
-and its log must hold no traceback.
+`error` message; a refused request wrote nothing (inbox, deliveries, decisions, actions, timers,
+rooms). An accepted one (202) wrote exactly one inbox row, the body byte for byte, and nothing
+else; then the worker's decider (built here, in the test process, over the server's SQLite file,
+as `python -m service worker` builds it, so that each row is decided before the next is sent)
+takes it out and records exactly one delivery, byte for byte: an unknown event type as not known;
+a signed body of a known type with a field missing or unreadable as kept with its problem, and
+nothing else written. Requests that gunicorn's HTTP parser refuses before the application runs
+(bad Content-Length, header limits, ...) are answered by gunicorn in text/html: those rows are
+marked `layer="gunicorn"` and checked for status, no traceback and no writes. At the end the
+server must still be up, with its two original workers, and its log must hold no traceback.
 
 """
 
@@ -36,6 +39,8 @@ import requests
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from service.config import Settings
+from service.runtime import build_decider, build_verifier, load_rules_holder, open_store
 from service.schemas import KNOWN_EVENTS
 
 from .conftest import API_KEY, SECRET, TEST_RULES, sign_with
@@ -46,7 +51,7 @@ pytestmark = pytest.mark.e2e
 
 PATH = "/webhooks/videosdk"
 HEADER = "videosdk-signature"
-TABLES = ("deliveries", "decisions", "actions", "timers", "rooms")
+TABLES = ("inbox", "deliveries", "decisions", "actions", "timers", "rooms")
 MAX_BODY = 64 * 1024
 SENT: Counter = Counter()  # what this module really sent, for the final report
 
@@ -95,9 +100,16 @@ def server(tmp_path_factory, public_pem, private_key, request):
             pytest.fail(STARTUP["error"], pytrace=False)
         other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         signer = SimpleNamespace(sign=lambda body: sign_with(private_key, body), key=private_key, other=other_key)
+        # The worker's decider, over the file the web process migrated: no worker process, so that
+        # what a request wrote can be seen before it is decided, and decided before the next row.
+        settings = Settings.from_env(env)
+        store = open_store(settings, migrate=False)
+        decider = build_decider(settings, store, load_rules_holder(settings, store), build_verifier(settings))
         yield SimpleNamespace(web=web, base=base, port=int(env["PORT"]), db=db, signer=signer,
-                              log=Path(web.log_path), fake=fake)
+                              log=Path(web.log_path), fake=fake, decider=decider)
     finally:
+        if "store" in locals():
+            store.close()
         procs.stop_all()
         fake.stop()
         report(request.config, f"test_hostile: {SENT['requests']} hostile requests sent over real sockets "
@@ -125,12 +137,22 @@ def counts(db: Path) -> dict[str, int]:
         con.close()
 
 
-def stored(db: Path, delivery_id: str) -> tuple[str, str | None] | None:
-    """The stored delivery's (body, problem)."""
+def stored(db: Path, delivery_id: str) -> tuple[str, bool, str | None] | None:
+    """The stored delivery's (body, known, problem)."""
     con = sqlite3.connect(db, timeout=30)
     try:
-        row = con.execute("SELECT body, problem FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
-        return tuple(row) if row else None
+        row = con.execute("SELECT body, known, problem FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+        return (row[0], bool(row[1]), row[2]) if row else None
+    finally:
+        con.close()
+
+
+def waiting(db: Path, delivery_id: str) -> tuple[str, bool | None] | None:
+    """The inbox row's (body, verified), while it waits to be decided."""
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        row = con.execute("SELECT body, verified FROM inbox WHERE id = ?", (delivery_id,)).fetchone()
+        return (row[0], None if row[1] is None else bool(row[1])) if row else None
     finally:
         con.close()
 
@@ -228,12 +250,13 @@ class Case:
     status: int
     error: str | None = None  # a fragment of the JSON `error` message
     layer: str = "app"  # "gunicorn": refused by the HTTP parser before the app runs (text/html)
-    stores: bool | None = None  # None: a 200/202 stores one delivery, anything else nothing
-    problem: str | None = None  # kept unread (200): a fragment of the problem it is stored with
+    stores: bool | None = None  # None: a 202 stores one delivery, anything else nothing
+    problem: str | None = None  # kept unread: a fragment of the problem it is stored with once decided
+    known: bool = True  # an accepted body's event type is one the service knows
 
     @property
     def accepted(self) -> bool:
-        return self.stores if self.stores is not None else self.status in (200, 202)
+        return self.stores if self.stores is not None else self.status == 202
 
 
 def ev(event_type, data=None, **extra) -> bytes:
@@ -316,7 +339,8 @@ def _cases() -> list[Case]:
 
     # -- the baseline: what must work -----------------------------------------------------------
     add(Case("baseline-signed-session-ended", http_request(ENDED), 202))
-    add(Case("baseline-unknown-event-type", http_request(ev("call-answered", {"meetingId": ROOM})), 200))
+    add(Case("baseline-unknown-event-type", http_request(ev("call-answered", {"meetingId": ROOM})), 202,
+             known=False))
 
     # -- malformed JSON, signed (400) and unsigned (401: the signature is checked first) ----------
     malformed = {
@@ -332,7 +356,7 @@ def _cases() -> list[Case]:
         add(Case(f"malformed-{name}-unsigned", http_request(body, sig=OMIT), 401, "missing videosdk-signature"))
     # duplicate keys: the last wins, so this is a session-ended with nothing in it, kept unread
     duplicate = b'{"webhookType":"call-x","data":{},"webhookType":"session-ended"}'
-    add(Case("malformed-duplicate-keys-last-wins-signed", http_request(duplicate), 200,
+    add(Case("malformed-duplicate-keys-last-wins-signed", http_request(duplicate), 202,
              problem="data.meetingId: Missing data for required field.; data.sessionId: Missing data"))
     add(Case("malformed-duplicate-keys-last-wins-unsigned", http_request(duplicate, sig=OMIT), 401,
              "missing videosdk-signature"))
@@ -389,7 +413,7 @@ def _cases() -> list[Case]:
                 data = {**valid_data(event_type), name: value}
                 ok = need == OPTIONAL and value is None
                 add(Case(f"type-{event_type}-{name}-{label}", http_request(ev(event_type, data)),
-                         202 if ok else 200, problem=None if ok else f"data.{name}: "))
+                         202, problem=None if ok else f"data.{name}: "))
     for label, value in WRONG_TYPES + [("empty", ""), ("uppercase", "Session-Ended"), ("space", "session ended"),
                                        ("too-long", "a" * 101), ("slash", "session/ended")]:
         add(Case(f"type-webhookType-{label}", http_request(json.dumps({"webhookType": value, "data": {}}).encode()),
@@ -400,19 +424,19 @@ def _cases() -> list[Case]:
     for label, value in [("with-slash", "a/b"), ("with-space", "a b"), ("newline", "abcd\n"), ("too-long", "a" * 129),
                          ("empty", ""), ("leading-dash", "-abc"), ("unicode", "ábcd")]:
         add(Case(f"value-meetingId-{label}", http_request(ev("session-ended", {**valid_data("session-ended"),
-                                                                               "meetingId": value})), 200,
+                                                                               "meetingId": value})), 202,
                  problem="data.meetingId: Not a valid id."))
     add(Case("value-participantId-empty", http_request(ev("participant-left", {**valid_data("participant-left"),
-                                                                               "participantId": ""})), 200,
+                                                                               "participantId": ""})), 202,
              problem="data.participantId: Length must be between 1 and 256."))
     add(Case("value-participantId-too-long", http_request(ev("participant-left", {
-        **valid_data("participant-left"), "participantId": "p" * 257})), 200,
+        **valid_data("participant-left"), "participantId": "p" * 257})), 202,
         problem="data.participantId: Length must be between 1 and 256."))
     add(Case("value-participantName-too-long", http_request(ev("participant-left", {
-        **valid_data("participant-left"), "participantName": "n" * 513})), 200,
+        **valid_data("participant-left"), "participantName": "n" * 513})), 202,
         problem="data.participantName: Longer than maximum length 512."))
     add(Case("value-start-too-long", http_request(ev("session-started", {
-        **valid_data("session-started"), "start": "2" * 65})), 200,
+        **valid_data("session-started"), "start": "2" * 65})), 202,
         problem="data.start: Longer than maximum length 64."))
     for label, stamp in (("garbage", "yesterday"), ("sixty-minutes", "2022-07-05T15:60:35Z"), ("empty", ""),
                          ("year-0", "0000-01-01T00:00:00Z"), ("far-offset", "9999-12-31T23:59:59-23:59")):
@@ -424,14 +448,14 @@ def _cases() -> list[Case]:
         add(Case(f"value-participantId-{label}-surrogate", http_request(
             with_raw_field("participant-joined", "participantId", raw)), 400))
     add(Case("value-unknown-event-wrong-types-recorded", http_request(
-        ev("call-answered", {"meetingId": 12, "sessionId": None, "participantId": []})), 200))
+        ev("call-answered", {"meetingId": 12, "sessionId": None, "participantId": []})), 202, known=False))
 
-    # -- missing fields: a signed body of a known type is kept (200), never decided on ----------------
+    # -- missing fields: a signed body of a known type is accepted (202), kept, never decided on --------
     for event_type, fields in EVENTS.items():
         for name, need in fields.items():
             data = {k: v for k, v in valid_data(event_type).items() if k != name}
             add(Case(f"missing-{event_type}-{name}", http_request(ev(event_type, data)),
-                     202 if need == OPTIONAL else 200,
+                     202,
                      problem=None if need == OPTIONAL else f"data.{name}: Missing data for required field."))
     add(Case("missing-webhookType", http_request(json.dumps({"data": valid_data("session-ended")}).encode()), 400))
     add(Case("missing-data", http_request(json.dumps({"webhookType": "session-ended"}).encode()), 400))
@@ -452,7 +476,7 @@ def _cases() -> list[Case]:
     # a NUL (or any control character) in an id would end up in the store's columns: the body is kept
     # (as sent: the NUL is a JSON escape in it), the id is not
     add(Case("value-participantId-with-nul", http_request(
-        ev("participant-left", {**valid_data("participant-left"), "participantId": "p\u0000q"})), 200,
+        ev("participant-left", {**valid_data("participant-left"), "participantId": "p\u0000q"})), 202,
         problem="data.participantId: Must not contain control characters."))
 
     # -- empty bodies -----------------------------------------------------------------------------------
@@ -632,6 +656,7 @@ def test_the_table_covers_every_known_event_type():
 @pytest.mark.parametrize("case", list(_params()))
 def test_hostile_input(server, case: Case):
     req = case.make(server.signer)
+    server.decider.drain()  # what a failed row before left undecided is not this row's
     before = counts(server.db)
     response, body = send(server.port, req)
     after = counts(server.db)
@@ -660,16 +685,24 @@ def test_hostile_input(server, case: Case):
 
     if case.accepted:
         payload = json.loads(body)
-        assert payload["known"] is (case.status == 202 or case.problem is not None)
-        assert isinstance(payload["decisions"], list)
-        assert after["deliveries"] == before["deliveries"] + 1, (before, after)
-        kept_body, problem = stored(server.db, payload["delivery"])
+        assert set(payload) == {"delivery", "event", "verified"} and payload["verified"] == "yes", payload
+        # All the request wrote: one inbox row, the body byte for byte; nothing decided yet.
+        assert after == {**before, "inbox": before["inbox"] + 1}, f"{before} -> {after}"
+        assert waiting(server.db, payload["delivery"]) == (req.body.decode("utf-8"), True), "not kept byte for byte"
+        # Then the worker's decider takes it out, and records it as one delivery.
+        [done] = server.decider.drain()
+        assert (done.delivery_id, done.event_type) == (payload["delivery"], payload["event"])
+        decided = counts(server.db)
+        assert decided["inbox"] == before["inbox"] and decided["deliveries"] == before["deliveries"] + 1, decided
+        kept_body, known, problem = stored(server.db, payload["delivery"])
         assert kept_body == req.body.decode("utf-8"), "not stored byte for byte"
-        assert payload["readable"] is (case.problem is None) and problem == payload.get("problem")
+        assert known is case.known
         if case.problem is not None:
-            assert case.problem in problem, problem
-            assert payload["decisions"] == []
-            assert after == {**before, "deliveries": before["deliveries"] + 1}, "an unreadable body was decided on"
+            assert problem is not None and case.problem in problem, problem
+            assert done.outcome == "unreadable" and not done.receipt.decisions
+            assert decided == {**before, "deliveries": before["deliveries"] + 1}, "an unreadable body was decided on"
+        else:
+            assert problem is None and done.outcome == ("accepted" if case.known else "ignored"), (problem, done)
     else:
         assert after == before, f"a refused request wrote rows: {before} -> {after}"
 

@@ -8,7 +8,7 @@ lines they are, and a whole run is searched for secrets: log lines, HTTP answers
 every row of every table of the SQLite file.
 
 Workers are built the way tests/test_worker.py builds them (a shared injected clock,
-actions put in the outbox through the real Ingestor); the helpers are copied, not imported.
+actions put in the outbox through the real inbox and Decider); the helpers are copied, not imported.
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ import pytest
 from service import logs
 from service.breaker import CircuitBreaker
 from service.errors import StoreUnavailable
-from service.events import parse_event
-from service.ingest import Ingestor
 from service.retry import RetryPolicy
 from service.rules.loader import parse_rules
 from service.rules.model import RuleSet
@@ -41,7 +39,8 @@ from service.store import Store
 from service.videosdk import TokenSource, VideoSDKClient
 from service.worker import Worker
 
-from .conftest import API_KEY, Clock, ROOT, SECRET, TEST_RULES, event_body
+from .conftest import API_KEY, Clock, ROOT, SECRET, TEST_RULES, decide, event_body
+from .conftest import deliver as deliver_raw
 from .fakeapi import Reply
 
 DEACTIVATE = "/v2/rooms/deactivate"
@@ -105,9 +104,8 @@ def make_worker(store, clock, base_url: str | None, *, rules: RuleSet | None = N
 
 
 def deliver(store, rules: RuleSet, at: float, event_type: str, **data):
-    """One delivery through the real pipeline: bytes, parse_event, Ingestor, at time `at`."""
-    raw = event_body(event_type, **data)
-    return Ingestor(store, lambda: rules, acts=True, clock=lambda: at).ingest(raw, parse_event(raw), verified=True)
+    """One delivery through the real pipeline: bytes into the inbox at time `at`, then the Decider."""
+    return deliver_raw(store, rules, event_body(event_type, **data), at=at, verified=True)
 
 
 def add_action(store, room: str, *, at: float, session: str = SESSION) -> int:
@@ -724,23 +722,35 @@ class Request:
     body: bytes
     status: int
     signature: str | None = None  # None: a good signature
-    fields: dict = field(default_factory=dict)  # expected in the log line, besides method/path/status/ms
+    fields: dict = field(default_factory=dict)  # expected in the request's line, besides method/path/status/ms
     error: bool = False  # the line has an `error`, and no delivery
+    # Once the decider has taken an accepted delivery: what its one line about it says (None: it
+    # logs nothing, as for a delivery that decided nothing), and the stored delivery's columns.
+    decided: dict | None = None
+    stored: dict = field(default_factory=dict)
 
 
 TOO_BIG = event_body("session-ended", meetingId="room-big", sessionId="s", pad="x" * 70_000)
 
-# Requests made one after the other to one app; each must log exactly one line.
+# Requests made one after the other to one app; each must log exactly one line, and the decider
+# at most one more about each accepted delivery (what was decided is no longer the request's).
 REQUESTS = {
-    # accepted: the delivery, the event, the room and what was decided
+    # accepted: the delivery, the event and the room; the decider's line says what was decided
     "accepted": Request(ended("room-log"), 202, fields={"event": "session-ended", "room": "room-log",
-                                                         "decisions": ["close-after-session:scheduled"]}),
+                                                         "verified": "yes"},
+                        decided={"level": "info", "event": "session-ended", "room": "room-log",
+                                 "decisions": ["close-after-session:scheduled"]},
+                        stored={"known": True, "problem": None}),
     # the same again: accepted, decided as a duplicate
     "repeated": Request(ended("room-log"), 202, fields={"event": "session-ended", "room": "room-log",
-                                                         "decisions": ["close-after-session:duplicate"]}),
-    # an event type nobody handles: recorded (200), no decision
-    "unknown": Request(event_body("something-new", meetingId="room-u"), 200,
-                       fields={"event": "something-new", "room": "room-u", "decisions": []}),
+                                                         "verified": "yes"},
+                        decided={"level": "info", "event": "session-ended", "room": "room-log",
+                                 "decisions": ["close-after-session:duplicate"]},
+                        stored={"known": True, "problem": None}),
+    # an event type nobody handles: accepted (202), recorded as unknown, no decision, no decider line
+    "unknown": Request(event_body("something-new", meetingId="room-u"), 202,
+                       fields={"event": "something-new", "room": "room-u", "verified": "yes"},
+                       stored={"known": False, "problem": None}),
     # a signature that is not base64: rejected before parsing
     "garbled-signature": Request(ended("room-x"), 401, signature="!!!", error=True),
     # a good signature over other bytes
@@ -749,9 +759,13 @@ REQUESTS = {
     "no-signature": Request(ended("room-x"), 401, signature="", error=True),
     # signed, but not JSON
     "not-json": Request(b"{not json", 400, error=True),
-    # signed, JSON, a known event missing its room: kept (200), never decided on; the line says why
-    "missing-field": Request(event_body("session-ended", sessionId="s"), 200, fields={
-        "event": "session-ended", "problem": "data.meetingId: Missing data for required field.", "decisions": []}),
+    # signed, JSON, a known event missing its room: accepted (202); kept, never decided on, and
+    # the decider's line (a warning) says why
+    "missing-field": Request(event_body("session-ended", sessionId="s"), 202,
+                             fields={"event": "session-ended", "verified": "yes"},
+                             decided={"level": "warning", "event": "session-ended",
+                                      "problem": "data.meetingId: Missing data for required field."},
+                             stored={"problem": "data.meetingId: Missing data for required field."}),
 }
 
 
@@ -761,9 +775,10 @@ def _line_checks(record: dict, request: Request, response) -> None:
     assert isinstance(record["ms"], (int, float)) and record["ms"] >= 0
     for key, value in request.fields.items():
         assert record[key] == value, key
+    assert "decisions" not in record and "problem" not in record  # decided behind the request, not in it
     if request.error:
         assert record["error"] == response.get_json()["error"]
-        assert "delivery" not in record and "decisions" not in record
+        assert "delivery" not in record
     else:
         assert record["delivery"] == response.get_json()["delivery"]
         assert "error" not in record
@@ -772,6 +787,7 @@ def _line_checks(record: dict, request: Request, response) -> None:
 def test_each_webhook_request_logs_exactly_one_json_line(make_app, sign, captured):
     app = make_app()
     client = app.test_client()
+    store = app.extensions["roomwarden"].store
     for name, request in REQUESTS.items():
         signature = sign(request.body) if request.signature is None else request.signature
         if signature == "OTHER":
@@ -783,6 +799,23 @@ def test_each_webhook_request_logs_exactly_one_json_line(make_app, sign, capture
         lines = captured.since(mark, "roomwarden.web")
         assert (name, len(lines)) == (name, 1)
         _line_checks(lines[0], request, response)
+
+        # What the worker does next: decide it (a refused request left nothing to decide).
+        assert (name, store.has_undecided()) == (name, not request.error)
+        mark = captured.mark()
+        decide(app)
+        assert (name, store.has_undecided()) == (name, False)
+        about = captured.since(mark, "roomwarden.decider")
+        assert (name, len(about)) == (name, 0 if request.decided is None else 1)
+        if request.error:
+            continue
+        delivery_id = response.get_json()["delivery"]
+        if request.decided is not None:
+            assert about[0]["delivery"] == delivery_id
+            for key, value in request.decided.items():
+                assert (name, key, about[0][key]) == (name, key, value)
+        stored = store.delivery(delivery_id)
+        assert {key: stored[key] for key in request.stored} == request.stored, name
 
 
 def test_an_oversize_delivery_logs_one_line_with_its_error(make_app, sign, captured):
@@ -802,12 +835,13 @@ def test_an_unexpected_error_logs_its_request_line_with_an_error(make_app, sign,
     def explode(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(app.extensions["roomwarden"].ingestor, "ingest", explode)
+    monkeypatch.setattr(app.extensions["roomwarden"].intake, "accept", explode)
     body = ended("room-boom")
     mark = captured.mark()
     response = app.test_client().post("/webhooks/videosdk", data=body,
                                       headers={"Content-Type": "application/json", "videosdk-signature": sign(body)})
     assert response.status_code == 500
+    assert app.extensions["roomwarden"].store.has_undecided() is False  # nothing was kept
     [line] = captured.since(mark, "roomwarden.web")  # one line for the request, traceback included
     assert (line["status"], line["level"]) == (500, "error")
     assert line["error"] == "internal error: RuntimeError" and "RuntimeError: boom" in line["exc"]
@@ -880,7 +914,10 @@ def test_no_secret_or_token_in_logs_error_bodies_or_stored_rows(make_app, env, s
     statuses += [send(ended(rooms[0])), send(event_body("something-new", meetingId="leak-zzzz")),
                  send(ended("leak-bad"), signature="garbage"), send(ended("leak-bad"), signature=sign(b"x")),
                  send(b"{not json"), send(TOO_BIG)]
-    assert statuses == [202] * 6 + [200, 401, 401, 400, 413]
+    assert statuses == [202] * 7 + [401, 401, 400, 413]
+    decide(app)  # what the worker's decider does first; this one only acts
+    unknown = app.extensions["roomwarden"].store.delivery(json.loads(answers[6])["delivery"])
+    assert (unknown["event_type"], unknown["known"]) == ("something-new", False)
 
     # The worker, on the same SQLite file, with its own clock a little ahead of the deliveries.
     clock = Clock(time.time() + 1)

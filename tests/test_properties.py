@@ -1,5 +1,5 @@
-"""Property tests (hypothesis): the webhook receiver through the Flask test client, the rules
-loader, timestamp parsing and the room state fold.
+"""Property tests (hypothesis): the webhook receiver through the Flask test client and the decider
+behind it, the rules loader, timestamp parsing and the room state fold.
 
 Each property runs a fixed number of examples (see `settings` on each), with no deadline (the
 machine is noisy) and no example database (nothing is written outside the test's tmp_path).
@@ -22,12 +22,14 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from service.errors import PayloadInvalid
-from service.events import Event, parse_event, parse_timestamp
+from service.events import Event, parse_event, parse_timestamp, read_envelope
 from service.rooms import RoomState, advance
 from service.rules import fields as rule_fields
 from service.rules.loader import parse_rules
 from service.rules.model import ACTIONS, CONFIRMS, RuleSet
 from service.rules.operators import OPERATORS
+
+from .conftest import decide
 
 PATH = "/webhooks/videosdk"
 EXAMPLES: Counter = Counter()  # examples run, by property
@@ -129,9 +131,9 @@ def webhook_bodies(draw) -> bytes:
     return text.encode("utf-8")
 
 
-# -- the receiver through the test client ---------------------------------------------------------
+# -- the receiver through the test client, and the decider behind it -------------------------------
 
-TABLES = ("deliveries", "decisions", "actions", "timers", "rooms")
+TABLES = ("inbox", "deliveries", "decisions", "actions", "timers", "rooms")
 
 
 def _counts(db: str) -> dict[str, int]:
@@ -142,25 +144,45 @@ def _counts(db: str) -> dict[str, int]:
         con.close()
 
 
-def _stored(db: str, delivery: str) -> tuple[str, str | None] | None:
-    """The stored delivery's (body, problem)."""
+def _row(db: str, sql: str, delivery: str) -> tuple | None:
     con = sqlite3.connect(db, timeout=30)
     try:
-        row = con.execute("SELECT body, problem FROM deliveries WHERE id = ?", (delivery,)).fetchone()
-        return tuple(row) if row else None
+        return con.execute(sql, (delivery,)).fetchone()
     finally:
         con.close()
 
 
-class Receiver:
-    """Posts bodies and checks the receiver's invariants for each answer."""
+def _waiting(db: str, delivery: str) -> tuple | None:
+    """The inbox row's (body, verified) while it waits to be decided (SQLite: 0/1 or NULL)."""
+    return _row(db, "SELECT body, verified FROM inbox WHERE id = ?", delivery)
 
-    def __init__(self, app, env, name: str, allowed=frozenset({200, 202, 400, 413})):
+
+def _stored(db: str, delivery: str) -> tuple | None:
+    """The stored delivery's (body, event_type, known, problem)."""
+    return _row(db, "SELECT body, event_type, known, problem FROM deliveries WHERE id = ?", delivery)
+
+
+class Receiver:
+    """Posts bodies, decides what was accepted (as the worker would), and checks the invariants of
+    both for each answer:
+
+    - any bytes get a 202 or a 4xx, never a 5xx, and a JSON answer;
+    - a 4xx writes nothing at all, in the inbox or elsewhere;
+    - a 202 writes exactly one inbox row (the body, byte for byte) and nothing else;
+    - deciding that row never raises, takes exactly that row out of the inbox and records exactly
+      one delivery of the type the answer named, byte for byte; a delivery kept unread (its
+      problem) has nothing else written about it.
+    """
+
+    def __init__(self, app, env, name: str, allowed=frozenset({202, 400, 413})):
+        self.app = app
         self.client = app.test_client()
         self.db = env["DATABASE_URL"].removeprefix("sqlite:///")
         self.name = name
         self.allowed = allowed
-        self.statuses: Counter = Counter()
+        self.verified = "off" if app.extensions["roomwarden"].verifier is None else "yes"
+        self.statuses: Counter = Counter()  # by HTTP status, then by what the decider made of a 202
+        self.last: str | None = None  # the delivery id of the last 202
 
     def post(self, body: bytes, headers: dict | None = None) -> int:
         before = _counts(self.db)
@@ -177,15 +199,25 @@ class Receiver:
         if status >= 400:
             assert isinstance(payload.get("error"), str) and payload["error"], payload
             assert after == before, f"a {status} left rows behind: {before} -> {after}"
-        else:
-            # 202: read and decided on; 200: an unknown type, or a known one kept unread (with its problem)
-            assert payload["known"] is (status == 202 or not payload["readable"])
-            assert after["deliveries"] == before["deliveries"] + 1, (before, after)
-            assert _stored(self.db, payload["delivery"]) == (body.decode("utf-8"), payload.get("problem"))
-            if not payload["readable"]:
-                self.statuses["unreadable"] += 1
-                assert status == 200 and payload["problem"] and payload["decisions"] == []
-                assert after == {**before, "deliveries": before["deliveries"] + 1}, "an unreadable body was decided on"
+            return status
+        assert set(payload) == {"delivery", "event", "verified"} and payload["verified"] == self.verified, payload
+        assert after == {**before, "inbox": before["inbox"] + 1}, f"a 202 wrote {before} -> {after}"
+        delivery = self.last = payload["delivery"]
+        assert _waiting(self.db, delivery) == (body.decode("utf-8"), 1 if self.verified == "yes" else 0)
+
+        [done] = decide(self.app)  # never raises; the one row there was
+        decided = _counts(self.db)
+        self.statuses[done.outcome] += 1
+        assert (done.delivery_id, done.event_type) == (delivery, payload["event"]), done
+        assert decided["inbox"] == before["inbox"] and decided["deliveries"] == before["deliveries"] + 1, decided
+        kept_body, event_type, known, problem = _stored(self.db, delivery)
+        assert (kept_body, event_type) == (body.decode("utf-8"), payload["event"])
+        # accepted: a known type, read; ignored: an unknown type, recorded; unreadable: a known type kept
+        # with its problem. Never "refused" (verification is off, or the request checked the signature).
+        assert done.outcome == ("unreadable" if problem else "accepted" if known else "ignored"), (done, problem)
+        if problem:
+            assert known and not done.receipt.decisions
+            assert decided == {**before, "deliveries": before["deliveries"] + 1}, "an unreadable body was decided on"
         return status
 
 
@@ -223,10 +255,11 @@ def test_receiver_webhook_shaped_bodies(make_app, env):
         receiver.post(body)
 
     prop()
-    # Every side of the property was exercised: some accepted (known and unknown), some kept unread,
-    # some refused.
-    assert receiver.statuses[202] > 0 and receiver.statuses[200] > 0 and receiver.statuses[400] > 0, receiver.statuses
-    assert receiver.statuses["unreadable"] > 0, receiver.statuses
+    # Every side of the property was exercised: some refused, some accepted and then decided on
+    # (known), recorded (unknown) or kept unread.
+    assert receiver.statuses[202] > 0 and receiver.statuses[400] > 0, receiver.statuses
+    for outcome in ("accepted", "ignored", "unreadable"):
+        assert receiver.statuses[outcome] > 0, receiver.statuses
 
 
 def test_receiver_signed_bodies(make_app, env, public_pem, sign):
@@ -248,6 +281,37 @@ def test_receiver_signed_bodies(make_app, env, public_pem, sign):
     assert receiver.statuses[401] > 0 and receiver.statuses[202] > 0, receiver.statuses
 
 
+# Signed, webhook-shaped bodies of a known type with a field the service needs left out.
+REQUIRED = ["meetingId", "sessionId"]
+PARTICIPANT_TYPES = [t for t in KNOWN_TYPES if t.startswith("participant-")]
+
+
+@st.composite
+def bodies_missing_a_field(draw) -> tuple[bytes, str]:
+    obj = draw(valid_webhook_objects)
+    needed = REQUIRED + (["participantId"] if obj["webhookType"] in PARTICIPANT_TYPES else [])
+    name = draw(st.sampled_from(needed))
+    obj["data"].pop(name)
+    return json.dumps(obj, ensure_ascii=draw(st.booleans())).encode("utf-8"), name
+
+
+def test_receiver_signed_bodies_missing_a_field_are_kept_with_their_problem(make_app, env, public_pem, sign):
+    app = make_app(VIDEOSDK_WEBHOOK_PUBLIC_KEY=public_pem)
+    receiver = Receiver(app, env, "receiver_missing_field", allowed=frozenset({202}))
+
+    @settings(max_examples=60, **COMMON)
+    @given(bodies_missing_a_field())
+    def prop(case):
+        body, name = case
+        assert receiver.post(body, {"videosdk-signature": sign(body)}) == 202  # never refused for its data
+        delivery = app.extensions["roomwarden"].store.delivery(receiver.last)
+        assert delivery["body"] == body.decode("utf-8")
+        assert f"data.{name}: Missing data for required field." in delivery["problem"], delivery["problem"]
+
+    prop()
+    assert receiver.statuses["unreadable"] == receiver.statuses[202] > 0, receiver.statuses
+
+
 def test_receiver_lone_surrogates_in_participant_id_are_refused(make_app, env):
     receiver = Receiver(make_app(WEBHOOK_VERIFY="false"), env, "receiver_surrogates")
     surrogates = st.text(st.characters(categories=["Cs"]), min_size=1, max_size=3)
@@ -261,6 +325,32 @@ def test_receiver_lone_surrogates_in_participant_id_are_refused(make_app, env):
         assert receiver.post(body) == 400
 
     prop()
+
+
+def test_read_envelope_refuses_exactly_what_parse_event_refuses():
+    """What the web request accepts (read_envelope), the decider can read (parse_event never raises
+    on it), as the same event type and room; what the request refuses, parse_event refuses alike."""
+    sides: Counter = Counter()
+
+    @settings(max_examples=300, **COMMON)
+    @given(st.one_of(webhook_bodies(), webhook_bodies(), st.builds(lambda v: json.dumps(v).encode(), json_values),
+                     st.binary(max_size=256)))
+    def prop(raw):
+        EXAMPLES["read_envelope"] += 1
+        try:
+            envelope = read_envelope(raw)
+        except PayloadInvalid as refused:
+            sides["refused"] += 1
+            with pytest.raises(PayloadInvalid) as info:
+                parse_event(raw)
+            assert (info.value.message, info.value.fields) == (refused.message, refused.fields)
+            return
+        sides["accepted"] += 1
+        event = parse_event(raw)
+        assert envelope == (event.type, event.room_id), (envelope, event)
+
+    prop()
+    assert sides["refused"] > 0 and sides["accepted"] > 0, sides
 
 
 # -- the rules loader ---------------------------------------------------------------------------------

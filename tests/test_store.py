@@ -1,16 +1,20 @@
 """The store, on a real SQLite file and a real PostgreSQL database (the `database_url` fixture).
 
-What is pinned here: migrations (idempotent, safe to race); `ingest` (one
-transaction: the delivery, the room's state, decisions, actions and timers, all
-of it or none of it; the plan sees the room's stored state, pending timers and
-action keys, locked, so concurrent deliveries for one room never lose an update;
-one action per key, one pending timer per key); `for:` timers (`fire_due_timer`
-fires each due timer once, `recheck_timer` re-decides one, verdicts fire, cancel
-and wait); the outbox (`claim`, `finish`, `release`, `redrive`: due times,
-leases, fencing, max attempts, a per-minute limit, no double claims under
-concurrency); reads (`room_story`, `deliveries_since` in batches, rules
-versions); and how outages surface (`StoreUnavailable`, never a raw SQLAlchemy
-error, and the store works again once the outage ends).
+What is pinned here: migrations (idempotent, safe to race); the inbox (`append`
+durable and in arrival order; `deciding` hands out the oldest rows, keeps what is
+kept, deletes what is recorded in the same transaction, and on PostgreSQL lets any
+number of deciders run, one per room at a time); recording a decided delivery
+(conftest's `ingest`: through the inbox and a decider's transaction, one
+transaction: the delivery, the room's state, decisions, actions and timers, all of
+it or none of it, the row left in the inbox when it fails; the plan sees the room's
+stored state, pending timers and action keys, locked, so concurrent deliveries for
+one room never lose an update; one action per key, one pending timer per key);
+`for:` timers (`fire_due_timer` fires each due timer once, `recheck_timer`
+re-decides one, verdicts fire, cancel and wait); the outbox (`claim`, `finish`,
+`release`, `redrive`: due times, leases, fencing, max attempts, a per-minute limit,
+no double claims under concurrency); reads (`room_story`, `deliveries_since` in
+batches, rules versions); and how outages surface (`StoreUnavailable`, never a raw
+SQLAlchemy error, and the store works again once the outage ends).
 
 Time is a `Clock` the test moves by hand, so no test depends on the machine's speed.
 """
@@ -30,20 +34,22 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError, StatementError
 
 from service.errors import StoreUnavailable, Unavailable
-from service.ingest import new_delivery_id
+from service.accept import new_delivery_id
 from service.store import (AttemptRecord, ClaimedAction, NewDecision, NewDelivery, PlanWrite,
                            Receipt, Store, TimerCancel, TimerRow, TimerWrite)
 from service.store import engine as store_engine
 from service.store import migrations, tables
+from service.store.inbox import InboxItem, InboxRow
 
-from .conftest import Clock
+from .conftest import Clock, ingest
 
 T0 = 1_700_000_000.0  # the tests' "now": a fixed epoch second
 LEASE = 30.0
 MAX_ATTEMPTS = 10
 HOLD = 300.0  # a rule's `for: 5m`
 ALL_STEPS = ["1: initial: deliveries, decisions, actions, attempts, rooms, timers, rules_versions",
-             "2: deliveries.problem (kept but unreadable); attempts.answer and attempts.doubt (what a 2xx said)"]
+             "2: deliveries.problem (kept but unreadable); attempts.answer and attempts.doubt (what a 2xx said)",
+             "3: inbox: accepted deliveries not yet decided on"]
 THREAD_JOIN_LIMIT = 120.0  # a hang guard for worker threads, never a timing assertion
 PG_LOCK_WAIT = 10.0  # how long a PostgreSQL lock may block a write before it must give up
 ALL_TABLES = (tables.deliveries, tables.decisions, tables.actions, tables.attempts, tables.rooms,
@@ -104,7 +110,37 @@ def record(store: Store, delivery: NewDelivery, decisions=(), *, room_state: dic
             seen.calls.append((copy.deepcopy(stored), list(pending), set(keys)))
         return PlanWrite(room_state=room_state, decisions=tuple(decisions), cancels=tuple(cancels))
 
-    return store.ingest(delivery, plan)
+    return ingest(store, delivery, plan)
+
+
+def decide_kept(store: Store, delivery: NewDelivery, plan) -> Receipt:
+    """Decide a delivery whose row is already in the inbox (a failed try left it there), as
+    conftest's `ingest` does once it has appended: the retry a decider makes."""
+    assert delivery.id in inbox_ids(store), f"{delivery.id} is not in the inbox"
+    while True:
+        with store.deciding(10_000) as batch:
+            for row in batch.rows:
+                if row.id != delivery.id:
+                    batch.keep(row)
+                    continue
+                room_id = delivery.room_id if delivery.known else None
+                inputs = batch.room_inputs(room_id) if room_id is not None else (None, [], set())
+                return batch.record(row, delivery, plan(*inputs))
+        # another decider's transaction holds this row's room (PostgreSQL): take turns
+
+
+def inbox_item(*, id: str | None = None, at: float = T0, room_id: str | None = "room-1",
+               body: str = '{"webhookType": "session-ended"}', signature: str | None = None,
+               verified: bool | None = True) -> InboxItem:
+    return InboxItem(id=id or uuid.uuid4().hex, received_at=at, room_id=room_id, body=body,
+                     signature=signature, verified=verified)
+
+
+def inbox_ids(store: Store) -> list[str]:
+    """The inbox's delivery ids in arrival order, read around the store's API (in a read
+    transaction, which a writer holding SQLite's lock does not block)."""
+    with store._read() as conn:
+        return list(conn.execute(select(tables.inbox.c.id).order_by(tables.inbox.c.seq)).scalars())
 
 
 def schedule(store: Store, *keys: str, at: float = T0, acts: bool = True,
@@ -243,14 +279,14 @@ def test_migrate_applies_each_step_once(make_store):
     assert store.migrate() == ALL_STEPS
     assert store.migrate() == []
     assert make_store(migrate=False).migrate() == []  # another process, later
-    assert store.schema_version() == migrations.LATEST == 2
+    assert store.schema_version() == migrations.LATEST == 3
 
     with store.engine.connect() as conn:
         names = set(inspect(conn).get_table_names())
         migrated = conn.execute(select(tables.schema_migrations.c.version)).scalars().all()
     assert {"schema_migrations", "deliveries", "decisions", "actions", "attempts", "rooms",
             "timers", "rules_versions"} <= names
-    assert migrated == [1, 2]
+    assert migrated == [1, 2, 3]
 
 
 def _schema(conn, schema: str | None = None) -> dict:
@@ -311,7 +347,7 @@ def test_the_migration_steps_build_exactly_what_tables_py_declares(make_store, d
         else:
             with store.engine.begin() as conn:
                 conn.execute(text("DROP SCHEMA IF EXISTS declared CASCADE"))
-    assert migrated.keys() == declared.keys() and len(migrated) == 7
+    assert migrated.keys() == declared.keys() and len(migrated) == 8
     for table in declared:
         assert migrated[table] == declared[table], table
 
@@ -329,6 +365,7 @@ def test_step_2_upgrades_a_store_of_step_1_and_keeps_its_rows(make_store, monkey
     assert store.migrate() == ALL_STEPS[1:]
     with store.engine.connect() as conn:
         rows = conn.execute(text("SELECT id, problem FROM deliveries")).all()
+        assert conn.execute(text("SELECT count(*) FROM inbox")).scalar() == 0
     assert [tuple(row) for row in rows] == [("d1", None)]
 
 
@@ -345,9 +382,9 @@ def test_concurrent_migrations_all_succeed_and_apply_once(make_store):
     errors = [r for r in results if isinstance(r, BaseException)]
     assert errors == []
     assert sorted(results, key=len) == [[], [], [], ALL_STEPS]
-    assert stores[0].schema_version() == 2
+    assert stores[0].schema_version() == 3
     with stores[0].engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(tables.schema_migrations)).scalar() == 2
+        assert conn.execute(select(func.count()).select_from(tables.schema_migrations)).scalar() == 3
 
 
 def test_first_connection_to_a_new_sqlite_file_waits_for_a_writer(make_store, database_url,
@@ -370,6 +407,237 @@ def test_first_connection_to_a_new_sqlite_file_waits_for_a_writer(make_store, da
         writer.close()
 
     assert store.migrate() == ALL_STEPS
+
+
+# -- the inbox ------------------------------------------------------------------------------
+
+
+def decided_plainly(batch, row: InboxRow, **fields) -> Receipt:
+    """Record an inbox row as a delivery of its own room, deciding nothing."""
+    return batch.record(row, new_delivery(id=row.id, at=row.received_at, room_id=row.room_id,
+                                          body=row.body, **fields), PlanWrite(None))
+
+
+def test_append_then_deciding_hands_out_the_oldest_rows_in_arrival_order(store):
+    items = [
+        inbox_item(at=T0 + 5, room_id="room-2"),
+        inbox_item(at=T0 + 1, room_id="room-1"),  # arrived later, with an earlier clock: still second
+        inbox_item(at=T0 + 6, room_id=None, body='{"webhookType": "x", "data": {"name": "Zoë ✓"}}'),
+        inbox_item(at=T0 + 7, room_id="room-2", signature="c2lnbmF0dXJl", verified=None),  # no key yet
+        inbox_item(at=T0 + 8, verified=False),  # verification off
+    ]
+    for item in items:
+        store.append(item)
+
+    with store.deciding(10) as batch:
+        rows = batch.rows
+    with store.deciding(2) as batch:
+        oldest = batch.rows
+
+    assert [InboxItem(**{k: v for k, v in r.__dict__.items() if k != "seq"}) for r in rows] == items
+    assert all(isinstance(r, InboxRow) for r in rows)
+    assert [r.seq for r in rows] == sorted({r.seq for r in rows})  # strictly increasing
+    assert oldest == rows[:2]
+    assert inbox_ids(store) == [i.id for i in items]  # taking them decides nothing
+    assert row_counts(store) == counts()
+
+
+def test_a_kept_row_stays_and_comes_back_first(store):
+    a, b, c = (inbox_item(at=T0 + i, room_id=f"room-{i}") for i in range(3))
+    for item in (a, b, c):
+        store.append(item)
+
+    with store.deciding(10) as batch:
+        first, second, third = batch.rows
+        batch.keep(first)
+        decided_plainly(batch, second)
+        decided_plainly(batch, third)
+    d = inbox_item(at=T0 + 3)
+    store.append(d)
+
+    assert inbox_ids(store) == [a.id, d.id]
+    with store.deciding(1) as batch:
+        assert [r.id for r in batch.rows] == [a.id]  # first, ahead of what came after
+    with store.deciding(10) as batch:
+        assert [r.id for r in batch.rows] == [a.id, d.id]
+    assert {x["id"] for x in store.deliveries()} == {b.id, c.id}
+
+
+def test_recorded_rows_leave_the_inbox_in_the_transaction_that_records_them(store, make_store):
+    a, b = inbox_item(room_id="room-1"), inbox_item(room_id="room-2")
+    store.append(a)
+    store.append(b)
+    other = make_store()  # another process's view
+
+    with store.deciding(10) as batch:
+        row_a, row_b = batch.rows
+        decided_plainly(batch, row_a)
+        batch.keep(row_b)
+        # not committed yet: elsewhere, a is still undecided and not a delivery
+        assert inbox_ids(other) == [a.id, b.id] and other.delivery(a.id) is None
+
+    assert inbox_ids(other) == [b.id]  # committed together: out of the inbox, into deliveries
+    assert other.delivery(a.id) is not None
+    assert row_counts(other) == counts(deliveries=1)
+
+
+# A trigger that makes the inbox refuse every delete, as a failure between recording and removing.
+REFUSE_INBOX_DELETES = {
+    "sqlite": ["CREATE TRIGGER refuse BEFORE DELETE ON inbox BEGIN SELECT RAISE(ABORT, 'refused'); END"],
+    "postgresql": ["CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                   "$$ BEGIN RAISE EXCEPTION 'refused'; END $$",
+                   "CREATE TRIGGER refuse BEFORE DELETE ON inbox FOR EACH ROW "
+                   "EXECUTE FUNCTION refuse()"],
+}
+
+
+def test_a_recorded_row_that_cannot_leave_the_inbox_is_not_recorded_either(store, database_url):
+    """The record and the removal are one transaction: when removing the row fails, the
+    delivery is not recorded either, so it is neither lost nor decided twice."""
+    a = inbox_item(room_id="room-1")
+    store.append(a)
+    with store.engine.begin() as conn:
+        for statement in REFUSE_INBOX_DELETES[backend(database_url)]:
+            conn.execute(text(statement))
+
+    with pytest.raises(SQLAlchemyError, match="refused"):
+        with store.deciding(10) as batch:
+            [row] = batch.rows
+            batch.record(row, new_delivery(id=row.id, room_id=row.room_id),
+                         PlanWrite({"n": 1}, (new_decision("k-a"),)))
+
+    assert inbox_ids(store) == [a.id]
+    assert store.delivery(a.id) is None and row_counts(store) == counts()
+
+
+def test_an_exception_inside_deciding_keeps_every_row_and_writes_nothing(store):
+    a, b = inbox_item(room_id="room-1"), inbox_item(room_id="room-2")
+    store.append(a)
+    store.append(b)
+
+    with pytest.raises(RuntimeError, match="the decider fell over"):
+        with store.deciding(10) as batch:
+            for row in batch.rows:
+                stored, _, _ = batch.room_inputs(row.room_id)
+                batch.record(row, new_delivery(id=row.id, room_id=row.room_id),
+                             PlanWrite({"n": 1}, (new_decision(f"k-{row.id}", room_id=row.room_id),)))
+            raise RuntimeError("the decider fell over")
+
+    assert inbox_ids(store) == [a.id, b.id]
+    assert row_counts(store) == counts()
+    with store.deciding(10) as batch:  # and the next decider takes them all again, in order
+        assert [r.id for r in batch.rows] == [a.id, b.id]
+        for row in batch.rows:
+            decided_plainly(batch, row)
+    assert inbox_ids(store) == [] and row_counts(store) == counts(deliveries=2)
+
+
+def test_inbox_stats_and_has_undecided_follow_what_waits(store):
+    assert store.inbox_stats() == (0, None) and store.has_undecided() is False
+    late, early = inbox_item(at=T0 + 5), inbox_item(at=T0 + 2, room_id="room-2")
+    store.append(late)
+    store.append(early)  # arrived second, with the earlier clock: the oldest to have arrived
+
+    assert store.inbox_stats() == (2, T0 + 2) and store.has_undecided() is True
+
+    with store.deciding(10) as batch:
+        kept, taken = batch.rows
+        batch.keep(kept)  # a kept row still waits
+        decided_plainly(batch, taken)
+    assert store.inbox_stats() == (1, T0 + 5) and store.has_undecided() is True
+
+    with store.deciding(10) as batch:
+        decided_plainly(batch, batch.rows[0])
+    assert store.inbox_stats() == (0, None) and store.has_undecided() is False
+
+
+def test_postgresql_deciders_claim_rooms_not_rows(make_store, database_url):
+    """While one decider holds a room, another takes every other room's rows and none of that
+    room's, not even the ones the first did not take; the first room's next row comes later, in
+    order."""
+    if backend(database_url) != "postgresql":
+        pytest.skip("SQLite: one decider at a time holds the whole database")
+    first, second = make_store(), make_store()
+    r1, s1, r2, s2 = (inbox_item(room_id=room) for room in ("room-r", "room-s", "room-r", "room-s"))
+    for item in (r1, s1, r2, s2):
+        first.append(item)
+
+    with first.deciding(1) as held:
+        assert [r.id for r in held.rows] == [r1.id]
+        with second.deciding(10) as other:
+            assert [r.id for r in other.rows] == [s1.id, s2.id]
+            for row in other.rows:
+                decided_plainly(other, row)
+        decided_plainly(held, held.rows[0])
+
+    with second.deciding(10) as batch:
+        assert [r.id for r in batch.rows] == [r2.id]
+        decided_plainly(batch, batch.rows[0])
+    assert inbox_ids(first) == []
+
+
+def test_postgresql_deciders_decide_each_delivery_once_and_each_room_in_order(make_store, database_url):
+    """8 deciders, each its own store (as processes would be), run while deliveries for 3 rooms
+    are appended one after the other: no room is in two deciders' hands at once, every delivery
+    is decided exactly once, and each room's deliveries are recorded in their arrival order
+    (each plan appends its delivery to the room's state, so the state is the record order)."""
+    if backend(database_url) != "postgresql":
+        pytest.skip("SQLite: the worker is the one decider")
+    n_deciders, n_rows, rooms = 8, 240, ["room-a", "room-b", "room-c"]
+    appender = make_store()
+    deciders = [make_store() for _ in range(n_deciders)]
+    items = [inbox_item(at=T0 + i, room_id=rooms[(i // 2) % len(rooms)]) for i in range(n_rows)]
+    all_appended = threading.Event()
+    guard = threading.Lock()
+    holding: dict[str, int] = {}  # room -> the decider inside a transaction holding it
+    clashes: list[tuple[str, int, int]] = []
+
+    def append_all() -> None:
+        try:
+            for item in items:
+                appender.append(item)  # committed before the next: arrival order is this order
+        finally:
+            all_appended.set()
+
+    def decide(i: int) -> list[str]:
+        store, mine = deciders[i], []
+        while True:
+            finished = all_appended.is_set()  # read before looking at the inbox
+            with store.deciding(7) as batch:
+                taken = {row.room_id for row in batch.rows}
+                with guard:
+                    clashes.extend((room, holding[room], i) for room in taken if room in holding)
+                    holding.update(dict.fromkeys(taken, i))
+                try:
+                    for row in batch.rows:
+                        stored, _, _ = batch.room_inputs(row.room_id)
+                        delivery = new_delivery(id=row.id, at=row.received_at, room_id=row.room_id)
+                        order = [*stored.get("order", []), row.id]  # the room's record order
+                        batch.record(row, delivery, PlanWrite({"order": order}))
+                        mine.append(row.id)
+                finally:
+                    with guard:  # let go before the commit lets go of the lock: never a false clash
+                        for room in taken:
+                            if holding.get(room) == i:
+                                del holding[room]
+            if finished and not batch.rows and not store.has_undecided():
+                return mine
+
+    results: list[object] = []
+    threads = [start_thread(append_all, results)]
+    threads += [start_thread(lambda i=i: decide(i), results) for i in range(n_deciders)]
+    for thread in threads:
+        thread.join(THREAD_JOIN_LIMIT)
+    assert not any(t.is_alive() for t in threads), "a decider hung"
+
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert clashes == []
+    decided = [delivery_id for r in results if isinstance(r, list) for delivery_id in r]
+    assert sorted(decided) == sorted(i.id for i in items)  # each exactly once
+    for room in rooms:
+        assert appender.room(room)["state"]["order"] == [i.id for i in items if i.room_id == room]
+    assert inbox_ids(appender) == []
+    assert row_counts(appender) == counts(deliveries=n_rows, rooms=len(rooms))
 
 
 # -- ingest: deliveries, decisions, actions -------------------------------------------------
@@ -567,7 +835,7 @@ def test_failure_inside_ingest_writes_nothing(store, database_url, make_write, r
     good = new_decision("k-good", room_id="room-new")
 
     with pytest.raises(raises) as caught:
-        store.ingest(failing, lambda *_: make_write(good))
+        ingest(store, failing, lambda *_: make_write(good))
 
     assert not isinstance(caught.value, StoreUnavailable)  # a bad input is a bug, not an outage
     assert row_counts(store) == before
@@ -575,12 +843,20 @@ def test_failure_inside_ingest_writes_nothing(store, database_url, make_write, r
     assert store.decisions(delivery_id=failing.id) == []
     assert store.room("room-new") is None  # the room row made to lock it is rolled back too
     assert [a["key"] for a in store.actions()] == ["k-earlier"]
-    # The rolled-back action key is free again, and the store works after the failure.
-    retried = record(store, failing, [good])
+    # The accepted delivery is not lost with the decision: it waits in the inbox, undecided.
+    assert inbox_ids(store) == [failing.id]
+    assert store.inbox_stats() == (1, T0) and store.has_undecided()
+    # The rolled-back action key is free again, and the store works after the failure: the
+    # next try decides the row that waited.
+    retried = decide_kept(store, failing, lambda *_: PlanWrite(None, (good,)))
     assert [d.outcome for d in retried.decisions] == ["scheduled"]
+    assert inbox_ids(store) == [] and store.delivery(failing.id) == failing.__dict__
 
 
 def test_duplicate_delivery_id_raises_and_keeps_the_first_intact(store):
+    """A repeated id reaching the decider (the first already decided): recording it fails, the
+    plan made for it is thrown away with the whole transaction, the first is untouched, and the
+    repeat stays in the inbox, never half-decided."""
     first = new_delivery(id="d" * 32, body='{"first": true}')
     receipt = record(store, first, [new_decision("k-1")], room_state={"n": 1})
     before = row_counts(store)
@@ -597,7 +873,28 @@ def test_duplicate_delivery_id_raises_and_keeps_the_first_intact(store):
         ("k-1", "scheduled")]
     assert [(a["id"], a["key"]) for a in store.actions()] == [(receipt.decisions[0].action_id, "k-1")]
     assert store.room("room-1")["state"] == {"n": 1}
+    # Planned (the decider asks the planner before it writes), but nothing of the plan was kept.
+    assert seen.calls == [({"n": 1}, [], {"k-1"})]
+    assert inbox_ids(store) == [second.id]
+
+
+def test_duplicate_delivery_id_still_in_the_inbox_is_refused_at_append(store, database_url):
+    """A repeated id while the first still waits to be decided: the inbox refuses it before
+    anything is planned, and the first's row is untouched."""
+    first = inbox_item(id="d" * 32, body='{"first": true}')
+    store.append(first)
+    second = new_delivery(id=first.id, at=T0 + 1, body='{"second": true}')
+    seen = Plans()
+
+    # The SQLite inbox appends through a plain sqlite3 connection (inbox.SqliteAppender).
+    raised = sqlite3.IntegrityError if backend(database_url) == "sqlite" else IntegrityError
+    with pytest.raises(raised):
+        record(store, second, [new_decision("k-2")], room_state={"n": 2}, seen=seen)
+
     assert seen.calls == []  # refused before anything was planned
+    with store.deciding(10) as batch:
+        assert [(r.id, r.body, r.received_at) for r in batch.rows] == [(first.id, '{"first": true}', T0)]
+    assert row_counts(store) == counts()
 
 
 def test_listing_reads_filter_and_order(store):
@@ -708,14 +1005,14 @@ def test_concurrent_ingests_for_one_new_room_lose_no_update(make_store):
     stores = [make_store() for _ in range(n)]
     seen: list[dict] = []
 
-    def ingest(i: int) -> Receipt:
+    def ingest_one(i: int) -> Receipt:
         def plan(stored, pending, keys) -> PlanWrite:
             seen.append(copy.deepcopy(stored))
             return PlanWrite(room_state={"count": stored.get("count", 0) + 1,
                                          "by": [*stored.get("by", []), i]})
-        return stores[i].ingest(new_delivery(at=T0 + i, room_id="room-new"), plan)
+        return ingest(stores[i], new_delivery(at=T0 + i, room_id="room-new"), plan)
 
-    results = run_threads(n, ingest)
+    results = run_threads(n, ingest_one)
 
     errors = [r for r in results if isinstance(r, BaseException)]
     assert errors == []
@@ -724,6 +1021,7 @@ def test_concurrent_ingests_for_one_new_room_lose_no_update(make_store):
     assert sorted(state["by"]) == list(range(n))
     assert sorted(s.get("count", 0) for s in seen) == list(range(n))
     assert row_counts(stores[0]) == counts(deliveries=n, rooms=1)
+    assert inbox_ids(stores[0]) == []
 
 
 # -- ingest: timers --------------------------------------------------------------------------
@@ -1750,6 +2048,10 @@ def unreachable_url(database_url, tmp_path, closed_port) -> str:
     lambda s: s.migrate(),
     lambda s: s.schema_version(),
     lambda s: record(s, new_delivery(), [new_decision("k")]),
+    lambda s: s.append(inbox_item()),
+    lambda s: s.deciding(10).__enter__(),
+    lambda s: s.has_undecided(),
+    lambda s: s.inbox_stats(),
     lambda s: s.claim("w", LEASE, MAX_ATTEMPTS),
     lambda s: s.claim("w", LEASE, MAX_ATTEMPTS, per_minute=5),
     lambda s: s.actions(),
@@ -1762,7 +2064,8 @@ def unreachable_url(database_url, tmp_path, closed_port) -> str:
     lambda s: s.room_story("room-1"),
     lambda s: list(s.deliveries_since(T0)),
     lambda s: s.count_deliveries_since(T0),
-], ids=["ping", "migrate", "schema_version", "ingest", "claim", "claim-per-minute", "actions",
+], ids=["ping", "migrate", "schema_version", "ingest", "append", "deciding", "has_undecided",
+        "inbox_stats", "claim", "claim-per-minute", "actions",
         "fire_due_timer", "recheck_timer", "pending_timers_by_rule", "redrive", "remember_rules",
         "last_good_rules", "room_story", "deliveries_since", "count_deliveries_since"])
 def test_unreachable_database_raises_store_unavailable(make_store, unreachable_url, call):
@@ -1773,7 +2076,9 @@ def test_unreachable_database_raises_store_unavailable(make_store, unreachable_u
 
     assert isinstance(caught.value, Unavailable) and caught.value.status == 503
     assert str(caught.value).startswith("store unavailable: ")
-    assert isinstance(caught.value.__cause__, SQLAlchemyError)  # kept for the logs
+    # kept for the logs: SQLAlchemy's error, or sqlite3's where the SQLite inbox appends through
+    # a plain connection (inbox.SqliteAppender)
+    assert isinstance(caught.value.__cause__, (SQLAlchemyError, sqlite3.Error))
 
 
 def test_driver_errors_come_out_as_sqlalchemys(make_store):
@@ -1838,12 +2143,15 @@ def test_a_connection_dropped_mid_delivery_is_unavailable_then_recovers(make_sto
         return PlanWrite({"n": 1}, (new_decision("k-dropped", room_id="room-dropped"),))
 
     with pytest.raises(StoreUnavailable):
-        store.ingest(dropped, plan_then_drop)
+        ingest(store, dropped, plan_then_drop)
 
-    # Nothing of it was kept, and the same store (its pool) takes the delivery on the next try.
+    # Nothing of the decision was kept, the delivery waits in the inbox, and the same store (its
+    # pool) decides it on the next try.
     assert row_counts(store) == counts()
-    receipt = record(store, dropped, [new_decision("k-dropped", room_id="room-dropped")],
-                     room_state={"n": 1})
+    assert inbox_ids(store) == [dropped.id]
+    receipt = decide_kept(store, dropped, lambda *_: PlanWrite(
+        {"n": 1}, (new_decision("k-dropped", room_id="room-dropped"),)))
+    assert inbox_ids(store) == []
     assert [d.outcome for d in receipt.decisions] == ["scheduled"]
     assert store.room("room-dropped")["state"] == {"n": 1}
 
@@ -1859,42 +2167,54 @@ class _Lock:
             import psycopg
 
             self.conn = psycopg.connect(url)
-            self.conn.execute("LOCK TABLE deliveries, actions IN EXCLUSIVE MODE")
+            self.conn.execute("LOCK TABLE inbox, deliveries, actions IN EXCLUSIVE MODE")
 
     def release(self) -> None:
         self.conn.rollback()
         self.conn.close()
 
 
+@pytest.mark.parametrize("held", [
+    "append",  # the web request's write: the inbox cannot take the delivery
+    "decide",  # the decider's write: the delivery is in the inbox, its decision cannot be written
+])
 def test_locked_database_raises_store_unavailable_then_recovers(make_store, database_url,
-                                                               monkeypatch):
+                                                               monkeypatch, held):
     # keep the waits short
     monkeypatch.setattr(store_engine, "SQLITE_BUSY_TIMEOUT_MS", 200)
     monkeypatch.setattr(store_engine, "POSTGRES_LOCK_TIMEOUT_MS", 200)
     store = make_store()
     delivery = new_delivery()
+    plan = lambda *_: PlanWrite({"n": 1}, (new_decision("k"),))  # noqa: E731
+    if held == "decide":
+        store.append(inbox_item(id=delivery.id, body=delivery.body))
     lock = _Lock(database_url)
     outcome: list[object] = []
 
-    writer = start_thread(lambda: record(store, delivery, [new_decision("k")],
-                                         room_state={"n": 1}), outcome)
+    write = (lambda: ingest(store, delivery, plan)) if held == "append" else \
+        (lambda: decide_kept(store, delivery, plan))
+    writer = start_thread(write, outcome)
     try:
         writer.join(PG_LOCK_WAIT if backend(database_url) == "postgresql" else THREAD_JOIN_LIMIT)
         blocked = writer.is_alive()
         if not blocked:
             store.ping()  # readers are not held up by the writer
+            assert store.inbox_stats()[0] == (1 if held == "decide" else 0)
     finally:
         lock.release()
     writer.join(THREAD_JOIN_LIMIT)
 
-    assert not blocked, "ingest waited on the lock without limit"
+    assert not blocked, f"{held} waited on the lock without limit"
     [error] = outcome
     assert isinstance(error, StoreUnavailable), error
     assert row_counts(store) == counts()
+    # what was accepted stays accepted; what was not is not half-kept
+    assert inbox_ids(store) == ([delivery.id] if held == "decide" else [])
 
     # The lock is gone: the same store, no restart, takes the same delivery.
-    receipt = record(store, delivery, [new_decision("k")], room_state={"n": 1})
+    receipt = ingest(store, delivery, plan) if held == "append" else decide_kept(store, delivery, plan)
     assert [d.outcome for d in receipt.decisions] == ["scheduled"]
     assert store.delivery(delivery.id) == delivery.__dict__
     assert store.room("room-1")["state"] == {"n": 1}
     assert store.claim("w", LEASE, MAX_ATTEMPTS) is not None
+    assert inbox_ids(store) == []

@@ -2,7 +2,8 @@
 
 Every command runs as a real `python -m service` subprocess, on real files and a real SQLite
 store. Stores are filled the way production fills them: signed deliveries posted through the
-Flask test client, and `worker --once` against the fake VideoSDK API.
+Flask test client and decided by the real Decider (as the worker does, behind the request), and
+`worker --once` against the fake VideoSDK API.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, event_body, ended, joined, left
+from .conftest import ROOT, decide, event_body, ended, joined, left
 from .fakeapi import Reply
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -34,18 +35,21 @@ def cli(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.Com
 @pytest.fixture
 def service(rules_file, make_app, sign):
     """`service(RULES_TEXT)` writes the rules file, starts the app on it, and returns `post(*bodies)`,
-    which signs each body and posts it to the webhook, as VideoSDK would."""
+    which signs each body and posts it to the webhook, as VideoSDK would, then decides them, as
+    the worker would: what they decided is in the store when it returns."""
 
     def start(rules_text: str | None = None):
         if rules_text is not None:
             rules_file.write_text(rules_text)
-        client = make_app().test_client()
+        app = make_app()
+        client = app.test_client()
 
         def post(*bodies: bytes) -> None:
             for body in bodies:
                 answer = client.post("/webhooks/videosdk", data=body, headers={
                     "Content-Type": "application/json", "videosdk-signature": sign(body)})
                 assert answer.status_code == 202, answer.get_data(as_text=True)
+            decide(app)
 
         return post
 
@@ -681,9 +685,13 @@ def test_explain_shows_a_delivery_kept_unread(service, env, make_app, sign):
     post = service(EXPLAIN_RULES)
     post(joined("room-u", "ann"))
     unread = event_body("participant-left", meetingId="room-u", sessionId="s1")  # no participantId
-    answer = make_app().test_client().post("/webhooks/videosdk", data=unread, headers={
+    app = make_app()
+    answer = app.test_client().post("/webhooks/videosdk", data=unread, headers={
         "Content-Type": "application/json", "videosdk-signature": sign(unread)})
-    assert answer.status_code == 200 and answer.get_json()["readable"] is False
+    assert answer.status_code == 202  # accepted: what it lacks is found when it is decided
+    decide(app)
+    kept = app.extensions["roomwarden"].store.delivery(answer.get_json()["delivery"])
+    assert kept["problem"] == "data.participantId: Missing data for required field."
     code, lines = story("room-u", env)
     assert code == 0
     assert lines[0].startswith("room room-u: 1 session(s) seen, 1 participant(s) in it now")  # ann never left

@@ -13,7 +13,7 @@ import pytest
 
 from service.store import Store
 
-from .conftest import PAYLOADS, event_body
+from .conftest import PAYLOADS, decide, decided, event_body
 
 ENDED = event_body("session-ended", meetingId="abcd-efgh-ijkl", sessionId="s-1",
                    start="2022-07-05T15:55:35Z", end="2022-07-05T16:05:35Z")
@@ -27,17 +27,18 @@ def flip_one_byte(body: bytes) -> bytes:
 
 def stored(app) -> dict[str, int]:
     store = app.extensions["roomwarden"].store
-    return {"deliveries": len(store.deliveries()), "actions": len(store.actions())}
+    return {"inbox": store.inbox_stats()[0], "deliveries": len(store.deliveries()), "actions": len(store.actions())}
 
 
-# (body, signature or a marker, expected status, a fragment of the error or None)
+# (body, signature or a marker, expected status, a fragment of the error, or for a 202 what the
+# decider makes of it: "acted", "unknown" (recorded, never acted on) or "kept" (a problem))
 # signature: None means "sign the body correctly"; "omit" sends no header.
 CASES = [
     # a known event, correctly signed: accepted and acted on
-    pytest.param(ENDED, None, 202, None, id="accepted"),
-    # an event type the service does not know: recorded, never acted on
-    pytest.param(event_body("agent-session-started", meetingId="abcd-efgh-ijkl", id=3), None, 200,
-                 None, id="unknown-event-type"),
+    pytest.param(ENDED, None, 202, "acted", id="accepted"),
+    # an event type the service does not know: accepted, recorded, never acted on
+    pytest.param(event_body("agent-session-started", meetingId="abcd-efgh-ijkl", id=3), None, 202,
+                 "unknown", id="unknown-event-type"),
     # signatures: missing, not base64, empty after stripping, another body's, body changed after signing
     pytest.param(ENDED, "omit", 401, "missing videosdk-signature", id="no-signature"),
     pytest.param(ENDED, "not base64!!", 401, "not base64", id="garbled-signature"),
@@ -54,13 +55,13 @@ CASES = [
     pytest.param(b'{"webhookType": 5, "data": {}}', None, 400, "not a VideoSDK webhook", id="webhookType-number"),
     pytest.param(b'{"webhookType": "session-ended", "data": []}', None, 400, "not a VideoSDK webhook",
                  id="data-not-object"),
-    # a known event type, signed, but missing a field or with one unreadable: kept (200), never decided on
-    pytest.param(event_body("session-ended", sessionId="s-1"), None, 200, None,
+    # a known event type, signed, but missing a field or with one unreadable: kept (202), never decided on
+    pytest.param(event_body("session-ended", sessionId="s-1"), None, 202, "kept",
                  id="session-ended-without-meetingId"),
-    pytest.param(event_body("participant-left", meetingId="abcd-efgh-ijkl", sessionId="s"), None, 200,
-                 None, id="participant-left-without-participantId"),
-    pytest.param(event_body("session-ended", meetingId="a/b", sessionId="s"), None, 200,
-                 None, id="room-id-with-slash"),
+    pytest.param(event_body("participant-left", meetingId="abcd-efgh-ijkl", sessionId="s"), None, 202,
+                 "kept", id="participant-left-without-participantId"),
+    pytest.param(event_body("session-ended", meetingId="a/b", sessionId="s"), None, 202,
+                 "kept", id="room-id-with-slash"),
     pytest.param(b'{"webhookType": "session-ended", "data": {"meetingId": NaN}}', None, 400,
                  "not valid JSON", id="NaN"),
     pytest.param(b"[" * 30_000 + b"]" * 30_000, None, 400, None, id="deep-nesting"),
@@ -92,10 +93,17 @@ def test_webhook_answers(app, client, sign, body, signature, status, message):
         assert "error" in payload and "Traceback" not in response.get_data(as_text=True)
         if message:
             assert message in payload["error"]
-        assert stored(app) == {"deliveries": 0, "actions": 0}, "a refused delivery left rows behind"
+        assert stored(app) == {"inbox": 0, "deliveries": 0, "actions": 0}, "a refused delivery left rows behind"
     else:
-        assert stored(app)["deliveries"] == 1
-        assert len(payload["delivery"]) == 27
+        assert stored(app) == {"inbox": 1, "deliveries": 0, "actions": 0}  # accepted, not yet decided
+        assert len(payload["delivery"]) == 27 and payload["verified"] == "yes"
+        decide(app)  # as the worker does
+        store = app.extensions["roomwarden"].store
+        delivery = store.delivery(payload["delivery"])
+        assert stored(app) == {"inbox": 0, "deliveries": 1, "actions": 1 if message == "acted" else 0}
+        assert delivery["body"].encode() == body
+        assert (delivery["known"], delivery["problem"] is not None) == {
+            "acted": (True, False), "unknown": (False, False), "kept": (True, True)}[message]
 
 
 def test_field_level_messages(post):
@@ -107,9 +115,9 @@ def test_field_level_messages(post):
 
 def test_field_level_messages_of_a_kept_body_are_its_problem(app, post):
     response = post(event_body("session-ended", meetingId=12, sessionId=None))
-    assert response.status_code == 200
+    assert response.status_code == 202
     problem = "data.meetingId: Not a valid string.; data.sessionId: Field may not be null."
-    assert response.get_json()["readable"] is False and response.get_json()["problem"] == problem
+    assert decided(app, response) == []
     assert app.extensions["roomwarden"].store.delivery(response.get_json()["delivery"])["problem"] == problem
 
 
@@ -117,8 +125,9 @@ def test_accepted_delivery_is_recorded_with_its_decision_and_action(app, post):
     response = post(ENDED)
     assert response.status_code == 202
     body = response.get_json()
-    assert body["decisions"] == [{"rule": "close-after-session", "action": "deactivate",
-                                  "outcome": "scheduled", "action_id": 1}]
+    assert "decisions" not in body  # decided behind the request
+    assert decided(app, response) == [{"rule": "close-after-session", "action": "deactivate",
+                                       "outcome": "scheduled", "action_id": 1}]
     store = app.extensions["roomwarden"].store
     delivery = store.delivery(body["delivery"])
     assert delivery["body"].encode() == ENDED  # byte for byte, as signed
@@ -132,7 +141,7 @@ def test_accepted_delivery_is_recorded_with_its_decision_and_action(app, post):
 
 
 def test_repeated_delivery_never_schedules_a_second_action(app, post):
-    outcomes = [post(ENDED).get_json()["decisions"][0]["outcome"] for _ in range(3)]
+    outcomes = [decided(app, post(ENDED))[0]["outcome"] for _ in range(3)]
     assert outcomes == ["scheduled", "duplicate", "duplicate"]
     store = app.extensions["roomwarden"].store
     assert len(store.deliveries()) == 3  # each arrival is recorded...
@@ -146,8 +155,9 @@ def test_unknown_event_is_recorded_and_never_acted_on(app, post):
     unknown = event_body("call-answered", meetingId="rec-room-0001", sessionId="s")
     assert post(body).status_code == 202
     response = post(unknown)
-    assert response.status_code == 200
-    assert response.get_json()["known"] is False and response.get_json()["decisions"] == []
+    assert response.status_code == 202
+    store = app.extensions["roomwarden"].store
+    assert store.delivery(response.get_json()["delivery"])["known"] is False and decided(app, response) == []
     assert [a["room_id"] for a in app.extensions["roomwarden"].store.actions()] == ["rec-room-0001"]
 
 
@@ -173,7 +183,7 @@ def test_unexpected_error_is_a_json_500_without_a_trace(app, post, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(app.extensions["roomwarden"].ingestor, "ingest", explode)
+    monkeypatch.setattr(app.extensions["roomwarden"].intake, "accept", explode)
     response = post(ENDED)
     assert response.status_code == 500
     text = response.get_data(as_text=True)
@@ -198,7 +208,8 @@ def test_locked_store_answers_503_and_recovers_without_restart(monkeypatch, make
         locker.close()
     response = client.post("/webhooks/videosdk", data=ENDED, headers={"videosdk-signature": sign(ENDED)})
     assert response.status_code == 202
-    assert stored(app) == {"deliveries": 1, "actions": 1}
+    decide(app)
+    assert stored(app) == {"inbox": 0, "deliveries": 1, "actions": 1}
 
 
 def test_public_key_is_fetched_from_the_api_and_cached(make_app, fake_api, sign):
@@ -209,14 +220,44 @@ def test_public_key_is_fetched_from_the_api_and_cached(make_app, fake_api, sign)
     assert len(fake_api.calls_to("/v2/public/rsa-public-key")) == 1
 
 
-def test_no_key_yet_answers_503_and_never_accepts(make_app, fake_api, sign):
+def test_no_key_yet_keeps_the_delivery_and_verifies_it_once_a_key_can_be_had(make_app, fake_api, sign):
+    """VideoSDK documents no retries: a 503 would lose the event. Kept unverified (202), it is
+    neither decided nor acted on until a key can be had; then it is verified and decided."""
     fake_api.serve_public_key = False
     app = make_app()
     client = app.test_client()
     response = client.post("/webhooks/videosdk", data=ENDED, headers={"videosdk-signature": sign(ENDED)})
-    assert response.status_code == 503 and "public key" in response.get_json()["error"]
+    assert response.status_code == 202 and response.get_json()["verified"] == "later"
     assert fake_api.base_url not in response.get_data(as_text=True)  # the address is for the log only
-    assert stored(app)["deliveries"] == 0
+    later = event_body("session-ended", meetingId="abcd-efgh-ijkl", sessionId="s-2")
+    assert client.post("/webhooks/videosdk", data=later,
+                       headers={"videosdk-signature": sign(later)}).status_code == 202
+    assert decide(app) == []  # still no key: both wait, in order
+    assert stored(app) == {"inbox": 2, "deliveries": 0, "actions": 0}
+
+    fake_api.serve_public_key = True
+    runtime = app.extensions["roomwarden"]
+    runtime.verifier._failed_at = None  # as if the fetch back-off (5 s) had passed
+    assert [d.delivery_id for d in decide(app)][0] == response.get_json()["delivery"]
+    assert stored(app) == {"inbox": 0, "deliveries": 2, "actions": 2}
+    assert runtime.store.delivery(response.get_json()["delivery"])["verified"] is True
+
+
+def test_kept_unverified_then_failing_verification_is_refused_and_never_acted_on(make_app, fake_api, sign):
+    fake_api.serve_public_key = False
+    app = make_app()
+    response = app.test_client().post("/webhooks/videosdk", data=ENDED,
+                                      headers={"videosdk-signature": sign(OTHER)})  # another body's
+    assert response.status_code == 202 and response.get_json()["verified"] == "later"
+    fake_api.serve_public_key = True
+    app.extensions["roomwarden"].verifier._failed_at = None  # as if the fetch back-off had passed
+    [refused] = decide(app)
+    assert refused.outcome == "refused"
+    store = app.extensions["roomwarden"].store
+    delivery = store.delivery(response.get_json()["delivery"])
+    assert delivery["verified"] is False and delivery["problem"].startswith("refused: ")
+    assert delivery["body"].encode() == ENDED  # kept as received
+    assert store.decisions() == [] and store.actions() == []
 
 
 def test_pinned_keys_any_of_several(make_app, fake_api, public_pem, sign):
@@ -235,8 +276,8 @@ def test_pinned_keys_any_of_several(make_app, fake_api, public_pem, sign):
 def test_verification_off_accepts_but_never_acts(make_app, fake_api):
     app = make_app(WEBHOOK_VERIFY="false")
     response = app.test_client().post("/webhooks/videosdk", data=ENDED)
-    assert response.status_code == 202
-    assert response.get_json()["decisions"][0]["outcome"] == "dry-run"
+    assert response.status_code == 202 and response.get_json()["verified"] == "off"
+    assert decided(app, response)[0]["outcome"] == "dry-run"
     store = app.extensions["roomwarden"].store
     assert store.delivery(response.get_json()["delivery"])["verified"] is False
     assert store.actions(status="pending") == []
@@ -247,7 +288,7 @@ def test_dry_run_records_decisions_and_schedules_nothing(make_app, sign):
     response = app.test_client().post("/webhooks/videosdk", data=ENDED,
                                       headers={"videosdk-signature": sign(ENDED)})
     assert response.status_code == 202
-    assert response.get_json()["decisions"][0]["outcome"] == "dry-run"
+    assert decided(app, response)[0]["outcome"] == "dry-run"
     assert [a["status"] for a in app.extensions["roomwarden"].store.actions()] == ["dry-run"]
 
 
@@ -264,6 +305,17 @@ def test_readyz_reports_rules_in_force(app, client, rules_file):
     assert body["rules"]["hash"] == hashlib.sha256(rules_file.read_bytes()).hexdigest()
     assert body["rules"]["count"] == 2
     assert body["webhook_verify"] is True and body["dry_run"] is False
+    assert body["inbox"] == {"depth": 0, "oldest_age_seconds": None}
+
+
+def test_readyz_shows_the_inbox_waiting_as_information_not_failure(app, client, sign):
+    assert client.post("/webhooks/videosdk", data=ENDED, headers={"videosdk-signature": sign(ENDED)}).status_code == 202
+    response = client.get("/readyz")
+    assert response.status_code == 200 and response.get_json()["status"] == "ok"
+    inbox = response.get_json()["inbox"]
+    assert inbox["depth"] == 1 and inbox["oldest_age_seconds"] >= 0
+    decide(app)
+    assert client.get("/readyz").get_json()["inbox"] == {"depth": 0, "oldest_age_seconds": None}
 
 
 def test_readyz_is_503_when_the_store_is_unreachable(app, client):
@@ -401,7 +453,7 @@ def test_a_known_type_missing_a_field_is_kept_and_never_decided_on(make_app, tmp
 
     # The room first: a live session, someone in it, and the join's timer pending.
     joined = event_body("participant-joined", meetingId=KEPT_ROOM, sessionId=KEPT_SESSION, participantId="p1")
-    assert [d["outcome"] for d in post(joined).get_json()["decisions"]] == ["timer-started"]
+    assert [d["outcome"] for d in decided(app, post(joined))] == ["timer-started"]
 
     def recorded():
         return {"room": store.room(KEPT_ROOM), "timers": store.timers(), "decisions": store.decisions(),
@@ -412,10 +464,10 @@ def test_a_known_type_missing_a_field_is_kept_and_never_decided_on(make_app, tmp
 
     response = post(body)
 
-    assert response.status_code == 200, response.get_json()
+    assert response.status_code == 202, response.get_json()
     answer = response.get_json()
-    assert answer == {"delivery": answer["delivery"], "event": event_type, "known": True, "readable": False,
-                      "problem": problem, "decisions": []}
+    assert answer == {"delivery": answer["delivery"], "event": event_type, "verified": "yes"}
+    assert decided(app, response) == []
     delivery = store.delivery(answer["delivery"])
     assert delivery["body"].encode() == body  # byte for byte, as signed
     assert delivery["body_sha256"] == hashlib.sha256(body).hexdigest()
@@ -431,4 +483,4 @@ def test_a_known_type_missing_a_field_is_kept_and_never_decided_on(make_app, tmp
 
     # The same body with the field given is decided on: the rules above were live all along.
     readable = post(event_body(event_type, meetingId=KEPT_ROOM, **data, **missing))
-    assert readable.status_code == 202 and readable.get_json()["decisions"] != []
+    assert readable.status_code == 202 and decided(app, readable) != []

@@ -3,7 +3,7 @@
 The store, the ingestor and the worker share an injected clock, so due times are
 exact and the tests move time by setting it; the API calls themselves are real.
 Actions and timers get into the store the way the service puts them there: a
-parsed webhook body through `Ingestor`, decided by a rule set parsed from YAML.
+parsed webhook body through the inbox and the `Decider`, decided by a rule set parsed from YAML.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from service import explain
 from service.breaker import CircuitBreaker
 from service.config import Settings
 from service.errors import ConfigError, StoreUnavailable
-from service.events import parse_event
-from service.ingest import Ingestor
 from service.reload import RulesHolder
 from service.retry import RetryPolicy
 from service.rules.loader import parse_rules
@@ -30,7 +28,8 @@ from service.store import AttemptRecord, NewDecision, NewDelivery, PlanWrite, St
 from service.videosdk import TokenSource, VideoSDKClient
 from service.worker import Worker
 
-from .conftest import API_KEY, Clock, SECRET, event_body
+from .conftest import API_KEY, Clock, SECRET, event_body, ingest
+from .conftest import deliver as deliver_raw
 from .fakeapi import Reply, participant
 
 DEACTIVATE = "/v2/rooms/deactivate"
@@ -85,10 +84,10 @@ def make_worker(store, clock, base_url: str | None = None, *, rules: RulesHolder
 
 
 def deliver(store, rules: RulesHolder | RuleSet, clock, event_type: str, *, verified: bool = True, **data):
-    """One delivery through the real pipeline: bytes, parse_event, Ingestor."""
+    """One delivery through the real pipeline: bytes into the inbox, then the Decider, at clock()."""
     raw = event_body(event_type, **data)
     current = (lambda: rules.current) if isinstance(rules, RulesHolder) else (lambda: rules)
-    return Ingestor(store, current, acts=True, clock=clock).ingest(raw, parse_event(raw), verified=verified)
+    return deliver_raw(store, current, raw, at=clock(), verified=verified)
 
 
 def add_action(store, room: str, *, at: float, kind: str = "deactivate", session: str = SESSION,
@@ -358,7 +357,7 @@ def test_unknown_action_kind_is_dead_without_a_call(fake_api, store, clock):
         body='{"webhookType": "session-ended"}', rules_hash="0" * 64)
     decision = NewDecision(rule="newer-rule", action="mute-everyone", room_id="room-1", session_id=SESSION,
                            key=f"newer-rule|room-1|{SESSION}", trace=None)
-    receipt = store.ingest(delivery, lambda state, timers, acted: PlanWrite(None, (decision,)))
+    receipt = ingest(store, delivery, lambda state, timers, acted: PlanWrite(None, (decision,)))
     [outcome] = receipt.decisions
     action_id = outcome.action_id
 
@@ -581,7 +580,7 @@ def test_confirm_without_a_session_is_cancelled_without_any_call(fake_api, store
         body='{"webhookType": "session-ended"}', rules_hash="0" * 64)
     decision = NewDecision(rule="close-after-session", action="deactivate", room_id="room-1", session_id=None,
                            key="close-after-session|room-1|-", trace=None, confirm="active-participants")
-    [outcome] = store.ingest(delivery, lambda state, timers, acted: PlanWrite(None, (decision,))).decisions
+    [outcome] = ingest(store, delivery, lambda state, timers, acted: PlanWrite(None, (decision,))).decisions
 
     assert worker.run_once() is True
 
@@ -1436,3 +1435,106 @@ def test_an_unreadable_confirm_answer_is_logged_once_with_its_keys_not_its_value
     assert len(logged) == 1 and "keys [n, secretish]" in logged[0]
     assert "Ann Smith" not in caplog.text
     assert fake_api.calls_to(DEACTIVATE) == []
+
+
+# -- the inbox: the worker decides behind the request (issue 14) --------------------------------------
+
+
+def _accept(store, raw: bytes, at: float, *, verified: bool | None = True) -> str:
+    """What the web request leaves: a row in the inbox, not yet decided."""
+    from service.accept import new_delivery_id
+    from service.events import read_envelope
+    from service.store.inbox import InboxItem
+
+    item = InboxItem(id=new_delivery_id(at), received_at=at, room_id=read_envelope(raw)[1],
+                     body=raw.decode(), signature=None, verified=verified)
+    store.append(item)
+    return item.id
+
+
+def _decider_worker(store, clock, base_url, rules: RulesHolder):
+    from service.decider import Decider
+
+    return Worker(store, VideoSDKClient(base_url, TokenSource(API_KEY, SECRET), timeout=2.0), RetryPolicy(),
+                  lambda: rules.current, decider=Decider(store, lambda: rules.current, acts=True, verifier=None),
+                  lease_seconds=30.0, clock=clock, rand=HALF)
+
+
+def test_the_worker_decides_the_inbox_in_arrival_order_as_of_each_arrival(fake_api, store, clock):
+    rules = RulesHolder(empty_rules())
+    worker = _decider_worker(store, clock, fake_api.base_url, rules)
+    joined = _accept(store, event_body("participant-joined", meetingId=ROOM, sessionId=SESSION,
+                                       participantId="p-1"), T0)
+    left = _accept(store, event_body("participant-left", meetingId=ROOM, sessionId=SESSION,
+                                     participantId="p-1"), LEFT_AT)
+    assert store.inbox_stats() == (2, T0)
+    clock.now = LEFT_AT + 60  # the worker gets to them a minute late
+
+    assert worker.run_once() is True  # one batch: both
+
+    assert store.inbox_stats() == (0, None)
+    assert [d["id"] for d in store.deliveries(room_id=ROOM)][::-1] == [joined, left]
+    [timer] = store.timers(room_id=ROOM)
+    # as of the leave's arrival, not of the decision: the grace period runs from the event
+    assert (timer["started_at"], timer["due_at"]) == (LEFT_AT, DUE)
+
+
+def test_a_delivery_that_arrived_before_a_timer_was_due_is_decided_before_the_timer_fires(fake_api, store, clock):
+    """The worker decides the inbox before it fires timers: a join that came in before the
+    grace period ended cancels it, however late the worker is."""
+    rules = RulesHolder(empty_rules())
+    worker = _decider_worker(store, clock, fake_api.base_url, rules)
+    join_then_leave(store, rules, clock)
+    _accept(store, event_body("participant-joined", meetingId=ROOM, sessionId=SESSION, participantId="p-2"),
+            DUE - 1)
+    clock.now = DUE + 600
+
+    while worker.run_once():
+        pass
+
+    [timer] = store.timers(room_id=ROOM)
+    assert timer["status"] == "cancelled"
+    assert store.actions(room_id=ROOM) == [] and fake_api.deactivations(status=None) == []
+
+
+def test_an_unverified_delivery_holds_back_its_room_but_not_others(fake_api, store, clock):
+    """No key yet: the room's later deliveries wait behind it (a room is decided in order);
+    other rooms are decided as usual."""
+    rules = RulesHolder(session_rules())
+    worker = _decider_worker(store, clock, fake_api.base_url, rules)
+    waiting = _accept(store, event_body("session-started", meetingId="room-w", sessionId="s-1"), T0, verified=None)
+    behind = _accept(store, event_body("session-ended", meetingId="room-w", sessionId="s-1"), T0 + 1)
+    other = _accept(store, event_body("session-ended", meetingId="room-o", sessionId="s-9"), T0 + 2)
+
+    assert worker.run_once() is True
+
+    assert [d["id"] for d in store.deliveries()] == [other]
+    assert store.inbox_stats() == (2, T0)
+    assert [a["room_id"] for a in store.actions()] == ["room-o"]
+    assert store.delivery(waiting) is None and store.delivery(behind) is None
+
+
+def test_a_busy_inbox_does_not_hold_back_due_actions_or_fire_timers_past_it(fake_api, store, clock):
+    """More than a batch waiting: after each full batch the worker gives due actions their turn,
+    but fires no timer until the inbox has been drained (a waiting join could cancel it)."""
+    rules = RulesHolder(empty_rules())
+    worker = _decider_worker(store, clock, fake_api.base_url, rules)
+    worker.decider.batch = 3
+    join_then_leave(store, rules, clock)  # a timer due at DUE
+    waiting = add_action(store, "room-other", at=T0)
+    for i in range(7):  # joins of other rooms, then one of ROOM that cancels the timer
+        _accept(store, event_body("participant-joined", meetingId=f"busy-{i}", sessionId="s",
+                                  participantId="p"), DUE - 10 + i)
+    _accept(store, event_body("participant-joined", meetingId=ROOM, sessionId=SESSION, participantId="p-9"),
+            DUE - 1)
+    clock.now = DUE + 60
+
+    assert worker.run_once() is True  # a full batch of 3
+    assert worker.run_once() is True  # the turn of actions: the one due since T0
+    assert store.action(waiting)["status"] == "done"
+    assert store.timers(room_id=ROOM)[0]["status"] == "pending"  # not fired past the inbox
+    while worker.run_once():
+        pass
+    assert store.inbox_stats() == (0, None)
+    assert store.timers(room_id=ROOM)[0]["status"] == "cancelled"  # by the join that had waited
+    assert fake_api.deactivations() == ["room-other"]

@@ -38,6 +38,7 @@ def overview():
         loaded_at=present.at(runtime.rules.loaded_at),
         last_error_at=present.at(runtime.rules.last_error_at), pid=os.getpid(),
         stats=runtime.store.outbox_stats(now), dry_run=not runtime.settings.acts,
+        inbox=present.inbox(*runtime.store.inbox_stats(), now),
         charts={
             "deliveries": charts.steps(series["deliveries"], since, title="Deliveries per minute"),
             "decisions": charts.steps(series["decisions"], since, title="Decisions per minute"),

@@ -100,3 +100,8 @@ def room_row(row: dict, rule_set: RuleSet, now: float) -> dict:
         "more_actions": max(0, len(actions) - 3),
         "updated": at(row["updated_at"]), "updated_ago": ago(row["updated_at"], now),
     }
+
+
+def inbox(depth: int, oldest: float | None, now: float) -> dict:
+    """The inbox card: how many deliveries wait to be decided, and for how long the oldest has."""
+    return {"depth": depth, "oldest": format_duration(max(0.0, now - oldest)) if oldest is not None else None}

@@ -1,4 +1,4 @@
-"""Durable storage: deliveries, decisions, the action outbox and its attempts.
+"""Durable storage: the inbox, deliveries, decisions, the action outbox and its attempts.
 
 SQLite by default (one file, WAL); PostgreSQL for deployments that span hosts.
 All SQL is in this package: `store.py` and its mixins; the schema is in `tables.py`;

@@ -17,6 +17,7 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -65,13 +66,7 @@ def _sqlite(url) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
-        cursor = dbapi_conn.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        _enable_wal(cursor)
-        cursor.execute("PRAGMA synchronous = FULL")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.close()
+        configure_sqlite(dbapi_conn)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
@@ -79,6 +74,24 @@ def _sqlite(url) -> Engine:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def configure_sqlite(dbapi_conn: sqlite3.Connection) -> None:
+    """What every connection to the SQLite file needs (see the module's docstring)."""
+    dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+    cursor = dbapi_conn.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    _enable_wal(cursor)
+    cursor.execute("PRAGMA synchronous = FULL")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def sqlite_connect(database: str) -> sqlite3.Connection:
+    """A plain DB-API connection to the store's SQLite file, configured as the engine's are."""
+    conn = sqlite3.connect(database, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    configure_sqlite(conn)
+    return conn
 
 
 class WriterQueue:
@@ -94,9 +107,10 @@ class WriterQueue:
     Past the busy timeout the store is reported unavailable (503).
     """
 
-    def __init__(self, path: str, timeout: float):
+    def __init__(self, path: str, timeout: float, sleep: Callable[[float], None] = time.sleep):
         self.path = path
         self.timeout = timeout
+        self._sleep = sleep  # offload.real_sleep where the waiter runs on a thread of gevent's pool
 
     @contextmanager
     def turn(self):
@@ -110,7 +124,7 @@ class WriterQueue:
                 except BlockingIOError:
                     if time.monotonic() > deadline:
                         raise StoreUnavailable("store unavailable: database is locked") from None
-                    time.sleep(pause)
+                    self._sleep(pause)
                     pause = min(pause * 1.5, 0.001)
             yield
         finally:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -11,17 +12,24 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from ..errors import StoreUnavailable
 
 
+@contextmanager
+def outages() -> Iterator[None]:
+    """Inside it, a database outage raises StoreUnavailable."""
+    try:
+        yield
+    except (OperationalError, PoolTimeout) as exc:
+        raise StoreUnavailable(f"store unavailable: {_reason(exc)}") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise StoreUnavailable(f"store unavailable: {_reason(exc)}") from exc
+        raise
+
+
 def guarded(method: Callable) -> Callable:
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        try:
+        with outages():
             return method(self, *args, **kwargs)
-        except (OperationalError, PoolTimeout) as exc:
-            raise StoreUnavailable(f"store unavailable: {_reason(exc)}") from exc
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise StoreUnavailable(f"store unavailable: {_reason(exc)}") from exc
-            raise
 
     return wrapper
 

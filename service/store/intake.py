@@ -1,59 +1,32 @@
-"""Writing a delivery and everything it decides, in one transaction."""
+"""Writing a delivery and everything decided about it, in the decider's transaction."""
 
 from __future__ import annotations
-
-from typing import Callable, Sequence
 
 from sqlalchemy import Connection
 
 from .driver import run, to_json
-from .guard import guarded
 from .records import DecisionOutcome, NewDecision, NewDelivery, PlanWrite, Receipt, TimerRow
 
 ACTIVE = "pending"  # the one action status the worker claims
 
 
 class IntakeMixin:
-    def ingest(self, delivery: NewDelivery,
-               plan: Callable[[dict | None, list[TimerRow], set[str]], PlanWrite]) -> Receipt:
-        """Store a delivery and what `plan` decides about it, in one transaction.
+    """Recording a delivery with what the decider decided about it, inside a decider's
+    transaction (inbox.py's `deciding`): the store reads and writes, the planner decides,
+    and nothing here calls back into the planner."""
 
-        `plan` is called inside the transaction with the room's stored state (None
-        for deliveries without a room), its pending timers and the keys of its
-        actions, all locked, so concurrent deliveries for one room are decided one
-        after the other. A decision whose action key is already taken is recorded
-        as `duplicate`; a timer whose key already has a pending one, as
-        `timer-running`. A delivery kept unread (`problem` set) is stored and nothing
-        else: `plan` is not called, and no room, timer, decision or action changes.
-        On SQLite, deliveries that arrive together in one process share
-        a transaction (batch.py); each is still all-or-nothing.
+    def _record(self, conn: Connection, delivery: NewDelivery, write: PlanWrite | None) -> Receipt:
+        """The delivery, the room's new state, the timers cancelled and the decisions made.
+
+        A decision whose action key is already taken is recorded as `duplicate`; a timer whose
+        key already has a pending one, as `timer-running`. `write` is None for a delivery kept
+        unread or refused (`problem` set): stored, and nothing else changes.
         """
-        if self._intake is None:
-            return self._ingest_together([(delivery, plan)])[0]
-        return self._intake.submit((delivery, plan))
-
-    @guarded
-    def _ingest_together(self, works: Sequence[tuple[NewDelivery, Callable]]) -> list[Receipt]:
-        # Rooms are locked in one order (by id) so that two batches never wait for each other
-        # in a circle on PostgreSQL; deliveries for one room keep their order (sorted is stable).
-        order = sorted(range(len(works)), key=lambda i: works[i][0].room_id or "")
-        receipts: list[Receipt | None] = [None] * len(works)
-        with self._write() as conn:
-            for i in order:
-                receipts[i] = self._ingest_one(conn, *works[i])
-        return receipts
-
-    def _ingest_one(self, conn: Connection, delivery: NewDelivery, plan: Callable) -> Receipt:
         now = delivery.received_at
         run(conn, self._sql.insert_delivery, delivery.__dict__)
-        if delivery.problem is not None:
-            return Receipt(delivery.id, ())  # kept unread: never decided on, its room not even locked
+        if write is None:
+            return Receipt(delivery.id, ())
         room_id = delivery.room_id if delivery.known else None
-        if room_id is None:
-            write = plan(None, [], set())
-        else:
-            state = self._lock_room(conn, room_id)
-            write = plan(state, self._pending_timers(conn, room_id), self._action_keys(conn, room_id))
         if room_id is not None and write.room_state is not None:
             run(conn, self._sql.update_room, {"room": room_id, "state": to_json(write.room_state),
                                               "now": now, "delivery": delivery.id})

@@ -1,15 +1,16 @@
 """The store: connections, transactions and schema; what it stores is in the mixins beside it.
 
     Store
-    ├── IntakeMixin    (intake.py)   a delivery, the room's state, decisions, actions, timers: one transaction
+    ├── InboxMixin     (inbox.py)    the inbox: the request appends, the decider takes out in order
+    ├── IntakeMixin    (intake.py)   a decided delivery, the room's state, decisions, actions, timers
     ├── TimersMixin    (timers.py)   firing due timers, re-checking them after a reload
     ├── OutboxMixin    (outbox.py)   claiming actions, recording attempts, re-driving dead ones
     ├── HistoryMixin   (history.py)  reads: deliveries, decisions, rooms, rules versions; retention
     └── DashboardMixin (dashboard.py) paged, indexed reads for the dashboard's pages
 
 How it fails: a database that is locked past its timeout, unreachable or
-restarting raises `StoreUnavailable` (the HTTP layer answers 503 and the sender
-retries); nothing is half-written, since each method is one transaction.
+restarting raises `StoreUnavailable` (the HTTP layer answers 503); nothing is
+half-written, since each method is one transaction.
 """
 
 from __future__ import annotations
@@ -23,35 +24,50 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from . import migrations
-from .driver import run
-from .engine import READ_ONLY, make_engine, writer_queue
+from .driver import Compiled, run
+from .engine import READ_ONLY, WriterQueue, make_engine, writer_queue
 from .dashboard import DashboardMixin
 from .batch import GroupCommit
 from .guard import guarded
 from .history import HistoryMixin
+from .inbox import COLUMNS as INBOX_COLUMNS
+from .inbox import InboxMixin, SqliteAppender
 from .intake import IntakeMixin
+from .offload import real_sleep
 from .outbox import OutboxMixin
 from .statements import Statements
+from .tables import inbox
 from .timers import TimersMixin
 
 
-class Store(IntakeMixin, TimersMixin, OutboxMixin, HistoryMixin, DashboardMixin):
+class Store(InboxMixin, IntakeMixin, TimersMixin, OutboxMixin, HistoryMixin, DashboardMixin):
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time):
         self.engine = engine
         self.clock = clock
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
         self._sql = Statements(self._insert, engine.dialect)
         self._writers = writer_queue(engine)
-        # Group commit where writers queue for one lock (SQLite). PostgreSQL runs concurrent
-        # transactions side by side and groups their WAL flushes itself; batching there would
-        # also make one delivery waiting on a locked room hold up the others in its batch.
-        self._intake = GroupCommit(self._ingest_together) if engine.dialect.name == "sqlite" else None
+        self._insert_inbox = Compiled(inbox.insert(), engine.dialect, INBOX_COLUMNS)
+        self._notify_inbox = Compiled(text("SELECT pg_notify('roomwarden_inbox', '')"), engine.dialect)
+        # Group commit of inbox appends where writers queue for one lock (SQLite). PostgreSQL runs
+        # concurrent transactions side by side and groups their WAL flushes itself.
+        self._sqlite_appender = None
+        self._appender = None
+        self._listener = None  # PostgreSQL: the decider's LISTEN connection, made when first waited on
+        if engine.dialect.name == "sqlite":
+            self._sqlite_appender = SqliteAppender(engine.url.database, WriterQueue(
+                self._writers.path, self._writers.timeout, sleep=real_sleep))
+            self._appender = GroupCommit(self._sqlite_appender.write)
 
     @classmethod
     def from_url(cls, url: str, clock: Callable[[], float] = time.time) -> "Store":
         return cls(make_engine(url), clock)
 
     def close(self) -> None:
+        if self._sqlite_appender is not None:
+            self._sqlite_appender.close()
+        if self._listener is not None:
+            self._listener.close()
         self.engine.dispose()
 
     @contextmanager

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import (JSON, Boolean, Column, Float, ForeignKey, Index, Integer, MetaData,
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, Float, ForeignKey, Index, Integer, MetaData,
                         String, Table, Text, text)
 
 metadata = MetaData()
@@ -36,6 +36,24 @@ deliveries = Table(
     Index("ix_deliveries_room_id", "room_id", "id"),
     Index("ix_deliveries_received", "received_at"),
     Index("ix_deliveries_body", "body_sha256"),
+)
+
+# The inbox: deliveries accepted by the web request and not yet decided on. The request only
+# appends here (durably) and answers; the decider (decider.py) moves each row, in arrival order
+# per room, into `deliveries` with what it decides, in one transaction, and deletes it here.
+inbox = Table(
+    "inbox", metadata,
+    # Arrival order. A BIGINT identity on PostgreSQL; on SQLite the rowid (a new row always
+    # gets more than every row present, which is the order needed).
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("id", String(32), nullable=False, unique=True),  # the delivery id answered to the sender
+    Column("received_at", Float, nullable=False),
+    Column("room_id", String(128)),  # data.meetingId when it is a valid id: a room is decided in order
+    Column("body", Text, nullable=False),  # the raw body, as received (UTF-8 JSON: checked in the request)
+    Column("signature", Text),  # the videosdk-signature header, kept to verify later
+    # true: verified in the request; null: not yet (no key could be had); false: verification is off
+    Column("verified", Boolean),
+    Index("ix_inbox_room", "room_id", "seq"),
 )
 
 # One row per rule that matched a delivery: the record of why.

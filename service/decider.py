@@ -1,0 +1,143 @@
+"""The decider: takes accepted deliveries out of the inbox, in arrival order per room, and decides.
+
+For each delivery of a batch (one transaction, `Store.deciding`): a body the web request
+could not verify yet (no key then) is verified now, or left for later, with every later
+delivery of its room, while no key can be had; one whose signature then fails is recorded
+as refused and never acted on. The rest is read into an `Event`; the room's state, timers and
+action keys come out of the store, the pure planner decides, and the delivery is recorded with
+the plan. A delivery's decisions are made as of its arrival time, as if decided in the
+request, so a slow decider delays actions but never changes them.
+
+How it fails: a store outage raises StoreUnavailable and nothing of the batch is kept; the
+rows stay in the inbox for the next try. A body that cannot be read at all (it passed the
+request's checks, so this is a bug or a tampered database) is recorded with its problem,
+never decided on and never retried forever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from . import metrics
+from .errors import KeyUnavailable, PayloadInvalid, SignatureInvalid
+from .events import Event, parse_event
+from .planner import plan_event
+from .plans import pending_timer, plan_write, room_state
+from .rules.model import RuleSet
+from .signature import SignatureVerifier
+from .store import NewDelivery, Receipt, Store
+from .store.inbox import InboxBatch, InboxRow
+
+log = logging.getLogger("roomwarden.decider")
+
+BATCH = 200  # deliveries per transaction: one fsync shared, and a bounded time holding the lock
+
+
+@dataclass(frozen=True)
+class Decided:
+    """What became of one inbox row."""
+
+    delivery_id: str
+    event_type: str
+    outcome: str  # accepted | ignored | unreadable | refused (see metrics.DELIVERIES)
+    receipt: Receipt
+
+
+class Decider:
+    def __init__(self, store: Store, rules: Callable[[], RuleSet], *, acts: bool,
+                 verifier: SignatureVerifier | None, batch: int = BATCH,
+                 clock: Callable[[], float] = time.time):
+        self.store = store
+        self.rules = rules  # called per batch, so a reload takes effect at the next one
+        self.acts = acts
+        self.verifier = verifier
+        self.batch = batch
+        self.clock = clock
+
+    def decide_once(self) -> list[Decided]:
+        """Decide one batch of the oldest undecided deliveries; [] when there were none to take."""
+        rule_set = self.rules()
+        decided: list[Decided] = []
+        with self.store.deciding(self.batch) as batch:
+            waiting: set[str | None] = set()  # rooms whose earlier delivery waits for a key
+            for row in batch.rows:
+                if row.room_id in waiting:
+                    batch.keep(row)
+                    continue
+                result = self._decide(batch, row, rule_set)
+                if result is None:
+                    waiting.add(row.room_id)
+                    batch.keep(row)
+                else:
+                    decided.append(result)
+        for result in decided:  # counted once committed, not for a batch that rolled back
+            metrics.count_delivery(result.event_type, result.outcome)
+            metrics.count_decisions(result.receipt.decisions)
+        return decided
+
+    def drain(self, limit: int = 1_000_000) -> list[Decided]:
+        """Decide until the inbox holds nothing this decider can take now (tests, shutdown)."""
+        out: list[Decided] = []
+        while len(out) < limit:
+            more = self.decide_once()
+            if not more:
+                return out
+            out.extend(more)
+        return out
+
+    def _decide(self, batch: InboxBatch, row: InboxRow, rule_set: RuleSet) -> Decided | None:
+        raw = row.body.encode("utf-8")
+        verified, refused = row.verified, None
+        if verified is None:
+            try:
+                self._verifier().verify(raw, row.signature)
+                verified = True
+            except KeyUnavailable:
+                return None  # still no key: this room waits, in order
+            except SignatureInvalid as exc:
+                verified, refused = False, f"refused: {exc.message} (checked once a key could be had)"
+        try:
+            event = parse_event(raw)
+        except PayloadInvalid as exc:  # the request checked the envelope: only a bug comes here
+            event = Event(type="unreadable", data={}, known=False, problem=exc.message, room_id=row.room_id)
+        problem = refused or event.problem
+        delivery = NewDelivery(
+            id=row.id, received_at=row.received_at, event_type=event.type,
+            room_id=event.room_id or row.room_id, session_id=event.session_id,
+            participant_id=event.participant_id, known=event.known, verified=bool(verified),
+            body_sha256=hashlib.sha256(raw).hexdigest(), body=row.body, rules_hash=rule_set.sha256,
+            problem=problem)
+        if problem is not None:
+            receipt = batch.record(row, delivery, None)
+            outcome = "refused" if refused else "unreadable"
+            log.warning("delivery %s (%s) kept, not decided on: %s", row.id, event.type, problem,
+                        extra={"fields": {"delivery": row.id, "event": event.type, "room": delivery.room_id,
+                                          "problem": problem}})
+            return Decided(row.id, event.type, outcome, receipt)
+        # Decided as of its arrival: timers run from when the event came, not from when it was read.
+        now = row.received_at
+        acts = self.acts and bool(verified)
+        room_id = event.room_id if event.known else None
+        if room_id is None:
+            write = plan_write(plan_event(rule_set, event, now, None, [], set(), acts=acts))
+        else:
+            stored, timer_rows, acted = batch.room_inputs(room_id)
+            write = plan_write(plan_event(rule_set, event, now, room_state(room_id, stored),
+                                          [pending_timer(r) for r in timer_rows], acted, acts=acts))
+        receipt = batch.record(row, delivery, write)
+        if receipt.decisions or receipt.cancelled:
+            log.info("delivery %s (%s) room=%s: %s", row.id, event.type, room_id,
+                     ", ".join(f"{d.rule}:{d.outcome}" for d in receipt.decisions) or "no decision",
+                     extra={"fields": {"delivery": row.id, "event": event.type, "room": room_id,
+                                       "decisions": [f"{d.rule}:{d.outcome}" for d in receipt.decisions],
+                                       "cancelled_timers": list(receipt.cancelled) or None}})
+        return Decided(row.id, event.type, "accepted" if event.known else "ignored", receipt)
+
+    def _verifier(self) -> SignatureVerifier:
+        if self.verifier is None:  # rows are stored unverified only when verification is on
+            raise KeyUnavailable("this process has no verifier")
+        return self.verifier
