@@ -1,9 +1,9 @@
 """python -m bench [--quick] [--only SECTIONS] [--events N] [--out FILE] [--keep]
 
-Runs the four benchmarks of issue 7 (ingest, rule evaluation, reaction, memory), prints their
-tables and writes them, with the machine, the commands and the date, to bench/RESULTS.md
-(--quick: bench/out/RESULTS-quick.md, so a check run never overwrites the figures of record).
-Use bench/run, which sets up .venv first.
+Runs the benchmarks of issues 7 and 14 (ingest, sustained intake and deciding, slow clients, rule
+evaluation, reaction, memory), prints their tables and writes them, with the machine, the commands
+and the date, to bench/RESULTS.md (--quick: bench/out/RESULTS-quick.md, so a check run never
+overwrites the figures of record). Use bench/run, which sets up .venv first.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import timeit
 import traceback
 from pathlib import Path
 
-from . import ingest, memory, reaction, rules_eval
+from . import ingest, memory, reaction, rules_eval, slow_clients, sustained
 from .common import BENCH, ROOT, Processes, Signer, log, machine, postgres_base_url, table
 
-SECTIONS = ("ingest", "rules", "reaction", "memory")
+# In the order they run (and are numbered): sustained takes the rate ingest measured.
+SECTIONS = ("ingest", "sustained", "slow_clients", "rules", "reaction", "memory")
 
 
 def cpu_probe() -> float:
@@ -36,7 +37,7 @@ def _interrupted(*_):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--quick", action="store_true", help="each section briefly (a minute or two in all)")
+    parser.add_argument("--quick", action="store_true", help="each section briefly (a few minutes in all)")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections to run (default: all of {', '.join(SECTIONS)})")
     parser.add_argument("--events", type=int, default=int(os.environ.get("BENCH_EVENTS") or 0) or None,
@@ -45,10 +46,11 @@ def parse_args(argv):
                                                  "--quick: bench/out/RESULTS-quick.md)")
     parser.add_argument("--keep", action="store_true", help="keep bench/out/run-*/ (logs, databases, Lua script)")
     args = parser.parse_args(argv)
-    args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = set(args.sections) - set(SECTIONS)
+    asked = [s.strip().replace("-", "_") for s in args.only.split(",") if s.strip()]
+    unknown = set(asked) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+    args.sections = [s for s in SECTIONS if s in asked]  # always in the order above
     return args
 
 
@@ -73,6 +75,7 @@ def main(argv=None) -> int:
     commands: list[str] = []
     summary: list[list] = []
     parts: list[str] = []
+    found: dict = {}  # figures one section hands to a later one (ingest's rates, for sustained)
     failed = False
     try:
         for section in args.sections:
@@ -81,7 +84,14 @@ def main(argv=None) -> int:
             try:
                 if section == "ingest":
                     rows, text = ingest.run(signer, run_dir, procs, ingest.QUICK if args.quick else ingest.FULL,
-                                            pg_base, commands)
+                                            pg_base, commands, found)
+                elif section == "sustained":
+                    rows, text = sustained.run(signer, run_dir, procs,
+                                               sustained.QUICK if args.quick else sustained.FULL, pg_base,
+                                               commands, found.get("intake_rps"))
+                elif section == "slow_clients":
+                    rows, text = slow_clients.run(signer, run_dir, procs,
+                                                  slow_clients.QUICK if args.quick else slow_clients.FULL, commands)
                 elif section == "rules":
                     rows, text = rules_eval.run(args.quick)
                 elif section == "reaction":

@@ -2,7 +2,9 @@
 
 Served by the same command as the real app with only the app swapped:
 `gunicorn --config gunicorn.conf.py 'bench.bare_app:create_app()'`, so it has the same worker
-class, worker and thread counts, keep-alive and access log. No signature check, no store, no rules.
+class (gevent), worker count, connections per worker, keep-alive and (no) access log; the ingest
+section also serves it on gthread x4 (GUNICORN_CMD_ARGS) for reference. No signature check, no
+store, no rules.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Where one delivery's time goes: each stage of the real request timed alone, in one process.
+"""Where one delivery's time goes: each stage of the real request, and the decider's work behind
+it, timed alone, in one process.
 
 Run by the ingest section (`python -m bench.budget` in a child process, so the service reads its
 settings from an environment of its own); prints one JSON object. Everything is single-threaded
@@ -25,11 +26,15 @@ HEADERS = "videosdk-signature"
 # Stage names the ingest report reads back.
 BARE = "bare app: whole request (Flask test client, JSON parsed, 204)"
 SIGNATURE = "signature check (RSA-2048, PKCS#1 v1.5)"
-PARSE = "parse and validate (json, marshmallow)"
+ENVELOPE = "envelope check (JSON, then {webhookType: str, data: {...}}): all the request parses"
 JSON_ONLY = "of which: JSON decoding alone (the bare app does it too)"
-STORE = "store: the delivery's transaction alone (with planning, commit and fsync)"
+PARSE = "behind the request: full parse and validation of the event's data (json, marshmallow)"
+STORE = "store: the request's inbox append alone (one-row transaction, commit and fsync)"
 STORE_CPU = "of which: CPU time (the rest is waiting on the disk)"
+FSYNC = "of which: one commit's fsync on this disk (a one-row transaction)"
 FSYNC_CPU = "of which: that one-row transaction's CPU time (batched commits share it)"
+PLAN = "behind the request: rules and planner, no store (each event as its room's first)"
+DECIDE = "behind the request: the decider, per delivery (batches of 200: parse, rules, planner, one commit a batch)"
 
 
 def _per_event_us(call, items, rounds: int) -> float:
@@ -85,9 +90,12 @@ def measure(count: int, rounds: int) -> dict:
 
     from bench.bare_app import create_app as bare_app
     from service import create_app
-    from service.events import parse_event
+    from service.accept import new_delivery_id
+    from service.decider import Decider
+    from service.events import parse_event, read_envelope
     from service.planner import plan_event
     from service.plans import room_state
+    from service.store.inbox import InboxItem
 
     app = create_app()
     log_file = open(work / "service.log", "w")  # the request's log line is still built and written
@@ -117,27 +125,47 @@ def measure(count: int, rounds: int) -> dict:
         plan_event(rule_set, event, now, room_state(event.room_id, None) if event.room_id else None,
                    [], set(), acts=True)
 
-    # The store's stage gets deliveries of its own, new ones each round, so that it decides as
-    # the whole request did (actions scheduled, timers started) rather than finding duplicates.
+    # The append and the decider get deliveries of their own, new ones each round, so that the
+    # decider decides new rooms' lives (actions scheduled, timers started) rather than duplicates.
     def store_rounds(name: str) -> list:
         return [[(body, parse_event(body)) for body in mixed_bodies(count, f"budget-{name}{r}-{os.getpid()}")]
                 for r in range(rounds)]
 
     def store(item):
-        runtime.ingestor.ingest(item[0], item[1], verified=True)
+        at = time.time()
+        runtime.store.append(InboxItem(id=new_delivery_id(at), received_at=at, room_id=item[1].room_id,
+                                       body=item[0].decode(), signature=None, verified=True))
+
+    decider = Decider(runtime.store, lambda: rule_set, acts=True, verifier=None)
+
+    def decide_rounds() -> float:
+        """Each round: its own deliveries appended, then timed while the decider drains them
+        (what the stages before appended is drained first, untimed)."""
+        decider.drain()
+        means = []
+        for items in store_rounds("decide"):
+            for item in items:
+                store(item)
+            started = time.perf_counter()
+            decided = len(decider.drain())
+            means.append((time.perf_counter() - started) / max(1, decided) * 1e6)
+        return statistics.median(means)
+
     for call, items in ((post_real, signed[:50]), (post_bare, signed[:50])):  # warm up
         _per_event_us(call, items, 1)
     stages = {
         BARE: _per_event_us(post_bare, signed, rounds),
         "real app: whole request (Flask test client)": _per_event_us(post_real, signed, rounds),
         SIGNATURE: _per_event_us(lambda item: runtime.verifier.verify(item[0], item[1]), signed, rounds),
-        PARSE: _per_event_us(parse_event, bodies, rounds),
+        ENVELOPE: _per_event_us(read_envelope, bodies, rounds),
         JSON_ONLY: _per_event_us(json.loads, bodies, rounds),
-        "rules and planner, no store (each event as its room's first)": _per_event_us(plan, events, rounds),
         STORE: _per_event_us_each(store, store_rounds("store")),
         STORE_CPU: _per_event_us_each(store, store_rounds("store-cpu"), clock=time.thread_time),
-        "of which: one commit's fsync on this disk (a one-row transaction)": _fsync_us(work),
+        FSYNC: _fsync_us(work),
         FSYNC_CPU: _fsync_us(work, clock=time.thread_time),
+        PARSE: _per_event_us(parse_event, bodies, rounds),
+        PLAN: _per_event_us(plan, events, rounds),
+        DECIDE: decide_rounds(),
     }
     runtime.store.close()
     log_file.close()

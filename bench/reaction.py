@@ -1,18 +1,17 @@
-"""Section 3: reaction time. From a signed session-ended arriving at the web process to the
+"""Section 5: reaction time. From a signed session-ended arriving at the web process to the
 deactivate call arriving at the fake VideoSDK API (tests/fakeapi.py, which records when each call
-came in), with the Procfile's web and worker processes at their default settings."""
+came in), with the Procfile's web and worker processes at their default settings. Since issue 14
+the web only appends the event to the inbox; the worker decides it and then makes the call, so
+the figure covers the append, the worker's wake-up, the decision and the call."""
 
 from __future__ import annotations
 
-import re
-import sys
-import time
 from pathlib import Path
 
 from . import loadgen
-from .common import (API_KEY, ROOT, SECRET, Processes, Signer, ThrowawayDatabase, event_body, fmt,
-                     free_port, http_request, log, percentile, procfile, table, tail, verdict, wait_until_up)
-from .ingest import service_env
+from .common import (Processes, Signer, ThrowawayDatabase, event_body, fmt, http_request, log, percentile, table,
+                     verdict)
+from .services import fake_api, start_services
 
 TARGET_P50_MS = 50
 TARGET_P99_MS = 250
@@ -26,43 +25,11 @@ rules:
 """
 
 
-def _fake_api(public_pem: str):
-    sys.path.insert(0, str(ROOT))
-    from tests.fakeapi import FakeVideoSDK  # the tests' fake API, reused as it is
+def default_poll_seconds() -> float:
+    """The worker's WORKER_POLL_SECONDS default, as service/config.py has it."""
+    from service.config import Settings
 
-    fake = FakeVideoSDK(API_KEY, SECRET, public_pem)
-    fake.start()
-    # The fake writes an answer's head and body in two writes, on sockets that keep Nagle's
-    # algorithm on: the body then waits for the client's delayed ACK, about 40 ms a call on Linux,
-    # which would be measured as the service's. Turn Nagle off for its connections (the handler
-    # class is made afresh by each start(), so this changes this instance only).
-    fake._server.RequestHandlerClass.disable_nagle_algorithm = True
-    # A worker stopped mid-connection is normal here; don't print its ConnectionResetError.
-    fake._server.handle_error = lambda request, client_address: None
-    return fake
-
-
-def start_services(name: str, out: Path, procs: Processes, pem: Path, rules: Path, database_url: str,
-                   api_base: str, commands: list[str], shown_url: str | None = None, extra_env: dict | None = None):
-    """The Procfile's web and worker, on one store, pointed at the fake API; (web, worker)."""
-    port = free_port()
-    env, shown = service_env(out, pem, rules, database_url, port, f"metrics-{name}", api_base=api_base)
-    env.update(extra_env or {})
-    shown.update(extra_env or {})
-    if shown_url:
-        shown["DATABASE_URL"] = shown_url
-    web = procs.start(f"{name}-web", procfile()["web"], env, port=port, shown_env=shown)
-    wait_until_up(web)
-    worker_shown = {k: v for k, v in shown.items() if k not in ("PORT", "HOST")}
-    worker = procs.start(f"{name}-worker", procfile()["worker"], env, shown_env=worker_shown)
-    deadline = time.monotonic() + 60
-    while not re.search(r"worker \S+ started", tail(worker.log_path, 200)):
-        if worker.popen.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the worker did not start:\n{tail(worker.log_path)}")
-        time.sleep(0.1)
-    commands.append(f"{name}, web: `{web.describe()}`")
-    commands.append(f"{name}, worker: `{worker.describe()}`")
-    return web, worker
+    return Settings.__dataclass_fields__["poll_interval"].default
 
 
 def _one_store(store: str, url: str, shown_url: str | None, signer: Signer, out: Path, procs: Processes,
@@ -71,7 +38,7 @@ def _one_store(store: str, url: str, shown_url: str | None, signer: Signer, out:
     pem.write_text(signer.public_pem)
     rules = out / "rules-reaction.yaml"
     rules.write_text(RULES)
-    fake = _fake_api(signer.public_pem)
+    fake = fake_api(signer.public_pem)
     web = worker = None
     try:
         web, worker = start_services(f"reaction-{store}", out, procs, pem, rules, url, fake.base_url, commands,
@@ -108,11 +75,11 @@ def _one_store(store: str, url: str, shown_url: str | None, signer: Signer, out:
         log(f"reaction ({store}): p50 {fmt(p50)} ms, p99 {fmt(p99)} ms, {missing} without a call")
         ok50 = p50 is not None and p50 <= TARGET_P50_MS and not missing
         ok99 = p99 is not None and p99 <= TARGET_P99_MS and not missing
-        summary = [["3. reaction", f"p50, {store}", fmt(p50, 1) + " ms", f"<= {TARGET_P50_MS} ms", verdict(ok50)],
-                   ["3. reaction", f"p99, {store}", fmt(p99, 1) + " ms", f"<= {TARGET_P99_MS} ms", verdict(ok99)]]
+        summary = [["5. reaction", f"p50, {store}", fmt(p50, 1) + " ms", f"<= {TARGET_P50_MS} ms", verdict(ok50)],
+                   ["5. reaction", f"p99, {store}", fmt(p99, 1) + " ms", f"<= {TARGET_P99_MS} ms", verdict(ok99)]]
         return summary, [store, count, fmt(result.sent_rate, 1), f"{fmt(result.p50_ms, 1)} / {fmt(result.p99_ms, 1)}",
                 fmt(p50, 1), verdict(ok50), fmt(p99, 1), verdict(ok99),
-                fmt(max(reactions) if reactions else None, 1), missing]
+                fmt(max(reactions) if reactions else None, 1), missing, result.errors]
     finally:
         for proc in (worker, web):
             if proc is not None:
@@ -135,17 +102,19 @@ def run(signer: Signer, out: Path, procs: Processes, duration: float, pg_base: s
         finally:
             database.drop()
     return summary, "\n".join([
-        "## 3. Reaction: signed event in, deactivate call out",
+        "## 5. Reaction: signed event in, deactivate call out",
         "",
-        f"The Procfile's `web` and `worker` processes (WORKER_POLL_SECONDS unset: its default, 0.05 s; an "
-        f"idle worker looks with a read-only query), one rule (`close-after-session`: on session-ended, "
-        f"deactivate, no `for:`, no `confirm:`), the fake VideoSDK API of tests/fakeapi.py in the bench "
-        f"process. {int(rate * duration)} signed "
+        f"The Procfile's `web` and `worker` processes (WORKER_POLL_SECONDS unset: its default, "
+        f"{default_poll_seconds():g} s). The web process appends each event to the inbox and answers 202; "
+        "the worker decides it and then calls the API: on SQLite an idle worker looks at the inbox every "
+        "poll (a read-only query), on PostgreSQL it also waits on LISTEN, woken at once by the append's "
+        "NOTIFY. One rule (`close-after-session`: on session-ended, deactivate, no `for:`, no `confirm:`), the "
+        f"fake VideoSDK API of tests/fakeapi.py in the bench process. {int(rate * duration)} signed "
         f"session-ended events, each for its own room, at {rate:g} per second for {duration:g} s (open loop, "
         "after 10 unmeasured warm-up events). Reaction = when the fake API received the room's deactivate "
         "call minus when the event's request was written to the socket (one clock: both in this process).",
         "",
         table(["store", "events", "sent /s", "webhook answer p50 / p99 ms", "reaction p50 ms",
                f"p50 <= {TARGET_P50_MS} ms", "reaction p99 ms", f"p99 <= {TARGET_P99_MS} ms",
-               "max ms", "events without a call"], rows),
+               "max ms", "events without a call", "webhook errors (no answer, or >= 400)"], rows),
     ])

@@ -223,7 +223,7 @@ def run(quick: bool) -> tuple[list, str]:
         ok = None
         if case.target:
             ok = seconds * 1000 <= TARGET_ONE_TYPE_MS
-            summary.append(["2. rules", "1,000 rules on one type, per event", fmt(seconds * 1000, 3) + " ms",
+            summary.append(["4. rules", "1,000 rules on one type, per event", fmt(seconds * 1000, 3) + " ms",
                             case.target, verdict(ok)])
         rows.append([case.label, f"{len(rule_set.rules):,}", types, fmt(applicable, 1), fmt(matched, 1),
                      f"{timed:,}", fmt(seconds * 1e6, 1),
@@ -236,13 +236,13 @@ def run(quick: bool) -> tuple[list, str]:
                  "", "", "", "", "",
                  fmt(ratio, 2) + "x", "", f"<= {SIMILAR:g}x (similar)",
                  verdict(ratio <= SIMILAR if ratio is not None else None), ""])
-    summary.append(["2. rules", f"one type's events: {spread_types * 100:,} rules over {spread_types} types vs only "
+    summary.append(["4. rules", f"one type's events: {spread_types * 100:,} rules over {spread_types} types vs only "
                     "that type's 100", fmt(ratio, 2) + "x", f"<= {SIMILAR:g}x",
                     verdict(ratio <= SIMILAR if ratio is not None else None)])
     quick_note = (" Quick mode leaves out the 10,000-rule mixed case and spreads 2,000 rules over 20 types "
                   "instead of 10,000 over 100 (parsing 10,000 rules takes most of a minute)." if quick else "")
     return summary, "\n".join([
-        "## 2. Rule evaluation",
+        "## 4. Rule evaluation",
         "",
         "`service.rules.engine.evaluate(rule_set, facts, traces=False)` alone, as the planner calls it "
         "(every applicable rule tested; a condition-by-condition trace built for each rule that matches, "
