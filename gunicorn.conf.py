@@ -49,6 +49,10 @@ def post_worker_init(worker):
     # place instead. `kill -HUP` on the master still restarts the workers gracefully.
     import signal
 
+    from service.store.offload import after_gevent_patch
+
+    after_gevent_patch()  # psycopg was imported by the master, before gevent patched this worker
+
     runtime = worker.wsgi.extensions.get("roomwarden") if hasattr(worker.wsgi, "extensions") else None
     if runtime is not None and runtime.watcher is not None:
         signal.signal(signal.SIGHUP, lambda *_: runtime.watcher.request())

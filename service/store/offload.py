@@ -38,3 +38,20 @@ def real_sleep(seconds: float) -> None:
         get_original("time", "sleep")(seconds)
     else:
         time.sleep(seconds)
+
+
+def after_gevent_patch() -> None:
+    """Make psycopg wait cooperatively, in a process gevent patched after psycopg was imported.
+
+    psycopg picks how it waits for the server once, when first imported: a C function that blocks
+    the whole process, unless gevent has patched `select` by then. gunicorn's master imports it
+    (start-up checks and migrations) before a gevent worker patches itself, so without this every
+    query of a worker would stop all its requests. Called from gunicorn.conf.py's post_worker_init.
+    """
+    waiting = sys.modules.get("psycopg.waiting")
+    if waiting is None or not on_event_loop():
+        return  # not imported yet (it will pick right by itself), or no gevent
+    import selectors
+
+    waiting.wait = waiting.wait_poll  # calls select.poll, which gevent has patched
+    waiting.DefaultSelector = selectors.DefaultSelector  # for connecting: gevent's selector
