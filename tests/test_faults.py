@@ -4,15 +4,18 @@ that goes away and comes back, and no webhook key at start-up.
 1. Seeded kill -9 trials (ROOMWARDEN_FAULT_TRIALS, default 50; ROOMWARDEN_FAULT_SEED, the first
    seed; ROOMWARDEN_FAULT_PARALLEL trials at once, default 2): a client streams signed
    session-ended events (and repeats) at gunicorn, and at a random point a gunicorn worker, the
-   gunicorn master with its workers, or the worker process is killed with SIGKILL and restarted.
-   Every 2xx must be in the store, every acknowledged room deactivated once (twice only when the
-   kill fell between the call and its record), and nothing left pending. Totals go to
-   test-artifacts/faults-summary.json.
+   gunicorn master with its workers, or the worker process is killed with SIGKILL and restarted
+   (a worker kill is aimed between a call and its record, or at its decider mid-batch). Every 2xx
+   must be in the store: decided, or still in the inbox while the worker is down; once settled,
+   decided exactly once (one decision each, the inbox empty), every acknowledged room deactivated
+   once (twice only when the kill fell between the call and its record), and nothing left
+   pending. Totals go to test-artifacts/faults-summary.json.
 2. The API answers 503 for a while: every action completes once it is back, once.
 3. PostgreSQL behind a TCP proxy that is cut and restored: 503 with Retry-After while it is
    cut, nothing half written, 202 again afterwards without restarting anything; and a call made
    just as the store goes away is recorded once the store is back, not repeated.
-4. The public-key endpoint down at start-up: 503, never acceptance, then acceptance.
+4. The public-key endpoint down at start-up: signed deliveries kept unverified (202, never 503)
+   and never acted on until a key can be had; then verified and decided, a forged one refused.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import concurrent.futures
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -32,7 +36,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from sqlalchemy import text
 
+from service.errors import StoreUnavailable
 from service.store import Store
 
 from .conftest import API_KEY, ROOT, SECRET, event_body
@@ -103,6 +109,55 @@ def _wait_worker_started(process: subprocess.Popen, timeout: float = 30) -> None
     raise AssertionError(f"worker not started after {timeout}s:\n{Path(process.log_path).read_text()}")
 
 
+# -- what became of a delivery, read from the store ---------------------------------------------
+
+
+def wait_until_decided(store: Store, timeout: float) -> bool:
+    """Bounded: True once the inbox is empty, every acknowledged delivery taken out and decided."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if store.inbox_stats()[0] == 0:
+                return True
+        except StoreUnavailable:  # SQLite locked past its timeout on a loaded machine: look again
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def whereabouts(store: Store, ids) -> dict[str, str | None]:
+    """Where each delivery is: "decided" (in `deliveries`), "inbox" (kept, not decided yet) or
+    None: lost. The inbox is read first: the decider moves a row from it to `deliveries` in one
+    transaction, so a row that moves meanwhile is seen in one or the other, never in neither."""
+    with store.engine.connect() as conn:
+        kept = {delivery for (delivery,) in conn.execute(text("SELECT id FROM inbox"))}
+    return {delivery: "decided" if store.delivery(delivery) is not None else "inbox" if delivery in kept else None
+            for delivery in ids}
+
+
+def decided_as(store: Store) -> dict[str, list[str]]:
+    """Every decided delivery, with the outcomes of its decision rows in the order made ([]: none).
+    What the webhook's answer carried when it decided in the request."""
+    outcomes: dict[str, list[str]] = {d["id"]: [] for d in store.deliveries(limit=1_000_000)}
+    for decision in store.decisions():
+        outcomes.setdefault(decision["delivery_id"], []).append(decision["outcome"])
+    return outcomes
+
+
+def _wait_for_log(process: subprocess.Popen, text: str, timeout: float) -> bool:
+    """Bounded: until `text` is in the process's log, looked at every millisecond or so."""
+    deadline = time.monotonic() + timeout
+    with open(process.log_path, "rb") as log:
+        seen = b""
+        while time.monotonic() < deadline:
+            seen = seen[-len(text):] + log.read()
+            if text.encode() in seen:
+                return True
+            time.sleep(0.001)
+    return False
+
+
 class Sender:
     """Posts signed bodies the way VideoSDK would: retried on no answer or 503 until a 2xx
     comes, or GIVE_UP_AFTER seconds have passed. Any other answer is kept as unexpected."""
@@ -126,7 +181,7 @@ class Sender:
             session.close()
 
     def deliver(self, body: bytes) -> dict:
-        record = {"status": None, "delivery": None, "decisions": None, "no_answer": 0, "unavailable": 0,
+        record = {"status": None, "delivery": None, "verified": None, "no_answer": 0, "unavailable": 0,
                   "gave_up": False}
         headers = {"Content-Type": "application/json", "videosdk-signature": self.sign(body)}
         deadline = time.monotonic() + GIVE_UP_AFTER
@@ -137,9 +192,11 @@ class Sender:
                 record["no_answer"] += 1
             else:
                 if 200 <= response.status_code < 300:
+                    # The answer says only that the delivery is kept: it is decided behind the
+                    # request, and its decisions are read from the store (decided_as, below).
                     answer = response.json()
                     record.update(status=response.status_code, delivery=answer["delivery"],
-                                  decisions=[d["outcome"] for d in answer["decisions"]])
+                                  verified=answer["verified"])
                     return record
                 if response.status_code != 503:
                     record.update(status=response.status_code, body=response.text[:300])
@@ -182,8 +239,8 @@ class TrialFake(FakeVideoSDK):
         self._server.handle_error = handle_error
         return url
 
-    def _default(self, method, path, headers, body):
-        reply, auth_error = super()._default(method, path, headers, body)
+    def _default(self, method, path, headers, body, params=None):
+        reply, auth_error = super()._default(method, path, headers, body, params)
         if path == DEACTIVATE:
             with self._count_lock:
                 self._count += 1
@@ -227,7 +284,11 @@ def run_trial(seed: int, workdir: Path, public_pem: str, sign, rules_file: Path)
     hold_nth = rng.randint(2, len(rooms) - 2) if mid_call else None  # or: kill during this API call
     pause = rng.uniform(0.0, 0.02)
     down_for = rng.uniform(0.0, 0.4)  # how long a killed process stays down
-    trial = {"seed": seed, "target": target, "mid_call": mid_call, "events": len(events),
+    # A worker kill not aimed at a call is aimed at its decider mid-batch: the worker is paused
+    # (SIGSTOP) while a backlog builds up in the inbox, then let go, and killed as soon as it is seen
+    # deciding the backlog, in one transaction. (No draw: each seed's choices are what they were.)
+    mid_batch = target == "worker" and not mid_call
+    trial = {"seed": seed, "target": target, "mid_call": mid_call, "mid_batch": mid_batch, "events": len(events),
              "rooms": len(rooms), "kill_after": None if mid_call else kill_after, "kill_in_call": hold_nth,
              "problems": []}
     problems = trial["problems"]
@@ -242,6 +303,7 @@ def run_trial(seed: int, workdir: Path, public_pem: str, sign, rules_file: Path)
         web = procs.start("web")
         worker = procs.start("worker")  # at once: both migrate the fresh file, one after the other
         wait_until_up(base, web)
+        store = Store.from_url(procs.env["DATABASE_URL"])  # the test's own look at the file
         fake.delay = 0.0 if mid_call else rng.choice([0.0, 0.0, 0.02])
         fake.hold_nth = hold_nth
         sender = Sender(base, sign)
@@ -259,6 +321,9 @@ def run_trial(seed: int, workdir: Path, public_pem: str, sign, rules_file: Path)
                 with lock:
                     results.append((room, repeat, record))
 
+        if mid_batch:
+            _wait_worker_started(worker)  # not paused holding the write lock of its migration
+            os.killpg(worker.pid, signal.SIGSTOP)
         threads = [threading.Thread(target=send_all, daemon=True) for _ in range(2)]
         for thread in threads:
             thread.start()
@@ -266,6 +331,18 @@ def run_trial(seed: int, workdir: Path, public_pem: str, sign, rules_file: Path)
         def acked() -> int:
             with lock:
                 return sum(1 for _, _, r in results if r["delivery"])
+
+        lost_at_kill: list[str] = []
+
+        def look_after_kill(what: str) -> None:
+            """Every delivery acknowledged so far is decided, or kept in the inbox for the decider."""
+            with lock:
+                so_far = [r["delivery"] for _, _, r in results if r["delivery"]]
+            where = whereabouts(store, so_far)
+            lost_at_kill.extend(d for d, w in where.items() if w is None)
+            trial["in_inbox_after_kill"] = sum(1 for w in where.values() if w == "inbox")
+            if lost_at_kill:
+                problems.append(f"acknowledged deliveries neither decided nor in the inbox {what}: {lost_at_kill}")
 
         if mid_call:
             if not fake.entered.wait(60):
@@ -289,6 +366,7 @@ def run_trial(seed: int, workdir: Path, public_pem: str, sign, rules_file: Path)
             else:
                 problems.append(f"gunicorn did not replace killed worker {victim}")
             trial["killed"] = [victim]
+            look_after_kill("after a gunicorn worker was killed")
         elif target == "gunicorn-master":
             master = _gunicorn_master(web)
             old = [master, *_web_workers(master, 2)]
@@ -299,13 +377,24 @@ def run_trial(seed: int, workdir: Path, public_pem: str, sign, rules_file: Path)
             if not all(_gone(pid) for pid in old):
                 problems.append(f"gunicorn processes survived kill -9: {[p for p in old if not _gone(p)]}")
             trial["killed"] = old
+            look_after_kill("while gunicorn was down")
             time.sleep(down_for)
             web = procs.start("web")
             wait_until_up(base, web)
         else:
+            if mid_batch:
+                os.killpg(worker.pid, signal.SIGCONT)  # it takes the backlog in one batch...
+                _wait_for_log(worker, '"logger": "roomwarden.decider"', timeout=10)  # ...and is killed
             procs.kill(worker)  # SIGKILL; with mid_call, its call has reached the API and is unanswered
             fake.hold.set()  # the API answers it (to nobody) and records the room deactivated
             trial["killed"] = [worker.pid]
+            look_after_kill("while the worker (and its decider) was down")
+            if mid_batch:
+                # The decider logs each delivery as it decides it, inside the batch's transaction:
+                # one logged and not in `deliveries` shows the kill fell in the batch and undid it.
+                log = Path(worker.log_path).read_text(errors="replace")
+                logged = set(re.findall(r'"delivery": "([0-9a-f]+)"', log))
+                trial["decided_then_rolled_back"] = sum(1 for d in logged if store.delivery(d) is None)
             time.sleep(down_for)
             worker = procs.start("worker")
 
@@ -324,20 +413,36 @@ def run_trial(seed: int, workdir: Path, public_pem: str, sign, rules_file: Path)
             problems.append(f"gave up on {len(gave_up)} events: {gave_up[:3]}")
         if len(results) != len(events):
             problems.append(f"{len(results)} of {len(events)} events were sent")
-        bad_outcomes = [(room, r["decisions"]) for room, r in acks
-                        if r["decisions"] not in (["scheduled"], ["duplicate"])]
-        if bad_outcomes:
-            problems.append(f"unexpected decisions: {bad_outcomes[:3]}")
+        unverified = [(room, r["verified"]) for room, r in acks if r["verified"] != "yes"]
+        if unverified:
+            problems.append(f"acknowledged without verifying: {unverified[:3]}")
         acked_rooms = {room for room, _ in acks}
         trial.update(acknowledged=len(acks), retried_no_answer=sum(r["no_answer"] for _, _, r in results),
                      retried_503=sum(r["unavailable"] for _, _, r in results))
 
         # -- what the store and the API saw ----------------------------------------------------
-        store = Store.from_url(procs.env["DATABASE_URL"])
-        lost = [r["delivery"] for _, r in acks if store.delivery(r["delivery"]) is None]
+        # Decided behind the request: once the (restarted) worker's decider has emptied the
+        # inbox, every acknowledged delivery is in `deliveries`, decided exactly once.
+        if not wait_until_decided(store, 60):
+            problems.append(f"inbox not emptied within 60 s: {store.inbox_stats()[0]} deliveries undecided")
+        where = whereabouts(store, [r["delivery"] for _, r in acks])
+        lost = sorted(set(lost_at_kill) | {d for d, w in where.items() if w is None})
         trial["lost"] = len(lost)
         if lost:
             problems.append(f"acknowledged deliveries missing from the store: {lost}")
+        undecided = [d for d, w in where.items() if w == "inbox"]
+        if undecided:
+            problems.append(f"acknowledged deliveries still undecided in the inbox: {undecided[:3]}")
+        outcomes = decided_as(store)
+        bad_outcomes = [(room, r["delivery"], outcomes[r["delivery"]]) for room, r in acks
+                        if r["delivery"] in outcomes and outcomes[r["delivery"]] not in (["scheduled"], ["duplicate"])]
+        if bad_outcomes:
+            problems.append(f"unexpected decisions: {bad_outcomes[:3]}")
+        # Exactly once, for what was stored without its answer reaching the client too (a gunicorn
+        # worker killed between the append and the answer): one decision row per delivery.
+        not_once = {d: o for d, o in outcomes.items() if len(o) != 1}
+        if not_once:
+            problems.append(f"deliveries not decided exactly once: {dict(list(not_once.items())[:3])}")
 
         def settled() -> bool:
             calls = collections.Counter(fake.deactivations())
@@ -411,7 +516,8 @@ def test_kill_minus_nine_anywhere_loses_no_acknowledged_delivery(tmp_path, publi
         for future in concurrent.futures.as_completed(futures):
             trial = future.result()
             trials.append(trial)
-            print(f"  seed {trial['seed']}: kill {trial['target']}{' mid-call' if trial['mid_call'] else ''}, "
+            print(f"  seed {trial['seed']}: kill {trial['target']}{' mid-call' if trial['mid_call'] else ''}"
+                  f"{' mid-batch' if trial['mid_batch'] else ''}, "
                   f"{trial.get('acknowledged', '?')} acked, lost {trial.get('lost', '?')}, "
                   f"repeated calls {trial.get('repeated_calls', '?')}"
                   f"{', PROBLEMS: ' + '; '.join(trial['problems']) if trial['problems'] else ''}", flush=True)
@@ -423,6 +529,8 @@ def test_kill_minus_nine_anywhere_loses_no_acknowledged_delivery(tmp_path, publi
         "seeds": seeds,
         "kills": dict(collections.Counter(t["target"] for t in trials)),
         "kills_between_call_and_record": sum(t["mid_call"] for t in trials),
+        "kills_aimed_at_a_deciding_batch": sum(t["mid_batch"] for t in trials),
+        "kills_that_undid_a_deciding_batch": sum(1 for t in trials if t.get("decided_then_rolled_back")),
         "deliveries_acknowledged": sum(t.get("acknowledged", 0) for t in trials),
         "deliveries_lost": sum(t.get("lost", 0) for t in trials),
         "repeated_calls": sum(t.get("repeated_calls", 0) for t in trials),
@@ -535,10 +643,12 @@ class TcpProxy:
             upstream.settimeout(None)
             pair = (client, upstream)
             with self._lock:
-                if not self.up:
-                    self._close(pair)
-                    break
-                self._pairs.add(pair)
+                relay = self.up
+                if relay:
+                    self._pairs.add(pair)
+            if not relay:  # cut meanwhile. (Closed outside the lock: _close takes it, and it is no RLock.)
+                self._close(pair)
+                break
             for src, dst in (pair, pair[::-1]):
                 threading.Thread(target=self._pump, args=(src, dst, pair), daemon=True).start()
         listener.close()
@@ -607,8 +717,15 @@ def test_postgres_cut_and_restored_without_restarting(processes, fake_api, sign,
             return http.post(base + WEBHOOK, data=body, timeout=30, headers={
                 "Content-Type": "application/json", "videosdk-signature": sign(body)})
 
+        acknowledged: list[str] = []  # every delivery id a 2xx answered
+
+        def deliver_all(rooms: list[str]) -> list[int]:
+            records = [sender.deliver(ended(room)) for room in rooms]
+            acknowledged.extend(r["delivery"] for r in records if r["delivery"])
+            return [r["status"] for r in records]
+
         before = [f"pg-before-{i}" for i in range(3)]
-        assert [sender.deliver(ended(room))["status"] for room in before] == [202] * 3
+        assert deliver_all(before) == [202] * 3
 
         # A stream that runs across the cut and the restore: each event posted once.
         stream: list[tuple[str, int | str, str | None]] = []
@@ -624,6 +741,8 @@ def test_postgres_cut_and_restored_without_restarting(processes, fake_api, sign,
                     r = local.post(base + WEBHOOK, data=body, timeout=30, headers={
                         "Content-Type": "application/json", "videosdk-signature": sign(body)})
                     stream.append((room, r.status_code, r.headers.get("Retry-After")))
+                    if r.status_code == 202:
+                        acknowledged.append(r.json()["delivery"])
                 except requests.RequestException as exc:
                     stream.append((room, f"no answer: {type(exc).__name__}", None))
                 time.sleep(0.01)
@@ -654,6 +773,7 @@ def test_postgres_cut_and_restored_without_restarting(processes, fake_api, sign,
             r = post_once(cut_rooms[0])
             if r.status_code == 202:
                 first = r
+                acknowledged.append(r.json()["delivery"])
                 break
             assert r.status_code == 503, (r.status_code, r.text)
             time.sleep(0.2)
@@ -671,6 +791,12 @@ def test_postgres_cut_and_restored_without_restarting(processes, fake_api, sign,
         assert all(ra for _, status, ra in stream if status == 503)
         assert any(status == 503 for _, status, _ in stream), "the stream never met the outage"
         assert any(status == 202 for _, status, _ in stream[-5:]), stream[-5:]
+
+        # Decided behind the request: the worker's decider, past the outage too, empties the inbox.
+        def inbox_depth() -> int:
+            return _pg_rows(pg_url, "SELECT count(*) FROM inbox")[0][0]
+
+        assert fake_api.wait_for(lambda: inbox_depth() == 0, timeout=60), f"{inbox_depth()} still undecided"
 
         # Nothing half written: what a 503 answered was not stored (cut rooms), and every stored
         # delivery has its decision, its action and its room, whole.
@@ -695,7 +821,7 @@ def test_postgres_cut_and_restored_without_restarting(processes, fake_api, sign,
 
         # The sender retries whatever got a 503: all accepted now, and each room acted on once.
         retried = cut_rooms[1:] + [room for room, status, _ in stream if status != 202]
-        assert [sender.deliver(ended(room))["status"] for room in retried] == [202] * len(retried)
+        assert deliver_all(retried) == [202] * len(retried)
         accepted = set(before + cut_rooms + [room for room, _, _ in stream])
         assert fake_api.wait_for(lambda: set(fake_api.deactivations()) == accepted, timeout=60), \
             sorted(accepted ^ set(fake_api.deactivations()))
@@ -708,6 +834,12 @@ def test_postgres_cut_and_restored_without_restarting(processes, fake_api, sign,
         recorded = dict(_pg_rows(pg_url, "SELECT a.room_id, count(t.id) FROM actions a "
                                          "LEFT JOIN attempts t ON t.action_id = a.id GROUP BY a.room_id"))
         assert set(recorded.values()) == {1}, recorded
+        # Settled: every acknowledged delivery decided, each exactly once, and nothing left undecided.
+        assert inbox_depth() == 0
+        decided_count = dict(_pg_rows(pg_url, "SELECT d.id, count(c.id) FROM deliveries d "
+                                              "LEFT JOIN decisions c ON c.delivery_id = d.id GROUP BY d.id"))
+        assert set(acknowledged) <= set(decided_count), sorted(set(acknowledged) - set(decided_count))
+        assert {d: n for d, n in decided_count.items() if n != 1} == {}
         print(f"\nstore cut: {len(stream)} streamed, {sum(s == 503 for _, s, _ in stream)} answered 503 "
               f"({len(committed_503)} of them committed all the same), {len(accepted)} rooms deactivated, "
               "no call repeated")
@@ -765,64 +897,87 @@ def test_a_call_made_just_before_the_store_goes_away_is_recorded_not_repeated(
 # -- 4. no webhook key at start-up ---------------------------------------------------------------------
 
 
-def test_public_key_unreachable_at_start_then_back(processes, fake_api, sign, tmp_path):
+def test_no_key_at_start_keeps_deliveries_unverified_then_verifies_and_decides_them(
+        processes, fake_api, sign, tmp_path):
     fake_api.serve_public_key = False
     processes.env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
     processes.env.pop("VIDEOSDK_WEBHOOK_PUBLIC_KEY", None)  # nothing pinned: the key must be fetched
     web = processes.start("web")
     base = f"http://127.0.0.1:{processes.env['PORT']}"
     wait_until_up(base, web)  # it starts without the key
-    processes.start("worker")
+    worker = processes.start("worker")
+    _wait_worker_started(worker)
 
     rooms = [f"keyk-keyk-{i:04d}" for i in range(3)]
+    forged_room = "keyk-forg-0001"
     http = requests.Session()
 
-    def post_once(room: str) -> requests.Response:
-        body = ended(room)
+    def post_once(body: bytes, signature: str) -> requests.Response:
         return http.post(base + WEBHOOK, data=body, timeout=30, headers={
-            "Content-Type": "application/json", "videosdk-signature": sign(body)})
+            "Content-Type": "application/json", "videosdk-signature": signature})
 
-    answers = []
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline:
-        for room in rooms:
-            r = post_once(room)
-            answers.append((r.status_code, r.headers.get("Retry-After")))
-        time.sleep(0.1)
-    assert {status for status, _ in answers} == {503}, collections.Counter(answers)
-    assert all(ra and int(ra) > 0 for _, ra in answers)
+    def forge() -> requests.Response:  # a well-formed signature, but over another body
+        return post_once(ended(forged_room), sign(ended("other")))
+
+    # No key: every signed body is kept, unverified (VideoSDK documents no retries: a 503 would
+    # lose it), a forged one too, since nothing can tell them apart yet.
+    accepted = {}
+    for room in rooms:
+        r = post_once(ended(room), sign(ended(room)))
+        assert (r.status_code, r.json().get("verified")) == (202, "later"), (r.status_code, r.text)
+        accepted[room] = r.json()["delivery"]
+    r = forge()
+    assert (r.status_code, r.json().get("verified")) == (202, "later"), (r.status_code, r.text)
+    forged = [r.json()["delivery"]]
     key_fetches = fake_api.calls_to("/v2/public/rsa-public-key")
     assert key_fetches and all(c.status == 503 for c in key_fetches)  # it did try, and was refused
     store = Store.from_url(processes.env["DATABASE_URL"])
     try:
-        assert store.deliveries() == []  # never accepted, never recorded
+        # The worker runs, and still nothing is decided or called while no key can be had.
+        fetches = len(key_fetches)
+        assert fake_api.wait_for(lambda: len(fake_api.calls_to("/v2/public/rsa-public-key")) > fetches,
+                                 timeout=30), "nothing tried the key endpoint again"
+        time.sleep(0.5)
+        assert store.deliveries() == [] and store.has_undecided()
+        assert store.inbox_stats()[0] == len(rooms) + 1
         assert fake_api.deactivations(status=None) == []
 
         fake_api.serve_public_key = True
-        accepted = {}
-        deadline = time.monotonic() + 40
-        while len(accepted) < len(rooms) and time.monotonic() < deadline:
-            for room in rooms:
-                if room not in accepted:
-                    r = post_once(room)
-                    assert r.status_code in (202, 503), (r.status_code, r.text)
-                    if r.status_code == 202:
-                        accepted[room] = r.json()["delivery"]
-            time.sleep(0.2)
-        assert sorted(accepted) == rooms, "deliveries were not accepted again once the key was served"
+        # The worker fetches the key, verifies what it kept, and decides it: each room deactivated.
+        assert wait_until_decided(store, 60), f"{store.inbox_stats()[0]} deliveries still undecided"
         assert any(c.status == 200 for c in fake_api.calls_to("/v2/public/rsa-public-key"))
-        assert {d["id"] for d in store.deliveries()} == set(accepted.values())
+        assert {d["id"] for d in store.deliveries()} == set(accepted.values()) | set(forged)
+        for room, delivery in accepted.items():
+            row = store.delivery(delivery)
+            assert (row["room_id"], bool(row["verified"]), row["problem"]) == (room, True, None), row
+            assert [d["outcome"] for d in store.decisions(delivery_id=delivery)] == ["scheduled"], room
         assert fake_api.wait_for(lambda: sorted(fake_api.deactivations()) == rooms, timeout=30)
-        # A signature the key does not match is refused for what it is, now that there is a key.
-        # (Each gunicorn worker fetches its own key, so one may still answer 503 for a moment.)
+
+        # Once the web processes have the key, a forged signature is refused for what it is: 401.
+        # (Each gunicorn worker fetches its own key, so one may still keep a forged body, unverified,
+        # for a moment: the decider then refuses it like the first.)
         deadline = time.monotonic() + 30
         while True:
-            forged = http.post(base + WEBHOOK, data=ended("keyk-forg-0001"), timeout=30, headers={
-                "Content-Type": "application/json", "videosdk-signature": sign(ended("other"))})
-            if forged.status_code != 503 or time.monotonic() > deadline:
+            r = forge()
+            if r.status_code != 202 or time.monotonic() > deadline:
                 break
+            assert r.json().get("verified") == "later", r.text
+            forged.append(r.json()["delivery"])
             time.sleep(0.2)
-        assert forged.status_code == 401
+        assert r.status_code == 401, (r.status_code, r.text)
+
+        # Every forged body kept while no key could be had is recorded as refused, never acted on.
+        assert wait_until_decided(store, 60), f"{store.inbox_stats()[0]} deliveries still undecided"
+        for delivery in forged:
+            row = store.delivery(delivery)
+            assert row is not None, f"forged delivery {delivery} lost"
+            assert row["room_id"] == forged_room and not row["verified"], row
+            assert (row["problem"] or "").startswith("refused: "), row["problem"]
+            assert store.decisions(delivery_id=delivery) == []
+        assert store.decisions(room_id=forged_room) == [] and store.room(forged_room) is None
+        assert store.actions(room_id=forged_room) == []
+        time.sleep(0.5)  # a late call would show up here
+        assert sorted(fake_api.deactivations(status=None)) == rooms  # each once, the forged room never
     finally:
         http.close()
         store.close()
