@@ -72,7 +72,7 @@ class Worker:
         self._rules_changed = threading.Event()
         self._stop = threading.Event()  # set by run()'s caller to shut down
         self._next_due: float | None = None  # from the last look at the store
-        self._inbox_turn = False  # the last call decided a full batch: timers and actions go next
+        self._inbox_turn = False  # a batch was decided: timers and actions go until none is due
         self._drained = True  # the last batch decided all it could: timers may fire
         self.breaker = breaker or CircuitBreaker(clock=clock)
         self.retention_days = retention_days  # 0: keep everything
@@ -95,10 +95,10 @@ class Worker:
         """Do one piece of due work: re-check timers after a reload, decide a batch of the inbox,
         fire a timer, or carry out an action. False when nothing was due.
 
-        The inbox goes first, but a busy inbox never holds timers and actions back: after a batch
-        that left more behind, the next call gives them their turn. A timer fires only when the
-        last batch drained what could be decided, so it never fires past a delivery that arrived
-        before it was due and would cancel it. It looks first, read-only, so an idle worker never
+        The inbox goes first, but a busy inbox never holds timers and actions back: after each
+        batch, the calls that follow carry out what is due (one piece each) before the inbox has
+        its turn again. A timer fires only when the last batch drained what could be decided, so
+        it never fires past a delivery that arrived before it was due and would cancel it. It looks first, read-only, so an idle worker never
         takes a write lock.
         """
         if self._rules_changed.is_set():
@@ -109,24 +109,25 @@ class Worker:
                 self._rules_changed.set()  # not done: do it once the store is back
                 raise
             return True
-        turn_taken, self._inbox_turn = self._inbox_turn, False
-        if self.decider is not None and not turn_taken:
+        turn_given = self._inbox_turn
+        if self.decider is not None and not turn_given:
             if not self.store.has_undecided():
                 self._drained = True
             else:
                 decided = self.decider.decide_once()
                 self._drained = len(decided) < self.decider.batch
                 if decided:
-                    self._inbox_turn = not self._drained  # more waits: timers and actions go next
+                    self._inbox_turn = True  # what it decided may be due now: act on it first
                     return True
         now = self.clock()
         action_due, timer_due = self.store.due_work(now)
         self._next_due = min((t for t in (action_due, timer_due) if t is not None), default=None)
         if self._drained and timer_due is not None and timer_due <= now and self.fire_one_timer():
             return True
-        if self.acts and action_due is not None and action_due <= now:
-            return self.act_once()
-        return turn_taken  # a turn given away: the inbox still waits, so not idle
+        if self.acts and action_due is not None and action_due <= now and self.act_once():
+            return True
+        self._inbox_turn = False  # nothing due (or held back): the inbox's turn again
+        return turn_given  # a turn given away and now over: not idle, look at the inbox at once
 
     def rules_reloaded(self, rule_set: RuleSet) -> None:
         """Called by the rules watcher; the re-check runs in the worker's own loop."""
