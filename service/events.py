@@ -84,28 +84,27 @@ def _decode_json(raw: bytes) -> Any:
     return body
 
 
+def _envelope(raw: bytes) -> dict:
+    """`{"webhookType": str, "data": {...}}` from UTF-8 JSON bytes, or PayloadInvalid."""
+    body = _decode_json(raw)
+    try:
+        return ENVELOPE.load(body)
+    except ValidationError as exc:
+        raise PayloadInvalid("body is not a VideoSDK webhook", fields=exc.messages) from None
+    except RecursionError:
+        raise PayloadInvalid("body is nested too deeply") from None
+
+
 def read_envelope(raw: bytes) -> tuple[str, str | None]:
     """The body's event type and room id (None unless `data.meetingId` is a valid id), having
     checked only what the web request checks: UTF-8 JSON in the webhook's envelope. Raises
     PayloadInvalid otherwise. The rest is read behind the request, by `parse_event`."""
-    body = _decode_json(raw)
-    try:
-        envelope = ENVELOPE.load(body)
-    except ValidationError as exc:
-        raise PayloadInvalid("body is not a VideoSDK webhook", fields=exc.messages) from None
-    except RecursionError:
-        raise PayloadInvalid("body is nested too deeply") from None
+    envelope = _envelope(raw)
     return envelope["webhookType"], _maybe_str(envelope["data"].get("meetingId"))
 
 
 def parse_event(raw: bytes) -> Event:
-    body = _decode_json(raw)
-    try:
-        envelope = ENVELOPE.load(body)
-    except ValidationError as exc:
-        raise PayloadInvalid("body is not a VideoSDK webhook", fields=exc.messages) from None
-    except RecursionError:
-        raise PayloadInvalid("body is nested too deeply") from None
+    envelope = _envelope(raw)
     event_type, data = envelope["webhookType"], envelope["data"]
     schema = data_schema_for(event_type)
     if schema is None:
