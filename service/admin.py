@@ -33,14 +33,18 @@ def token_ok(given: str | None) -> bool:
     return bool(expected and given) and hmac.compare_digest(given.encode(), expected.encode())
 
 
+def bearer_ok() -> bool:
+    """Whether this request carries `Authorization: Bearer <ADMIN_TOKEN>` (never, with no token set)."""
+    header = request.headers.get("Authorization", "")
+    return token_ok(header[7:].strip() if header[:7].lower() == "bearer " else None)
+
+
 def admin_only(view):
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
         if not _runtime().settings.admin_token:
             abort(404)  # off: no token configured
-        header = request.headers.get("Authorization", "")
-        given = header[7:].strip() if header[:7].lower() == "bearer " else None
-        if not token_ok(given):
+        if not bearer_ok():
             response = jsonify({"error": "this endpoint needs Authorization: Bearer <ADMIN_TOKEN>"})
             response.status_code = 401
             response.headers["WWW-Authenticate"] = 'Bearer realm="roomwarden"'

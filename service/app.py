@@ -8,6 +8,7 @@ from typing import Callable
 from flask import Flask
 
 from . import logs, web
+from .lane import WebhookLane
 from .config import Settings
 from .runtime import Runtime
 
@@ -23,4 +24,5 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
     app = Flask("service", static_folder=None)  # the dashboard serves its own files, behind its sign-in
     app.extensions["roomwarden"] = Runtime.build(settings, clock)
     web.init_app(app)
+    app.wsgi_app = WebhookLane(app.wsgi_app, app.extensions["roomwarden"].intake, settings.body_timeout)
     return app

@@ -7,6 +7,11 @@ trial call is let through (half-open): a success closes the circuit, a failure
 opens it again for twice as long, up to `max_cooldown`. Answers that show the
 API working (2xx, and 4xx such as 404 that are about the room) close it.
 
+With `probe_every`, an open circuit also probes the API on that fixed interval with a call that
+changes nothing (the worker's `fetch_room`): the first answer that shows the API working closes
+it, so actions flow again within `probe_every` of the API's return, however long the outage
+and its cooldown have grown.
+
 Each worker process has its own breaker; the state is not shared.
 """
 
@@ -16,13 +21,16 @@ import time
 from typing import Callable
 
 
+PROBE_EVERY = 5.0  # seconds between an open circuit's probes: actions flow within this of the API's return
+
+
 def is_api_failure(status: int | None) -> bool:
     return status is None or status >= 500 or status in (401, 403, 429)
 
 
 class CircuitBreaker:
     def __init__(self, threshold: int = 5, cooldown: float = 30.0, max_cooldown: float = 600.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, probe_every: float | None = None):
         self.threshold = threshold
         self.base_cooldown = cooldown
         self.max_cooldown = max_cooldown
@@ -31,6 +39,8 @@ class CircuitBreaker:
         self.opened_at: float | None = None
         self.cooldown = cooldown
         self._trial = False  # a half-open trial is out
+        self.probe_every = probe_every  # None: no probes, only the half-open trial
+        self.next_probe: float | None = None  # while open: when the API is probed next
 
     @property
     def state(self) -> str:
@@ -64,3 +74,17 @@ class CircuitBreaker:
             self.opened_at = self.clock()
         elif self.failures >= self.threshold:
             self.opened_at = self.clock()
+        if self.opened_at is not None and self.probe_every is not None:
+            self.next_probe = self.clock() + self.probe_every
+
+    def probe_due(self) -> bool:
+        """Whether the open circuit's next probe of the API is due."""
+        return self.opened_at is not None and self.next_probe is not None and self.clock() >= self.next_probe
+
+    def probed(self, status: int | None) -> None:
+        """The probe's answer: the API working closes the circuit; otherwise the next probe is
+        `probe_every` from now (the cooldown is left as it is)."""
+        if not is_api_failure(status):
+            self.failures, self.opened_at, self.cooldown, self.next_probe = 0, None, self.base_cooldown, None
+        elif self.probe_every is not None:
+            self.next_probe = self.clock() + self.probe_every

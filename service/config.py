@@ -97,6 +97,7 @@ class Settings:
     retention_days: float = 30.0
     breaker_threshold: int = 5
     breaker_cooldown: float = 30.0
+    body_timeout: float = 10.0
     log_level: str = "INFO"
 
     @classmethod
@@ -123,6 +124,7 @@ class Settings:
             retention_days=_number(env, "RETENTION_DAYS", 30.0, minimum=0, maximum=36500),
             breaker_threshold=int(_number(env, "BREAKER_THRESHOLD", 5, minimum=1, maximum=1000, whole=True)),
             breaker_cooldown=_number(env, "BREAKER_COOLDOWN_SECONDS", 30.0, minimum=0.1, maximum=3600),
+            body_timeout=_number(env, "WEB_BODY_TIMEOUT_SECONDS", 10.0, minimum=0.1, maximum=600),
             log_level=_log_level(env.get("LOG_LEVEL")),
         )
         if settings.admin_token is not None and len(settings.admin_token) < 16:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import metrics
-from .errors import KeyUnavailable, PayloadInvalid, SignatureInvalid
-from .events import Event, parse_event
+from .errors import KeyUnavailable, PayloadInvalid, SignatureInvalid, StoreUnavailable
+from .events import Event, parse_event, read_envelope
 from .planner import plan_event
 from .plans import pending_timer, plan_write, room_state
 from .rules.model import RuleSet
@@ -57,27 +57,99 @@ class Decider:
         self.verifier = verifier
         self.batch = batch
         self.clock = clock
+        self.kept = 0  # rows the last batch left in the inbox: waiting for a key to verify them, or stuck
+        self._current: InboxRow | None = None  # the row being decided, to blame for an exception
+        self._failed: dict[int, str] = {}  # inbox seq -> why it could not be decided (recorded next)
+        self._stuck: set[int] = set()  # inbox seqs that could not even be recorded: skipped
+        self._defer = True  # a batch's room states and decisions written at its end (InboxBatch)
 
     def decide_once(self) -> list[Decided]:
-        """Decide one batch of the oldest undecided deliveries; [] when there were none to take."""
+        """Decide one batch of the oldest undecided deliveries; [] when there were none to take.
+
+        A delivery that cannot be decided (a bug raised while deciding or recording it) must not
+        hold up every delivery behind it. The batch is rolled back and taken again, that row
+        recorded alone as not decided, with the error as its problem (never acted on); if even
+        that fails, the row stays in the inbox, skipped until this process restarts, and the
+        rest go on. Each is logged with its traceback. A batch whose writes left for its end fail
+        (InboxBatch) is taken again with each row written as it is recorded, to find the row.
+        """
         rule_set = self.rules()
+        while True:  # each pass moves one row on (failed, then stuck), or writes row by row, or returns, or raises
+            try:
+                return self._decide_batch(rule_set)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                row = self._current
+                if row is None and self._defer:  # the writes left for the batch's end failed: take
+                    self._defer = False          # it again writing each row as it goes, to find whose
+                    log.warning("a batch's writes failed at its end (%s); deciding it again row by row",
+                                type(exc).__name__)
+                    continue
+                if row is None or row.seq in self._stuck:
+                    raise  # not one row's fault (the commit, say): the worker logs it and backs off
+                if row.seq not in self._failed:
+                    self._failed[row.seq] = (f"not decided: internal error ({type(exc).__name__}: "
+                                             f"{str(exc)[:160]})")
+                    log.exception("delivery %s could not be decided; it is recorded with its error "
+                                  "and the rest go on", row.id,
+                                  extra={"fields": {"delivery": row.id, "room": row.room_id}})
+                else:
+                    del self._failed[row.seq]
+                    self._stuck.add(row.seq)
+                    log.exception("delivery %s could not be recorded either; it stays in the inbox (seq %d) "
+                                  "for an operator, and the deliveries after it are decided", row.id,
+                                  row.seq, extra={"fields": {"delivery": row.id, "room": row.room_id}})
+
+    def _decide_batch(self, rule_set: RuleSet) -> list[Decided]:
         decided: list[Decided] = []
-        with self.store.deciding(self.batch) as batch:
+        recorded_failed: list[int] = []
+        self.kept, self._current = 0, None
+        with self.store.deciding(self.batch, defer=self._defer) as batch:
             waiting: set[str | None] = set()  # rooms whose earlier delivery waits for a key
             for row in batch.rows:
-                if row.room_id in waiting:
+                self._current = row
+                if row.seq in self._stuck or row.room_id in waiting:
                     batch.keep(row)
+                    self.kept += 1
                     continue
-                result = self._decide(batch, row, rule_set)
+                if row.seq in self._failed:
+                    result = self._record_failed(batch, row, rule_set)
+                    recorded_failed.append(row.seq)
+                else:
+                    result = self._decide(batch, row, rule_set)
                 if result is None:
                     waiting.add(row.room_id)
                     batch.keep(row)
+                    self.kept += 1
                 else:
                     decided.append(result)
+            self._current = None  # what fails from here (the delete, the commit) is no row's fault
+        self._defer = True
+        for seq in recorded_failed:
+            del self._failed[seq]
         for result in decided:  # counted once committed, not for a batch that rolled back
             metrics.count_delivery(result.event_type, result.outcome)
             metrics.count_decisions(result.receipt.decisions)
         return decided
+
+    def _record_failed(self, batch: InboxBatch, row: InboxRow, rule_set: RuleSet) -> Decided:
+        """A row that raised while being decided: recorded with the error as its problem."""
+        problem = self._failed[row.seq]
+        raw = row.body.encode("utf-8")
+        try:
+            event_type = read_envelope(raw)[0]
+        except PayloadInvalid:
+            event_type = "unreadable"
+        receipt = batch.record(row, NewDelivery(
+            id=row.id, received_at=row.received_at, event_type=event_type, room_id=row.room_id,
+            session_id=None, participant_id=None, known=False, verified=bool(row.verified),
+            body_sha256=hashlib.sha256(raw).hexdigest(), body=row.body, rules_hash=rule_set.sha256,
+            problem=problem), None)
+        log.error("delivery %s (%s) kept, not decided on: %s", row.id, event_type, problem,
+                  extra={"fields": {"delivery": row.id, "event": event_type, "room": row.room_id,
+                                    "problem": problem}})
+        return Decided(row.id, event_type, "unreadable", receipt)
 
     def drain(self, limit: int = 1_000_000) -> list[Decided]:
         """Decide until the inbox holds nothing this decider can take now (tests, shutdown)."""

@@ -78,3 +78,7 @@ class KeyUnavailable(Unavailable):
 
 class StoreUnavailable(Unavailable):
     pass
+
+
+class BodyTimeout(Exception):
+    """A request body that did not arrive within WEB_BODY_TIMEOUT_SECONDS (lane.TimedBody): 408."""

@@ -24,6 +24,8 @@ DELIVERIES = Counter("roomwarden_deliveries_total", "Webhook deliveries decided 
 ACCEPTED = Counter("roomwarden_accepted_total", "Deliveries accepted into the inbox, by whether their signature "
                    "was verified (yes; later: no key yet, verified by the decider; off)", ["verified"])
 REJECTIONS = Counter("roomwarden_rejections_total", "Deliveries refused, by HTTP status", ["status"])
+SLOW_BODIES = Counter("roomwarden_slow_bodies_total", "Webhook requests whose body did not arrive within "
+                      "WEB_BODY_TIMEOUT_SECONDS: answered 408 and their connection closed")
 SIGNATURE_FAILURES = Counter("roomwarden_signature_failures_total",
                              "Deliveries refused because videosdk-signature was missing or wrong")
 DECISIONS = Counter("roomwarden_decisions_total", "Decisions, by rule and outcome", ["rule", "outcome"])
@@ -38,6 +40,9 @@ ATTEMPT_LATENCY = Histogram("roomwarden_attempt_latency_seconds", "Latency of ca
 RELOADS = Counter("roomwarden_rules_reloads_total", "Rules reloads, by result (success, failure)", ["result"])
 RULES_INFO = Gauge("roomwarden_rules_info", "1 for the hash of the rules each process holds, 0 for those it held",
                    ["hash"], multiprocess_mode="liveall")
+SIGN_INS = Counter("roomwarden_dashboard_sign_ins_total", "Dashboard sign-ins, by result (success; failure: a "
+                   "wrong token; refused: too many failures from the address, the token not looked at)",
+                   ["result"])
 BREAKER_OPEN = Gauge("roomwarden_circuit_open", "1 while a worker's circuit breaker is open",
                      multiprocess_mode="liveall")
 
@@ -73,14 +78,55 @@ def count_attempt(kind: str, outcome: str, latency_ms: float | None) -> None:
 
 _rules_hash: list[str] = []
 
+# The label values each family is known to take, exported at zero from the first scrape, so that
+# `increase(...)` and `rate(...)` alerts work from the start, not only after a first increment.
+VERIFIED = ("yes", "later", "off")
+REJECTED = ("400", "401", "413", "503")
+DELIVERY_OUTCOMES = ("accepted", "ignored", "unreadable", "refused")
+DECISION_OUTCOMES = ("scheduled", "dry-run", "duplicate", "protected", "timer-started", "timer-running")
+TIMER_VERDICTS = ("fire", "cancel", "wait")
+ATTEMPT_OUTCOMES = ("done", "retry", "failed", "dead", "cancelled")
+RELOAD_RESULTS = ("success", "failure")
+SIGN_IN_RESULTS = ("success", "failure", "refused")
 
-def rules_in_force(sha256: str) -> None:
+
+def rules_in_force(rule_set) -> None:
     """One series per process at 1: the hash of the rules it holds; those it held before go to 0
-    (multiprocess mode cannot remove a series)."""
+    (multiprocess mode cannot remove a series). Every known series is exported at zero, the
+    decisions of each rule in force among them."""
+    sha256 = rule_set.sha256
     if _rules_hash and _rules_hash[0] != sha256:
         RULES_INFO.labels(hash=_rules_hash[0][:12]).set(0)
     RULES_INFO.labels(hash=sha256[:12]).set(1)
     _rules_hash[:] = [sha256]
+    _known_at_zero([rule.name for rule in rule_set.rules])
+
+
+def _known_at_zero(rules: list[str]) -> None:
+    from .schemas import DOCUMENTED_EVENT_TYPES
+    from .rules.model import ACTIONS
+
+    for verified in VERIFIED:
+        ACCEPTED.labels(verified=verified)
+    for status in REJECTED:
+        REJECTIONS.labels(status=status)
+    for event in DOCUMENTED_EVENT_TYPES:
+        for outcome in DELIVERY_OUTCOMES:
+            DELIVERIES.labels(event=event, outcome=outcome)
+    for rule in rules:
+        for outcome in DECISION_OUTCOMES:
+            DECISIONS.labels(rule=rule, outcome=outcome)
+    for verdict in TIMER_VERDICTS:
+        TIMERS.labels(verdict=verdict)
+    for kind in ACTIONS:
+        DOUBTFUL.labels(kind=kind)
+        ATTEMPT_LATENCY.labels(kind=kind)
+        for outcome in ATTEMPT_OUTCOMES:
+            ATTEMPTS.labels(kind=kind, outcome=outcome)
+    for result in RELOAD_RESULTS:
+        RELOADS.labels(result=result)
+    for result in SIGN_IN_RESULTS:
+        SIGN_INS.labels(result=result)
 
 
 def process_exit(pid: int | None = None) -> None:

@@ -23,7 +23,7 @@ from typing import Callable
 
 from . import metrics
 from .errors import RulesError, StoreUnavailable
-from .rules.loader import load_rules, parse_rules
+from .rules.loader import load_rules, parse_rules, read_rules_file
 from .rules.model import RuleSet
 
 log = logging.getLogger("roomwarden.rules")
@@ -40,7 +40,7 @@ class RulesHolder:
 
     def __post_init__(self):
         if self.report:
-            metrics.rules_in_force(self.current.sha256)
+            metrics.rules_in_force(self.current)
 
     def replace(self, rule_set: RuleSet) -> None:
         self.current = rule_set  # one reference swap: readers see the old set or the new one
@@ -49,7 +49,7 @@ class RulesHolder:
         self.reloads += 1
         if self.report:
             metrics.RELOADS.labels(result="success").inc()
-            metrics.rules_in_force(rule_set.sha256)
+            metrics.rules_in_force(rule_set)
 
     def failed(self, message: str) -> None:
         self.last_error, self.last_error_at = message, time.time()
@@ -134,9 +134,9 @@ class RulesWatcher:
                 return False
             first, self._seen = self._seen is _NOT_LOOKED, identity
             try:
-                data = self.path.read_bytes()
-            except OSError as exc:
-                return self._fail(f"{self.path}:1:1: cannot read the rules file: {exc.strerror}")
+                data = read_rules_file(self.path)  # a regular file within the limit; never blocks
+            except RulesError as exc:
+                return self._fail("\n".join(exc.problems))
             if hashlib.sha256(data).hexdigest() == self.holder.current.sha256 and self.holder.last_error is None:
                 return False  # touched, or rewritten with the same text
             try:

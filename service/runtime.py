@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .breaker import CircuitBreaker
+from .breaker import PROBE_EVERY, CircuitBreaker
 from .config import Settings
 from .errors import ConfigError
 from .accept import Intake
@@ -62,6 +62,9 @@ def open_store(settings: Settings, clock: Callable[[], float] = time.time, *, mi
     if migrate:
         for step in store.migrate():
             log.info("schema migrated: %s", step)
+        if (problem := store.check_identity()) is not None:
+            store.identity_problem = problem  # /readyz shows it; logged by every process that starts
+            log.error("store: %s", problem)
     elif (version := store.schema_version()) != migrations.LATEST:
         store.close()
         raise ConfigError(f"the database is at schema version {version} and this version of roomwarden "
@@ -105,7 +108,8 @@ def build_worker(settings: Settings, store: Store, rules: RulesHolder,
     return Worker(store, client, RetryPolicy(max_attempts=settings.max_attempts), lambda: rules.current,
                   decider=build_decider(settings, store, rules, build_verifier(settings, session)),
                   lease_seconds=settings.lease_seconds, acts=settings.acts,
-                  breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown),
+                  breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown,
+                                         probe_every=PROBE_EVERY),
                   retention_days=settings.retention_days)
 
 

@@ -20,14 +20,16 @@ _ID = validate.Regexp(ID_PATTERN, error="Not a valid id.")
 _NAME = validate.Length(max=512)
 
 
+EVENT_TYPE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}\Z")
+
+
 class EnvelopeSchema(Schema):
     """`{"webhookType": "<event>", "data": {...}}`; `type` is accepted for `webhookType`."""
 
     class Meta:
         unknown = EXCLUDE
 
-    webhookType = fields.String(required=True, validate=validate.Regexp(
-        r"^[a-z0-9][a-z0-9._-]{0,99}\Z", error="Not a valid event type."))
+    webhookType = fields.String(required=True, validate=validate.Regexp(EVENT_TYPE, error="Not a valid event type."))
     data = fields.Dict(required=True)
 
     @pre_load

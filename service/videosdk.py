@@ -61,7 +61,10 @@ class TokenSource:
             return self._token
 
     def redact(self, text: str) -> str:
-        for secret in (self._secret, self._token):
+        """`text` without the secret, the token, or either part of the token that is not the same
+        for every HS256 token (its claims and its signature), as an answer may echo them apart."""
+        token = self._token or ""
+        for secret in (self._secret, token, *token.split(".")[1:]):
             if secret:
                 text = text.replace(secret, "[redacted]")
         return text
@@ -138,6 +141,10 @@ class VideoSDKClient:
         page cost nothing and make a second one visible rather than hidden."""
         return self._call("GET", "/v2/sessions", None, params={"roomId": room_id, "status": "ongoing",
                                                               "perPage": 5})
+
+    def fetch_room(self, room_id: str) -> ApiResult:
+        """`GET /v2/rooms/{roomId}`: the room object. Changes nothing: the breaker's probe."""
+        return self._call("GET", f"/v2/rooms/{quote(room_id, safe='')}", None)
 
     def _call(self, method: str, path: str, body: dict | None, params: dict | None = None) -> ApiResult:
         started = time.perf_counter()

@@ -12,15 +12,16 @@ VideoSDK documents no retries and may never send it again.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 
 from flask import Blueprint, Flask, abort, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
 from . import admin, dashboard, metrics
-from .errors import (DeliveryRejected, RequestRejected, SignatureInvalid, StoreUnavailable,
+from .errors import (BodyTimeout, DeliveryRejected, RequestRejected, SignatureInvalid, StoreUnavailable,
                      Unavailable)
 from .signature import HEADER
 
@@ -31,6 +32,7 @@ WEBHOOK = "/webhooks/videosdk"
 VERIFIED = {True: "yes", None: "later", False: "off"}
 
 log = logging.getLogger("roomwarden.web")
+_compact = json.JSONEncoder(separators=(",", ":")).encode  # as jsonify writes it; made once
 bp = Blueprint("roomwarden", __name__)
 
 
@@ -40,15 +42,33 @@ def _runtime():
 
 @bp.post(WEBHOOK)
 def receive_webhook():
+    """Deliveries the fast lane (lane.py) hands over: any it did not accept, and any it does not
+    take (a chunked body, a query string): refusals and failures are all answered here."""
     runtime = _runtime()
     raw = _read_body()
     item, event_type = runtime.intake.accept(raw, request.headers.get(HEADER))
+    body, fields = accepted(item, event_type)
+    g.setdefault("log_fields", {}).update(fields)
+    return current_app.response_class(body, 202, mimetype="application/json")
+
+
+def accepted(item, event_type: str) -> tuple[bytes, dict]:
+    """The 202's body and the request line's fields for an accepted delivery, counted in the
+    metrics: the same from either lane. Accepted means durable in the inbox, to be decided
+    behind (decider.py); what was decided is in `python -m service explain ROOM`,
+    GET /deliveries/ID and the dashboard, not in this answer."""
     verified = VERIFIED[item.verified]
-    g.setdefault("log_fields", {}).update(event=event_type, room=item.room_id, delivery=item.id, verified=verified)
     metrics.count_accepted(verified)
-    # Accepted: durable in the inbox, to be decided behind (decider.py). What was decided is in
-    # `python -m service explain ROOM`, GET /deliveries/ID and the dashboard, not in this answer.
-    return jsonify({"delivery": item.id, "event": event_type, "verified": verified}), 202
+    body = _compact({"delivery": item.id, "event": event_type, "verified": verified}).encode() + b"\n"
+    return body, {"event": event_type, "room": item.room_id, "delivery": item.id, "verified": verified}
+
+
+def log_request(method: str, path: str, status: int, started: float, fields: dict, exc_info=None) -> None:
+    """One JSON line per request: what came in, what became of it, how it was answered."""
+    line = {"method": method, "path": path, "status": status, "ms": round((time.perf_counter() - started) * 1000, 2)}
+    line.update({k: v for k, v in fields.items() if v is not None})
+    log.log(logging.ERROR if exc_info else logging.WARNING if status >= 500 else logging.INFO,
+            "%s %s %s", method, path, status, extra={"fields": line}, exc_info=exc_info)
 
 
 def _read_body() -> bytes:
@@ -61,6 +81,10 @@ def _read_body() -> bytes:
         raw = request.get_data(cache=False)
     except HTTPException:
         raise  # 413 for a declared length past the limit
+    except BodyTimeout as exc:  # stalled mid-body (lane.TimedBody): 408; gunicorn then closes the
+        # connection, the body not having been read to its end (tests/test_e2e.py)
+        metrics.SLOW_BODIES.inc()
+        raise RequestTimeout(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - gunicorn's own errors for broken chunked framing
         raise RequestRejected(f"the request body could not be read: {type(exc).__name__}") from None
     if len(raw) > MAX_BODY:
@@ -78,6 +102,7 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     runtime = _runtime()
+    detailed = admin.bearer_ok()
     rules = runtime.rules.current
     body = {
         "rules": {"hash": rules.sha256, "count": len(rules.rules), "source": rules.source,
@@ -91,18 +116,25 @@ def readyz():
     try:
         runtime.store.ping()
         body["store"] = "ok"
-        # Information, not a readiness failure: a backlog means the decider is behind, and the
-        # webhook still accepts (and keeps) deliveries.
-        depth, oldest = runtime.store.inbox_stats()
-        body["inbox"] = {"depth": depth,
-                         "oldest_age_seconds": round(max(0.0, time.time() - oldest), 3) if oldest else None}
+        if detailed:
+            # Information, not a readiness failure: a backlog means the decider is behind, and the
+            # webhook still accepts (and keeps) deliveries.
+            depth, oldest = runtime.store.inbox_stats()
+            body["inbox"] = {"depth": depth, "oldest_age_seconds":
+                             round(max(0.0, time.time() - oldest), 3) if oldest else None}
     except Unavailable as exc:
         body["store"] = "store unavailable"  # the driver's detail (hosts, users) is for the log
         log.warning("readyz: %s", exc)
         problems.append("store")
+    if runtime.store.identity_problem:  # information, not a readiness failure: the store works
+        body["store_identity"] = "a new store where another was: see the log"
     if runtime.verifier is not None and not runtime.verifier.has_key:
         body["webhook_key"] = "not fetched yet"  # fetched on the first delivery; not a readiness failure
     body["status"] = "ok" if not problems else "unavailable"
+    if not detailed:
+        # Anyone can ask: ready or not, and which rules, nothing more (the details, such as a
+        # failed reload's message or the rules file's path, need the admin token).
+        body = {"status": body["status"], "rules": {"hash": rules.sha256, "count": len(rules.rules)}}
     return jsonify(body), (200 if not problems else 503)
 
 
@@ -128,15 +160,9 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def _log(response):
-        # One JSON line per request: what came in, what was decided, how it was answered.
-        if request.path in ("/healthz", "/readyz", "/metrics"):
-            return response
-        fields = {"method": request.method, "path": request.path, "status": response.status_code,
-                  "ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)}
-        fields.update({k: v for k, v in g.get("log_fields", {}).items() if v is not None})
-        log.log(logging.ERROR if g.get("exc_info") else logging.WARNING if response.status_code >= 500
-                else logging.INFO, "%s %s %s", request.method, request.path, response.status_code,
-                extra={"fields": fields}, exc_info=g.get("exc_info"))
+        if request.path not in ("/healthz", "/readyz", "/metrics"):
+            log_request(request.method, request.path, response.status_code, g.get("started", time.perf_counter()),
+                        g.get("log_fields", {}), g.get("exc_info"))
         return response
 
     @app.errorhandler(DeliveryRejected)

@@ -44,6 +44,9 @@ log = logging.getLogger("roomwarden.worker")
 
 
 _GIVE_BACK = ApiResult(None, 0.0, "given back")  # a claim handed back unused
+KEY_WAIT_SECONDS = 1.0  # how often deliveries waiting for a webhook key are tried again
+PROBE_ROOM = "roomwarden-probe"  # the room the breaker's probe asks about (GET /v2/rooms/{roomId})
+LOOK_EVERY_SECONDS = 1.0  # PostgreSQL: a look at a quiet inbox, besides each NOTIFY
 
 
 def default_worker_id() -> str:
@@ -74,6 +77,9 @@ class Worker:
         self._next_due: float | None = None  # from the last look at the store
         self._inbox_turn = False  # a batch was decided: timers and actions go until none is due
         self._drained = True  # the last batch decided all it could: timers may fire
+        self._inbox_resume_at = 0.0  # while deliveries wait for a key, the inbox rests until then
+        self._looked_at = float("-inf")  # when the decider last took a batch
+        self._heard = False  # PostgreSQL: the idle wait was woken by an append's NOTIFY
         self.breaker = breaker or CircuitBreaker(clock=clock)
         self.retention_days = retention_days  # 0: keep everything
         self._pruned_at: float | None = None
@@ -98,8 +104,10 @@ class Worker:
         The inbox goes first, but a busy inbox never holds timers and actions back: after each
         batch, the calls that follow carry out what is due (one piece each) before the inbox has
         its turn again. A timer fires only when the last batch drained what could be decided, so
-        it never fires past a delivery that arrived before it was due and would cancel it. It looks first, read-only, so an idle worker never
-        takes a write lock.
+        it never fires past a delivery that arrived before it was due and would cancel it. Each
+        look at an empty inbox or at what is due is one read, so an idle worker never takes a
+        write lock. While every delivery it takes waits for a webhook key, the inbox is tried
+        again every KEY_WAIT_SECONDS, not on every pass.
         """
         if self._rules_changed.is_set():
             self._rules_changed.clear()
@@ -110,15 +118,15 @@ class Worker:
                 raise
             return True
         turn_given = self._inbox_turn
-        if self.decider is not None and not turn_given:
-            if not self.store.has_undecided():
-                self._drained = True
-            else:
-                decided = self.decider.decide_once()
-                self._drained = len(decided) < self.decider.batch
-                if decided:
-                    self._inbox_turn = True  # what it decided may be due now: act on it first
-                    return True
+        if self.decider is not None and not turn_given and self._inbox_may_hold():
+            self._looked_at, self._heard = self.clock(), False
+            decided = self.decider.decide_once()  # an empty inbox costs one read (store.deciding)
+            self._drained = len(decided) < self.decider.batch
+            if decided:
+                self._inbox_turn = True  # what it decided may be due now: act on it first
+                return True
+            if self.decider.kept:  # all it took waits for a key: look again in a while, not at
+                self._inbox_resume_at = self.clock() + KEY_WAIT_SECONDS  # once (a write each time)
         now = self.clock()
         action_due, timer_due = self.store.due_work(now)
         self._next_due = min((t for t in (action_due, timer_due) if t is not None), default=None)
@@ -128,6 +136,18 @@ class Worker:
             return True
         self._inbox_turn = False  # nothing due (or held back): the inbox's turn again
         return turn_given  # a turn given away and now over: not idle, look at the inbox at once
+
+    def _inbox_may_hold(self) -> bool:
+        """Whether the inbox may hold something this decider can take now. After a batch that
+        drained it, PostgreSQL's NOTIFY says when something came (no statement to ask); a look
+        every LOOK_EVERY_SECONDS still finds rows another decider left when it died."""
+        now = self.clock()
+        if now < self._inbox_resume_at:
+            return False
+        if not self._drained or self.decider.kept:
+            return True
+        news = self._heard or self._listen(0)  # None on SQLite: deciding() itself looks, with one read
+        return news is None or news or now - self._looked_at >= LOOK_EVERY_SECONDS
 
     def rules_reloaded(self, rule_set: RuleSet) -> None:
         """Called by the rules watcher; the re-check runs in the worker's own loop."""
@@ -154,8 +174,10 @@ class Worker:
                 wait, now = poll_interval, self.clock()
                 if self._next_due is not None and self._next_due > now:  # (overdue: held back, by the
                     wait = min(poll_interval, self._next_due - now)  # breaker or the rate limit)
-                if self.decider is None or self._listen(wait) is None:
+                heard = None if self.decider is None else self._listen(wait)
+                if heard is None:
                     stop.wait(wait)
+                self._heard = bool(heard)  # an append woke it: the inbox's turn, at once
         log.info("worker %s stopped", self.worker_id)
 
     def _listen(self, wait: float) -> bool | None:
@@ -220,6 +242,8 @@ class Worker:
 
     def act_once(self) -> bool:
         """Claim and carry out one due action. False when none was due, or the circuit is open."""
+        if self.client is not None and self.breaker.probe_due():
+            self._probe()
         allowed = self.breaker.allow()
         metrics.BREAKER_OPEN.set(self.breaker.state != "closed")
         if not allowed:
@@ -277,6 +301,17 @@ class Worker:
                         reading.doubt, extra={"fields": {"action": claim.id, "room": claim.room_id,
                                                          "doubt": reading.doubt}})
         return True
+
+    def _probe(self) -> None:
+        """The open circuit's probe: a call that changes nothing (fetch a room; one that does not
+        exist answers 404, which shows the API working as well as a 200 does)."""
+        result = self.client.fetch_room(PROBE_ROOM)
+        before = self.breaker.state
+        self.breaker.probed(result.status)
+        metrics.BREAKER_OPEN.set(self.breaker.state != "closed")
+        if self.breaker.state != before:
+            log.warning("circuit breaker %s -> %s: the API answered a probe (HTTP %s)", before,
+                        self.breaker.state, result.status)
 
     def _carry_out(self, claim: ClaimedAction, rule_set: RuleSet
                    ) -> tuple[ApiResult, Verdict, str | None, answers.Reading | None]:

@@ -302,3 +302,43 @@ def processes(tmp_path, fake_api, rules_file):
     procs = Processes(tmp_path, env)
     yield procs
     procs.stop_all()
+
+
+# -- the attacks tried (issue 15): what each test marked `attack` found, for docs/reliability.md ---
+
+ATTACKS_FILE = ROOT / "test-artifacts" / "attacks.json"
+_ATTACKS: dict[str, dict] = {}  # attack -> {"tests": {node id: outcome}}
+
+
+_COLLECTED_FILES: set[str] = set()
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        _COLLECTED_FILES.add(item.path.name)
+        marker = item.get_closest_marker("attack")
+        if marker is not None:
+            _ATTACKS.setdefault(marker.args[0], {"tests": {}})["tests"][item.nodeid] = "not run"
+
+
+def pytest_runtest_logreport(report):
+    for attack in _ATTACKS.values():
+        if report.nodeid in attack["tests"] and (report.when == "call" or report.outcome != "passed"):
+            if attack["tests"][report.nodeid] in ("not run", "passed"):  # a later failure is kept
+                attack["tests"][report.nodeid] = report.outcome
+
+
+def pytest_sessionfinish(session):
+    """Written only when every marked test was collected (a whole run), so that a partial run
+    never overwrites the figures of record with a part of them."""
+    every_file = {path.name for path in (ROOT / "tests").glob("test_*.py")}
+    if not _ATTACKS or _COLLECTED_FILES != every_file or session.config.option.keyword or \
+            session.config.option.markexpr:
+        return
+    summary = {}
+    for name, attack in sorted(_ATTACKS.items()):
+        outcomes = list(attack["tests"].values())
+        summary[name] = {"tests": len(outcomes), **{o: outcomes.count(o) for o in sorted(set(outcomes))},
+                         "held": all(o == "passed" for o in outcomes)}
+    ATTACKS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    ATTACKS_FILE.write_text(json.dumps(summary, indent=2) + "\n")

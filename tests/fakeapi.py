@@ -147,6 +147,7 @@ class FakeVideoSDK:
         # (its path says public), and a test can make it ask for one (the server SDK sends one).
         self.public_key_needs_auth = False
         self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
+        self.arrivals: list[str] = []  # the path of each request as it arrives, before any delay
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -261,6 +262,8 @@ class FakeVideoSDK:
             body = raw.decode("latin-1")
         headers = {k.lower(): v for k, v in handler.headers.items()}
 
+        with self._lock:
+            self.arrivals.append(path)
         reply = self._next_reply(path)
         auth_error = None
         if reply is None:
@@ -340,6 +343,15 @@ class FakeVideoSDK:
                         if r == room and s in self.active]
             return Reply(200, live_sessions_answer(room, live)), None
         parts = path.split("/")
+        if method == "GET" and len(parts) == 4 and parts[1:3] == ["v2", "rooms"]:
+            room = parts[3]
+            if room in self.missing_rooms:  # documented: 402 or 404 for a room not found
+                return Reply(404, error_body("Room not found")), None
+            with self._lock:
+                disabled = room in self.disabled_rooms
+            # Documented: "the room object, with disabled" (shared/videosdk/README.md); its one
+            # example is deactivate's answer, the same room object (videosdk_examples/SOURCES.md).
+            return Reply(200, deactivate_answer(room, disabled)), None
         if method == "GET" and len(parts) == 6 and parts[1:3] == ["v2", "sessions"] and \
                 parts[4:] == ["participants", "active"]:
             session = parts[3]

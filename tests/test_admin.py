@@ -68,6 +68,7 @@ def test_deliveries_newest_first_by_room_and_paged(admin_app, sign):
     for i in range(5):
         body = ended("room-aaaa-0001", f"s{i}")
         client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": sign(body)})
+        time.sleep(0.002)  # delivery ids order by the millisecond: two in one millisecond tie
     body = ended("room-bbbb-0002")
     client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": sign(body)})
     decide(admin_app)  # as the worker does: a delivery is listed once decided
@@ -121,14 +122,20 @@ def test_a_room_with_its_state_timers_and_history(make_app, rules_file, sign):
     assert client.get("/api/rooms/none-none-none", headers=AUTH).status_code == 404
 
 
-def metric(text: str, name: str, **labels) -> float:
-    """The value of one sample in Prometheus text, 0 if absent."""
+def sample(text: str, name: str, **labels) -> float | None:
+    """The value of one sample in Prometheus text; None if it is not there."""
     wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in text.splitlines():
         match = re.match(rf"^{re.escape(name)}(?:{{(.*)}})? (\S+)$", line)
         if match and ",".join(sorted((match.group(1) or "").split(","))) == wanted:
             return float(match.group(2))
-    return 0.0
+    return None
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """The value of one sample in Prometheus text, 0 if absent."""
+    value = sample(text, name, **labels)
+    return 0.0 if value is None else value
 
 
 def test_metrics_count_what_happened(admin_app, sign):
@@ -184,7 +191,7 @@ def test_metrics_add_up_every_process(processes, sign, fake_api):
 
     assert fake_api.wait_for(lambda: metric(scrape(), "roomwarden_attempts_total",
                                             kind="deactivate", outcome="done") == len(rooms))
-    pids = {requests.get(base + "/readyz", headers={"Connection": "close"}, timeout=5).json()["pid"]
+    pids = {requests.get(base + "/readyz", headers={**AUTH, "Connection": "close"}, timeout=5).json()["pid"]
             for _ in range(20)}
     assert len(pids) == 2, "both gunicorn workers should have answered"
     for _ in range(6):  # whichever worker answers, the totals are the same
@@ -195,6 +202,35 @@ def test_metrics_add_up_every_process(processes, sign, fake_api):
         assert metric(text, "roomwarden_attempt_latency_seconds_count", kind="deactivate") == len(rooms)
         assert metric(text, "roomwarden_queue_depth") == 0
         assert metric(text, "roomwarden_inbox_depth") == 0  # every delivery decided (each room was acted on)
+
+
+def test_every_metric_family_is_exported_at_zero_from_the_first_scrape(processes):
+    """Issue 15: an `increase(...)` alert needs a series before its first increment. A fresh web
+    process, before any delivery, already exports each known label value at 0 (each rule's
+    decisions among them)."""
+    web = processes.start("web", WEB_CONCURRENCY="1", ADMIN_TOKEN=TOKEN)
+    base = f"http://127.0.0.1:{processes.env['PORT']}"
+    wait_until_up(base, web)
+    text = requests.get(base + "/metrics", headers=AUTH, timeout=10).text
+
+    zero = {
+        ("roomwarden_accepted_total", (("verified", "yes"),)),
+        ("roomwarden_accepted_total", (("verified", "later"),)),
+        ("roomwarden_rejections_total", (("status", "401"),)),
+        ("roomwarden_rejections_total", (("status", "503"),)),
+        ("roomwarden_signature_failures_total", ()),
+        ("roomwarden_deliveries_total", (("event", "participant-left"), ("outcome", "accepted"))),
+        ("roomwarden_deliveries_total", (("event", "session-ended"), ("outcome", "refused"))),
+        ("roomwarden_decisions_total", (("rule", "close-after-session"), ("outcome", "scheduled"))),
+        ("roomwarden_timers_total", (("verdict", "fire"),)),
+        ("roomwarden_attempts_total", (("kind", "deactivate"), ("outcome", "dead"))),
+        ("roomwarden_attempts_total", (("kind", "end-session"), ("outcome", "done"))),
+        ("roomwarden_doubtful_answers_total", (("kind", "deactivate"),)),
+        ("roomwarden_attempt_latency_seconds_count", (("kind", "deactivate"),)),
+        ("roomwarden_rules_reloads_total", (("result", "failure"),)),
+    }
+    for name, labels in sorted(zero):
+        assert sample(text, name, **dict(labels)) == 0.0, (name, labels)  # present, at 0 (None: absent)
 
 
 def test_actions_newest_first_and_paged(admin_app, sign):

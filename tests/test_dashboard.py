@@ -195,6 +195,76 @@ def test_a_cookie_signed_under_another_token_is_refused(dash_app, make_app):
     assert stranger.get("/dashboard/").status_code == 303
 
 
+@pytest.mark.attack("guess the admin token offline from a sign-in page's cookie")
+def test_an_anonymous_visitors_cookie_cannot_test_a_guess_at_the_token_cheaply(dash_app):
+    """Issue 15, item 3: any visitor of the sign-in page gets a signed cookie. Signed under a key
+    made from the token by a fast hash, it let guesses be tested offline at ~20,000 a second.
+    The key now comes from scrypt (16 MiB a derivation): the fast derivation no longer opens
+    the cookie, the scrypt one does (so this check can tell), and each guess costs 16 MiB."""
+    import hashlib
+    import hmac
+
+    from flask import Flask
+    from flask.sessions import SecureCookieSessionInterface
+    from itsdangerous import BadSignature
+
+    from service.dashboard import auth
+
+    client = dash_app.test_client()
+    client.get("/dashboard/login")
+    cookie = client.get_cookie("roomwarden_dashboard", path="/dashboard").value
+
+    def opens(key: bytes) -> bool:
+        probe = Flask("probe")
+        probe.secret_key = key
+        try:
+            SecureCookieSessionInterface().get_signing_serializer(probe).loads(cookie)
+            return True
+        except BadSignature:
+            return False
+
+    fast = hmac.new(TOKEN.encode(), b"roomwarden dashboard session key v1", hashlib.sha256).digest()
+    assert not opens(fast)
+    assert opens(session_key(TOKEN))
+    assert auth.SCRYPT_N * auth.SCRYPT_R * 128 >= 16 * 1024 * 1024
+
+
+@pytest.mark.attack("guess the admin token online, many sign-ins from one address")
+def test_failed_sign_ins_are_limited_per_client_address(dash_app, monkeypatch):
+    """After MAX_FAILURES failed sign-ins from one address within the window, sign-in from it is
+    refused (429, Retry-After, said on the page) without the token being looked at, even the
+    right one; another address is not held back; after the window it may sign in again. Each
+    result is counted in roomwarden_dashboard_sign_ins_total."""
+    from service import metrics
+    from service.dashboard import auth
+
+    now = [1000.0]
+    dash_app.extensions["roomwarden_sign_in_limiter"].clock = lambda: now[0]
+    counted = {r: metrics.SIGN_INS.labels(result=r)._value.get() for r in ("success", "failure", "refused")}
+
+    def attempt(token: str, address: str = "203.0.113.7"):
+        client = dash_app.test_client()
+        client.environ_base["REMOTE_ADDR"] = address
+        form = client.get("/dashboard/login")
+        return client.post("/dashboard/login", data={"csrf": csrf_of(form), "token": token})
+
+    page = dash_app.test_client().get("/dashboard/login").get_data(as_text=True)
+    assert f"After {auth.MAX_FAILURES} failed sign-ins from one address within {int(auth.FAILURE_WINDOW)} s" in page
+    for _ in range(auth.MAX_FAILURES):
+        assert attempt("wrong-token").status_code == 401
+        now[0] += 1
+    held = attempt(TOKEN)
+    assert held.status_code == 429
+    assert int(held.headers["Retry-After"]) == int(auth.FAILURE_WINDOW) - auth.MAX_FAILURES
+    assert "Too many failed sign-ins from your address" in held.get_data(as_text=True)
+    assert attempt(TOKEN, address="198.51.100.9").status_code == 303  # another address signs in
+
+    now[0] += auth.FAILURE_WINDOW
+    assert attempt(TOKEN).status_code == 303
+    after = {r: metrics.SIGN_INS.labels(result=r)._value.get() for r in counted}
+    assert {r: after[r] - counted[r] for r in counted} == {"success": 2, "failure": auth.MAX_FAILURES, "refused": 1}
+
+
 # == CSRF and re-drive ===========================================================================
 
 
@@ -612,7 +682,7 @@ def test_the_dashboard_in_a_browser(browser, processes, rules_file, fake_api, si
         return requests.get(base + f"/api/actions?status={status}", headers=admin, timeout=10).json()["actions"]
 
     def undecided() -> int:
-        return requests.get(base + "/readyz", timeout=10).json()["inbox"]["depth"]
+        return requests.get(base + "/readyz", headers=admin, timeout=10).json()["inbox"]["depth"]
 
     # One dead action: the fake fails its next deactivate, and one attempt is all there is.
     fake_api.script("/v2/rooms/deactivate", Reply(500, {"message": "upstream down"}))

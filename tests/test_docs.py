@@ -164,3 +164,15 @@ def test_every_test_docs_reliability_names_exists():
         source = (ROOT / path).read_text()
         assert not test or f"def {test}(" in source, f"{path}::{test} does not exist"
     assert "docs/reliability.md" in README
+
+
+def test_the_attacks_table_names_every_attack_the_tests_try_and_no_other():
+    doc = (ROOT / "docs" / "reliability.md").read_text()
+    table = doc.split("## Attacks tried", 1)[1].split("\n## ", 1)[0]
+    listed = [row.split(" | ")[0].removeprefix("| ") for row in table.splitlines()
+              if row.startswith("| ") and not row.startswith(("| attack |", "|---"))]
+    tried = {name for path in (ROOT / "tests").glob("test_*.py")
+             for name in re.findall(r'^@pytest\.mark\.attack\("([^"]+)"\)', path.read_text(), re.M)}
+    assert len(listed) == len(set(listed)), "an attack is listed twice"
+    assert set(listed) == tried, {"untested": set(listed) - tried, "not listed": tried - set(listed)}
+    assert len(tried) >= 10

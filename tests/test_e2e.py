@@ -69,7 +69,11 @@ def test_a_killed_worker_loses_nothing(processes, fake_api, sign):
                          headers={"videosdk-signature": sign(body)}).status_code == 202
 
     first = processes.start("worker")
-    assert fake_api.wait_for(lambda: _claimed(processes.env["DATABASE_URL"])), "the worker never claimed it"
+    # Killed as soon as its call arrives, well inside the client's timeout (a kill timed by polling
+    # the store could come after the timeout, and the worker would have retried by then).
+    assert fake_api.wait_for(lambda: "/v2/rooms/deactivate" in fake_api.arrivals, interval=0.01), \
+        "the worker never called"
+    assert _claimed(processes.env["DATABASE_URL"])
     processes.kill(first)  # kill -9, lease still held
     processes.start("worker")
 
@@ -163,15 +167,17 @@ def test_bad_rules_refuse_to_start_with_line_numbers(processes, rules_file):
 
 
 def test_procfile_honours_port_and_web_concurrency(processes):
-    web = processes.start("web", WEB_CONCURRENCY="3")
+    token = "admin-" + "e2e" * 8  # /readyz shows which process answered only to the admin
+    web = processes.start("web", WEB_CONCURRENCY="3", ADMIN_TOKEN=token)
     base = f"http://127.0.0.1:{processes.env['PORT']}"  # PORT: where it must answer
     wait_until_up(base, web)
+    headers = {"Connection": "close", "Authorization": f"Bearer {token}"}
     pids, deadline = set(), time.monotonic() + 60
     while len(pids) < 3 and time.monotonic() < deadline:  # new connections until each worker answered
-        pids.add(requests.get(base + "/readyz", headers={"Connection": "close"}, timeout=10).json()["pid"])
+        pids.add(requests.get(base + "/readyz", headers=headers, timeout=10).json()["pid"])
     assert len(pids) == 3
     for _ in range(30):  # and no fourth
-        pids.add(requests.get(base + "/readyz", headers={"Connection": "close"}, timeout=10).json()["pid"])
+        pids.add(requests.get(base + "/readyz", headers=headers, timeout=10).json()["pid"])
     assert len(pids) == 3
 
 
@@ -181,6 +187,45 @@ def test_procfile_commands_are_the_documented_ones():
     assert "service:create_app()" in commands["web"] and commands["web"].startswith("gunicorn ")
 
 
+@pytest.mark.attack("stall connections mid-headers and mid-body")
+def test_a_client_stalled_mid_body_is_answered_408_and_closed_after_the_body_timeout(processes, sign):
+    """Issue 15, item 2: a half-sent body held its connection until the client left (gunicorn's
+    gevent worker has no timeout for it). With WEB_BODY_TIMEOUT_SECONDS=1, a delivery stalled
+    mid-body (Content-Length: the fast lane) and one stalled mid-chunk (the Flask route) are
+    each answered 408 and closed by the server; each is counted in roomwarden_slow_bodies_total;
+    a delivery sent whole is accepted as ever."""
+    import socket
+
+    token = "a-test-admin-token-0123456789"
+    web = processes.start("web", WEB_BODY_TIMEOUT_SECONDS="1", ADMIN_TOKEN=token)
+    port = int(processes.env["PORT"])
+    base = f"http://127.0.0.1:{port}"
+    wait_until_up(base, web)
+    heads = [
+        b"POST /webhooks/videosdk HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{\"we",
+        b"POST /webhooks/videosdk HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{\"webhookT",
+    ]
+    answers = []
+    for head in heads:
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+            sock.sendall(head)
+            started = time.monotonic()
+            received = b""
+            while chunk := sock.recv(65536):  # until the server closes the connection
+                received += chunk
+            answers.append((received.split(b"\r\n", 1)[0], time.monotonic() - started, received))
+    for status_line, waited, received in answers:
+        assert status_line.split(b" ")[1] == b"408", received[:300]
+        assert b"did not arrive within 1 s" in received
+        assert 0.5 <= waited < 4, waited  # closed by the server after the body timeout (before keep-alive's 5 s)
+    body = ended("slow-body-room")
+    assert requests.post(base + "/webhooks/videosdk", data=body, timeout=20,
+                         headers={"videosdk-signature": sign(body)}).status_code == 202
+    metrics = requests.get(base + "/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10).text
+    assert "roomwarden_slow_bodies_total 2.0" in metrics
+
+
+@pytest.mark.attack("stall connections mid-headers and mid-body")
 def test_stalled_clients_do_not_stop_health_checks_or_deliveries(processes, fake_api, sign):
     """Clients that send half a request and stall hold no thread (gevent: a greenlet each): with
     50 of them on 2 gunicorn workers, /healthz and a signed delivery are still answered. (Under the

@@ -51,6 +51,7 @@ TRIALS = int(os.environ.get("ROOMWARDEN_FAULT_TRIALS", "50"))
 FIRST_SEED = int(os.environ.get("ROOMWARDEN_FAULT_SEED", "7100"))
 PARALLEL = int(os.environ.get("ROOMWARDEN_FAULT_PARALLEL", "2"))  # trials run at once
 SUMMARY = ROOT / "test-artifacts" / "faults-summary.json"
+ADMIN_TOKEN = "admin-token-for-fault-tests-0123"  # /readyz details are the admin's
 WEBHOOK = "/webhooks/videosdk"
 DEACTIVATE = "/v2/rooms/deactivate"
 KILL_TARGETS = ("gunicorn-worker", "gunicorn-master", "worker")
@@ -703,7 +704,7 @@ def test_postgres_cut_and_restored_without_restarting(processes, fake_api, sign,
     processes.env.update(DATABASE_URL=via_proxy, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
     http, sender = requests.Session(), None
     try:
-        web = processes.start("web")
+        web = processes.start("web", ADMIN_TOKEN=ADMIN_TOKEN)
         base = f"http://127.0.0.1:{processes.env['PORT']}"
         wait_until_up(base, web)
         worker = processes.start("worker")
@@ -762,7 +763,7 @@ def test_postgres_cut_and_restored_without_restarting(processes, fake_api, sign,
             time.sleep(0.1)
         assert all(status == 503 for status, _, _ in during), during
         assert all(retry_after and int(retry_after) > 0 for _, retry_after, _ in during), during
-        ready = http.get(base + "/readyz", timeout=30)
+        ready = http.get(base + "/readyz", timeout=30, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         assert ready.status_code == 503 and ready.json()["store"] != "ok"
         time.sleep(1.0)  # the worker meets the outage too
 

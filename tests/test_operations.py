@@ -366,6 +366,37 @@ def test_an_open_breaker_holds_the_outbox_then_one_trial_then_it_drains(fake_api
                         "circuit breaker half-open -> closed after HTTP 200"]
 
 
+@pytest.mark.attack("a long API outage that stretches the breaker's cooldown")
+def test_an_open_breaker_probes_the_api_and_actions_flow_within_15_s_of_its_return(fake_api, store, clock):
+    """Issue 15: after a long outage the cooldown had doubled to minutes, and actions waited that
+    long after the API was back. An open circuit probes the API every PROBE_EVERY seconds with a
+    call that changes nothing (GET /v2/rooms/roomwarden-probe): the first probe the API answers
+    closes it, and the waiting action is carried out, within 15 s of the API's return."""
+    from service.breaker import PROBE_EVERY
+
+    probe = "/v2/rooms/roomwarden-probe"
+    breaker = CircuitBreaker(threshold=1, cooldown=600, max_cooldown=600, clock=clock, probe_every=PROBE_EVERY)
+    worker = make_worker(store, clock, fake_api.base_url, breaker=breaker)
+    action_id = add_action(store, "room-1", at=T0)
+    fake_api.script(DEACTIVATE, Reply(503, {"message": "maintenance"}))
+    fake_api.script(probe, *[Reply(503, {"message": "maintenance"})] * 3)  # down for three probes more
+
+    assert worker.run_once() is True and breaker.state == "open"
+    back_at = None
+    for step in range(1, 60):  # a pass each second of the clock, as the worker's loop would make
+        clock.now = T0 + step
+        if back_at is None and len(fake_api.calls_to(probe)) == 3:
+            back_at = clock.now  # the API answers from here on (nothing more is scripted)
+        worker.run_once()
+        if store.action(action_id)["status"] == "done":
+            break
+    assert store.action(action_id)["status"] == "done"
+    assert back_at is not None and clock.now - back_at <= 15
+    assert [c.status for c in fake_api.calls_to(probe)] == [503, 503, 503, 200]
+    assert [c.status for c in fake_api.calls_to(DEACTIVATE)] == [503, 200]  # no call while it was open
+    assert breaker.state == "closed"
+
+
 def test_an_open_breaker_still_lets_timers_fire(fake_api, store, clock):
     rules = parse(RETENTION_RULES)
     breaker = CircuitBreaker(threshold=1, cooldown=600, clock=clock)
@@ -816,6 +847,38 @@ def test_each_webhook_request_logs_exactly_one_json_line(make_app, sign, capture
                 assert (name, key, about[0][key]) == (name, key, value)
         stored = store.delivery(delivery_id)
         assert {key: stored[key] for key in request.stored} == request.stored, name
+
+
+def test_the_fast_lane_and_the_flask_route_answer_and_log_a_delivery_alike(make_app, sign, captured):
+    """lane.py takes a plain delivery; one with a query string goes to the Flask route (as does a
+    chunked body: tests/test_hostile.py sends those over real sockets). Both answer the same 202 bytes but for the delivery id, write one line with the
+    same fields, and leave the same row in the inbox; a refusal through either is the Flask
+    route's own answer, logged once."""
+    app = make_app()
+    client = app.test_client()
+    store = app.extensions["roomwarden"].store
+    seen = {}
+    for lane, path in (("fast", "/webhooks/videosdk"), ("flask", "/webhooks/videosdk?via=flask")):
+        body = ended(f"room-{lane}")
+        mark = captured.mark()
+        response = client.post(path, data=body, headers={"Content-Type": "application/json",
+                                                        "videosdk-signature": sign(body)})
+        [line] = captured.since(mark, "roomwarden.web")
+        delivery = response.get_json()["delivery"]
+        seen[lane] = (response.status_code, response.headers["Content-Type"],
+                      response.get_data().replace(delivery.encode(), b"ID").replace(lane.encode(), b"LANE"),
+                      sorted(line), {k: line[k] for k in ("level", "method", "status", "event", "verified")},
+                      line["room"] == f"room-{lane}" and line["delivery"] == delivery)
+        assert line["path"] == "/webhooks/videosdk"
+    assert seen["fast"] == seen["flask"]
+    assert seen["fast"][0] == 202 and seen["fast"][-1] is True
+    assert store.inbox_stats()[0] == 2
+
+    mark = captured.mark()
+    response = client.post("/webhooks/videosdk", data=ended("room-forged"),
+                           headers={"Content-Type": "application/json", "videosdk-signature": sign(b"other")})
+    [line] = captured.since(mark, "roomwarden.web")
+    assert response.status_code == 401 and line["error"] == response.get_json()["error"]
 
 
 def test_an_oversize_delivery_logs_one_line_with_its_error(make_app, sign, captured):

@@ -353,6 +353,42 @@ def test_read_envelope_refuses_exactly_what_parse_event_refuses():
     assert sides["refused"] > 0 and sides["accepted"] > 0, sides
 
 
+def test_the_envelopes_shortcut_answers_as_the_marshmallow_schema_does():
+    """events._envelope takes a body plainly in the envelope without ENVELOPE (marshmallow):
+    for any JSON value, it accepts exactly what the schema accepts, with the same event type and
+    data, and leaves every refusal (and its message) to the schema."""
+    from marshmallow import ValidationError
+
+    from service.events import _envelope
+    from service.schemas import ENVELOPE
+
+    sides: Counter = Counter()
+    types = st.one_of(st.sampled_from(["session-ended", "a", "0.x_y-z", "A", "-x", "x y", "x" * 100, "x" * 101, ""]),
+                      st.text(max_size=12))
+    envelopes = st.fixed_dictionaries(
+        {}, optional={"webhookType": st.one_of(types, json_values), "type": types,
+                      "data": st.one_of(st.dictionaries(st.text(max_size=5), json_values, max_size=3), json_values),
+                      "extra": json_values})
+
+    @settings(max_examples=400, **COMMON)
+    @given(st.one_of(envelopes, json_values))
+    def prop(value):
+        EXAMPLES["envelope_shortcut"] += 1
+        raw = json.dumps(value).encode()
+        try:
+            expected = ENVELOPE.load(json.loads(raw))
+        except ValidationError:
+            sides["refused"] += 1
+            with pytest.raises(PayloadInvalid):
+                _envelope(raw)
+            return
+        sides["accepted"] += 1
+        assert _envelope(raw) == expected
+
+    prop()
+    assert sides["refused"] > 0 and sides["accepted"] > 0, sides
+
+
 # -- the rules loader ---------------------------------------------------------------------------------
 
 

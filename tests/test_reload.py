@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import requests
 
 from service.errors import RulesError
 from service.reload import RulesHolder, RulesWatcher, load_with_fallback
-from service.rules.loader import load_rules
+from service.rules.loader import MAX_RULES_BYTES, load_rules
 from service.store import Store
 
 from .conftest import event_body
@@ -99,6 +100,48 @@ def test_a_deleted_file_leaves_the_rules_in_force(watched):
     assert names(holder) == ["a"] and "cannot read the rules file" in holder.last_error
 
 
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _dev_zero(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+def _directory(path: Path) -> None:
+    path.mkdir()
+
+
+def _too_big(path: Path) -> None:
+    path.write_text(RULES_A + "# " + "x" * MAX_RULES_BYTES + "\n")
+
+
+@pytest.mark.parametrize("make, says", [
+    (_fifo, "is a FIFO, not a regular file"),
+    (_dev_zero, "is a device, not a regular file"),
+    (_directory, "is a directory, not a regular file"),
+    (_too_big, "the limit is 1,048,576 (1 MiB)"),
+], ids=["fifo", "dev-zero", "directory", "over-1-MiB"])
+@pytest.mark.attack("a rules file that is huge, endless (/dev/zero), a FIFO or a directory")
+def test_a_rules_file_that_is_not_a_regular_file_of_at_most_1_mib_is_refused_unread(watched, make, says):
+    """Issue 15: a FIFO blocked the watcher for good, `-> /dev/zero` read until memory ran out,
+    50 MB cost each process 20 CPU seconds. Each is refused before it is read, at once, as a
+    failed reload that /readyz shows; the last good rules stay in force."""
+    path, holder, watcher, reloaded = watched
+    path.unlink()
+    make(path)
+    outcome = []
+    looking = threading.Thread(target=lambda: outcome.append(watcher.check(force=True)), daemon=True)
+    looking.start()
+    looking.join(10)
+    assert outcome == [False], "the look blocked" if not outcome else outcome
+    assert names(holder) == ["a"] and reloaded == []
+    assert says in holder.last_error and "not read" in holder.last_error
+    with pytest.raises(RulesError) as refused:  # a start on it is refused, the same way
+        load_rules(path)
+    assert says in "\n".join(refused.value.problems)
+
+
 def test_the_watching_thread_polls_and_wakes_on_request(watched):
     path, holder, watcher, reloaded = watched
     watcher.interval = None  # never polls: only a request (SIGHUP) wakes it
@@ -179,12 +222,17 @@ def test_start_up_with_a_broken_file_and_nothing_to_fall_back_to_refuses(tmp_pat
 # -- real processes ----------------------------------------------------------------------------
 
 
+# /readyz shows which process answered, and a failed reload's message, only to the admin.
+ADMIN_TOKEN = "admin-token-for-reload-tests-0123"
+
+
 def readyz_by_pid(base: str, workers: int, timeout: float = 60) -> dict[int, dict]:
     """/readyz from each gunicorn worker: new connections until every worker has answered."""
     seen: dict[int, dict] = {}
     deadline = time.monotonic() + timeout
     while len(seen) < workers and time.monotonic() < deadline:
-        body = requests.get(base + "/readyz", timeout=5, headers={"Connection": "close"}).json()
+        body = requests.get(base + "/readyz", timeout=5, headers={
+            "Connection": "close", "Authorization": f"Bearer {ADMIN_TOKEN}"}).json()
         seen[body["pid"]] = body["rules"]
     assert len(seen) == workers, f"only {len(seen)} of {workers} workers answered"
     return seen
@@ -201,7 +249,7 @@ def wait_for_hash(base: str, workers: int, sha: str, timeout: float = 30) -> dic
 
 def test_every_gunicorn_worker_picks_up_a_replaced_file_without_dropping_a_request(
         processes, rules_file, sign):
-    web = processes.start("web", WEB_CONCURRENCY="2", RULES_RELOAD_SECONDS="1")
+    web = processes.start("web", WEB_CONCURRENCY="2", RULES_RELOAD_SECONDS="1", ADMIN_TOKEN=ADMIN_TOKEN)
     base = f"http://127.0.0.1:{processes.env['PORT']}"
     wait_until_up(base, web)
     statuses = []
@@ -253,7 +301,8 @@ def wait_for_log(process, text: str, timeout: float = 30) -> str:
 
 
 def test_sighup_reloads_gunicorn_workers_and_the_worker_process_at_once(processes, rules_file, sign):
-    env = {"WEB_CONCURRENCY": "2", "RULES_RELOAD_SECONDS": "0"}  # no polling: only SIGHUP
+    env = {"WEB_CONCURRENCY": "2", "RULES_RELOAD_SECONDS": "0",  # no polling: only SIGHUP
+           "ADMIN_TOKEN": ADMIN_TOKEN}
     web = processes.start("web", **env)
     base = f"http://127.0.0.1:{processes.env['PORT']}"
     wait_until_up(base, web)

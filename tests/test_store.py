@@ -418,6 +418,30 @@ def decided_plainly(batch, row: InboxRow, **fields) -> Receipt:
                                           body=row.body, **fields), PlanWrite(None))
 
 
+@pytest.mark.attack("read the SQLite file as another local user")
+def test_a_new_sqlite_store_and_its_new_directories_are_readable_by_the_owner_only(tmp_path):
+    """Issue 15: the file holds every webhook body. A new file, its WAL and shared-memory files,
+    the writers' lock file and each directory made for them are the owner's alone; a directory
+    that was there keeps its mode."""
+    import os
+    import stat as st
+
+    os.chmod(tmp_path, 0o755)
+    path = tmp_path / "made" / "for-it" / "roomwarden.db"
+    store = Store.from_url(f"sqlite:///{path}", Clock(T0))
+    try:
+        store.migrate()
+        store.append(inbox_item())  # the appender's own connection, and the writers' lock
+        modes = {p.name: st.S_IMODE(os.stat(p).st_mode) for p in (
+            path.parent.parent, path.parent, path, path.with_name(path.name + "-wal"),
+            path.with_name(path.name + "-shm"), path.with_name(path.name + "-writers.lock"))}
+    finally:
+        store.close()
+    assert modes == {"made": 0o700, "for-it": 0o700, "roomwarden.db": 0o600, "roomwarden.db-wal": 0o600,
+                     "roomwarden.db-shm": 0o600, "roomwarden.db-writers.lock": 0o600}
+    assert st.S_IMODE(os.stat(tmp_path).st_mode) == 0o755
+
+
 def test_append_then_deciding_hands_out_the_oldest_rows_in_arrival_order(store):
     items = [
         inbox_item(at=T0 + 5, room_id="room-2"),
@@ -2218,3 +2242,75 @@ def test_locked_database_raises_store_unavailable_then_recovers(make_store, data
     assert store.room("room-1")["state"] == {"n": 1}
     assert store.claim("w", LEASE, MAX_ATTEMPTS) is not None
     assert inbox_ids(store) == []
+
+
+# -- the decider's copy of a room within a batch ------------------------------------------------
+
+COPY_RULES = """\
+version: 1
+rules:
+  - name: close-when-empty
+    on: participant-left
+    when:
+      room.participants: 0
+    for: 5m
+    action: deactivate
+  - name: close-after-session
+    on: session-ended
+    action: deactivate
+  - name: end-long-recordings
+    on: recording-started
+    action: end-session
+"""
+
+
+def test_the_batchs_copy_of_a_room_is_what_the_store_holds_after_every_delivery(store, monkeypatch):
+    """The decider reads a room's timers and action keys once per batch and then applies what
+    each delivery changed to its copy. After every delivery of a batch with timers started,
+    cancelled and running, actions scheduled and duplicated, in several rooms, the copy equals
+    what the store reads (the decisions made are those of real rules)."""
+    from service.decider import Decider
+    from service.rules.loader import parse_rules
+    from service.store.inbox import InboxBatch
+
+    from .conftest import event_body
+
+    rule_set, problems = parse_rules(COPY_RULES, "copy-rules.yaml")
+    assert not problems
+    bodies = []  # (room, body)
+    for room in ("copy-room-a", "copy-room-b"):
+        def event(event_type, **data):
+            bodies.append((room, event_body(event_type, meetingId=room, sessionId="s-1", **data)))
+
+        for _ in range(2):  # a second life: the timer again, the actions now duplicates
+            event("participant-joined", participantId="p-1")
+            event("participant-joined", participantId="p-2")
+            event("participant-left", participantId="p-1")
+            event("participant-left", participantId="p-2")  # empty: the timer starts
+            event("participant-joined", participantId="p-3")  # and is cancelled
+            event("participant-left", participantId="p-3")  # and starts again
+            event("recording-started")
+            event("session-ended")
+    for i, (room, body) in enumerate(bodies):
+        at = T0 + i
+        store.append(InboxItem(id=new_delivery_id(at), received_at=at, room_id=room, body=body.decode(),
+                               signature=None, verified=True))
+
+    compared, outcomes = [], []
+    original = InboxBatch.record
+
+    def record_and_compare(batch, row, delivery, write):
+        receipt = original(batch, row, delivery, write)
+        outcomes.extend(d.outcome for d in receipt.decisions)
+        _, timers, keys = batch.room_inputs(delivery.room_id)
+        assert timers == store._pending_timers(batch._conn, delivery.room_id)
+        assert keys == store._action_keys(batch._conn, delivery.room_id)
+        compared.append(delivery.id)
+        return receipt
+
+    monkeypatch.setattr(InboxBatch, "record", record_and_compare)
+    decided = Decider(store, lambda: rule_set, acts=True, verifier=None).drain()
+    assert len(decided) == len(compared) == len(bodies)
+    # Every kind of change was made: the copy was checked against each.
+    assert {"timer-started", "scheduled", "duplicate"} <= set(outcomes), outcomes
+    assert any(t["status"] == "cancelled" for t in store.timers(room_id="copy-room-a"))

@@ -331,10 +331,13 @@ ECHOES = {
         400, "Bad Request", f"auth {token} secret {secret}".encode())),
     # the token as the first line of a non-HTTP answer: ends up in the exception text
     "token-as-garbage": lambda token, secret: Reply(garbage=f"{token} {secret}\r\n\r\n".encode()),
+    # the token split at its dots, as an API that parses it and reports its parts might (issue 15)
+    "token-in-parts": lambda token, secret: Reply(401, {"message": "bad parts: " + " / ".join(token.split("."))}),
 }
 
 
 @pytest.mark.parametrize("make_reply", ECHOES.values(), ids=ECHOES.keys())
+@pytest.mark.attack("an API answer that echoes the token, whole or in parts, into errors and logs")
 def test_error_text_never_holds_the_secret_or_the_token(fake_api, make_reply):
     client = make_client(fake_api.base_url)
     token = client.tokens.token()  # the same token the call will send: it is reused
@@ -349,6 +352,8 @@ def test_error_text_never_holds_the_secret_or_the_token(fake_api, make_reply):
     assert token not in result.error
     assert SECRET not in result.error
     assert "[redacted]" in result.error
+    _, claims, signature = token.split(".")
+    assert claims not in result.error and signature not in result.error  # nor either part alone
 
 
 def test_secret_straddling_the_300_character_cut_is_not_leaked_in_part(fake_api):

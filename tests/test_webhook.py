@@ -292,13 +292,18 @@ def test_dry_run_records_decisions_and_schedules_nothing(make_app, sign):
     assert [a["status"] for a in app.extensions["roomwarden"].store.actions()] == ["dry-run"]
 
 
+ADMIN_TOKEN = "admin-token-for-webhook-tests-0123"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
 def test_healthz(client):
     response = client.get("/healthz")
     assert response.status_code == 200 and response.get_json() == {"status": "ok"}
 
 
-def test_readyz_reports_rules_in_force(app, client, rules_file):
-    response = client.get("/readyz")
+def test_readyz_reports_rules_in_force(make_app, rules_file):
+    client = make_app(ADMIN_TOKEN=ADMIN_TOKEN).test_client()
+    response = client.get("/readyz", headers=ADMIN)
     assert response.status_code == 200
     body = response.get_json()
     assert body["status"] == "ok" and body["store"] == "ok"
@@ -308,23 +313,147 @@ def test_readyz_reports_rules_in_force(app, client, rules_file):
     assert body["inbox"] == {"depth": 0, "oldest_age_seconds": None}
 
 
-def test_readyz_shows_the_inbox_waiting_as_information_not_failure(app, client, sign):
+@pytest.mark.parametrize("token", [None, ADMIN_TOKEN])
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer not-the-admin-token-0123456789"},
+                                     {"Authorization": ADMIN_TOKEN}])
+@pytest.mark.attack("read the rules file's errors and path from /readyz")
+def test_readyz_without_the_admin_token_says_only_ready_and_which_rules(make_app, rules_file, token, headers):
+    """Issue 15, 'also': anyone could read a failed reload's message (fragments of the rules
+    file) and its absolute path on /readyz. Without the token: ready or not, hash and count."""
+    app = make_app(**({"ADMIN_TOKEN": token} if token else {}))
+    rules_file.write_text("rules:\n  - name: secret-rule-name\n    on: nonsense\n")
+    assert app.extensions["roomwarden"].watcher.check(force=True) is False  # fails; the last good rules stay
+    response = app.test_client().get("/readyz", headers=headers)
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "rules": {
+        "hash": app.extensions["roomwarden"].rules.current.sha256, "count": 2}}
+    if token:  # the details are still there for the admin
+        detailed = app.test_client().get("/readyz", headers=ADMIN).get_json()
+        assert "a rule needs 'action:'" in detailed["rules"]["last_error"]
+        assert str(rules_file) in detailed["rules"]["last_error"]  # what anyone could read before
+        assert str(rules_file) in detailed["rules"]["source"]
+
+
+def test_readyz_shows_the_inbox_waiting_as_information_not_failure(make_app, sign):
+    app = make_app(ADMIN_TOKEN=ADMIN_TOKEN)
+    client = app.test_client()
     assert client.post("/webhooks/videosdk", data=ENDED, headers={"videosdk-signature": sign(ENDED)}).status_code == 202
-    response = client.get("/readyz")
+    response = client.get("/readyz", headers=ADMIN)
     assert response.status_code == 200 and response.get_json()["status"] == "ok"
     inbox = response.get_json()["inbox"]
     assert inbox["depth"] == 1 and inbox["oldest_age_seconds"] >= 0
     decide(app)
-    assert client.get("/readyz").get_json()["inbox"] == {"depth": 0, "oldest_age_seconds": None}
+    assert client.get("/readyz", headers=ADMIN).get_json()["inbox"] == {"depth": 0, "oldest_age_seconds": None}
 
 
-def test_readyz_is_503_when_the_store_is_unreachable(app, client):
+def test_readyz_is_503_when_the_store_is_unreachable(make_app):
+    app = make_app(ADMIN_TOKEN=ADMIN_TOKEN)
     runtime = app.extensions["roomwarden"]
     runtime.store = Store.from_url("postgresql://postgres@127.0.0.1:1/none")
-    response = client.get("/readyz")
+    response = app.test_client().get("/readyz", headers=ADMIN)
     assert response.status_code == 503
     assert response.get_json()["status"] == "unavailable"
     assert "store unavailable" in response.get_json()["store"]
+    anonymous = app.test_client().get("/readyz")
+    assert anonymous.status_code == 503 and anonymous.get_json()["status"] == "unavailable"
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced", "directory-recreated"])
+@pytest.mark.attack("delete or replace the SQLite file under a running service")
+def test_a_database_file_deleted_under_the_running_service_is_refused_not_written_into(make_app, sign, how,
+                                                                                        caplog):
+    """Issue 15, item 1: deleted while the service ran, the file lived on under the pooled
+    connections, deliveries kept getting 202 and /readyz said ok, and the next start had
+    nothing. Now each delivery gets 503, /readyz is 503, and the log says why, once."""
+    import shutil
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    app = make_app(ADMIN_TOKEN=ADMIN_TOKEN)
+    client = app.test_client()
+    path = Path(make_url(app.extensions["roomwarden"].settings.database_url).database)
+    assert client.post("/webhooks/videosdk", data=ENDED, headers={"videosdk-signature": sign(ENDED)}).status_code == 202
+    if how == "directory-recreated":
+        saved = path.parent.with_name(path.parent.name + "-moved")
+        shutil.move(path.parent, saved)
+        path.parent.mkdir()
+    else:
+        for name in (path.name, path.name + "-wal", path.name + "-shm"):
+            path.with_name(name).unlink(missing_ok=True)
+        if how == "replaced":
+            path.write_bytes(b"")
+
+    with caplog.at_level("ERROR", logger="roomwarden.store"):
+        for _ in range(3):
+            refused = client.post("/webhooks/videosdk", data=ENDED, headers={"videosdk-signature": sign(ENDED)})
+            assert refused.status_code == 503 and refused.headers["Retry-After"]
+        ready = client.get("/readyz", headers=ADMIN)
+    assert ready.status_code == 503 and ready.get_json()["store"] == "store unavailable"
+    [logged] = [r.getMessage() for r in caplog.records if r.name == "roomwarden.store"]
+    assert str(path) in logged and "while in use" in logged
+
+
+@pytest.mark.attack("delete or replace the SQLite file under a running service")
+def test_a_start_on_a_new_sqlite_store_where_one_was_is_said_in_the_log_and_on_readyz(make_app, caplog):
+    """Issue 15, item 1: the next start after the file was lost created an empty store without
+    a word. The first start on a machine stays silent and leaves a marker beside the file; a
+    start on a new store where the marked one was logs an error (every process that starts says
+    it) and /readyz shows it, as information; deleting the marker accepts the new store."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    with caplog.at_level("ERROR", logger="roomwarden"):
+        first = make_app(ADMIN_TOKEN=ADMIN_TOKEN)
+    path = Path(make_url(first.extensions["roomwarden"].settings.database_url).database)
+    marker = path.with_name(path.name + ".store")
+    assert marker.exists() and [r for r in caplog.records if r.levelname == "ERROR"] == []
+    assert "store_identity" not in first.test_client().get("/readyz", headers=ADMIN).get_json()
+    again = make_app(ADMIN_TOKEN=ADMIN_TOKEN)  # the same store again: silent
+    assert "store_identity" not in again.test_client().get("/readyz", headers=ADMIN).get_json()
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+
+    first.extensions["roomwarden"].close()
+    again.extensions["roomwarden"].close()
+    for name in (path.name, path.name + "-wal", path.name + "-shm"):
+        path.with_name(name).unlink(missing_ok=True)
+    with caplog.at_level("ERROR", logger="roomwarden"):
+        lost = make_app(ADMIN_TOKEN=ADMIN_TOKEN)
+    [said] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert f"{path} is a new store, but the store created" in said and str(marker) in said
+    ready = lost.test_client().get("/readyz", headers=ADMIN)
+    assert ready.status_code == 200 and ready.get_json()["store_identity"].startswith("a new store where")
+    assert str(path) not in ready.get_data(as_text=True)  # the path is for the log, not for anyone
+
+    marker.unlink()  # starting afresh, knowingly
+    caplog.clear()
+    with caplog.at_level("ERROR", logger="roomwarden"):
+        accepted = make_app(ADMIN_TOKEN=ADMIN_TOKEN)
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+    assert "store_identity" not in accepted.test_client().get("/readyz", headers=ADMIN).get_json()
+
+
+@pytest.mark.attack("make the SQLite store unwritable (its writers' lock file cannot be opened)")
+def test_a_writers_lock_file_that_cannot_be_opened_is_503_and_readyz_says_so(app, client, sign):
+    """Issue 15, item 5: a store error that is not "the server is down" (here the SQLite
+    writers' lock file cannot be opened) answered 500 with a traceback and /readyz stayed 200.
+    Now 503 with Retry-After, /readyz 503, and both recover once the cause is gone."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    lock = Path(make_url(app.extensions["roomwarden"].settings.database_url).database + "-writers.lock")
+    lock.unlink(missing_ok=True)
+    lock.mkdir()  # os.open(..., O_RDWR) on it fails, as on a file the service may not write
+
+    refused = client.post("/webhooks/videosdk", data=ENDED, headers={"videosdk-signature": sign(ENDED)})
+    assert refused.status_code == 503 and refused.headers["Retry-After"]
+    assert client.get("/readyz").status_code == 503
+
+    lock.rmdir()
+    assert client.post("/webhooks/videosdk", data=ENDED, headers={"videosdk-signature": sign(ENDED)}).status_code == 202
+    assert client.get("/readyz").status_code == 200
 
 
 # -- a deep data value in a matching rule's trace (found in a review) -------------------------------
@@ -360,7 +489,6 @@ def test_a_deep_data_value_in_a_matching_trace_gets_2xx_or_4xx_never_500(make_ap
 # -- a signed body of a known type missing a field it needs: kept, never decided on -----------------
 
 KEPT_ROOM, KEPT_SESSION = "kept-room-0001", "s-kept"
-ADMIN = {"Authorization": "Bearer admin-token-for-webhook-tests-0123"}
 
 # Rules that would decide on any event they were shown: a join starts a timer that any other
 # event cancels, and any other event acts at once. So an unreadable body that reached the

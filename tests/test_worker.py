@@ -1514,6 +1514,182 @@ def test_an_unverified_delivery_holds_back_its_room_but_not_others(fake_api, sto
     assert store.delivery(waiting) is None and store.delivery(behind) is None
 
 
+def test_while_every_delivery_waits_for_a_key_the_inbox_is_tried_again_only_now_and_then(
+        fake_api, store, clock, monkeypatch):
+    """No key: each try at the inbox is a write transaction (SQLite's lock, which the web's
+    appends wait for), so it is tried once per KEY_WAIT_SECONDS, not on every pass."""
+    from service.worker import KEY_WAIT_SECONDS
+
+    rules = RulesHolder(session_rules())
+    worker = _decider_worker(store, clock, fake_api.base_url, rules)
+    _accept(store, event_body("session-ended", meetingId="room-w", sessionId="s-1"), T0, verified=None)
+    taken = []
+    real = store.deciding
+    monkeypatch.setattr(store, "deciding", lambda limit, **kw: (taken.append(clock.now), real(limit, **kw))[1])
+
+    for _ in range(5):
+        worker.run_once()
+    clock.now = T0 + KEY_WAIT_SECONDS
+    worker.run_once()
+
+    assert taken == [T0, T0 + KEY_WAIT_SECONDS]
+    assert store.inbox_stats() == (1, T0)
+
+
+def test_postgresql_decides_an_append_when_notified_and_finds_a_row_left_unnotified_within_a_second(
+        fake_api, pg_url, clock):
+    """On PostgreSQL a drained inbox is not asked again on every pass: an append's NOTIFY brings
+    the decider to it at once, and a row that came without one (left by a decider that died
+    holding it, say) is found by the look made every LOOK_EVERY_SECONDS."""
+    from service.store.tables import inbox
+    from service.worker import LOOK_EVERY_SECONDS
+
+    store = Store.from_url(pg_url, clock)
+    store.migrate()
+    worker = _decider_worker(store, clock, fake_api.base_url, RulesHolder(session_rules()))
+    store.wait_for_inbox(0)  # listening before any append: every NOTIFY below is heard
+    while worker.run_once():  # the first look, at an empty inbox, made here: the loop's next is a
+        pass                  # NOTIFY's or LOOK_EVERY_SECONDS' (the clock stands still till then)
+    stop = threading.Event()
+    loop = threading.Thread(target=worker.run, args=(stop, 0.05), daemon=True)
+    loop.start()
+
+    def until(check) -> bool:
+        deadline = time.monotonic() + 10
+        while not check() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return check()
+
+    try:
+        # The unnotified row first: were it second, the append's NOTIFY might still be queued
+        # when the row came (a look made for another reason takes the append first) and wake a look.
+        with store.engine.begin() as conn:  # a row in the inbox, and no NOTIFY
+            conn.execute(inbox.insert().values(
+                id="unnotified-1", received_at=T0, room_id="room-u", signature=None, verified=True,
+                body=event_body("session-ended", meetingId="room-u", sessionId="s-2").decode()))
+        time.sleep(0.5)  # ten polls: the clock stands still, so no look is due yet
+        assert store.inbox_stats()[0] == 1
+        clock.now = T0 + LOOK_EVERY_SECONDS
+        assert until(lambda: store.delivery("unnotified-1") is not None)
+        assert store.inbox_stats()[0] == 0
+
+        # The clock stands still again, so only the append's NOTIFY can bring the decider to it.
+        notified = _accept(store, event_body("session-ended", meetingId="room-n", sessionId="s-1"), T0)
+        assert until(lambda: store.delivery(notified) is not None)
+        assert store.inbox_stats()[0] == 0
+    finally:
+        stop.set()
+        loop.join(10)
+        store.close()
+
+
+def _three_rooms_one_bad(store, clock, at: float = T0) -> dict[str, str]:
+    """session-ended in room-a, room-bad and room-c, accepted in that order; their delivery ids."""
+    return {room: _accept(store, event_body("session-ended", meetingId=room, sessionId=f"s-{room}"), at + i)
+            for i, room in enumerate(["room-a", "room-bad", "room-c"])}
+
+
+def _planner_fails_for(monkeypatch, room: str) -> None:
+    import service.decider as decider_module
+
+    real = decider_module.plan_event
+
+    def plan_event(rule_set, event, *args, **kwargs):
+        if event.room_id == room:
+            raise RuntimeError(f"boom in {room}")
+        return real(rule_set, event, *args, **kwargs)
+
+    monkeypatch.setattr(decider_module, "plan_event", plan_event)
+
+
+def test_a_delivery_that_cannot_be_decided_is_recorded_with_its_error_and_the_rest_go_on(
+        fake_api, store, clock, monkeypatch, caplog):
+    """A bug raised while deciding one delivery (here, the planner) does not hold up the
+    deliveries behind it: they are decided; it is recorded with the error as its problem,
+    never acted on, logged with its traceback; the inbox is empty."""
+    _planner_fails_for(monkeypatch, "room-bad")
+    rules = RulesHolder(session_rules())
+    worker = _decider_worker(store, clock, fake_api.base_url, rules)
+    ids = _three_rooms_one_bad(store, clock)
+
+    with caplog.at_level("ERROR", logger="roomwarden.decider"):
+        assert worker.run_once() is True
+
+    assert store.inbox_stats() == (0, None)
+    assert sorted(a["room_id"] for a in store.actions()) == ["room-a", "room-c"]
+    bad = store.delivery(ids["room-bad"])
+    assert bad["problem"] == "not decided: internal error (RuntimeError: boom in room-bad)"
+    assert bad["event_type"] == "session-ended" and bad["room_id"] == "room-bad"
+    assert store.decisions(delivery_id=ids["room-bad"]) == []
+    assert all(store.delivery(ids[room])["problem"] is None for room in ("room-a", "room-c"))
+    [traced] = [r for r in caplog.records if r.exc_info and "could not be decided" in r.getMessage()]
+    assert "boom in room-bad" in str(traced.exc_info[1])
+
+
+def test_a_delivery_that_cannot_even_be_recorded_stays_in_the_inbox_and_the_rest_go_on(
+        fake_api, store, clock, monkeypatch, caplog):
+    """When recording the failed delivery fails too, it stays in the inbox (for an operator:
+    it is counted in its depth), skipped; the others, and later deliveries of its room, are
+    decided, and the worker does not try it again on every pass."""
+    _planner_fails_for(monkeypatch, "room-bad")
+    real_record = store._record
+
+    def record(conn, delivery, write, later=None):
+        if delivery.room_id == "room-bad" and delivery.problem is not None:
+            raise RuntimeError("cannot record it either")
+        return real_record(conn, delivery, write, later)
+
+    monkeypatch.setattr(store, "_record", record)
+    rules = RulesHolder(session_rules())
+    worker = _decider_worker(store, clock, fake_api.base_url, rules)
+    ids = _three_rooms_one_bad(store, clock)
+
+    with caplog.at_level("ERROR", logger="roomwarden.decider"):
+        assert worker.run_once() is True
+
+    assert store.inbox_stats() == (1, T0 + 1)
+    assert store.delivery(ids["room-bad"]) is None
+    assert sorted(a["room_id"] for a in store.actions()) == ["room-a", "room-c"]
+    assert any("could not be recorded either" in r.getMessage() for r in caplog.records)
+
+    monkeypatch.undo()  # the planner works again: a later delivery of the room is decided past it
+    later = _accept(store, event_body("participant-joined", meetingId="room-bad", sessionId="s-2",
+                                      participantId="p-1"), T0 + 10)
+    clock.now = T0 + 20
+    worker.decider.decide_once()
+    assert store.delivery(later) is not None
+    assert store.inbox_stats() == (1, T0 + 1)  # still there, skipped: not retried on every pass
+
+
+def test_a_decision_that_cannot_be_written_at_the_batchs_end_is_found_and_the_rest_go_on(
+        fake_api, store, clock, monkeypatch, caplog):
+    """A batch writes its decisions together at its end; when that write fails, the batch is
+    taken again writing row by row, so the row whose decision cannot be written is the one
+    recorded with its error, and the others are decided."""
+    import service.store.intake as intake_module
+
+    def refusing(real):
+        def run(conn, statement, values):
+            rows = values if isinstance(values, list) else [values]
+            if statement is store._sql.insert_decision and any(v["room_id"] == "room-bad" for v in rows):
+                raise RuntimeError("value too long for the decisions table")
+            return real(conn, statement, values)
+        return run
+
+    monkeypatch.setattr(intake_module, "run", refusing(intake_module.run))
+    monkeypatch.setattr(intake_module, "run_many", refusing(intake_module.run_many))
+    worker = _decider_worker(store, clock, fake_api.base_url, RulesHolder(session_rules()))
+    ids = _three_rooms_one_bad(store, clock)
+
+    with caplog.at_level("WARNING", logger="roomwarden.decider"):
+        assert worker.run_once() is True
+
+    assert store.inbox_stats()[0] == 0
+    assert "internal error (RuntimeError: value too long" in store.delivery(ids["room-bad"])["problem"]
+    assert sorted(a["room_id"] for a in store.actions()) == ["room-a", "room-c"]
+    assert any("deciding it again row by row" in r.getMessage() for r in caplog.records)
+
+
 def test_a_busy_inbox_does_not_hold_back_due_actions_or_fire_timers_past_it(fake_api, store, clock):
     """More than a batch waiting: after each full batch the worker gives due actions their turn,
     but fires no timer until the inbox has been drained (a waiting join could cancel it)."""

@@ -6,11 +6,12 @@ Every POST has passed the CSRF check (see `_guard` in __init__.py) before it get
 from __future__ import annotations
 
 import json
+import math
 import time
 
 from flask import current_app, flash, redirect, render_template, request, url_for
 
-from .. import trial
+from .. import metrics, trial
 from ..admin import MAX_ID
 from ..errors import PayloadInvalid
 from . import auth, bp
@@ -29,10 +30,23 @@ def login():
     if request.method == "GET":
         if auth.signed_in():
             return redirect(url_for(".overview"), 303)
-        return render_template("dashboard/login.html", failed=False)
+        return _login_page()
+    address = request.remote_addr or "?"
+    wait = math.ceil(auth.limiter().wait_for(address))
+    if wait > 0:  # refused without looking at the token: a guess made now tells nothing
+        metrics.SIGN_INS.labels(result="refused").inc()
+        return _login_page(wait=wait), 429, {"Retry-After": str(wait)}
     if auth.sign_in(request.form.get("token")):
+        metrics.SIGN_INS.labels(result="success").inc()
         return redirect(url_for(".overview"), 303)
-    return render_template("dashboard/login.html", failed=True), 401
+    auth.limiter().failed(address)
+    metrics.SIGN_INS.labels(result="failure").inc()
+    return _login_page(failed=True), 401
+
+
+def _login_page(*, failed: bool = False, wait: int = 0) -> str:
+    return render_template("dashboard/login.html", failed=failed, wait=wait, max_failures=auth.MAX_FAILURES,
+                           window=int(auth.FAILURE_WINDOW))
 
 
 @bp.post("/logout")

@@ -13,7 +13,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -538,13 +540,45 @@ def read_yaml(text: str) -> Any:
         raise ValueError(f"not valid YAML: {exc}") from None
 
 
+MAX_RULES_BYTES = 1024 * 1024  # ample: 10,000 rules take about 1 MiB
+
+
+def read_rules_file(path: str | Path) -> bytes:
+    """The rules file's bytes, or RulesError. Only a regular file of at most MAX_RULES_BYTES is
+    read, with a bounded read, and opening never blocks: a FIFO, a device (`-> /dev/zero`) or a
+    directory is refused before anything is read, so it cannot wedge or exhaust a process."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once, with no writer
+    except OSError as exc:
+        raise RulesError([f"{path}:1:1: cannot read the rules file: {exc.strerror}"]) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode)
+                    else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a file")
+            raise RulesError([f"{path}:1:1: cannot read the rules file: it is {kind}, not a regular file; not read"])
+        if st.st_size > MAX_RULES_BYTES:
+            raise RulesError([f"{path}:1:1: cannot read the rules file: it is {st.st_size:,} bytes; the limit "
+                              f"is {MAX_RULES_BYTES:,} (1 MiB); not read"])
+        chunks, left = [], MAX_RULES_BYTES + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 65536))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        if left <= 0:  # it grew past the limit while being read
+            raise RulesError([f"{path}:1:1: cannot read the rules file: it grew past {MAX_RULES_BYTES:,} bytes "
+                              f"(1 MiB) while read; not read"])
+        return b"".join(chunks)
+    except OSError as exc:
+        raise RulesError([f"{path}:1:1: cannot read the rules file: {exc.strerror}"]) from None
+    finally:
+        os.close(fd)
+
+
 def load_rules(path: str | Path) -> RuleSet:
     """Load a rules file, or raise `RulesError` with every problem found."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise RulesError([f"{path}:1:1: cannot read the rules file: {exc.strerror}"]) from None
+    data = read_rules_file(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -17,7 +17,8 @@ with `Compiled.json`.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
@@ -46,9 +47,21 @@ class Compiled:
 
 def run(conn: Connection, statement: Compiled, values: Mapping[str, Any]):
     """Execute on the driver's connection; returns the driver's cursor."""
-    raw = conn.connection.driver_connection
+    with _driver_errors(conn, statement):
+        return conn.connection.driver_connection.execute(statement.sql, statement.params(values))
+
+
+def run_many(conn: Connection, statement: Compiled, values: list[Mapping[str, Any]]) -> None:
+    """Execute once per set of values, as one call to the driver (psycopg pipelines them)."""
+    with _driver_errors(conn, statement):
+        conn.connection.driver_connection.cursor().executemany(statement.sql, [statement.params(v) for v in values])
+
+
+@contextmanager
+def _driver_errors(conn: Connection, statement: Compiled) -> Iterator[None]:
+    """The driver's errors as SQLAlchemy's, so that store/guard.py tells an outage from a bug."""
     try:
-        return raw.execute(statement.sql, statement.params(values))
+        yield
     except conn.dialect.loaded_dbapi.Error as exc:
         dropped = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)
         if dropped:

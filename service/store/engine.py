@@ -12,6 +12,7 @@ failed request at most, and a lock timeout so a held lock fails fast too.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 import time
@@ -24,6 +25,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from ..errors import ConfigError, StoreUnavailable
+
+log = logging.getLogger("roomwarden.store")
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 POSTGRES_LOCK_TIMEOUT_MS = 5000  # the same promise on PostgreSQL: a held lock is an outage, not a hang
@@ -60,7 +63,7 @@ def _sqlite(url) -> Engine:
     if not database or database == ":memory:":
         raise ConfigError("DATABASE_URL: an in-memory SQLite database cannot be shared by processes; "
                           "give a file path, such as sqlite:///instance/roomwarden.db")
-    Path(database).parent.mkdir(parents=True, exist_ok=True)
+    _create_owner_only(Path(database))
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
                                               "check_same_thread": False})
 
@@ -74,6 +77,19 @@ def _sqlite(url) -> Engine:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _create_owner_only(path: Path) -> None:
+    """A new SQLite file, and each directory made for it, readable by the owner only: it holds
+    every webhook body. SQLite gives the -wal and -shm files the main file's mode. Existing
+    files and directories keep theirs (that is the operator's choice)."""
+    for directory in reversed([path.parent, *path.parent.parents]):
+        if not directory.exists():
+            directory.mkdir(mode=0o700, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))  # empty: SQLite's new database
+    except FileExistsError:
+        pass
 
 
 def configure_sqlite(dbapi_conn: sqlite3.Connection) -> None:
@@ -107,14 +123,28 @@ class WriterQueue:
     Past the busy timeout the store is reported unavailable (503).
     """
 
-    def __init__(self, path: str, timeout: float, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, path: str, timeout: float, sleep: Callable[[float], None] = time.sleep,
+                 check: Callable[[], None] | None = None):
         self.path = path
         self.timeout = timeout
         self._sleep = sleep  # offload.real_sleep where the waiter runs on a thread of gevent's pool
+        self.check = check  # before each turn: raises StoreUnavailable when writing would be lost
+
+    def _open(self) -> int:
+        if self.check is not None:
+            self.check()
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:  # its directory gone, or not ours to write: an outage, not a bug
+            raise StoreUnavailable(f"store unavailable: cannot open {self.path}: {exc.strerror}") from None
+
+    def probe(self) -> None:
+        """What a turn needs, without taking one (for /readyz); StoreUnavailable if it would fail."""
+        os.close(self._open())
 
     @contextmanager
     def turn(self):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # one open file per turn: threads queue too
+        fd = self._open()  # one open file per turn: threads queue too
         try:
             deadline, pause = time.monotonic() + self.timeout, 0.0005
             while True:
@@ -131,17 +161,62 @@ class WriterQueue:
             os.close(fd)  # closing the file releases the lock
 
 
+class SqliteFile:
+    """The database file a store opened, checked before each write and by /readyz.
+
+    Deleted (or replaced) while the service runs, the file lives on unlinked under the open
+    connections: every write would still succeed, into a file the next start cannot see, and
+    everything since would be lost without a word. So a store whose path no longer names the
+    file it opened (device and inode; one stat, a few microseconds) refuses: 503, logged as an
+    error once.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._identity = self._stat()
+        self._reported = False
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def check(self) -> None:
+        now = self._stat()
+        if self._identity is None:  # not there when the store was made: the first one seen is it
+            self._identity = now
+        if now is not None and now == self._identity:
+            return
+        what = "deleted" if now is None else "replaced by another file"
+        message = (f"store unavailable: the database file {self.path} was {what} while in use; writes "
+                   f"are refused so that none is lost. Restore the file (or restart on a new one, "
+                   f"knowingly)")
+        if not self._reported:
+            self._reported = True
+            log.error(message)
+        raise StoreUnavailable(message)
+
+
 class NoQueue:
+    check = None
+
+    def probe(self) -> None:
+        pass
+
     @contextmanager
     def turn(self):
         yield
 
 
 def writer_queue(engine: Engine):
-    """Turns for write transactions: a lock file beside a SQLite database, nothing for PostgreSQL."""
+    """Turns for write transactions: a lock file beside a SQLite database, each turn checking
+    that the database file is still the one opened; nothing for PostgreSQL."""
     if engine.dialect.name != "sqlite":
         return NoQueue()
-    return WriterQueue(engine.url.database + "-writers.lock", SQLITE_BUSY_TIMEOUT_MS / 1000)
+    return WriterQueue(engine.url.database + "-writers.lock", SQLITE_BUSY_TIMEOUT_MS / 1000,
+                       check=SqliteFile(engine.url.database).check)
 
 
 def _enable_wal(cursor) -> None:

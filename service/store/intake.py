@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
-from .driver import run, to_json
-from .records import DecisionOutcome, NewDecision, NewDelivery, PlanWrite, Receipt, TimerRow
+from .driver import run, run_many, to_json
+from .records import DecisionOutcome, Later, NewDecision, NewDelivery, PlanWrite, Receipt, TimerRow
 
 ACTIVE = "pending"  # the one action status the worker claims
 
@@ -15,29 +15,54 @@ class IntakeMixin:
     transaction (inbox.py's `deciding`): the store reads and writes, the planner decides,
     and nothing here calls back into the planner."""
 
-    def _record(self, conn: Connection, delivery: NewDelivery, write: PlanWrite | None) -> Receipt:
+    def _record(self, conn: Connection, delivery: NewDelivery, write: PlanWrite | None,
+                later: Later | None = None) -> Receipt:
         """The delivery, the room's new state, the timers cancelled and the decisions made.
 
         A decision whose action key is already taken is recorded as `duplicate`; a timer whose
         key already has a pending one, as `timer-running`. `write` is None for a delivery kept
-        unread or refused (`problem` set): stored, and nothing else changes.
+        unread or refused (`problem` set): stored, and nothing else changes. Given `later`, the
+        delivery's row, the room's state and the decision rows go there, written by `_write_later`
+        before the transaction ends (the delivery sooner, when an action or a timer points at it).
         """
         now = delivery.received_at
-        run(conn, self._sql.insert_delivery, delivery.__dict__)
+        if later is None:
+            run(conn, self._sql.insert_delivery, delivery.__dict__)
+        else:
+            later.deliveries.append(delivery.__dict__)
         if write is None:
             return Receipt(delivery.id, ())
         room_id = delivery.room_id if delivery.known else None
         if room_id is not None and write.room_state is not None:
-            run(conn, self._sql.update_room, {"room": room_id, "state": to_json(write.room_state),
-                                              "now": now, "delivery": delivery.id})
+            room = {"room": room_id, "state": write.room_state, "now": now, "delivery": delivery.id}
+            if later is None:
+                run(conn, self._sql.update_room, {**room, "state": to_json(write.room_state)})
+            else:
+                later.rooms[room_id] = room
         cancelled = []
         for cancel in write.cancels:
             done = run(conn, self._sql.cancel_timer, {"timer_key": cancel.key, "now": now,
                                                       "delivery": delivery.id, "reason": cancel.reason}).rowcount
             if done:
                 cancelled.append(cancel.key)
-        outcomes = tuple(self._record_decision(conn, delivery.id, d, now) for d in write.decisions)
+        outcomes = tuple(self._record_decision(conn, delivery.id, d, now, later=later) for d in write.decisions)
         return Receipt(delivery.id, outcomes, tuple(cancelled))
+
+    def _write_later(self, conn: Connection, later: Later) -> None:
+        """What `_record` left for the end of the transaction: one statement per kind."""
+        self._write_deliveries(conn, later)
+        if later.rooms:
+            run_many(conn, self._sql.update_room, [{**values, "state": to_json(values["state"])}
+                                                   for values in later.rooms.values()])
+        if later.decisions:
+            run_many(conn, self._sql.insert_decision, later.decisions)
+        later.rooms, later.decisions = {}, []
+
+    def _write_deliveries(self, conn: Connection, later: Later | None) -> None:
+        """The deliveries left for later, written now: an action or a timer is about to point at one."""
+        if later is not None and later.deliveries:
+            run_many(conn, self._sql.insert_delivery, later.deliveries)
+            later.deliveries = []
 
     def _pending_timers(self, conn: Connection, room_id: str) -> list[TimerRow]:
         cursor = run(conn, self._sql.pending_timers, {"room_id": room_id})
@@ -51,8 +76,12 @@ class IntakeMixin:
         return {key for (key,) in run(conn, self._sql.action_keys, {"room_id": room_id}).fetchall()}
 
     def _record_decision(self, conn: Connection, delivery_id: str, decision: NewDecision, now: float,
-                         timer_id: int | None = None) -> DecisionOutcome:
-        outcome, action_id = decision.outcome, None
+                         timer_id: int | None = None, later: Later | None = None) -> DecisionOutcome:
+        """The decision's action or timer written now (their ids are in the decision), and the
+        decision row itself now or, given `later`, with the rest of the batch's."""
+        outcome, action_id, started = decision.outcome, None, None
+        if outcome in ("scheduled", "dry-run", "timer-started"):
+            self._write_deliveries(conn, later)
         if outcome in ("scheduled", "dry-run"):
             action_id = _scalar(run(conn, self._sql.insert_action, dict(
                 key=decision.key, kind=decision.action, room_id=decision.room_id,
@@ -70,11 +99,14 @@ class IntakeMixin:
                 delivery_id=delivery_id, started_at=now, due_at=decision.due_at, status="pending")))
             if started is None:
                 outcome = "timer-running"
-        run(conn, self._sql.insert_decision, dict(
-            delivery_id=delivery_id, created_at=now, rule=decision.rule, action=decision.action,
-            room_id=decision.room_id, session_id=decision.session_id, action_key=decision.key,
-            outcome=outcome, action_id=action_id, timer_id=timer_id, trace=to_json(decision.trace)))
-        return DecisionOutcome(decision.rule, decision.action, outcome, action_id)
+        row = dict(delivery_id=delivery_id, created_at=now, rule=decision.rule, action=decision.action,
+                   room_id=decision.room_id, session_id=decision.session_id, action_key=decision.key,
+                   outcome=outcome, action_id=action_id, timer_id=timer_id, trace=to_json(decision.trace))
+        if later is None:
+            run(conn, self._sql.insert_decision, row)
+        else:
+            later.decisions.append(row)
+        return DecisionOutcome(decision.rule, decision.action, outcome, action_id, started)
 
 
 

@@ -2,23 +2,64 @@
 
 from __future__ import annotations
 
-from sqlalchemy import and_, func, or_, select, text, update
+import functools
+
+from sqlalchemy import and_, bindparam, func, or_, select, text, update
 
 from .guard import guarded
 from .intake import ACTIVE
 from .records import AttemptRecord, ClaimedAction, Row
-from .tables import actions, attempts
+from .tables import actions, attempts, timers
 
 # pg_advisory_xact_lock key serializing rate-limited claims ("rw-rate" in ASCII).
 RATE_LIMIT_LOCK = int.from_bytes(b"rw-rate", "big")
 FINAL = {"done": "done", "failed": "failed", "dead": "dead", "cancelled": "cancelled", "retry": ACTIVE}
 
 
-class OutboxMixin:
-    def _claimable(self, now: float):
-        return and_(actions.c.status == ACTIVE, actions.c.due_at <= now,
-                    or_(actions.c.lease_until.is_(None), actions.c.lease_until < now))
+def _due_work():
+    now = bindparam("p_now")
+    action = select(func.min(actions.c.due_at)).where(
+        actions.c.status == ACTIVE, or_(actions.c.lease_until.is_(None), actions.c.lease_until < now)).scalar_subquery()
+    timer = select(func.min(timers.c.due_at)).where(timers.c.status == "pending").scalar_subquery()
+    return select(action, timer)
 
+
+def _claim():
+    """One statement: the most overdue claimable action (PostgreSQL: skipping any another claimer
+    has locked), leased to a worker."""
+    now = bindparam("p_now")
+    claimable = and_(actions.c.status == ACTIVE, actions.c.due_at <= now,
+                     or_(actions.c.lease_until.is_(None), actions.c.lease_until < now))
+    oldest = (select(actions.c.id).where(claimable).order_by(actions.c.due_at, actions.c.id).limit(1)
+              .with_for_update(skip_locked=True).scalar_subquery())
+    return (update(actions).where(actions.c.id == oldest, claimable)
+            .values(lease_owner=bindparam("p_worker"), lease_until=bindparam("p_lease_until"),
+                    attempts=actions.c.attempts + 1, updated_at=now)
+            .returning(actions))
+
+
+@functools.cache
+def _move_action(frees_key: bool, moves_due: bool):
+    """An attempt's action moved on, if the worker still holds its lease. (Parameters are named
+    apart from the columns: SQLAlchemy would read a column's name as a value to SET.)"""
+    values = dict(status=bindparam("p_status"), lease_owner=None, lease_until=None, updated_at=bindparam("p_now"),
+                  last_status=bindparam("p_last_status"), last_error=bindparam("p_last_error"))
+    if frees_key:
+        values["key"] = bindparam("p_key")
+    if moves_due:
+        values["due_at"] = bindparam("p_due_at")
+    return update(actions).where(actions.c.id == bindparam("p_id"), actions.c.lease_owner == bindparam("p_worker"),
+                                 actions.c.status == ACTIVE).values(**values)
+
+
+# Built once: building a statement in SQLAlchemy costs more than running one of these (a worker's
+# look at what is due: 1.9 ms built each time, 0.6 ms built once, on PostgreSQL).
+_DUE_WORK = _due_work()
+_CLAIM = _claim()
+_RECORD_ATTEMPT = attempts.insert()
+
+
+class OutboxMixin:
     @guarded
     def claim(self, worker: str, lease_seconds: float, max_attempts: int,
               per_minute: int | None = None) -> ClaimedAction | None:
@@ -31,32 +72,24 @@ class OutboxMixin:
         last minute or are in flight: excess actions wait, none is dropped.
         """
         now = self.clock()
-        with self._write() as conn:
+        # Without a rate limit, a claim is one statement (two only to mark an action dead).
+        with self._write() if per_minute is not None else self._write_one() as conn:
             if per_minute is not None:
                 if conn.dialect.name == "postgresql":  # claimers count the load one at a time
                     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": RATE_LIMIT_LOCK})
                 if self._recent_load(conn, now) >= per_minute:
                     return None
             while True:
-                row = conn.execute(
-                    select(actions.c.id, actions.c.attempts).where(self._claimable(now))
-                    .order_by(actions.c.due_at, actions.c.id).limit(1)
-                    .with_for_update(skip_locked=True)
-                ).first()
-                if row is None:
-                    return None
-                if row.attempts < max_attempts:
+                claimed = conn.execute(_CLAIM, {"p_now": now, "p_worker": worker,
+                                                "p_lease_until": now + lease_seconds}).mappings().first()
+                if claimed is None or claimed["attempts"] <= max_attempts:
                     break
-                conn.execute(update(actions).where(actions.c.id == row.id).values(
+                # Its claims kept ending without a recorded result (it kills its worker, say).
+                conn.execute(update(actions).where(actions.c.id == claimed["id"]).values(
                     status="dead", lease_owner=None, lease_until=None, updated_at=now,
-                    last_error=f"gave up: {row.attempts} claims ended without a recorded result"))
-            claimed = conn.execute(
-                update(actions).where(actions.c.id == row.id, self._claimable(now))
-                .values(lease_owner=worker, lease_until=now + lease_seconds,
-                        attempts=actions.c.attempts + 1, updated_at=now)
-                .returning(actions)
-            ).mappings().first()
-        if claimed is None:  # lost a race on SQLite, where SKIP LOCKED does not exist
+                    attempts=claimed["attempts"] - 1,
+                    last_error=f"gave up: {claimed['attempts'] - 1} claims ended without a recorded result"))
+        if claimed is None:  # none due
             return None
         return ClaimedAction(
             id=claimed["id"], key=claimed["key"], kind=claimed["kind"], room_id=claimed["room_id"],
@@ -80,26 +113,23 @@ class OutboxMixin:
         """
         now = self.clock()
         with self._write() as conn:
-            conn.execute(attempts.insert().values(
+            conn.execute(_RECORD_ATTEMPT, dict(
                 # The claim's number: a claim lost with its worker leaves a gap; a re-drive starts again at 1.
                 action_id=claim.id, number=claim.attempts, worker=worker,
                 started_at=attempt.started_at, latency_ms=attempt.latency_ms,
                 http_status=attempt.http_status, outcome=attempt.outcome, error=attempt.error,
                 note=attempt.note, next_due_at=attempt.next_due_at, answer=attempt.answer,
                 doubt=attempt.doubt))
-            values = dict(status=FINAL[attempt.outcome], lease_owner=None, lease_until=None,
-                          updated_at=now, last_status=attempt.http_status,
-                          last_error=attempt.error)
-            if attempt.outcome == "cancelled":
-                # "Not now" (someone was there), not "never": free the key, so that the rule can
-                # act for this room and session when its condition holds again.
-                values["key"] = f"{claim.key}#cancelled-{claim.id}"
-            if attempt.next_due_at is not None:
-                values["due_at"] = attempt.next_due_at
-            moved = conn.execute(
-                update(actions).where(actions.c.id == claim.id, actions.c.lease_owner == worker,
-                                      actions.c.status == ACTIVE).values(**values)
-            ).rowcount
+            # "cancelled" is "not now" (someone was there), not "never": the key is freed, so that
+            # the rule can act for this room and session when its condition holds again.
+            frees_key, moves_due = attempt.outcome == "cancelled", attempt.next_due_at is not None
+            values = dict(p_id=claim.id, p_worker=worker, p_status=FINAL[attempt.outcome], p_now=now,
+                          p_last_status=attempt.http_status, p_last_error=attempt.error)
+            if frees_key:
+                values["p_key"] = f"{claim.key}#cancelled-{claim.id}"
+            if moves_due:
+                values["p_due_at"] = attempt.next_due_at
+            moved = conn.execute(_move_action(frees_key, moves_due), values).rowcount
         return moved == 1
 
     @guarded
@@ -162,16 +192,12 @@ class OutboxMixin:
     def due_work(self, now: float) -> tuple[float | None, float | None]:
         """When the next claimable action and the next pending timer are due (None: none).
 
-        Read-only, so a worker can look this often without taking SQLite's write lock.
+        One read statement, built once, so a worker can look this often without taking SQLite's
+        write lock or opening a transaction on PostgreSQL.
         """
-        from .tables import timers
-
-        with self._read() as conn:
-            action = conn.execute(select(func.min(actions.c.due_at)).where(
-                actions.c.status == ACTIVE,
-                or_(actions.c.lease_until.is_(None), actions.c.lease_until < now))).scalar()
-            timer = conn.execute(select(func.min(timers.c.due_at)).where(timers.c.status == "pending")).scalar()
-        return action, timer
+        with self._peek() as conn:
+            action_due, timer_due = conn.execute(_DUE_WORK, {"p_now": now}).one()
+        return action_due, timer_due
 
     @guarded
     def outbox_stats(self, now: float) -> dict:

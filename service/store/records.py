@@ -88,6 +88,7 @@ class DecisionOutcome:
     action: str
     outcome: str  # see planner.py
     action_id: int | None
+    timer_id: int | None = None  # the timer a `timer-started` decision started
 
 
 @dataclass(frozen=True)
@@ -125,3 +126,15 @@ class AttemptRecord:
 
 
 Row = dict[str, Any]
+
+
+class Later:
+    """Writes nothing reads before the batch ends: the deliveries (until an action or a timer
+    must point at one), each room's last state, and the decisions."""
+
+    __slots__ = ("deliveries", "rooms", "decisions")
+
+    def __init__(self):
+        self.deliveries: list[dict] = []  # insert_delivery's values, in order
+        self.rooms: dict[str, dict] = {}  # room id -> update_room's values (the last one wins)
+        self.decisions: list[dict] = []  # insert_decision's values, in order
