@@ -20,7 +20,7 @@ from . import budget as budget_stages, loadgen
 from .common import (BENCH, PATH, Processes, Signer, ThrowawayDatabase, base_env, cpu_seconds, fmt, free_port,
                      gunicorn_pids, http_request, load_average, log, median, mixed_bodies, procfile, table,
                      tail, verdict, wait_until_up)
-from .services import bare_command, service_env
+from .services import ADMIN_HEADERS, bare_command, service_env
 
 # Issue 14: real/bare >= 0.60 on SQLite (synchronous=FULL), >= 0.50 on PostgreSQL, the bare app on
 # whichever worker class is faster.
@@ -191,7 +191,8 @@ def _worker_class(target: Target) -> str:
 def _inbox_depth(target: Target) -> int | None:
     """The real app's inbox depth, from its /readyz (information there, never a failure)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{target.proc.port}/readyz", timeout=30) as answer:
+        ready = urllib.request.Request(f"http://127.0.0.1:{target.proc.port}/readyz", headers=ADMIN_HEADERS)
+        with urllib.request.urlopen(ready, timeout=30) as answer:
             return json.loads(answer.read()).get("inbox", {}).get("depth")
     except (OSError, ValueError):
         return None

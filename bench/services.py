@@ -5,12 +5,19 @@ read-only look at their store (inbox depth, deliveries decided)."""
 from __future__ import annotations
 
 import re
+import secrets
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .common import API_KEY, ROOT, SECRET, Proc, Processes, base_env, free_port, procfile, tail, wait_until_up
+
+
+# The admin token of every process a bench starts: /readyz shows the inbox only to the admin.
+# Made afresh for each run and never written to the results.
+ADMIN_TOKEN = "bench-" + secrets.token_hex(16)
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def service_env(out: Path, signer_pem: Path, rules: Path, database_url: str, port: int, metrics: str,
@@ -24,8 +31,9 @@ def service_env(out: Path, signer_pem: Path, rules: Path, database_url: str, por
         "VIDEOSDK_API_BASE": api_base,
         "PROMETHEUS_MULTIPROC_DIR": str(out / metrics),
     }
-    env = {**base_env(), **shown, "VIDEOSDK_API_KEY": API_KEY, "VIDEOSDK_SECRET_KEY": SECRET}
-    shown["VIDEOSDK_API_KEY"] = shown["VIDEOSDK_SECRET_KEY"] = "(set)"
+    env = {**base_env(), **shown, "VIDEOSDK_API_KEY": API_KEY, "VIDEOSDK_SECRET_KEY": SECRET,
+           "ADMIN_TOKEN": ADMIN_TOKEN}
+    shown["VIDEOSDK_API_KEY"] = shown["VIDEOSDK_SECRET_KEY"] = shown["ADMIN_TOKEN"] = "(set)"
     return env, shown
 
 
