@@ -47,6 +47,7 @@ _GIVE_BACK = ApiResult(None, 0.0, "given back")  # a claim handed back unused
 KEY_WAIT_SECONDS = 1.0  # how often deliveries waiting for a webhook key are tried again
 PROBE_ROOM = "roomwarden-probe"  # the room the breaker's probe asks about (GET /v2/rooms/{roomId})
 LOOK_EVERY_SECONDS = 1.0  # PostgreSQL: a look at a quiet inbox, besides each NOTIFY
+TURN_SECONDS = 1.0  # after a batch, due timers and actions go for at most this long, then the inbox
 
 
 def default_worker_id() -> str:
@@ -75,7 +76,9 @@ class Worker:
         self._rules_changed = threading.Event()
         self._stop = threading.Event()  # set by run()'s caller to shut down
         self._next_due: float | None = None  # from the last look at the store
-        self._inbox_turn = False  # a batch was decided: timers and actions go until none is due
+        self._inbox_turn = False  # a batch was decided: timers and actions go until none is due,
+        self._turn_ends = 0.0  # or until then (time.monotonic()): a backlog never keeps the inbox waiting
+        self.turn_seconds = TURN_SECONDS
         self._drained = True  # the last batch decided all it could: timers may fire
         self._inbox_resume_at = 0.0  # while deliveries wait for a key, the inbox rests until then
         self._looked_at = float("-inf")  # when the decider last took a batch
@@ -103,8 +106,10 @@ class Worker:
 
         The inbox goes first, but a busy inbox never holds timers and actions back: after each
         batch, the calls that follow carry out what is due (one piece each) before the inbox has
-        its turn again. A timer fires only when the last batch drained what could be decided, so
-        it never fires past a delivery that arrived before it was due and would cancel it. Each
+        its turn again, for at most `turn_seconds`: a backlog of slow calls never keeps this
+        decider from the inbox (nor, with it, from firing timers) for longer. A timer fires only
+        when the last batch drained what could be decided, so it never fires past a delivery
+        that arrived before it was due and would cancel it. Each
         look at an empty inbox or at what is due is one read, so an idle worker never takes a
         write lock. While every delivery it takes waits for a webhook key, the inbox is tried
         again every KEY_WAIT_SECONDS, not on every pass.
@@ -124,15 +129,17 @@ class Worker:
             self._drained = len(decided) < self.decider.batch
             if decided:
                 self._inbox_turn = True  # what it decided may be due now: act on it first
+                self._turn_ends = time.monotonic() + self.turn_seconds
                 return True
             if self.decider.kept:  # all it took waits for a key: look again in a while, not at
                 self._inbox_resume_at = self.clock() + KEY_WAIT_SECONDS  # once (a write each time)
         now = self.clock()
         action_due, timer_due = self.store.due_work(now)
         self._next_due = min((t for t in (action_due, timer_due) if t is not None), default=None)
-        if self._drained and timer_due is not None and timer_due <= now and self.fire_one_timer():
-            return True
-        if self.acts and action_due is not None and action_due <= now and self.act_once():
+        if (self._drained and timer_due is not None and timer_due <= now and self.fire_one_timer()) or (
+                self.acts and action_due is not None and action_due <= now and self.act_once()):
+            if time.monotonic() >= self._turn_ends:
+                self._inbox_turn = False  # the turn is over (or there was none): the inbox next
             return True
         self._inbox_turn = False  # nothing due (or held back): the inbox's turn again
         return turn_given  # a turn given away and now over: not idle, look at the inbox at once

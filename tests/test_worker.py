@@ -1714,3 +1714,30 @@ def test_a_busy_inbox_does_not_hold_back_due_actions_or_fire_timers_past_it(fake
     assert store.inbox_stats() == (0, None)
     assert store.timers(room_id=ROOM)[0]["status"] == "cancelled"  # by the join that had waited
     assert fake_api.deactivations() == ["room-other"]
+
+
+def test_a_backlog_of_due_actions_gives_the_inbox_its_turn_back_after_turn_seconds(fake_api, store, clock):
+    """Many actions due and the inbox still full: the due work's turn after a batch ends after
+    `turn_seconds` (here at once, after one piece), and the next batch is decided before the
+    rest of the backlog. Without the bound, one worker with a long backlog of slow calls never
+    looked at the inbox again, and so never drained it far enough to fire a timer."""
+    rules = RulesHolder(empty_rules())
+    worker = _decider_worker(store, clock, fake_api.base_url, rules)
+    worker.decider.batch = 3
+    worker.turn_seconds = 0.0
+    backlog = [add_action(store, f"room-due-{i}", at=T0) for i in range(4)]
+    for i in range(6):
+        _accept(store, event_body("participant-joined", meetingId=f"busy-{i}", sessionId="s",
+                                  participantId="p"), T0 + i)
+    clock.now = T0 + 60
+
+    assert worker.run_once() is True  # a full batch of 3
+    assert store.inbox_stats()[0] == 3
+    assert worker.run_once() is True  # one due action, then the turn is over
+    assert [store.action(a)["status"] for a in backlog].count("done") == 1
+    assert worker.run_once() is True  # the inbox again, though three actions are still due
+    assert store.inbox_stats()[0] == 0
+    assert [store.action(a)["status"] for a in backlog].count("done") == 1
+    while worker.run_once():
+        pass
+    assert [store.action(a)["status"] for a in backlog] == ["done"] * 4
