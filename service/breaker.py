@@ -18,10 +18,18 @@ Each worker process has its own breaker; the state is not shared.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 
 PROBE_EVERY = 5.0  # seconds between an open circuit's probes: actions flow within this of the API's return
+
+
+class BreakerView(NamedTuple):
+    """What the breaker is doing, in seconds from now (its clock is its own): for the dashboard."""
+    state: str  # closed | open | half-open
+    failures: int  # in a row
+    opened_ago: float | None  # since the circuit opened (None: closed)
+    probe_in: float | None  # until the next probe (None: none planned)
 
 
 def is_api_failure(status: int | None) -> bool:
@@ -47,6 +55,13 @@ class CircuitBreaker:
         if self.opened_at is None:
             return "closed"
         return "half-open" if self.clock() - self.opened_at >= self.cooldown else "open"
+
+    def view(self) -> BreakerView:
+        now = self.clock()
+        if self.opened_at is None:
+            return BreakerView("closed", self.failures, None, None)
+        probe_in = None if self.next_probe is None else max(0.0, self.next_probe - now)
+        return BreakerView(self.state, self.failures, now - self.opened_at, probe_in)
 
     def allow(self) -> bool:
         """Whether a call may be made now; in half-open state, only one trial at a time."""

@@ -47,6 +47,7 @@ _GIVE_BACK = ApiResult(None, 0.0, "given back")  # a claim handed back unused
 KEY_WAIT_SECONDS = 1.0  # how often deliveries waiting for a webhook key are tried again
 PROBE_ROOM = "roomwarden-probe"  # the room the breaker's probe asks about (GET /v2/rooms/{roomId})
 LOOK_EVERY_SECONDS = 1.0  # PostgreSQL: a look at a quiet inbox, besides each NOTIFY
+REPORT_EVERY = 15.0  # seconds between the worker's reports of its breaker, besides each change
 TURN_SECONDS = 1.0  # after a batch, due timers and actions go for at most this long, then the inbox
 
 
@@ -84,6 +85,8 @@ class Worker:
         self._looked_at = float("-inf")  # when the decider last took a batch
         self._heard = False  # PostgreSQL: the idle wait was woken by an append's NOTIFY
         self.breaker = breaker or CircuitBreaker(clock=clock)
+        self._started_at = clock()
+        self._reported: tuple | None = None  # (what was last reported of the breaker, when)
         self.retention_days = retention_days  # 0: keep everything
         self._pruned_at: float | None = None
         self._misreads_logged: set[str] = set()  # each shape of unreadable answer is logged once
@@ -167,6 +170,7 @@ class Worker:
         self._rules_changed.set()  # the rules may have changed while no worker ran: re-check timers first
         while not stop.is_set():
             try:
+                self.report_breaker()
                 self.prune_if_due()
                 busy = self.run_once()
             except StoreUnavailable as exc:
@@ -186,6 +190,20 @@ class Worker:
                     stop.wait(wait)
                 self._heard = bool(heard)  # an append woke it: the inbox's turn, at once
         log.info("worker %s stopped", self.worker_id)
+
+    def report_breaker(self) -> bool:
+        """Write this worker's breaker to the store for the dashboard, when it changed or every
+        REPORT_EVERY seconds (so a worker that stopped shows as not seen since then)."""
+        view, now = self.breaker.view(), self.clock()
+        shown = (view.state, view.failures, None if view.probe_in is None else round(now + view.probe_in, 1))
+        if self._reported is not None and self._reported[0] == shown and now - self._reported[1] < REPORT_EVERY:
+            return False
+        self.store.report_worker(
+            self.worker_id, self._started_at, view.state, view.failures,
+            None if view.opened_ago is None else now - view.opened_ago,
+            None if view.probe_in is None else now + view.probe_in)
+        self._reported = (shown, now)
+        return True
 
     def _listen(self, wait: float) -> bool | None:
         """PostgreSQL: wait for an append to the inbox, woken at once by its NOTIFY; None on SQLite."""

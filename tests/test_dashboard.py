@@ -354,6 +354,45 @@ def test_the_overview_shows_what_waits_to_be_decided(dash_app, sign):
     assert "room-inbx-0001" in dash.get("/dashboard/rooms").get_data(as_text=True)
 
 
+def breakers_of(client) -> list[tuple[str, str, str]]:
+    """(worker, breaker state, next probe) for each row of the overview's breakers card."""
+    card = re.search(r'<section class="card" id="breakers">.*?</section>', client.get("/dashboard/").get_data(
+        as_text=True), re.S)[0]
+    return [(worker, state, html.unescape(probe)) for worker, state, probe in re.findall(
+        r'<tr[^>]*>\s*<td><code>([^<]+)</code>.*?<span class="status status-breaker-[a-z-]+">([a-z-]+)</span>'
+        r'.*?<td class="num">\d+</td>\s*<td>[^<]*</td>\s*<td>([^<]*)</td>', card, re.S)]
+
+
+def test_the_overview_shows_each_workers_breaker_and_its_next_probe(dash_app, post, fake_api):
+    """Issue 15: the worker reports its circuit breaker to the store (on each change, and every
+    REPORT_EVERY seconds); the overview shows it, with when the open circuit probes the API next."""
+    dash, _ = sign_in(dash_app)
+    assert "No worker has reported in the last hour" in dash.get("/dashboard/").get_data(as_text=True)
+    runtime = dash_app.extensions["roomwarden"]
+    worker = build_worker(runtime.settings, runtime.store, runtime.rules)
+    assert worker.report_breaker() is True
+    assert breakers_of(dash) == [(worker.worker_id, "closed", "")]
+    assert worker.report_breaker() is False  # nothing changed: nothing written
+
+    threshold = runtime.settings.breaker_threshold
+    fake_api.script("/v2/rooms/deactivate", *[Reply(503, {"message": "maintenance"})] * threshold)
+    post(*(ended(f"room-brk-{i:04d}") for i in range(threshold + 1)))
+    while worker.run_once():
+        pass
+    assert worker.breaker.state == "open" and len(fake_api.deactivations()) == 0
+    assert worker.report_breaker() is True
+    [(who, state, probe)] = breakers_of(dash)
+    assert (who, state) == (worker.worker_id, "open")
+    assert re.fullmatch(r"in \d+(\.\d+)?s", probe), probe  # PROBE_EVERY from now
+
+    worker.breaker.next_probe = worker.breaker.clock()  # the probe is due; the API answers it
+    worker.run_once()
+    assert worker.breaker.state == "closed"
+    assert fake_api.calls_to("/v2/rooms/roomwarden-probe")
+    assert worker.report_breaker() is True
+    assert breakers_of(dash) == [(worker.worker_id, "closed", "")]
+
+
 def test_the_rooms_list_shows_occupancy_timers_and_protection(dash_app, post):
     post(joined("room-aaaa-0001", "ann"), joined("room-aaaa-0001", "bob"),
          joined("room-tttt-0002", "ann"), left("room-tttt-0002", "ann"), ended("demo-room-0001"))

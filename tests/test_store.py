@@ -49,7 +49,8 @@ MAX_ATTEMPTS = 10
 HOLD = 300.0  # a rule's `for: 5m`
 ALL_STEPS = ["1: initial: deliveries, decisions, actions, attempts, rooms, timers, rules_versions",
              "2: deliveries.problem (kept but unreadable); attempts.answer and attempts.doubt (what a 2xx said)",
-             "3: inbox: accepted deliveries not yet decided on"]
+             "3: inbox: accepted deliveries not yet decided on",
+             "4: workers: each worker's circuit breaker, as last reported"]
 THREAD_JOIN_LIMIT = 120.0  # a hang guard for worker threads, never a timing assertion
 PG_LOCK_WAIT = 10.0  # how long a PostgreSQL lock may block a write before it must give up
 ALL_TABLES = (tables.deliveries, tables.decisions, tables.actions, tables.attempts, tables.rooms,
@@ -279,14 +280,31 @@ def test_migrate_applies_each_step_once(make_store):
     assert store.migrate() == ALL_STEPS
     assert store.migrate() == []
     assert make_store(migrate=False).migrate() == []  # another process, later
-    assert store.schema_version() == migrations.LATEST == 3
+    assert store.schema_version() == migrations.LATEST == 4
 
     with store.engine.connect() as conn:
         names = set(inspect(conn).get_table_names())
         migrated = conn.execute(select(tables.schema_migrations.c.version)).scalars().all()
     assert {"schema_migrations", "deliveries", "decisions", "actions", "attempts", "rooms",
-            "timers", "rules_versions"} <= names
-    assert migrated == [1, 2, 3]
+            "timers", "rules_versions", "workers"} <= names
+    assert migrated == [1, 2, 3, 4]
+
+
+def test_a_workers_breaker_report_replaces_the_last_and_old_workers_are_forgotten(store, clock):
+    """One row per worker, replaced by each report; a worker not heard from for FORGET_AFTER is
+    dropped by the next report of any worker."""
+    from service.store.workers import FORGET_AFTER
+
+    store.report_worker("w-old", T0, "closed", 0, None, None)
+    store.report_worker("w-1", T0 + 1, "closed", 0, None, None)
+    clock.now = T0 + 10
+    store.report_worker("w-1", T0 + 1, "open", 5, T0 + 9, T0 + 14)
+    assert [(w["worker_id"], w["breaker_state"], w["breaker_failures"], w["breaker_opened_at"], w["next_probe_at"],
+             w["seen_at"]) for w in store.workers_seen(T0 + 5)] == [("w-1", "open", 5, T0 + 9, T0 + 14, T0 + 10)]
+    assert [w["worker_id"] for w in store.workers_seen(T0)] == ["w-1", "w-old"]  # newest start first
+    clock.now = T0 + FORGET_AFTER + 5
+    store.report_worker("w-1", T0 + 1, "closed", 0, None, None)
+    assert [w["worker_id"] for w in store.workers_seen(0)] == ["w-1"]
 
 
 def _schema(conn, schema: str | None = None) -> dict:
@@ -347,7 +365,7 @@ def test_the_migration_steps_build_exactly_what_tables_py_declares(make_store, d
         else:
             with store.engine.begin() as conn:
                 conn.execute(text("DROP SCHEMA IF EXISTS declared CASCADE"))
-    assert migrated.keys() == declared.keys() and len(migrated) == 8
+    assert migrated.keys() == declared.keys() and len(migrated) == 9
     for table in declared:
         assert migrated[table] == declared[table], table
 
@@ -382,9 +400,9 @@ def test_concurrent_migrations_all_succeed_and_apply_once(make_store):
     errors = [r for r in results if isinstance(r, BaseException)]
     assert errors == []
     assert sorted(results, key=len) == [[], [], [], ALL_STEPS]
-    assert stores[0].schema_version() == 3
+    assert stores[0].schema_version() == 4
     with stores[0].engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(tables.schema_migrations)).scalar() == 3
+        assert conn.execute(select(func.count()).select_from(tables.schema_migrations)).scalar() == 4
 
 
 def test_first_connection_to_a_new_sqlite_file_waits_for_a_writer(make_store, database_url,

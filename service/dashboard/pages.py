@@ -9,6 +9,7 @@ import time
 from flask import abort, current_app, redirect, render_template, request, url_for
 
 from .. import explain
+from ..worker import REPORT_EVERY
 from ..admin import id_arg
 from . import bp, charts, present
 
@@ -16,6 +17,7 @@ PAGE = 50  # rows a page
 STORY_ENTRIES = 500  # a room's story shows its latest entries, unless ?all=1
 STATUSES = ("pending", "done", "failed", "dead", "cancelled", "dry-run")
 MINUTES = 24 * 60
+WORKERS_SINCE = 3600.0  # seconds: the overview lists the workers heard from within the last hour
 
 
 def _runtime():
@@ -39,6 +41,8 @@ def overview():
         last_error_at=present.at(runtime.rules.last_error_at), pid=os.getpid(),
         stats=runtime.store.outbox_stats(now), dry_run=not runtime.settings.acts,
         inbox=present.inbox(*runtime.store.inbox_stats(), now),
+        workers=[present.worker_row(w, now, stale_after=3 * REPORT_EVERY)
+                 for w in runtime.store.workers_seen(now - WORKERS_SINCE)],
         charts={
             "deliveries": charts.steps(series["deliveries"], since, title="Deliveries per minute"),
             "decisions": charts.steps(series["decisions"], since, title="Decisions per minute"),

@@ -105,3 +105,13 @@ def room_row(row: dict, rule_set: RuleSet, now: float) -> dict:
 def inbox(depth: int, oldest: float | None, now: float) -> dict:
     """The inbox card: how many deliveries wait to be decided, and for how long the oldest has."""
     return {"depth": depth, "oldest": format_duration(max(0.0, now - oldest)) if oldest is not None else None}
+
+
+def worker_row(row: dict, now: float, stale_after: float) -> dict:
+    """A worker's circuit breaker as it last reported it; `stale` once it has not reported for
+    `stale_after` seconds (stopped, or cut off from the store)."""
+    return {"worker_id": row["worker_id"], "state": row["breaker_state"], "failures": row["breaker_failures"],
+            "opened": ago(row["breaker_opened_at"], now) if row["breaker_opened_at"] is not None else "",
+            "next_probe": countdown(row["next_probe_at"], now) if row["next_probe_at"] is not None else "",
+            "seen": ago(row["seen_at"], now), "stale": now - row["seen_at"] > stale_after,
+            "started": at(row["started_at"])}

@@ -45,6 +45,7 @@ STEPS: tuple[tuple[int, str, Callable[[Connection], None]], ...] = (
     (2, "deliveries.problem (kept but unreadable); attempts.answer and attempts.doubt (what a 2xx said)",
      _sql_file("0002_unreadable_and_answers")),
     (3, "inbox: accepted deliveries not yet decided on", _sql_file("0003_inbox")),
+    (4, "workers: each worker's circuit breaker, as last reported", _sql_file("0004_workers")),
 )
 
 

@@ -6,7 +6,8 @@
     ├── TimersMixin    (timers.py)   firing due timers, re-checking them after a reload
     ├── OutboxMixin    (outbox.py)   claiming actions, recording attempts, re-driving dead ones
     ├── HistoryMixin   (history.py)  reads: deliveries, decisions, rooms, rules versions; retention
-    └── DashboardMixin (dashboard.py) paged, indexed reads for the dashboard's pages
+    ├── DashboardMixin (dashboard.py) paged, indexed reads for the dashboard's pages
+    └── WorkersMixin   (workers.py)  each worker's circuit breaker, as it last reported it
 
 How it fails: a database that is locked past its timeout, unreachable or
 restarting raises `StoreUnavailable` (the HTTP layer answers 503); nothing is
@@ -39,9 +40,10 @@ from .offload import real_sleep
 from .outbox import OutboxMixin
 from .statements import Statements
 from .timers import TimersMixin
+from .workers import WorkersMixin
 
 
-class Store(InboxMixin, IntakeMixin, TimersMixin, OutboxMixin, HistoryMixin, DashboardMixin):
+class Store(InboxMixin, IntakeMixin, TimersMixin, OutboxMixin, HistoryMixin, DashboardMixin, WorkersMixin):
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time):
         self.engine = engine
         self.clock = clock

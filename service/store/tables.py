@@ -172,3 +172,17 @@ rules_versions = Table(
     Column("first_loaded_at", Float, nullable=False),
     Column("last_loaded_at", Float, nullable=False),
 )
+
+# Each worker process's view of the VideoSDK API (its circuit breaker), reported when it changes
+# and every REPORT_EVERY seconds (service/worker.py): what the dashboard shows of the breakers.
+workers = Table(
+    "workers", metadata,
+    Column("worker_id", String(128), primary_key=True),
+    Column("started_at", Float, nullable=False),
+    Column("seen_at", Float, nullable=False),
+    Column("breaker_state", String(16), nullable=False),  # closed | open | half-open
+    Column("breaker_failures", Integer, nullable=False),  # in a row
+    Column("breaker_opened_at", Float),
+    Column("next_probe_at", Float),
+    Index("ix_workers_seen", "seen_at"),
+)
