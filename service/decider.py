@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from . import metrics
@@ -29,6 +29,7 @@ from .planner import plan_event
 from .plans import pending_timer, plan_write, room_state
 from .rules.model import RuleSet
 from .signature import SignatureVerifier
+from .sweeps import is_sweep_id
 from .store import NewDelivery, Receipt, Store
 from .store.inbox import InboxBatch, InboxRow
 
@@ -172,8 +173,9 @@ class Decider:
                 return None  # still no key: this room waits, in order
             except SignatureInvalid as exc:
                 verified, refused = False, f"refused: {exc.message} (checked once a key could be had)"
+        sweep = is_sweep_id(row.id)  # raised by this service (sweeps.py), never a delivery
         try:
-            event = parse_event(raw)
+            event = parse_event(raw, sweep=sweep)
         except PayloadInvalid as exc:  # the request checked the envelope: only a bug comes here
             event = Event(type="unreadable", data={}, known=False, problem=exc.message, room_id=row.room_id)
         problem = refused or event.problem
@@ -200,6 +202,8 @@ class Decider:
             stored, timer_rows, acted = batch.room_inputs(room_id)
             write = plan_write(plan_event(rule_set, event, now, room_state(room_id, stored),
                                           [pending_timer(r) for r in timer_rows], acted, acts=acts))
+        if sweep:  # no news from the room: its state, its last delivery and closed mark stay as they are
+            write = replace(write, room_state=None)
         receipt = batch.record(row, delivery, write)
         if receipt.decisions or receipt.cancelled:
             log.info("delivery %s (%s) room=%s: %s", row.id, event.type, room_id,

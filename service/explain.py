@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from .events import SWEEP
 from .rooms import RoomState
 from .rules.conditions import Trace
 from .rules.durations import format_duration
@@ -122,7 +123,19 @@ def build(room_id: str, rows: dict[str, list[dict]], now: float) -> Story:
             cancelled_by.setdefault(timer["resolved_by"], []).append(timer)
     entries = []
 
-    for delivery in rows["deliveries"]:
+    last_heard = None  # when the room's latest delivery before this one came (sweeps are not news)
+    for delivery in sorted(rows["deliveries"], key=lambda d: (d["received_at"], d["id"])):
+        if delivery["event_type"] == SWEEP and delivery["known"]:
+            quiet = "" if last_heard is None else f", quiet for {format_duration(delivery['received_at'] - last_heard)}"
+            lines = [Line(f"swept at {when(delivery['received_at'])}{quiet} [rules {delivery['rules_hash'][:12]}]",
+                          0, "head")]
+            for decision in decisions_by_delivery.get(delivery["id"], []):
+                lines += _decision_lines(decision, actions_by_id, 2)
+            if not decisions_by_delivery.get(delivery["id"]):
+                lines[0] = Line(lines[0].text + ": no rule matched", 0, "head")
+            entries.append(Entry(delivery["received_at"], 0, "delivery", tuple(lines)))
+            continue
+        last_heard = delivery["received_at"]
         head = (f"delivery {delivery['id']} {delivery['event_type']}"
                 + (f" participant={delivery['participant_id']}" if delivery["participant_id"] else "")
                 + (f" session={delivery['session_id']}" if delivery["session_id"] else "")

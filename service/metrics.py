@@ -43,6 +43,8 @@ RULES_INFO = Gauge("roomwarden_rules_info", "1 for the hash of the rules each pr
 SIGN_INS = Counter("roomwarden_dashboard_sign_ins_total", "Dashboard sign-ins, by result (success; failure: a "
                    "wrong token; refused: too many failures from the address, the token not looked at)",
                    ["result"])
+SWEEP_ROUNDS = Counter("roomwarden_sweep_rounds_total", "Sweep rounds started (settings.sweep_every)")
+SWEPT_ROOMS = Counter("roomwarden_swept_rooms_total", "Sweep events appended to the inbox, one per open room a round")
 BREAKER_OPEN = Gauge("roomwarden_circuit_open", "1 while a worker's circuit breaker is open",
                      multiprocess_mode="liveall")
 

@@ -21,10 +21,10 @@ room as it is now, then act, cancel (and say why), or wait longer (the rule's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable
 
-from .events import Event
+from .events import SWEEP, Event
 from .rooms import RoomState, advance
 from .rules.conditions import Trace
 from .rules.durations import format_duration
@@ -134,14 +134,17 @@ def plan_event(rule_set: RuleSet, event: Event, now: float, room: RoomState | No
     """Everything one delivery changes: the room's state, its timers, and the decisions.
 
     An event of an unknown type, with no room, or whose body could not be read
-    (`event.problem`) changes nothing: it is recorded, never decided on."""
+    (`event.problem`) changes nothing: it is recorded, never decided on. A sweep changes
+    neither the room nor its timers: only the rules `on: sweep` are decided."""
     if not event.known or event.problem is not None or not event.room_id:
         return EventPlan(room, (), ())
     room = advance(room, event, now)
+    if event.type == SWEEP and room is not None:  # about the room's latest session: its action key
+        event = replace(event, session_id=room.session_id)
     timers = list(timers)
 
     cancels = []
-    for timer in timers:
+    for timer in timers if event.type != SWEEP else ():  # a sweep is no news: no timer is re-checked
         rule = rule_set.rule(timer.rule)
         if timer.trigger is None:
             cancels.append(Cancel(timer.key, _UNREADABLE))

@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 
 from .errors import PayloadInvalid
 from .events import parse_event
+from .sweeps import is_sweep_id
 from .rules.model import RuleSet
 from .simulation import Record, Simulation
 
@@ -42,7 +43,8 @@ def replay(deliveries: Iterable[dict], current: RuleSet, candidate: RuleSet, *, 
         if not row["known"]:
             continue
         try:
-            event = parse_event(row["body"].encode("utf-8"))
+            # A recorded sweep is re-decided like a delivery; its confirm (an API call) is not re-run.
+            event = parse_event(row["body"].encode("utf-8"), sweep=is_sweep_id(row["id"]))
         except PayloadInvalid:  # stored bodies parsed once; a newer schema may read them differently
             continue
         if event.problem is not None:  # kept unread: the service never decided on it, nor does a replay

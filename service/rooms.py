@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
-from .events import Event
+from .events import SWEEP, Event
 
 RECENT_SESSIONS = 64  # how many past session ids are kept to recognise late events
 _OBJECT_ID = re.compile(r"^[0-9a-f]{24}\Z")
@@ -41,12 +41,15 @@ class RoomState:
     sessions: int = 0  # sessions seen
     empty_since: float | None = None  # when the room last became empty, while it is
     recent_sessions: tuple[str, ...] = field(default=())  # oldest first, current last
+    # When the room's last delivery came (room.quiet_for). Not part of what the room *is*: two
+    # states that differ only here are equal, so a repeated delivery still changes nothing.
+    last_seen_at: float | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict:
         return {"participants": sorted(self.participants), "session_id": self.session_id,
                 "session_started_at": self.session_started_at, "session_active": self.session_active,
                 "sessions": self.sessions, "empty_since": self.empty_since,
-                "recent_sessions": list(self.recent_sessions)}
+                "recent_sessions": list(self.recent_sessions), "last_seen_at": self.last_seen_at}
 
     @classmethod
     def from_dict(cls, room_id: str, data: dict) -> "RoomState":
@@ -54,7 +57,8 @@ class RoomState:
                    session_id=data.get("session_id"), session_started_at=data.get("session_started_at"),
                    session_active=bool(data.get("session_active")), sessions=int(data.get("sessions") or 0),
                    empty_since=data.get("empty_since"),
-                   recent_sessions=tuple(data.get("recent_sessions") or ()))
+                   recent_sessions=tuple(data.get("recent_sessions") or ()),
+                   last_seen_at=data.get("last_seen_at"))
 
 
 def _new_session(state: RoomState, session_id: str, started_at: float, now: float) -> RoomState:
@@ -78,10 +82,12 @@ def _began_before(session: str, current: str) -> bool:
 
 
 def advance(state: RoomState | None, event: Event, now: float) -> RoomState | None:
-    """The room's state after `event`, received at `now`. None for events with no room."""
-    if not event.known or not event.room_id:
+    """The room's state after `event`, received at `now`. None for events with no room.
+
+    A sweep (roomwarden's own event) changes nothing: it is no news from the room."""
+    if not event.known or not event.room_id or event.type == SWEEP:
         return state
-    state = state or RoomState(room_id=event.room_id)
+    state = replace(state or RoomState(room_id=event.room_id), last_seen_at=now)
     session = event.session_id
     if session is None:
         return state

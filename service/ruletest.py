@@ -126,7 +126,7 @@ def _event(path: Path, where: str, item: dict) -> Event:
     else:
         _fail(path, where, "needs `event:` (with `data:`) or `body:`")
     try:
-        event = parse_event(raw)
+        event = parse_event(raw, sweep=True)  # a test's `event: sweep` is a sweep at that time
     except PayloadInvalid as exc:
         _fail(path, where, f"{exc.message}{': ' + json.dumps(exc.fields) if exc.fields else ''}")
     if event.problem is not None:  # the service would keep it and decide nothing: a test of nothing

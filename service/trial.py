@@ -97,7 +97,7 @@ class Trial:
 
 def try_event(rule_set: RuleSet, raw: bytes, now: float) -> Trial:
     """The decision trace for one body against `rule_set`. Raises PayloadInvalid."""
-    event = parse_event(raw)
+    event = parse_event(raw, sweep=True)  # the operator's own body: `sweep` shows what a sweep decides
     if event.problem is not None:
         return Trial(event, rule_set.source, ())  # the service would not decide on it: nor does a trial
     room = advance(None, event, now)  # a room with no history: this event is all it knows

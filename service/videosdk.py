@@ -77,6 +77,7 @@ class ApiResult:
     error: str | None = None
     retry_after: float | None = None  # seconds, when the answer said when to come back
     body: Any = None
+    closes_room: bool = False  # a deactivate answered done or "room not found" (set by the worker)
 
     @property
     def ok(self) -> bool:

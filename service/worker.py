@@ -28,7 +28,7 @@ import time
 from dataclasses import replace
 from typing import Callable
 
-from . import answers, metrics
+from . import answers, metrics, sweeps
 from .breaker import CircuitBreaker
 from .decider import Decider
 from .errors import StoreUnavailable
@@ -36,6 +36,7 @@ from .planner import fire_timer, recheck_timer
 from .plans import pending_timer, room_state, timer_write
 from .retry import RetryPolicy, Verdict
 from .rooms import RoomState
+from .rules.durations import format_duration
 from .rules.model import RuleSet
 from .store import AttemptRecord, ClaimedAction, Store, TimerRow
 from .videosdk import ApiResult, VideoSDKClient
@@ -45,6 +46,8 @@ log = logging.getLogger("roomwarden.worker")
 
 _GIVE_BACK = ApiResult(None, 0.0, "given back")  # a claim handed back unused
 KEY_WAIT_SECONDS = 1.0  # how often deliveries waiting for a webhook key are tried again
+PACED_CONFIRM = "no-live-session"  # the check settings.max_checks_per_minute paces (a sweep's)
+ROOM_NOT_FOUND = (402, 404)  # deactivate's documented "room not found": as good as closed
 PROBE_ROOM = "roomwarden-probe"  # the room the breaker's probe asks about (GET /v2/rooms/{roomId})
 LOOK_EVERY_SECONDS = 1.0  # PostgreSQL: a look at a quiet inbox, besides each NOTIFY
 REPORT_EVERY = 15.0  # seconds between the worker's reports of its breaker, besides each change
@@ -80,17 +83,20 @@ class Worker:
         self._inbox_turn = False  # a batch was decided: timers and actions go until none is due,
         self._turn_ends = 0.0  # or until then (time.monotonic()): a backlog never keeps the inbox waiting
         self.turn_seconds = TURN_SECONDS
-        self._drained = True  # the last batch decided all it could: timers may fire
+        self._drained = True  # the last batch decided all it could
         self._inbox_resume_at = 0.0  # while deliveries wait for a key, the inbox rests until then
         self._looked_at = float("-inf")  # when the decider last took a batch
         self._heard = False  # PostgreSQL: the idle wait was woken by an append's NOTIFY
         self.breaker = breaker or CircuitBreaker(clock=clock)
         self._started_at = clock()
+        self._sweep_look_at = float("-inf")  # when to look at the sweep's round again
         self._reported: tuple | None = None  # (what was last reported of the breaker, when)
         self.retention_days = retention_days  # 0: keep everything
         self._pruned_at: float | None = None
         self._misreads_logged: set[str] = set()  # each shape of unreadable answer is logged once
         self._calls: dict[str, Callable[[ClaimedAction], ApiResult]] = {}
+        self._confirms = {"active-participants": self._confirm_nobody_active,  # rules/model.py's CONFIRMS
+                          "no-live-session": self._confirm_no_live_session}
         self._readers: dict[str, Callable[[ClaimedAction, ApiResult], answers.Reading]] = {
             "deactivate": lambda action, result: answers.deactivated(result.body, action.room_id),
             "end-session": lambda action, result: answers.session_ended(result.body),
@@ -110,9 +116,9 @@ class Worker:
         The inbox goes first, but a busy inbox never holds timers and actions back: after each
         batch, the calls that follow carry out what is due (one piece each) before the inbox has
         its turn again, for at most `turn_seconds`: a backlog of slow calls never keeps this
-        decider from the inbox (nor, with it, from firing timers) for longer. A timer fires only
-        when the last batch drained what could be decided, so it never fires past a delivery
-        that arrived before it was due and would cancel it. Each
+        decider from the inbox for longer. A timer never fires past a delivery for its room that
+        arrived before it was due and is still in the inbox (it may cancel it: the store checks,
+        store/timers.py); other rooms' timers fire however busy the inbox is. Each
         look at an empty inbox or at what is due is one read, so an idle worker never takes a
         write lock. While every delivery it takes waits for a webhook key, the inbox is tried
         again every KEY_WAIT_SECONDS, not on every pass.
@@ -126,6 +132,8 @@ class Worker:
                 raise
             return True
         turn_given = self._inbox_turn
+        if self.decider is not None and not turn_given and self.sweep_once():
+            return True  # sweeps appended to the inbox: the decider takes them next
         if self.decider is not None and not turn_given and self._inbox_may_hold():
             self._looked_at, self._heard = self.clock(), False
             decided = self.decider.decide_once()  # an empty inbox costs one read (store.deciding)
@@ -139,13 +147,32 @@ class Worker:
         now = self.clock()
         action_due, timer_due = self.store.due_work(now)
         self._next_due = min((t for t in (action_due, timer_due) if t is not None), default=None)
-        if (self._drained and timer_due is not None and timer_due <= now and self.fire_one_timer()) or (
+        if (timer_due is not None and timer_due <= now and self.fire_one_timer()) or (
                 self.acts and action_due is not None and action_due <= now and self.act_once()):
             if time.monotonic() >= self._turn_ends:
                 self._inbox_turn = False  # the turn is over (or there was none): the inbox next
             return True
         self._inbox_turn = False  # nothing due (or held back): the inbox's turn again
         return turn_given  # a turn given away and now over: not idle, look at the inbox at once
+
+    def sweep_once(self) -> bool:
+        """When a sweep round is due (some rule is `on: sweep`) or this worker holds one, append
+        the next rooms' sweeps to the inbox (one transaction). True when it appended some."""
+        every = self.rules().sweep_every
+        now = self.clock()
+        if every is None or now < self._sweep_look_at:
+            return False
+        turn = self.store.sweep_turn(self.worker_id, every, sweeps.CHUNK, sweeps.LEASE_SECONDS)
+        self._sweep_look_at = turn.next_look_at
+        if turn.started:
+            metrics.SWEEP_ROUNDS.inc()
+            log.info("sweep round %d started (every %s)", turn.round, format_duration(every))
+        if turn.appended:
+            metrics.SWEPT_ROOMS.inc(turn.appended)
+        if turn.finished and (turn.started or turn.appended):
+            log.info("sweep round %d: all %d open room(s) appended to the inbox", turn.round, turn.rooms)
+            self._inbox_turn = False  # the inbox next, at once
+        return turn.appended > 0
 
     def _inbox_may_hold(self) -> bool:
         """Whether the inbox may hold something this decider can take now. After a batch that
@@ -276,7 +303,9 @@ class Worker:
         rule_set = self.rules()
         try:
             claim = self.store.claim(self.worker_id, self.lease_seconds, self.policy.max_attempts,
-                                     per_minute=rule_set.settings.max_actions_per_minute)
+                                     per_minute=rule_set.settings.max_actions_per_minute,
+                                     checks_per_minute=rule_set.settings.max_checks_per_minute
+                                     if rule_set.uses_confirm(PACED_CONFIRM) else None)
         except Exception:
             self.breaker.record_idle()  # no call was made: give a half-open trial back
             raise
@@ -312,6 +341,7 @@ class Worker:
             outcome=verdict.outcome, error=reason, note=note,
             next_due_at=self.clock() + verdict.delay if verdict.outcome == "retry" else None,
             answer=reading.answer if reading else None, doubt=reading.doubt if reading else None,
+            closes_room=result.closes_room,
         )
         self._record(claim, attempt)
         level = logging.ERROR if verdict.credentials_problem or verdict.outcome == "dead" else logging.INFO
@@ -356,8 +386,12 @@ class Worker:
             result = ApiResult(None, 0.0, f"this worker cannot carry out '{claim.kind}' actions")
             return result, self.policy.judge(result, self.policy.max_attempts), None, None
         note = None
-        if claim.confirm == "active-participants":
-            stop, note = self._confirm_nobody_active(claim)
+        if claim.confirm is not None:
+            check = self._confirms.get(claim.confirm)
+            if check is None:  # a check named by a newer version of this service
+                result = ApiResult(None, 0.0, f"this worker cannot make '{claim.confirm}' checks")
+                return result, self.policy.judge(result, self.policy.max_attempts), None, None
+            stop, note = check(claim)
             if stop is not None:
                 return stop + (note, None)
             if self.clock() + sum(self.client.timeout) >= claim.lease_until:
@@ -367,6 +401,8 @@ class Worker:
                 # not count towards the limit.
                 return _GIVE_BACK, None, note, None
         result = call(claim)
+        if claim.kind == "deactivate" and (result.ok or result.status in ROOM_NOT_FOUND):
+            result = replace(result, closes_room=True)  # not swept again until a delivery comes
         if result.ok:
             return result, Verdict("done"), note, self._readers[claim.kind](claim, result)
         if claim.kind == "end-session" and result.status == 406:
@@ -404,6 +440,26 @@ class Worker:
             self._misreads_logged.add(misread.message)
             log.error("action %s room=%s: %s (logged once per shape; never acted on while unreadable)",
                       claim.id, claim.room_id, misread.message)
+
+    def _confirm_no_live_session(self, claim: ClaimedAction):
+        """(None, note) when VideoSDK lists no live session in the room; else ((result, verdict),
+        note) to stop. A listed session cancels (the room is in use: the sweep was wrong about
+        it); no answer, an error or an answer in no documented shape is retried, never acted on."""
+        listed = self.client.live_sessions(claim.room_id)
+        if not listed.ok:
+            verdict = self.policy.judge(listed, claim.attempts, self.rand)
+            return (listed, Verdict(verdict.outcome, verdict.delay, f"confirm check failed: {verdict.reason}",
+                                    verdict.credentials_problem)), None
+        live = answers.live_sessions(listed.body)
+        if isinstance(live, answers.Misread):
+            self._log_misread(claim, live)
+            unreadable = ApiResult(None, listed.latency_ms, f"confirm: {live.message}")
+            return (unreadable, self.policy.judge(unreadable, claim.attempts, self.rand)), None
+        if live:
+            return (listed, Verdict("cancelled", reason=f"confirm: VideoSDK lists live session "
+                                                         f"{', '.join(live[:3])} in room {claim.room_id}; "
+                                                         "not acted on")), None
+        return None, f"confirm: VideoSDK lists no live session in room {claim.room_id}"
 
     def _confirm_nobody_active(self, claim: ClaimedAction):
         """(None, note) when the action may go ahead; else ((result, verdict), note) to stop it.

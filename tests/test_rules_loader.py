@@ -638,9 +638,9 @@ def test_protect_forms(line, expected):
 BAD_SETTINGS = [
     pytest.param(["dryrun: true"],
                  (3, 3, "unknown setting 'dryrun'; did you mean 'dry_run'? "
-                        "(settings: timezone, dry_run, max_actions_per_minute, protect)"), id="unknown-with-hint"),
+                        "(settings: timezone, dry_run, max_actions_per_minute, protect, sweep_every, max_checks_per_minute)"), id="unknown-with-hint"),
     pytest.param(["owner: me"],
-                 (3, 3, "unknown setting 'owner' (settings: timezone, dry_run, max_actions_per_minute, protect)"),
+                 (3, 3, "unknown setting 'owner' (settings: timezone, dry_run, max_actions_per_minute, protect, sweep_every, max_checks_per_minute)"),
                  id="unknown-without-hint"),
     pytest.param(["timezone: Europe/Berln"],
                  (3, 13, "unknown timezone 'Europe/Berln'; did you mean 'Europe/Berlin'? "

@@ -50,7 +50,8 @@ HOLD = 300.0  # a rule's `for: 5m`
 ALL_STEPS = ["1: initial: deliveries, decisions, actions, attempts, rooms, timers, rules_versions",
              "2: deliveries.problem (kept but unreadable); attempts.answer and attempts.doubt (what a 2xx said)",
              "3: inbox: accepted deliveries not yet decided on",
-             "4: workers: each worker's circuit breaker, as last reported"]
+             "4: workers: each worker's circuit breaker, as last reported",
+             "5: sweeps: rooms.closed_at, and the sweep's round"]
 THREAD_JOIN_LIMIT = 120.0  # a hang guard for worker threads, never a timing assertion
 PG_LOCK_WAIT = 10.0  # how long a PostgreSQL lock may block a write before it must give up
 ALL_TABLES = (tables.deliveries, tables.decisions, tables.actions, tables.attempts, tables.rooms,
@@ -280,14 +281,14 @@ def test_migrate_applies_each_step_once(make_store):
     assert store.migrate() == ALL_STEPS
     assert store.migrate() == []
     assert make_store(migrate=False).migrate() == []  # another process, later
-    assert store.schema_version() == migrations.LATEST == 4
+    assert store.schema_version() == migrations.LATEST == 5
 
     with store.engine.connect() as conn:
         names = set(inspect(conn).get_table_names())
         migrated = conn.execute(select(tables.schema_migrations.c.version)).scalars().all()
     assert {"schema_migrations", "deliveries", "decisions", "actions", "attempts", "rooms",
-            "timers", "rules_versions", "workers"} <= names
-    assert migrated == [1, 2, 3, 4]
+            "timers", "rules_versions", "workers", "sweeps"} <= names
+    assert migrated == [1, 2, 3, 4, 5]
 
 
 def test_a_workers_breaker_report_replaces_the_last_and_old_workers_are_forgotten(store, clock):
@@ -365,7 +366,7 @@ def test_the_migration_steps_build_exactly_what_tables_py_declares(make_store, d
         else:
             with store.engine.begin() as conn:
                 conn.execute(text("DROP SCHEMA IF EXISTS declared CASCADE"))
-    assert migrated.keys() == declared.keys() and len(migrated) == 9
+    assert migrated.keys() == declared.keys() and len(migrated) == 10
     for table in declared:
         assert migrated[table] == declared[table], table
 
@@ -400,9 +401,9 @@ def test_concurrent_migrations_all_succeed_and_apply_once(make_store):
     errors = [r for r in results if isinstance(r, BaseException)]
     assert errors == []
     assert sorted(results, key=len) == [[], [], [], ALL_STEPS]
-    assert stores[0].schema_version() == 4
+    assert stores[0].schema_version() == 5
     with stores[0].engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(tables.schema_migrations)).scalar() == 4
+        assert conn.execute(select(func.count()).select_from(tables.schema_migrations)).scalar() == 5
 
 
 def test_first_connection_to_a_new_sqlite_file_waits_for_a_writer(make_store, database_url,
@@ -985,9 +986,9 @@ def test_room_state_is_stored_and_handed_to_the_next_plan_for_the_room(store, cl
         {"n": 2, "who": []},         # the third (None) and the fifth (unknown) changed nothing
     ]
     assert store.room("room-1") == {"room_id": "room-1", "state": {"n": 2, "who": []},
-                                    "updated_at": T0 + 1, "last_delivery_id": "b" * 32}
+                                    "updated_at": T0 + 1, "last_delivery_id": "b" * 32, "closed_at": None}
     assert store.room("room-2") == {"room_id": "room-2", "state": {"n": 9},
-                                    "updated_at": T0 + 3, "last_delivery_id": "d" * 32}
+                                    "updated_at": T0 + 3, "last_delivery_id": "d" * 32, "closed_at": None}
 
 
 def test_unknown_delivery_without_a_room_touches_no_room(store):
@@ -1335,12 +1336,14 @@ def test_concurrent_fire_due_timer_fires_each_timer_once(make_store):
 
 def test_firing_a_timer_while_a_delivery_for_its_room_arrives_does_not_deadlock(make_store, database_url,
                                                                                  request):
-    clock = Clock(T0 + HOLD)
+    clock = Clock(T0 + HOLD + 1)
     setup = make_store(clock)
-    start_timer(setup, at=T0)  # room-1's timer, due now
+    start_timer(setup, at=T0)  # room-1's timer, due a second ago
     ingester, firer = make_store(clock), make_store(clock)
     results: list[object] = []
-    delivery = new_delivery(at=T0 + HOLD)
+    # After the due time: a delivery in the inbox that came by then would hold the timer back
+    # (it may cancel it), and the two would never meet.
+    delivery = new_delivery(at=T0 + HOLD + 1)
 
     def ingest():
         return record(ingester, delivery, room_state={"n": 1})

@@ -1741,3 +1741,29 @@ def test_a_backlog_of_due_actions_gives_the_inbox_its_turn_back_after_turn_secon
     while worker.run_once():
         pass
     assert [store.action(a)["status"] for a in backlog] == ["done"] * 4
+
+
+def test_a_busy_inbox_holds_back_only_the_timers_of_rooms_with_deliveries_waiting(fake_api, store, clock):
+    """A due timer waits only for its own room's deliveries that arrived by its due time (one may
+    cancel it); a full inbox of other rooms' deliveries does not hold it back. Before, every
+    timer waited until the whole inbox was drained: under steady traffic, all of them fired
+    late and at once, by whichever worker happened to be free."""
+    rules = RulesHolder(empty_rules())
+    worker = _decider_worker(store, clock, fake_api.base_url, rules)
+    worker.decider.batch = 3
+    timer_id = join_then_leave(store, rules, clock)  # a timer due at DUE
+    for i in range(9):  # three full batches of other rooms
+        _accept(store, event_body("participant-joined", meetingId=f"busy-{i}", sessionId="s",
+                                  participantId="p"), DUE - 10 + i)
+    late = _accept(store, event_body("participant-joined", meetingId=ROOM, sessionId=SESSION,
+                                     participantId="p-9"), DUE + 5)  # after the due time: too late to cancel it
+    clock.now = DUE + 60
+
+    assert worker.run_once() is True  # a full batch of 3
+    assert worker.run_once() is True  # the timer, though six deliveries of other rooms wait
+    assert store.timers(room_id=ROOM)[0]["status"] == "fired"
+    assert store.inbox_stats()[0] == 7
+    while worker.run_once():
+        pass
+    assert store.delivery(late) is not None and store.inbox_stats() == (0, None)
+    assert [t["id"] for t in store.timers(room_id=ROOM)] == [timer_id]

@@ -64,6 +64,13 @@ def _empty_for(f: Facts):
     return max(0.0, f.now - room.empty_since)
 
 
+def _quiet_for(f: Facts):
+    room = f.room
+    if room is None or room.last_seen_at is None:
+        return None
+    return max(0.0, f.now - room.last_seen_at)
+
+
 def _session_age(f: Facts):
     room = f.room
     if room is None or not room.session_active or room.session_started_at is None:
@@ -81,6 +88,8 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
     Field("room.sessions", "number", "how many sessions of the room roomwarden has seen",
           lambda f: f.room.sessions if f.room else None),
     Field("room.empty_for", "duration", "seconds since the room became empty, while it is", _empty_for),
+    Field("room.quiet_for", "duration", "seconds since the room's last delivery (a sweep is not one)",
+          _quiet_for),
     Field("session.id", "string", "the session id (`data.sessionId`)", lambda f: f.event.session_id),
     Field("session.duration", "duration", "seconds from `data.start` to `data.end`",
           lambda f: f.event.session_duration, ("session-ended",)),

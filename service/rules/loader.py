@@ -30,7 +30,7 @@ from ..schemas import DOCUMENTED_EVENT_TYPES, KNOWN_EVENTS, NAMED_UNDOCUMENTED_F
 from . import fields
 from .conditions import All, Any_, Compare, Condition, Not
 from .durations import parse_duration
-from .model import ACTIONS, CONFIRMS, Rule, RuleSet, Settings
+from .model import ACTIONS, CONFIRMS, SWEEP, Rule, RuleSet, Settings
 from .operators import OPERATORS, coerce
 
 _BOOL = "tag:yaml.org,2002:bool"
@@ -83,7 +83,8 @@ def _construct_int(loader: _Loader, node: ScalarNode) -> int:
 _Loader.add_constructor(_INT, _construct_int)
 
 TOP_KEYS = ("version", "settings", "rules")
-SETTINGS_KEYS = ("timezone", "dry_run", "max_actions_per_minute", "protect")
+MIN_SWEEP_EVERY = 1.0  # seconds: a shorter sweep is a busy loop over every known room
+SETTINGS_KEYS = ("timezone", "dry_run", "max_actions_per_minute", "protect", "sweep_every", "max_checks_per_minute")
 RULE_KEYS = ("name", "description", "on", "when", "for", "confirm", "dry_run", "action")
 COMBINATORS = ("all", "any", "not")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
@@ -280,12 +281,18 @@ class _Reader:
                 flag = self.boolean(value, "'dry_run'")
                 if flag is not None:
                     values["dry_run"] = flag
-            elif key == "max_actions_per_minute":
+            elif key in ("max_actions_per_minute", "max_checks_per_minute"):
                 limit = self.value(value) if isinstance(value, ScalarNode) else None
                 if type(limit) is not int or limit < 1:
-                    self.error(value, "'max_actions_per_minute' must be a whole number, at least 1")
+                    self.error(value, f"'{key}' must be a whole number, at least 1")
                 else:
-                    values["max_actions_per_minute"] = limit
+                    values[key] = limit
+            elif key == "sweep_every":
+                every = self.duration(value, "'sweep_every'")
+                if every is not None and every < MIN_SWEEP_EVERY:
+                    self.error(value, f"'sweep_every' must be at least {MIN_SWEEP_EVERY:g}s")
+                elif every is not None:
+                    values["sweep_every"] = every
             elif key == "protect":
                 items = value.value if isinstance(value, SequenceNode) else [value]
                 patterns = []
@@ -357,6 +364,10 @@ class _Reader:
         if len(self.problems) > before:
             return None
         self.warn_unreachable(on, present["on"])
+        if SWEEP in on and confirm != "no-live-session" and not dry_run:
+            self.warn(present["action"], f"'{action}' on sweep without 'confirm: no-live-session': a sweep "
+                                         "acts on what roomwarden last heard, and the webhook it missed may "
+                                         "be why the room looks quiet")
         if confirm is None and not dry_run and any(_overlap(p, "participant-left") for p in on):
             # VideoSDK's events carry no order or time: the room's count is a best guess.
             self.warn(present["action"], f"'{action}' on participant-left without 'confirm: "
@@ -373,6 +384,8 @@ class _Reader:
     def warn_unreachable(self, on: tuple[str, ...], on_node: Node) -> None:
         """Warnings for parts of a rule that can never apply; errors are already ruled out."""
         for pattern in on:
+            if pattern == SWEEP:
+                continue  # roomwarden's own event (service/sweeps.py)
             acted_on = any(_overlap(pattern, known) for known in _KNOWN_EVENT_PATTERNS)
             if not any(fnmatchcase(name, pattern) for name in DOCUMENTED_EVENT_TYPES):
                 self.warn(on_node, _undocumented(pattern, acted_on))

@@ -7,6 +7,7 @@ from datetime import timezone as dt_timezone, tzinfo
 from fnmatch import fnmatchcase
 from typing import NamedTuple
 
+from ..events import SWEEP
 from .compiled import Compiler, Test, Tracer
 from .conditions import Condition, Trace
 
@@ -19,7 +20,14 @@ ACTIONS = {
 # Checks the worker makes just before acting; a check that fails cancels the action.
 CONFIRMS = {
     "active-participants": "GET /v2/sessions/{sessionId}/participants/active: act only if nobody is there",
+    "no-live-session": "GET /v2/sessions?roomId=...&status=ongoing: act only if the room has no live session",
 }
+
+# SWEEP is the event roomwarden raises itself, every `settings.sweep_every`, for each room it knows
+# and has not closed (service/sweeps.py). Only a rule that names it exactly is decided on it: a glob
+# in `on:` never matches it, so `on: "*"` does not start acting on rooms nobody has heard from.
+DEFAULT_SWEEP_EVERY = 900.0  # seconds: 15 minutes, when a rule uses `sweep` and the setting is absent
+DEFAULT_MAX_CHECKS_PER_MINUTE = 60  # confirm checks a minute, across all workers
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,8 @@ class Settings:
     dry_run: bool = False  # every rule in shadow mode
     max_actions_per_minute: int | None = None  # excess actions wait; none is dropped
     protect: tuple[str, ...] = ()  # room ids or globs never acted on
+    sweep_every: float | None = None  # seconds between sweeps (None: the default, if a rule uses sweep)
+    max_checks_per_minute: int = DEFAULT_MAX_CHECKS_PER_MINUTE  # confirm checks, across all workers
 
     def is_protected(self, room_id: str) -> bool:
         return any(fnmatchcase(room_id, pattern) for pattern in self.protect)
@@ -52,6 +62,8 @@ class Rule:
     fingerprint: str = ""  # changes when anything but the description changes
 
     def applies_to(self, event_type: str) -> bool:
+        if event_type == SWEEP:
+            return SWEEP in self.on  # named, never globbed
         return any(fnmatchcase(event_type, pattern) for pattern in self.on)
 
 
@@ -122,6 +134,16 @@ class RuleSet:
     def short_hash(self) -> str:
         return self.sha256[:12]
 
+    def uses_confirm(self, confirm: str) -> bool:
+        return any(rule.confirm == confirm for rule in self.rules)
+
+    @property
+    def sweep_every(self) -> float | None:
+        """Seconds between sweeps; None when no rule uses `sweep` (then there are none)."""
+        if not any(SWEEP in rule.on for rule in self.rules):
+            return None
+        return self.settings.sweep_every or DEFAULT_SWEEP_EVERY
+
     def rule(self, name: str) -> Rule | None:
         return next((r for r in self.rules if r.name == name), None)
 
@@ -138,6 +160,8 @@ class RuleSet:
         if cached is None:
             positions = set(self._exact.get(event_type, ()))
             positions.update(i for i in self._globbed if self.rules[i].applies_to(event_type))
+            if event_type == SWEEP:
+                positions = {i for i in positions if self.rules[i].applies_to(SWEEP)}
             ordered = sorted(positions)
             cached = tuple(self.rules[i] for i in ordered), tuple(self._checks[i] for i in ordered)
             if len(self._cache) < 4096:  # event types are open-ended; bound the memo

@@ -46,6 +46,7 @@ STEPS: tuple[tuple[int, str, Callable[[Connection], None]], ...] = (
      _sql_file("0002_unreadable_and_answers")),
     (3, "inbox: accepted deliveries not yet decided on", _sql_file("0003_inbox")),
     (4, "workers: each worker's circuit breaker, as last reported", _sql_file("0004_workers")),
+    (5, "sweeps: rooms.closed_at, and the sweep's round", _sql_file("0005_sweeps")),
 )
 
 

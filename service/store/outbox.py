@@ -24,12 +24,14 @@ def _due_work():
     return select(action, timer)
 
 
-def _claim():
+def _claim(without_check: str | None = None):
     """One statement: the most overdue claimable action (PostgreSQL: skipping any another claimer
-    has locked), leased to a worker."""
+    has locked), leased to a worker; with `without_check`, none whose confirm is that check."""
     now = bindparam("p_now")
     claimable = and_(actions.c.status == ACTIVE, actions.c.due_at <= now,
                      or_(actions.c.lease_until.is_(None), actions.c.lease_until < now))
+    if without_check is not None:
+        claimable = and_(claimable, or_(actions.c.confirm.is_(None), actions.c.confirm != without_check))
     oldest = (select(actions.c.id).where(claimable).order_by(actions.c.due_at, actions.c.id).limit(1)
               .with_for_update(skip_locked=True).scalar_subquery())
     return (update(actions).where(actions.c.id == oldest, claimable)
@@ -56,31 +58,40 @@ def _move_action(frees_key: bool, moves_due: bool):
 # look at what is due: 1.9 ms built each time, 0.6 ms built once, on PostgreSQL).
 _DUE_WORK = _due_work()
 _CLAIM = _claim()
+PACED_CHECK = "no-live-session"  # the confirm check `checks_per_minute` paces (a sweep's)
+_CLAIM_UNCHECKED = _claim(PACED_CHECK)
 _RECORD_ATTEMPT = attempts.insert()
 
 
 class OutboxMixin:
     @guarded
     def claim(self, worker: str, lease_seconds: float, max_attempts: int,
-              per_minute: int | None = None) -> ClaimedAction | None:
+              per_minute: int | None = None, checks_per_minute: int | None = None) -> ClaimedAction | None:
         """Lease the most overdue action to `worker`, or return None if none is due.
 
         A lease that runs out (its worker died) makes the action claimable again.
         An action whose claims keep ending without a recorded result (it kills
         its worker, say) is marked dead after `max_attempts` claims. With
         `per_minute`, no claim is made while that many attempts started in the
-        last minute or are in flight: excess actions wait, none is dropped.
+        last minute or are in flight: excess actions wait, none is dropped. With
+        `checks_per_minute`, the same for actions whose confirm is PACED_CHECK (a sweep's
+        `no-live-session`: each claim of one is a call to VideoSDK's sessions list), while
+        other actions are claimed as usual.
         """
         now = self.clock()
+        limited = per_minute is not None or checks_per_minute is not None
+        statement = _CLAIM
         # Without a rate limit, a claim is one statement (two only to mark an action dead).
-        with self._write() if per_minute is not None else self._write_one() as conn:
-            if per_minute is not None:
+        with self._write() if limited else self._write_one() as conn:
+            if limited:
                 if conn.dialect.name == "postgresql":  # claimers count the load one at a time
                     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": RATE_LIMIT_LOCK})
-                if self._recent_load(conn, now) >= per_minute:
+                if per_minute is not None and self._recent_load(conn, now) >= per_minute:
                     return None
+                if checks_per_minute is not None and self._recent_load(conn, now, PACED_CHECK) >= checks_per_minute:
+                    statement = _CLAIM_UNCHECKED
             while True:
-                claimed = conn.execute(_CLAIM, {"p_now": now, "p_worker": worker,
+                claimed = conn.execute(statement, {"p_now": now, "p_worker": worker,
                                                 "p_lease_until": now + lease_seconds}).mappings().first()
                 if claimed is None or claimed["attempts"] <= max_attempts:
                     break
@@ -96,12 +107,16 @@ class OutboxMixin:
             session_id=claimed["session_id"], rule=claimed["rule"], attempts=claimed["attempts"],
             lease_owner=worker, lease_until=claimed["lease_until"], confirm=claimed["confirm"])
 
-    def _recent_load(self, conn, now: float) -> int:
-        started = conn.execute(select(func.count()).select_from(attempts)
-                               .where(attempts.c.started_at > now - 60)).scalar_one()
-        in_flight = conn.execute(select(func.count()).select_from(actions).where(
-            actions.c.status == ACTIVE, actions.c.lease_until >= now)).scalar_one()
-        return started + in_flight
+    def _recent_load(self, conn, now: float, confirm: str | None = None) -> int:
+        """Attempts started in the last minute and actions in flight (only those whose confirm
+        is `confirm`, when given)."""
+        recent = select(func.count()).select_from(attempts).where(attempts.c.started_at > now - 60)
+        in_flight = select(func.count()).select_from(actions).where(actions.c.status == ACTIVE,
+                                                                    actions.c.lease_until >= now)
+        if confirm is not None:
+            recent = recent.join(actions, actions.c.id == attempts.c.action_id).where(actions.c.confirm == confirm)
+            in_flight = in_flight.where(actions.c.confirm == confirm)
+        return conn.execute(recent).scalar_one() + conn.execute(in_flight).scalar_one()
 
     @guarded
     def finish(self, claim: ClaimedAction, attempt: AttemptRecord, worker: str) -> bool:
@@ -130,6 +145,8 @@ class OutboxMixin:
             if moves_due:
                 values["p_due_at"] = attempt.next_due_at
             moved = conn.execute(_move_action(frees_key, moves_due), values).rowcount
+            if moved and attempt.closes_room:
+                self._close_room(conn, claim.room_id, now)
         return moved == 1
 
     @guarded

@@ -123,6 +123,7 @@ class AttemptRecord:
     note: str | None = None
     answer: dict | None = None  # what a 2xx answer said (answers.Reading)
     doubt: str | None = None  # why that answer leaves the action's effect in doubt
+    closes_room: bool = False  # the deactivate call itself answered done, or "room not found"
 
 
 Row = dict[str, Any]

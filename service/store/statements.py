@@ -40,7 +40,8 @@ class Statements:
         self.lock_room = compiled(
             select(rooms.c.state).where(rooms.c.room_id == bindparam("room_id")).with_for_update())
         self.update_room = compiled(update(rooms).where(rooms.c.room_id == bindparam("room")).values(
-            state=bindparam("state"), updated_at=bindparam("now"), last_delivery_id=bindparam("delivery")))
+            state=bindparam("state"), updated_at=bindparam("now"), last_delivery_id=bindparam("delivery"),
+            closed_at=None))  # a delivery brings a closed room back to life: it is swept again
         self.pending_timers = compiled(
             select(*_TIMER_WITH_TRIGGER).join(deliveries, deliveries.c.id == timers.c.delivery_id)
             .where(timers.c.room_id == bindparam("room_id"), timers.c.status == "pending")

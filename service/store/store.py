@@ -7,7 +7,8 @@
     ├── OutboxMixin    (outbox.py)   claiming actions, recording attempts, re-driving dead ones
     ├── HistoryMixin   (history.py)  reads: deliveries, decisions, rooms, rules versions; retention
     ├── DashboardMixin (dashboard.py) paged, indexed reads for the dashboard's pages
-    └── WorkersMixin   (workers.py)  each worker's circuit breaker, as it last reported it
+    ├── WorkersMixin   (workers.py)  each worker's circuit breaker, as it last reported it
+    └── SweepsMixin    (sweeps.py)   the sweep's rounds, and the rooms it no longer sweeps
 
 How it fails: a database that is locked past its timeout, unreachable or
 restarting raises `StoreUnavailable` (the HTTP layer answers 503); nothing is
@@ -40,10 +41,12 @@ from .offload import real_sleep
 from .outbox import OutboxMixin
 from .statements import Statements
 from .timers import TimersMixin
+from .sweeps import SweepsMixin
 from .workers import WorkersMixin
 
 
-class Store(InboxMixin, IntakeMixin, TimersMixin, OutboxMixin, HistoryMixin, DashboardMixin, WorkersMixin):
+class Store(InboxMixin, IntakeMixin, TimersMixin, OutboxMixin, HistoryMixin, DashboardMixin, WorkersMixin,
+            SweepsMixin):
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time):
         self.engine = engine
         self.clock = clock

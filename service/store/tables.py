@@ -134,6 +134,9 @@ rooms = Table(
     Column("state", JSON, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("last_delivery_id", String(32)),
+    # When roomwarden deactivated the room (or VideoSDK said it does not exist): it is not swept
+    # again until a delivery brings it back to life (which sets this back to NULL).
+    Column("closed_at", Float),
     Index("ix_rooms_updated", "updated_at", "room_id"),  # the dashboard's rooms, most recent first
 )
 
@@ -185,4 +188,21 @@ workers = Table(
     Column("breaker_opened_at", Float),
     Column("next_probe_at", Float),
     Index("ix_workers_seen", "seen_at"),
+)
+
+# The sweep (service/sweeps.py): one row, `rooms`. A round appends a sweep to the inbox for each
+# room not closed, in chunks by room id (`cursor`), under a lease so that one worker at a time
+# does it and another takes over from the cursor if it dies; the next round starts `every`
+# after this one started, and never before this one has finished.
+sweeps = Table(
+    "sweeps", metadata,
+    Column("name", String(32), primary_key=True),
+    Column("round", Integer, nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("next_at", Float, nullable=False),
+    Column("cursor", String(128)),  # the last room id swept in this round
+    Column("rooms", Integer, nullable=False),  # rooms swept in this round so far
+    Column("owner", String(128)),
+    Column("lease_until", Float),
 )

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from sqlalchemy import select, update
+from sqlalchemy import exists, select, update
 
 from .guard import guarded
 from .records import TimerRow, TimerWrite
-from .tables import deliveries, timers
+from .tables import deliveries, inbox, timers
 
 Decide = Callable[[TimerRow, dict, set[str]], TimerWrite]
 
@@ -22,13 +22,18 @@ class TimersMixin:
         timer row stays locked from reading to writing, and a timer fires once.
         Locks are taken room first, then timer, the order a delivery takes them in,
         so a timer firing while a delivery for its room arrives cannot deadlock.
+
+        A timer whose room has a delivery in the inbox that arrived by its due time waits for
+        the decider: that delivery (a join, say) may cancel it. Other rooms' timers fire however
+        busy the inbox is.
         """
         for _ in range(10):  # another worker may take the timer we picked: pick again, in a new transaction
             now = self.clock()
             with self._write() as conn:
                 candidate = conn.execute(
                     select(timers.c.id, timers.c.room_id)
-                    .where(timers.c.status == "pending", timers.c.due_at <= now)
+                    .where(timers.c.status == "pending", timers.c.due_at <= now, ~exists().where(
+                        inbox.c.room_id == timers.c.room_id, inbox.c.received_at <= timers.c.due_at))
                     .order_by(timers.c.due_at, timers.c.id).limit(1)
                 ).first()  # not locked yet: the room is locked first, then the timer
                 if candidate is None:

@@ -1,0 +1,346 @@
+"""Sweeps (issue 16): time as a trigger, the API as the judge.
+
+Through the real pieces: signed-body events into the inbox, the worker's decider and its sweep
+rounds on a real store (SQLite here; both databases for the round's bookkeeping), and the fake
+VideoSDK API over HTTP answering `GET /v2/sessions?roomId=...&status=ongoing` from its
+documented page shape (tests/videosdk_examples/SOURCES.md). The real-process test is in
+tests/test_e2e.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from service import explain
+from service.decider import Decider
+from service.events import parse_event
+from service.reload import RulesHolder
+from service.retry import RetryPolicy
+from service.rules.loader import parse_rules
+from service.store import Store
+from service.sweeps import is_sweep_id, sweep_body, sweep_id
+from service.videosdk import TokenSource, VideoSDKClient
+from service.worker import Worker
+
+from .conftest import API_KEY, SECRET, Clock, event_body
+from .fakeapi import Reply
+
+T0 = 1_700_000_000.0
+HALF = lambda: 0.5  # noqa: E731
+SESSIONS = "/v2/sessions"
+
+SWEEP_RULES = """\
+version: 1
+settings:
+  sweep_every: 10m
+  protect: ["keep-*"]
+rules:
+  - name: close-forgotten
+    on: sweep
+    when:
+      room.quiet_for: {gte: 2h}
+    confirm: no-live-session
+    action: deactivate
+"""
+
+
+def parse(text: str):
+    """The rule set and its warnings (errors fail here)."""
+    rule_set, problems = parse_rules(text, "sweep-rules.yaml")
+    assert rule_set is not None, [str(p) for p in problems]
+    return rule_set, list(rule_set.warnings)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(T0)
+
+
+@pytest.fixture
+def store(tmp_path, clock):
+    store = Store.from_url(f"sqlite:///{tmp_path}/s.db", clock)
+    store.migrate()
+    yield store
+    store.close()
+
+
+def make_worker(store, clock, base_url, rules: RulesHolder, worker_id: str = "worker-1") -> Worker:
+    return Worker(store, VideoSDKClient(base_url, TokenSource(API_KEY, SECRET), timeout=2.0), RetryPolicy(),
+                  lambda: rules.current, decider=Decider(store, lambda: rules.current, acts=True, verifier=None),
+                  lease_seconds=30.0, clock=clock, rand=HALF, worker_id=worker_id)
+
+
+def accept(store, raw: bytes, at: float) -> str:
+    from service.accept import new_delivery_id
+    from service.events import read_envelope
+    from service.store.inbox import InboxItem
+
+    item = InboxItem(id=new_delivery_id(at), received_at=at, room_id=read_envelope(raw)[1],
+                     body=raw.decode(), signature=None, verified=True)
+    store.append(item)
+    return item.id
+
+
+def join(store, room: str, at: float, session: str = "s-1", who: str = "p-1") -> str:
+    return accept(store, event_body("participant-joined", meetingId=room, sessionId=session, participantId=who), at)
+
+
+def inbox_rooms(store: Store) -> list[str]:
+    from sqlalchemy import select
+
+    from service.store.tables import inbox
+    with store.engine.connect() as conn:
+        return list(conn.execute(select(inbox.c.room_id).order_by(inbox.c.seq)).scalars())
+
+
+def drain(worker: Worker) -> int:
+    passes = 0
+    while worker.run_once():
+        passes += 1
+        assert passes < 10_000
+    return passes
+
+
+# -- the rules ---------------------------------------------------------------------------------
+
+
+def test_sweep_rules_load_with_their_settings_and_no_warning():
+    rule_set, problems = parse(SWEEP_RULES)
+    assert problems == []
+    assert rule_set.sweep_every == 600 and rule_set.settings.max_checks_per_minute == 60
+    assert rule_set.rules_for("sweep") == rule_set.rules
+
+
+def test_without_a_sweep_rule_there_are_no_sweeps_and_a_glob_never_matches_one():
+    rule_set, _ = parse("version: 1\nrules:\n  - name: any\n    on: '*'\n    dry_run: true\n    action: deactivate\n")
+    assert rule_set.sweep_every is None
+    assert rule_set.rules_for("sweep") == () and rule_set.rules_for("session-ended") == rule_set.rules
+
+
+def test_a_sweep_rule_without_the_live_session_check_is_warned_about():
+    _, problems = parse(SWEEP_RULES.replace("    confirm: no-live-session\n", ""))
+    assert [p.severity for p in problems] == ["warning"]
+    assert "without 'confirm: no-live-session'" in problems[0].message
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("sweep_every: 0s", "'sweep_every' must be longer than zero"),
+    ("sweep_every: 500ms", "'sweep_every'"),
+    ("max_checks_per_minute: 0", "'max_checks_per_minute' must be a whole number, at least 1"),
+])
+def test_bad_sweep_settings_are_errors(setting, message):
+    rule_set, problems = parse_rules(SWEEP_RULES.replace("sweep_every: 10m", setting), "r.yaml")
+    assert rule_set is None and any(message in p.message for p in problems), [str(p) for p in problems]
+
+
+def test_a_body_from_outside_that_says_sweep_is_never_read_as_one():
+    raw = sweep_body("room-1", 3).encode()
+    outside = parse_event(raw)
+    assert (outside.type, outside.known) == ("sweep", False)  # recorded, never decided on
+    inside = parse_event(raw, sweep=True)
+    assert (inside.type, inside.known, inside.room_id) == ("sweep", True, "room-1")
+    assert is_sweep_id(sweep_id(T0, 3, "room-1")) and not is_sweep_id("18bcfe5680000123456789abcdef0")
+
+
+# -- the round's bookkeeping, on both databases ---------------------------------------------------
+
+
+@pytest.fixture
+def make_store(database_url):
+    made: list[Store] = []
+
+    def make(clock: Clock) -> Store:
+        store = Store.from_url(database_url, clock)
+        store.migrate()
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def _rooms(store: Store, clock: Clock, names: list[str]) -> None:
+    """Rooms the store knows, each with a delivery decided at T0."""
+    rules = RulesHolder(parse(SWEEP_RULES)[0])
+    for name in names:
+        join(store, name, T0)
+    Decider(store, lambda: rules.current, acts=True, verifier=None).drain()
+
+
+def test_a_round_appends_each_open_room_once_in_chunks_and_one_worker_holds_it(make_store):
+    clock = Clock(T0)
+    store = make_store(clock)
+    names = [f"room-{i:02d}" for i in range(7)]
+    _rooms(store, clock, names)
+    clock.now = T0 + 1
+
+    first = store.sweep_turn("w-1", every=600, chunk=3, lease=60)
+    assert (first.round, first.appended, first.finished, first.started) == (1, 3, False, True)
+    held = store.sweep_turn("w-2", every=600, chunk=3, lease=60)  # another worker: not its round
+    assert (held.appended, held.next_look_at) == (0, T0 + 1 + 60)
+    assert store.sweep_turn("w-1", every=600, chunk=3, lease=60).appended == 3
+    last = store.sweep_turn("w-1", every=600, chunk=3, lease=60)
+    assert (last.appended, last.finished, last.rooms, last.next_look_at) == (1, True, 7, T0 + 1 + 600)
+    assert store.inbox_stats()[0] == 7
+    swept = sorted(inbox_rooms(store))
+    assert swept == names  # each once
+
+    not_due = store.sweep_turn("w-2", every=600, chunk=3, lease=60)
+    assert (not_due.appended, not_due.next_look_at) == (0, T0 + 601)
+    clock.now = T0 + 601
+    again = store.sweep_turn("w-2", every=600, chunk=100, lease=60)
+    assert (again.round, again.appended, again.finished) == (2, 7, True)
+
+
+def test_a_round_whose_owner_died_is_carried_on_from_its_cursor(make_store):
+    clock = Clock(T0)
+    store = make_store(clock)
+    _rooms(store, clock, [f"room-{i:02d}" for i in range(5)])
+    assert store.sweep_turn("w-dead", every=600, chunk=2, lease=60).appended == 2
+    clock.now = T0 + 61  # its lease ran out
+    rest = store.sweep_turn("w-2", every=600, chunk=10, lease=60)
+    assert (rest.round, rest.appended, rest.finished, rest.rooms) == (1, 3, True, 5)
+    assert sorted(set(inbox_rooms(store))) == sorted(inbox_rooms(store)) and len(inbox_rooms(store)) == 5
+
+
+def test_a_closed_room_is_not_swept_until_a_delivery_brings_it_back(make_store):
+    from service.store.tables import rooms
+    from sqlalchemy import update
+
+    clock = Clock(T0)
+    store = make_store(clock)
+    _rooms(store, clock, ["room-open", "room-shut"])
+    with store.engine.begin() as conn:
+        store._close_room(conn, "room-shut", T0)
+    assert store.sweep_turn("w-1", every=600, chunk=10, lease=60).appended == 1
+    assert inbox_rooms(store) == ["room-open"]
+
+    rules = RulesHolder(parse(SWEEP_RULES)[0])
+    Decider(store, lambda: rules.current, acts=True, verifier=None).drain()
+    join(store, "room-shut", T0 + 5, session="s-2")  # back to life
+    Decider(store, lambda: rules.current, acts=True, verifier=None).drain()
+    clock.now = T0 + 601
+    assert store.sweep_turn("w-1", every=600, chunk=10, lease=60).appended == 2
+    with store.engine.begin() as conn:
+        conn.execute(update(rooms).values(closed_at=None))  # (nothing else reads closed_at)
+
+
+# -- deciding sweeps, and the API as the judge -----------------------------------------------------
+
+
+def test_a_room_whose_leave_was_lost_is_deactivated_by_a_sweep_confirmed_by_the_api(fake_api, store, clock):
+    """Three rooms heard from at T0 and then never again (their leave webhooks lost): the sweep
+    after two quiet hours deactivates the one VideoSDK lists no live session for, cancels the one
+    it lists live, and never touches the protected one. A room heard from an hour ago is not
+    confirmed at all (its `when` does not hold)."""
+    rules = RulesHolder(parse(SWEEP_RULES)[0])
+    worker = make_worker(store, clock, fake_api.base_url, rules)
+    for room in ("room-lost", "room-live", "keep-lost"):
+        join(store, room, T0, session=f"s-{room}")
+    fake_api.set_active("s-room-live", ["p-1"], room_id="room-live")
+    drain(worker)  # decided; the first round starts at once and finds them quiet for 0 s
+    assert fake_api.calls == []
+    clock.now = T0 + 3600
+    join(store, "room-recent", clock.now)
+    drain(worker)
+
+    clock.now = T0 + 2 * 3600 + 601  # the next round, two hours after the three went quiet
+    drain(worker)
+
+    assert fake_api.deactivations() == ["room-lost"]
+    assert len(fake_api.calls_to(SESSIONS)) == 2  # room-live and room-lost: not the protected, not the recent
+    by_room = {a["room_id"]: a for a in store.actions()}
+    assert by_room["room-lost"]["status"] == "done"
+    assert by_room["room-live"]["status"] == "cancelled"
+    assert "VideoSDK lists live session s-room-live" in by_room["room-live"]["last_error"]
+    assert "keep-lost" not in by_room and "room-recent" not in by_room
+    outcomes = {d["room_id"]: d["outcome"] for d in store.decisions() if d["rule"] == "close-forgotten"}
+    assert outcomes == {"room-lost": "scheduled", "room-live": "scheduled", "keep-lost": "protected"}
+
+    # room-lost is closed: the next round leaves it out; room-live stays in (it is in use)
+    clock.now += 601
+    drain(worker)
+    swept = [d["room_id"] for room in ("room-live", "room-lost") for d in store.deliveries(room_id=room, limit=100)
+             if d["event_type"] == "sweep"]
+    assert swept.count("room-live") == 3 and swept.count("room-lost") == 2
+    assert fake_api.deactivations() == ["room-lost"]
+
+
+def test_a_sweep_changes_nothing_about_the_room_and_explain_says_what_it_saw(fake_api, store, clock):
+    rules = RulesHolder(parse(SWEEP_RULES)[0])
+    worker = make_worker(store, clock, fake_api.base_url, rules)
+    join(store, "room-x", T0, session="s-x")
+    drain(worker)
+    before = store.room("room-x")
+    clock.now = T0 + 3 * 3600
+    drain(worker)
+    after = store.room("room-x")
+    assert (after["state"], after["updated_at"], after["last_delivery_id"]) == (
+        before["state"], before["updated_at"], before["last_delivery_id"])
+    text = "\n".join(explain.story("room-x", store.room_story("room-x"), clock.now))
+    assert "swept at" in text and "quiet for 3h" in text
+    assert "close-forgotten" in text
+
+
+def test_an_unreadable_or_failed_live_session_check_never_deactivates(fake_api, store, clock):
+    rules = RulesHolder(parse(SWEEP_RULES)[0])
+    worker = make_worker(store, clock, fake_api.base_url, rules)
+    join(store, "room-q", T0)
+    drain(worker)
+    fake_api.script(SESSIONS, Reply(200, {"unexpected": True}), Reply(503, {"message": "down"}))
+    clock.now = T0 + 3 * 3600
+    for _ in range(40):  # a pass every second of the clock, as the loop would make
+        worker.run_once()
+        clock.now += 1
+        if len(fake_api.calls_to(SESSIONS)) == 2:
+            break
+    assert fake_api.deactivations() == []
+    [action] = store.actions()
+    assert action["status"] == "pending" and action["attempts"] == 2  # retried, not acted on
+
+
+def test_live_session_checks_are_paced_by_max_checks_per_minute(fake_api, store, clock):
+    rules = RulesHolder(parse(SWEEP_RULES.replace("sweep_every: 10m", "sweep_every: 10m\n  max_checks_per_minute: 3"))[0])
+    worker = make_worker(store, clock, fake_api.base_url, rules)
+    for i in range(5):
+        join(store, f"room-{i}", T0, session=f"s-{i}")
+    drain(worker)
+    clock.now = T0 + 3 * 3600
+    drain(worker)
+    assert len(fake_api.calls_to(SESSIONS)) == 3 and len(fake_api.deactivations()) == 3
+    clock.now += 61
+    drain(worker)
+    assert len(fake_api.calls_to(SESSIONS)) == 5 and len(fake_api.deactivations()) == 5
+
+
+def test_a_rule_test_advances_the_virtual_clock_across_sweeps(tmp_path):
+    """`python -m service test`: sweeps given as events at virtual times, decided with the room's
+    history (room.quiet_for counts from its last delivery, not from an earlier sweep)."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    (tmp_path / "rules.yaml").write_text(SWEEP_RULES)
+    (tmp_path / "rules.test.yaml").write_text(f"""\
+rules: rules.yaml
+tests:
+  - name: quiet for two hours, the sweep after that closes it
+    events:
+      - {{at: 0s, event: participant-joined, data: {{meetingId: room-s, sessionId: s1, participantId: p1}}}}
+      - {{at: 1h, event: sweep, data: {{meetingId: room-s}}}}
+      - {{at: 2h10m, event: sweep, data: {{meetingId: room-s}}}}
+    expect:
+      - {{at: 2h10m, action: deactivate, room: room-s, rule: close-forgotten}}
+  - name: a delivery in between keeps it open
+    events:
+      - {{at: 0s, event: participant-joined, data: {{meetingId: room-s, sessionId: s1, participantId: p1}}}}
+      - {{at: 1h30m, event: participant-left, data: {{meetingId: room-s, sessionId: s1, participantId: p1}}}}
+      - {{at: 2h10m, event: sweep, data: {{meetingId: room-s}}}}
+    expect: []
+""")
+    result = subprocess.run([sys.executable, "-m", "service", "test", str(tmp_path / "rules.test.yaml")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr.strip() == "2 passed, 0 failed" and result.stdout.count("ok    ") == 2, result.stdout
