@@ -112,6 +112,7 @@ class Call:
     status: int
     at: float
     auth_error: str | None = None
+    params: dict = field(default_factory=dict)  # the query string's parameters
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -272,7 +273,7 @@ class FakeVideoSDK:
             time.sleep(reply.delay)
         with self._lock:
             self.calls.append(Call(method, path, headers, body, reply.status if not (
-                reply.garbage or reply.drop) else 0, time.time(), auth_error))
+                reply.garbage or reply.drop) else 0, time.time(), auth_error, params))
         if reply.garbage is not None or reply.drop:
             if reply.garbage:
                 handler.wfile.write(reply.garbage)

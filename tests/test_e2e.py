@@ -254,3 +254,57 @@ def test_stalled_clients_do_not_stop_health_checks_or_deliveries(processes, fake
     finally:
         for sock in stalled:
             sock.close()
+
+
+SWEEP_E2E_RULES = """\
+version: 1
+settings:
+  sweep_every: 1s
+  protect: ["keep-*"]
+rules:
+  - name: close-forgotten
+    on: sweep
+    when:
+      room.quiet_for: {gte: 2s}
+    confirm: no-live-session
+    action: deactivate
+"""
+
+
+def test_a_room_whose_leave_was_dropped_is_closed_by_a_sweep_the_api_confirms(processes, fake_api, sign,
+                                                                              rules_file):
+    """Issue 16, done when: three rooms hear a join and then nothing (their leave webhooks were
+    lost). A sweep every second finds each quiet for 2 s; VideoSDK lists no live session for the
+    first, which is deactivated; it lists one for the second, which is left open; the third is
+    protected and never asked about."""
+    rules_file.write_text(SWEEP_E2E_RULES)
+    dropped, live, protected = "drop-ped0-room", "live-live-room", "keep-prot-room"
+    fake_api.set_active("sess-l", ["p-1"], live)  # VideoSDK: someone is still in this one
+    web = processes.start("web")
+    base = f"http://127.0.0.1:{processes.env['PORT']}"
+    wait_until_up(base, web)
+    processes.start("worker")
+
+    with requests.Session() as http:
+        for room in (dropped, live, protected):
+            body = event_body("participant-joined", meetingId=room, sessionId="sess-l" if room == live else "s-1",
+                              participantId="p-1", participantName="Ann")
+            answer = http.post(base + "/webhooks/videosdk", data=body, timeout=10,
+                               headers={"videosdk-signature": sign(body)})
+            assert answer.status_code == 202, answer.text
+
+    store = Store.from_url(processes.env["DATABASE_URL"])
+    try:
+        assert fake_api.wait_for(lambda: fake_api.deactivations() == [dropped], timeout=60), fake_api.calls
+        assert fake_api.wait_for(lambda: {a["room_id"]: a["status"] for a in store.actions()} ==
+                                 {dropped: "done", live: "cancelled"}, timeout=30), store.actions()
+        [cancelled] = store.actions(room_id=live)
+        assert "VideoSDK lists live session sess-l" in cancelled["last_error"]
+        assert store.room(dropped)["closed_at"] is not None  # and is never swept again
+        swept = [d for d in store.decisions(room_id=protected)]
+        assert swept and all(d["outcome"] != "scheduled" for d in swept), swept
+    finally:
+        store.close()
+    asked = [c.params.get("roomId") for c in fake_api.calls_to("/v2/sessions")]
+    assert protected not in asked and dropped in asked and live in asked
+    assert fake_api.deactivations(status=None) == [dropped]
