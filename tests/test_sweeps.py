@@ -300,6 +300,21 @@ def test_an_unreadable_or_failed_live_session_check_never_deactivates(fake_api, 
     assert action["status"] == "pending" and action["attempts"] == 2  # retried, not acted on
 
 
+def test_a_404_from_the_live_session_list_is_not_read_as_no_session(fake_api, store, clock):
+    """The docs do not say what the list answers for a room with no sessions at all: a 404 fails
+    the action as a 404 to its own call would (docs/videosdk.md), and nothing is deactivated."""
+    rules = RulesHolder(parse(SWEEP_RULES)[0])
+    worker = make_worker(store, clock, fake_api.base_url, rules)
+    join(store, "room-n", T0)
+    drain(worker)
+    fake_api.script(SESSIONS, Reply(404, {"message": "Room not found"}))
+    clock.now = T0 + 3 * 3600
+    drain(worker)
+    assert len(fake_api.calls_to(SESSIONS)) == 1 and fake_api.deactivations(status=None) == []
+    [action] = store.actions()
+    assert action["status"] == "failed" and "confirm check failed" in action["last_error"]
+
+
 def test_live_session_checks_are_paced_by_max_checks_per_minute(fake_api, store, clock):
     rules = RulesHolder(parse(SWEEP_RULES.replace("sweep_every: 10m", "sweep_every: 10m\n  max_checks_per_minute: 3"))[0])
     worker = make_worker(store, clock, fake_api.base_url, rules)
