@@ -34,6 +34,7 @@ from itsdangerous import TimestampSigner
 
 from service import explain
 from service.dashboard.auth import session_key
+from service.rules.loader import parse_rules
 from service.runtime import build_worker
 from service.store.tables import actions, attempts, decisions, deliveries, rooms, timers
 
@@ -391,6 +392,35 @@ def test_the_overview_shows_each_workers_breaker_and_its_next_probe(dash_app, po
     assert fake_api.calls_to("/v2/rooms/roomwarden-probe")
     assert worker.report_breaker() is True
     assert breakers_of(dash) == [(worker.worker_id, "closed", "")]
+
+
+def sweeps_card(client) -> str:
+    card = re.search(r'<section class="card" id="sweeps">.*?</section>', client.get("/dashboard/").get_data(
+        as_text=True), re.S)[0]
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", card)).split())
+
+
+def test_the_overview_shows_the_sweeps_round_rooms_swept_and_the_next(dash_app, post, rules_file):
+    """Issue 16: the sweeps are visible on the dashboard, as the store records their round."""
+    dash, _ = sign_in(dash_app)
+    assert "No rule is on: sweep" in sweeps_card(dash)
+    runtime = dash_app.extensions["roomwarden"]
+    post(joined("room-swp-0001", "ann"), joined("room-swp-0002", "bob"), ended("room-swp-0003"))
+    rule_set, problems = parse_rules(RULES.replace("rules:\n", "  sweep_every: 1h\nrules:\n  - name: forgotten\n"
+                                                   "    on: sweep\n    when:\n      room.quiet_for: {gte: 2h}\n"
+                                                   "    confirm: no-live-session\n    action: deactivate\n", 1),
+                                     str(rules_file))
+    assert rule_set is not None, [str(p) for p in problems]
+    runtime.rules.replace(rule_set)
+    assert "round none yet" in sweeps_card(dash) and "Every 1h" in sweeps_card(dash)
+
+    worker = build_worker(runtime.settings, runtime.store, runtime.rules)
+    assert worker.sweep_once() is True
+    card = sweeps_card(dash)
+    assert re.search(r"round 1, started (just now|\d+s ago), finished (just now|\d+s ago)", card), card
+    assert "rooms swept 3 " in card and re.search(r"next round in (59m|1h)", card), card
+    assert worker.sweep_once() is False  # the round is over; the next is an hour away
+    assert "round 1," in sweeps_card(dash)
 
 
 def test_the_rooms_list_shows_occupancy_timers_and_protection(dash_app, post):

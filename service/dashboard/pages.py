@@ -41,6 +41,7 @@ def overview():
         last_error_at=present.at(runtime.rules.last_error_at), pid=os.getpid(),
         stats=runtime.store.outbox_stats(now), dry_run=not runtime.settings.acts,
         inbox=present.inbox(*runtime.store.inbox_stats(), now),
+        sweep=present.sweep(runtime.store.sweep_state(), rule_set.sweep_every, now),
         workers=[present.worker_row(w, now, stale_after=3 * REPORT_EVERY)
                  for w in runtime.store.workers_seen(now - WORKERS_SINCE)],
         charts={

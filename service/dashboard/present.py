@@ -115,3 +115,20 @@ def worker_row(row: dict, now: float, stale_after: float) -> dict:
             "next_probe": countdown(row["next_probe_at"], now) if row["next_probe_at"] is not None else "",
             "seen": ago(row["seen_at"], now), "stale": now - row["seen_at"] > stale_after,
             "started": at(row["started_at"])}
+
+
+def sweep(state: dict | None, every: float | None, now: float) -> dict | None:
+    """The sweeps card: None when no rule is `on: sweep`; else how often, and the last round as the
+    store records it (its number, when it started, finished or is still running, rooms swept so
+    far, when the next is due)."""
+    if every is None:
+        return None
+    card = {"every": format_duration(every), "round": None}
+    if state is None or not state["round"]:
+        return card  # no round yet: the worker starts one on its next pass
+    running = state["finished_at"] is None
+    card.update(round=state["round"], rooms=state["rooms"], started=ago(state["started_at"], now),
+                finished=None if running else ago(state["finished_at"], now), running=running,
+                next=countdown(state["next_at"], now) if state["next_at"] > now else "due now")
+    return card
+
