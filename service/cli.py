@@ -19,6 +19,8 @@ from pathlib import Path
 from . import explain, logs, metrics, replay, ruletest, trial
 from .config import Settings
 from .errors import PayloadInvalid, RoomwardenError, RulesError
+from .events import read_envelope
+from .rooms import RoomState
 from .rules.durations import format_duration, parse_duration
 from .rules.loader import load_rules
 from .runtime import build_worker, load_rules_holder, open_store, watch_rules
@@ -66,7 +68,8 @@ def cmd_simulate(args) -> int:
         print(f"cannot read {args.event}: {exc.strerror}", file=sys.stderr)
         return 2
     try:
-        result = trial.try_event(rule_set, raw, time.time())
+        stored = _stored_room(read_envelope(raw)[1]) if args.from_store else None
+        result = trial.try_event(rule_set, raw, time.time(), stored, from_store=args.from_store)
     except PayloadInvalid as exc:
         print(f"invalid event: {exc.message}", file=sys.stderr)
         if exc.fields:
@@ -78,6 +81,18 @@ def cmd_simulate(args) -> int:
     for line in result.lines():
         print(line)
     return 0
+
+
+def _stored_room(room_id: str | None) -> RoomState | None:
+    """The room as the store holds it (read only), for `simulate --from-store`."""
+    if room_id is None:
+        return None
+    store = open_store(Settings.from_env(), migrate=False)
+    try:
+        row = store.room(room_id)
+    finally:
+        store.close()
+    return None if row is None else RoomState.from_dict(room_id, row["state"] or {})
 
 
 def cmd_test(args) -> int:
@@ -266,6 +281,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("event", metavar="EVENT_JSON", help="a JSON file, '-' for stdin, or the JSON itself")
     p.add_argument("--rules", metavar="FILE", help="default: $RULES_FILE or rules.yaml")
     p.add_argument("--json", action="store_true", help="print the decision trace as JSON")
+    p.add_argument("--from-store", action="store_true",
+                   help="try it on the room as the store ($DATABASE_URL) holds it, not a room with no "
+                        "history (what a sweep would do: a sweep needs the room's last delivery)")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("test", help="run rule unit tests written in YAML, on a virtual clock")

@@ -9,6 +9,8 @@ tests/test_e2e.py.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from service import explain
@@ -359,3 +361,34 @@ tests:
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stderr.strip() == "2 passed, 0 failed" and result.stdout.count("ok    ") == 2, result.stdout
+
+
+def test_simulate_shows_what_a_sweep_would_do_for_one_room_as_stored(tmp_path, fake_api):
+    """`simulate --from-store`: a sweep for a room the store last heard from 3 hours ago matches
+    the rule; without the store, a sweep of a room with no history says it cannot know."""
+    import time
+
+    from .test_cli import run
+
+    clock = Clock(time.time() - 3 * 3600)
+    store = Store.from_url(f"sqlite:///{tmp_path}/sim.db", clock)
+    store.migrate()
+    rules_path = tmp_path / "sweep-rules.yaml"
+    rules_path.write_text(SWEEP_RULES)
+    worker = make_worker(store, clock, fake_api.base_url, RulesHolder(parse(SWEEP_RULES)[0]))
+    join(store, "room-sim", clock.now)
+    drain(worker)
+    store.close()
+    body = sweep_body("room-sim", 1)
+
+    stored = run("simulate", body, "--rules", str(rules_path), "--from-store",
+                 env={"DATABASE_URL": f"sqlite:///{tmp_path}/sim.db"})
+    assert stored.returncode == 0, stored.stderr
+    out = stored.stdout.decode()
+    assert re.search(r"room room-sim as stored: 1 participant\(s\), session s-1 live, last delivery 3h(\d+s)? ago",
+                     out), out
+    assert "rule close-forgotten (line 6): MATCH -> would deactivate room room-sim" in out
+
+    alone = run("simulate", body, "--rules", str(rules_path)).stdout.decode()
+    assert "a sweep of a room with no history: room.quiet_for and the room's state are unknown" in alone
+    assert "no match (unknown: a field is missing)" in alone and "would deactivate" not in alone
