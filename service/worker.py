@@ -90,6 +90,7 @@ class Worker:
         self.breaker = breaker or CircuitBreaker(clock=clock)
         self._started_at = clock()
         self._sweep_look_at = float("-inf")  # when to look at the sweep's round again
+        self._sweep_behind: int | None = None  # the inbox position of the last sweep this worker appended
         self._reported: tuple | None = None  # (what was last reported of the breaker, when)
         self.retention_days = retention_days  # 0: keep everything
         self._pruned_at: float | None = None
@@ -157,13 +158,19 @@ class Worker:
 
     def sweep_once(self) -> bool:
         """When a sweep round is due (some rule is `on: sweep`) or this worker holds one, append
-        the next rooms' sweeps to the inbox (one transaction). True when it appended some."""
+        the next rooms' sweeps to the inbox (one transaction). True when it appended some.
+
+        The next chunk waits until everything up to the last one has been decided, so a delivery
+        that arrives during a round waits behind one chunk of sweeps at most, not the round."""
         every = self.rules().sweep_every
         now = self.clock()
         if every is None or now < self._sweep_look_at:
             return False
+        if self._sweep_behind is not None and self.store.undecided_through(self._sweep_behind):
+            return False  # the last chunk is still in the inbox: a delivery never waits behind more
         turn = self.store.sweep_turn(self.worker_id, every, sweeps.CHUNK, sweeps.LEASE_SECONDS)
         self._sweep_look_at = turn.next_look_at
+        self._sweep_behind = turn.last_seq if turn.appended and not turn.finished else None
         if turn.started:
             metrics.SWEEP_ROUNDS.inc()
             log.info("sweep round %d started (every %s)", turn.round, format_duration(every))

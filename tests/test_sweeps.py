@@ -206,6 +206,36 @@ def test_a_round_whose_owner_died_is_carried_on_from_its_cursor(make_store):
     assert sorted(set(inbox_rooms(store))) == sorted(inbox_rooms(store)) and len(inbox_rooms(store)) == 5
 
 
+def test_a_delivery_that_arrives_during_a_round_waits_behind_one_chunk_not_the_round(make_store, monkeypatch):
+    """The worker appends a round's next chunk only once the last one has been decided, so a
+    webhook that comes just after a round starts is decided before the round's later chunks."""
+    from service import sweeps
+
+    clock = Clock(T0)
+    store = make_store(clock)
+    names = [f"room-{i:02d}" for i in range(10)]
+    _rooms(store, clock, names)
+    monkeypatch.setattr(sweeps, "CHUNK", 3)
+    worker = make_worker(store, clock, "http://127.0.0.1:9", RulesHolder(parse(SWEEP_RULES)[0]))
+    held: list[list[str]] = []  # what the inbox held each time a chunk was appended
+    turn = store.sweep_turn
+
+    def watched(*args):
+        done = turn(*args)
+        if done.appended:
+            held.append(inbox_rooms(store))
+        return done
+
+    monkeypatch.setattr(store, "sweep_turn", watched)
+    clock.now = T0 + 1
+    assert worker.run_once()  # the round starts: its first chunk
+    join(store, "late-room", T0 + 1, session="s-9", who="p-9")  # sorts before the cursor: not swept
+    drain(worker)
+    assert held == [names[0:3], names[3:6], names[6:9], names[9:]]  # the late delivery never behind two
+    assert store.inbox_stats()[0] == 0
+    assert store.sweep_state()["rooms"] == 10
+
+
 def test_a_closed_room_is_not_swept_until_a_delivery_brings_it_back(make_store):
     from service.store.tables import rooms
     from sqlalchemy import update

@@ -255,6 +255,12 @@ class InboxMixin:
             return conn.execute(_ANY).first() is not None
 
     @guarded
+    def undecided_through(self, seq: int) -> bool:
+        """Read-only: whether the inbox still holds a row at or before position `seq`."""
+        with self._peek() as conn:
+            return conn.execute(_THROUGH, {"p_seq": seq}).first() is not None
+
+    @guarded
     def inbox_stats(self) -> tuple[int, float | None]:
         """How many deliveries wait to be decided, and when the oldest of them arrived."""
         with self._read() as conn:
@@ -322,6 +328,7 @@ _LOCK_ROOMS = text(
     "WHERE pg_try_advisory_xact_lock(:cls, hashtext(room))")
 _DECIDED = delete(inbox).where(inbox.c.seq.in_(bindparam("p_seqs", expanding=True)))
 _ANY = select(inbox.c.seq).limit(1)
+_THROUGH = select(inbox.c.seq).where(inbox.c.seq <= bindparam("p_seq")).limit(1)
 
 
 def _row(mapping) -> InboxRow:
