@@ -34,11 +34,13 @@ from sqlalchemy import event, func, insert, select
 from service import sweeps
 from service.accept import new_delivery_id
 from service.decider import Decider
+from service.retry import RetryPolicy
 from service.rooms import RoomState
 from service.rules.loader import parse_rules
 from service.store import Store
 from service.store.inbox import InboxItem
 from service.store.tables import actions, decisions, deliveries, inbox, rooms
+from service.worker import Worker
 
 from .common import ThrowawayDatabase, event_body, fmt, load_average, log, table
 
@@ -349,6 +351,7 @@ class Measured:
     probe_us: float  # the CPU probe just before deciding
     tenths: tuple[float | None, float | None]  # rooms decided per second in the first and the last tenth
     waited: float | None  # seconds a delivery appended after the round waited to be decided
+    waited_worker: float | None = None  # the same, under the worker's loop, appended as a round starts
 
     @property
     def ok(self) -> bool:
@@ -443,11 +446,36 @@ def measure(label: str, url: str, count: int, reference_count: int) -> Measured:
                            ref_decided == reference_count and ref_left == 0))
             log(f"sweep ({label}, {count:,} rooms): {reference_count:,} deliveries decided in "
                 f"{reference.seconds:.2f} s")
+        # Under the worker's own loop (Worker.run_once: a round's next chunk is appended only
+        # once the last is decided), a delivery that comes just after the next round starts.
+        clock.now = T0 + loaded.sweep_every + 120
+        worker = Worker(store, None, RetryPolicy(), lambda: loaded, lease_seconds=30.0, decider=decider,
+                        acts=False, clock=clock)
+        worker.run_once()  # the round starts: its first chunk
+        later = InboxItem(id=new_delivery_id(clock()), received_at=clock(), room_id=LATE_ROOM, body=event_body(
+            "participant-joined", meetingId=LATE_ROOM, sessionId="s-late-2", participantId="p2").decode(),
+                          signature=None, verified=True)
+        store.append(later)
+        appended_at, waited_worker, passes = time.perf_counter(), None, 0
+        still = select(inbox.c.seq).where(inbox.c.id == later.id)
+        while worker.run_once() and passes < 4 * count:
+            passes += 1
+            with store.engine.connect() as conn:
+                gone = conn.execute(still).first() is None
+            if waited_worker is None and gone:
+                waited_worker = time.perf_counter() - appended_at
+        state = store.sweep_state()
+        checks.append((f"under the worker's loop: the late delivery decided, round 2 finished with "
+                       f"{state['rooms']:,} rooms (the seeded ones and round 1's late one), inbox empty",
+                       waited_worker is not None and state["round"] == 2 and state["finished_at"] is not None
+                       and state["rooms"] == count + 1 and count_rows(store, select(func.count()).select_from(inbox)) == 0))
+        log(f"sweep ({label}, {count:,} rooms): under the worker's loop a delivery appended as round 2 started "
+            f"waited {fmt(waited_worker, 3)} s")
         for text, ok in checks:
             if not ok:
                 log(f"sweep ({label}, {count:,} rooms): CHECK FAILED: {text}")
         return Measured(label, count, len(quiet), seed_s, round_phase, decide_phase, turns, batches, reference,
-                        checks, f"{load_before} / {load_average()}", probe, tenths, waited)
+                        checks, f"{load_before} / {load_average()}", probe, tenths, waited, waited_worker)
     finally:
         store.close()
 
@@ -468,7 +496,7 @@ def _row(m: Measured) -> list:
         fmt(m.decide.seconds, 2), fmt(m.decide.rate, 0), f"{fmt(m.tenths[0], 0)} / {fmt(m.tenths[1], 0)}",
         _per(m.decide.per_room("read")),
         _per(m.decide.per_room("write")),
-        fmt(m.rooms / total if total else None, 0), fmt(m.waited, 2),
+        fmt(m.rooms / total if total else None, 0), fmt(m.waited, 2), fmt(m.waited_worker, 3),
         f"{m.round.counts['commits']:,} / {m.decide.counts['commits']:,}",
         f"{fmt(100 * m.round.cpu / m.round.seconds, 0)}% / {fmt(100 * m.decide.cpu / m.decide.seconds, 0)}%",
         "ok" if m.ok else "**FAILED: " + "; ".join(failed) + "**",
@@ -538,6 +566,9 @@ def run(quick: bool, out: Path, pg_base: str | None) -> tuple[list, str]:
                         "none (should not grow with rooms)", "n/a"])
         summary.append(["7. sweep", f"a webhook delivery appended after the round waited, {m.store}, "
                         f"{m.rooms:,} rooms", fmt(m.waited, 1) + " s", "none", "n/a"])
+        summary.append(["7. sweep", f"a webhook delivery appended as a round starts waited, under the worker's "
+                        f"loop, {m.store}, {m.rooms:,} rooms", fmt(m.waited_worker, 3) + " s",
+                        "none (one chunk at most)", "n/a"])
     summary.append(["7. sweep", "checks: every room swept and decided once, deactivates scheduled for the quiet "
                     "rooms only", f"{sum(m.ok for m in results)} of {len(results)} runs",
                     "all", "PASS" if all(m.ok for m in results) else "FAIL"])
@@ -546,6 +577,7 @@ def run(quick: bool, out: Path, pg_base: str | None) -> tuple[list, str]:
     headers = ["store", "rooms", "quiet (1%)", "seed s", "round s", "round rooms/s", "round reads/room",
                "round writes/room", "decide s", "decide rooms/s", "decide rooms/s, first / last tenth",
                "decide reads/room", "decide writes/room", "total rooms/s", "a delivery after the round waited s",
+               "a delivery as a round starts waited s (worker loop)",
                "transactions round / decide",
                "bench CPU round / decide", "checks", "CPU probe us", "load avg before / after"]
     for label, _ in stores:
@@ -579,10 +611,14 @@ def run(quick: bool, out: Path, pg_base: str | None) -> tuple[list, str]:
         "so `confirm` is never asked. Just before, one webhook delivery (`participant-left`, a room not "
         "seeded) is appended through the intake's own `Store.append`, as a delivery that comes once the "
         "round is in the inbox; \"a delivery after the round waited\" is the time from its append to the end "
-        "of the batch that decided it (its few statements are in the deciding's counts). The worker appends "
-        "a whole round before it decides a batch (`run_once` calls `sweep_once` first, and again while it "
-        "appends), and the inbox is decided in arrival order, so this is how long a webhook that comes just "
-        "after a round starts waits for its decision.",
+        "of the batch that decided it (its few statements are in the deciding's counts): the wait behind a "
+        "whole round in the inbox, which the worker no longer lets happen.",
+        f"- **Under the worker's loop**: then the clock moves past the next round's time and `Worker.run_once` "
+        f"runs (no API client: nothing is acted on). Its first pass starts round 2 and appends one chunk; one "
+        f"webhook delivery is appended at once, and \"as a round starts waited\" is the time until it has left "
+        f"the inbox (one lookup by id per pass, inside the timing). The worker appends a round's next chunk "
+        f"only once the last is decided (`Worker.sweep_once`), so the delivery waits behind one chunk "
+        f"({sweeps.CHUNK} sweeps) at most.",
         "- **Statements** are counted on the database driver's connections (a sqlite3 connection class; a "
         "psycopg cursor class), not only by a `before_cursor_execute` listener: the decider's hot path runs "
         "its statements on the driver's connection (service/store/driver.py), past SQLAlchemy's events. "
