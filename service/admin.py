@@ -19,6 +19,7 @@ import hmac
 from flask import Blueprint, Response, abort, current_app, jsonify, request
 
 from . import metrics
+from .outcomes import TimerStatus
 
 bp = Blueprint("admin", __name__)
 MAX_LIMIT = 500
@@ -112,5 +113,5 @@ def room(room_id: str):
         abort(404, f"nothing recorded for room {room_id}")
     state = story.pop("room")
     return jsonify({"room": room_id, "state": state[0]["state"] if state else None,
-                    "pending_timers": [t for t in story["timers"] if t["status"] == "pending"],
+                    "pending_timers": [t for t in story["timers"] if t["status"] == TimerStatus.PENDING],
                     "history": story})

@@ -20,6 +20,7 @@ from . import explain, logs, metrics, replay, ruletest, trial
 from .config import Settings
 from .errors import PayloadInvalid, RoomwardenError, RulesError
 from .events import read_envelope
+from .outcomes import ActionStatus
 from .rooms import RoomState
 from .rules.durations import format_duration, parse_duration
 from .rules.loader import load_rules
@@ -306,7 +307,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("actions", help="list actions in the outbox")
-    p.add_argument("--status", choices=["pending", "done", "failed", "dead", "cancelled", "dry-run"])
+    p.add_argument("--status", choices=list(ActionStatus))
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(func=cmd_actions)
 

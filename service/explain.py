@@ -20,6 +20,7 @@ from .events import SWEEP
 from .rooms import RoomState
 from .rules.conditions import Trace
 from .rules.durations import format_duration
+from .outcomes import ActionStatus, Decided, TimerStatus, holds_key
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def _trace_lines(trace: Trace, indent: int) -> list[Line]:
 def _decision_lines(decision: dict, actions_by_id: dict, indent: int) -> list[Line]:
     text = f"rule {decision['rule']}: {decision['outcome']}"
     action = actions_by_id.get(decision["action_id"])
-    if action is not None and decision["outcome"] in ("scheduled", "dry-run", "duplicate"):
+    if action is not None and holds_key(decision["outcome"]):
         text += f" -> action #{action['id']} {action['kind']} ({action['status']})"
     lines = [Line(text, indent, "decision")]
     if decision.get("trace"):
@@ -144,7 +145,7 @@ def build(room_id: str, rows: dict[str, list[dict]], now: float) -> Story:
         for decision in decisions_by_delivery.get(delivery["id"], []):
             lines += _decision_lines(decision, actions_by_id, 2)
             timer = started_by.get((delivery["id"], decision["rule"]))
-            if decision["outcome"] == "timer-started" and timer is not None:
+            if decision["outcome"] == Decided.TIMER_STARTED and timer is not None:
                 lines.append(Line(f"timer #{timer['id']} due {when(timer['due_at'])}", 4, "timer"))
         for timer in cancelled_by.get(delivery["id"], []):
             lines.append(Line(f"cancelled timer #{timer['id']} ({timer['rule']}): {timer['reason']}", 2, "cancel"))
@@ -166,7 +167,7 @@ def build(room_id: str, rows: dict[str, list[dict]], now: float) -> Story:
             for decision in decisions_by_timer.get(timer["id"], []):
                 lines += _decision_lines(decision, actions_by_id, 2)
             entries.append(Entry(timer["resolved_at"], 1, "timer", tuple(lines)))
-        elif timer["status"] == "cancelled" and timer["resolved_by"] is None:
+        elif timer["status"] == TimerStatus.CANCELLED and timer["resolved_by"] is None:
             entries.append(Entry(timer["resolved_at"], 1, "timer",
                                  (Line(f"timer #{timer['id']} ({timer['rule']}) cancelled: {timer['reason']}",
                                        0, "head"),)))
@@ -205,29 +206,31 @@ def _header(room_id: str, rows: dict, now: float) -> str:
 
 def _outcome(rows: dict, now: float) -> str:
     actions = rows["actions"]
-    done = [a for a in actions if a["kind"] == "deactivate" and a["status"] == "done"]
+    done = [a for a in actions if a["kind"] == "deactivate" and a["status"] == ActionStatus.DONE]
     if done:
         a = done[0]
         text = f"outcome: deactivated at {when(a['updated_at'])} by rule {a['rule']} (action #{a['id']})"
         doubts = [t["doubt"] for t in rows["attempts"] if t["action_id"] == a["id"] and t.get("doubt")]
         return text + (f", but doubtful: {doubts[-1]}" if doubts else "")
-    for status, text in (("pending", "deactivation under way"), ("dead", "deactivation gave up (dead)"),
-                         ("failed", "deactivation failed for good"), ("cancelled", "not deactivated: cancelled"),
-                         ("dry-run", "not deactivated: dry run, it would have been")):
+    for status, text in ((ActionStatus.PENDING, "deactivation under way"),
+                         (ActionStatus.DEAD, "deactivation gave up (dead)"),
+                         (ActionStatus.FAILED, "deactivation failed for good"),
+                         (ActionStatus.CANCELLED, "not deactivated: cancelled"),
+                         (ActionStatus.DRY_RUN, "not deactivated: dry run, it would have been")):
         found = [a for a in actions if a["kind"] == "deactivate" and a["status"] == status]
         if found:
             a = found[0]
             detail = f": {a['last_error']}" if a["last_error"] else ""
             return f"outcome: {text} (action #{a['id']}, rule {a['rule']}, {a['attempts']} attempt(s)){detail}"
-    pending = [t for t in rows["timers"] if t["status"] == "pending"]
+    pending = [t for t in rows["timers"] if t["status"] == TimerStatus.PENDING]
     if pending:
         t = pending[0]
         return f"outcome: not deactivated yet: timer #{t['id']} ({t['rule']}) is due {when(t['due_at'])}"
-    if any(d["outcome"] == "protected" for d in rows["decisions"]):
+    if any(d["outcome"] == Decided.PROTECTED for d in rows["decisions"]):
         return "outcome: not deactivated: the room is protected (settings.protect)"
     if not rows["deliveries"]:
         return "outcome: nothing recorded for this room"
-    cancelled = [t for t in rows["timers"] if t["status"] == "cancelled"]
+    cancelled = [t for t in rows["timers"] if t["status"] == TimerStatus.CANCELLED]
     if cancelled:
         return f"outcome: not deactivated: its last timer was cancelled ({cancelled[-1]['reason']})"
     if not rows["decisions"]:

@@ -17,6 +17,8 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from .outcomes import Attempt, Decided
+
 DELIVERIES = Counter("roomwarden_deliveries_total", "Webhook deliveries decided (taken out of the inbox), by event "
                      "type and outcome (accepted: a known event type; ignored: an unknown one; unreadable: a "
                      "known type missing a field it needs, kept and never decided on; refused: kept unverified "
@@ -85,9 +87,9 @@ _rules_hash: list[str] = []
 VERIFIED = ("yes", "later", "off")
 REJECTED = ("400", "401", "413", "503")
 DELIVERY_OUTCOMES = ("accepted", "ignored", "unreadable", "refused")
-DECISION_OUTCOMES = ("scheduled", "dry-run", "duplicate", "protected", "timer-started", "timer-running")
+DECISION_OUTCOMES = tuple(Decided)
 TIMER_VERDICTS = ("fire", "cancel", "wait")
-ATTEMPT_OUTCOMES = ("done", "retry", "failed", "dead", "cancelled")
+ATTEMPT_OUTCOMES = tuple(Attempt)
 RELOAD_RESULTS = ("success", "failure")
 SIGN_IN_RESULTS = ("success", "failure", "refused")
 

@@ -31,6 +31,7 @@ from .rules.durations import format_duration
 from .rules.engine import evaluate
 from .rules.fields import Facts
 from .rules.model import Rule, RuleSet
+from .outcomes import Decided, decided_as, makes_action
 
 
 _UNREADABLE = "the delivery that started it no longer parses (a newer version reads bodies differently)"
@@ -69,7 +70,7 @@ class Outcome:
 
     @property
     def creates_action(self) -> bool:
-        return self.outcome in ("scheduled", "dry-run")
+        return makes_action(self.outcome)
 
 
 @dataclass(frozen=True)
@@ -111,13 +112,11 @@ def _act(rule_set: RuleSet, rule: Rule, event: Event, trace: Trace | None, acted
          acts: bool) -> Outcome:
     key = action_key(rule.name, event.room_id, event.session_id)
     if rule_set.settings.is_protected(event.room_id):
-        outcome = "protected"
+        outcome = Decided.PROTECTED
     elif key in acted:
-        outcome = "duplicate"
-    elif rule.dry_run or rule_set.settings.dry_run or not acts:
-        outcome = "dry-run"
+        outcome = Decided.DUPLICATE
     else:
-        outcome = "scheduled"
+        outcome = decided_as(rule.dry_run or rule_set.settings.dry_run or not acts)
     return Outcome(rule.name, rule.action, event.room_id, event.session_id, key, outcome, trace,
                    rule.confirm, fingerprint=rule.fingerprint)
 
@@ -172,11 +171,11 @@ def plan_event(rule_set: RuleSet, event: Event, now: float, room: RoomState | No
             outcomes.append(_act(rule_set, rule, event, result.trace, acted, acts))
         elif key in running:
             outcomes.append(Outcome(rule.name, rule.action, event.room_id, event.session_id, key,
-                                    "timer-running", result.trace, rule.confirm,
+                                    Decided.TIMER_RUNNING, result.trace, rule.confirm,
                                     fingerprint=rule.fingerprint))
         else:
             outcomes.append(Outcome(rule.name, rule.action, event.room_id, event.session_id, key,
-                                    "timer-started", result.trace, rule.confirm, due_at=now + rule.hold,
+                                    Decided.TIMER_STARTED, result.trace, rule.confirm, due_at=now + rule.hold,
                                     fingerprint=rule.fingerprint))
             running.add(key)
     return EventPlan(room, tuple(outcomes), tuple(cancels))

@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 
 from .errors import PayloadInvalid
 from .events import parse_event
+from .outcomes import TimerStatus
 from .sweeps import is_sweep_id
 from .rules.model import RuleSet
 from .simulation import Record, Simulation
@@ -68,7 +69,7 @@ def replay(deliveries: Iterable[dict], current: RuleSet, candidate: RuleSet, *, 
 
 def _by_key(records: list[Record]) -> dict[tuple[str, str, bool], Record]:
     # One delivery can both cancel a rule's timer and decide that rule again: keep both.
-    return {(r.source, r.rule, r.outcome == "cancelled"): r for r in records}
+    return {(r.source, r.rule, r.outcome == TimerStatus.CANCELLED): r for r in records}
 
 
 def _first(before: dict, after: dict, key) -> Record:

@@ -20,6 +20,8 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from .outcomes import Attempt
+
 
 class ApiAnswer(Protocol):
     """What the policy reads of an answer (videosdk.ApiResult has it)."""
@@ -41,7 +43,7 @@ TRANSIENT_4XX = {406, 408, 409, 425}
 
 @dataclass(frozen=True)
 class Verdict:
-    outcome: str  # done | failed | retry | dead
+    outcome: Attempt
     delay: float | None = None  # seconds until the next attempt, for retry
     reason: str | None = None
     credentials_problem: bool = False
@@ -64,21 +66,21 @@ class RetryPolicy:
     def judge(self, result: ApiAnswer, attempt: int, rand: Callable[[], float] = random.random) -> Verdict:
         status = result.status
         if result.ok:
-            return Verdict("done")
+            return Verdict(Attempt.DONE)
         if status in CREDENTIALS:
-            verdict = Verdict("retry", self.credentials_delay,
+            verdict = Verdict(Attempt.RETRY, self.credentials_delay,
                               f"credentials refused (HTTP {status}): check VIDEOSDK_API_KEY and "
                               "VIDEOSDK_SECRET_KEY", credentials_problem=True)
         elif status == 429:
             delay = result.retry_after if result.retry_after is not None else self.backoff(attempt, rand)
-            verdict = Verdict("retry", min(max(delay, 0.0), self.max_retry_after), "rate limited")
+            verdict = Verdict(Attempt.RETRY, min(max(delay, 0.0), self.max_retry_after), "rate limited")
         elif status is None or status >= 500 or status in TRANSIENT_4XX:
             delay = self.backoff(attempt, rand)
             if result.retry_after is not None:  # a 503 may say when to come back: honour it
                 delay = min(max(result.retry_after, delay), self.max_retry_after)
-            verdict = Verdict("retry", delay, "transient failure")
+            verdict = Verdict(Attempt.RETRY, delay, "transient failure")
         else:
-            return Verdict("failed", reason=PERMANENT.get(status, f"refused (HTTP {status})"))
+            return Verdict(Attempt.FAILED, reason=PERMANENT.get(status, f"refused (HTTP {status})"))
         if attempt >= self.max_attempts:
             return Verdict("dead", reason=f"gave up after {attempt} attempts: {verdict.reason}",
                            credentials_problem=verdict.credentials_problem)

@@ -43,6 +43,7 @@ from .rules.durations import format_duration, parse_duration
 from .rules.loader import load_rules, read_yaml
 from .rules.model import RuleSet
 from .simulation import Simulation
+from .outcomes import decided_as
 
 DEFAULT_START = "2026-01-05T09:00:00Z"
 EXPECT_KEYS = ("at", "action", "room", "rule", "outcome")
@@ -190,7 +191,7 @@ def load_tests(path: Path, rules_override: Path | None = None) -> TestFile:
 def _default_outcome(rule_set: RuleSet, name: str) -> str:
     """What an expected action's outcome is when not given: dry-run for a rule in shadow mode."""
     rule = rule_set.rule(name)
-    return "dry-run" if rule_set.settings.dry_run or (rule is not None and rule.dry_run) else "scheduled"
+    return decided_as(rule_set.settings.dry_run or (rule is not None and rule.dry_run))
 
 
 def _order(expected: Expected):

@@ -16,6 +16,7 @@ from .events import Event
 from .planner import Outcome, PendingTimer, fire_timer, plan_event
 from .rooms import RoomState
 from .rules.model import RuleSet
+from .outcomes import Decided, TimerStatus, makes_action
 
 
 @dataclass(frozen=True)
@@ -28,13 +29,13 @@ class Record:
     action: str
     room_id: str
     session_id: str | None
-    outcome: str  # a planner outcome, or "cancelled" for a timer that stopped
+    outcome: str  # a planner outcome (Decided), or TimerStatus.CANCELLED for a timer that stopped
     reason: str | None = None
 
     @property
     def acts(self) -> bool:
         """Whether the service would call VideoSDK (or would, but for a dry run)."""
-        return self.outcome in ("scheduled", "dry-run")
+        return makes_action(self.outcome)
 
 
 class Simulation:
@@ -63,7 +64,7 @@ class Simulation:
             timer = self.timers.pop(cancel.key, None)
             if timer is not None:
                 self.records.append(Record(at, source, timer.rule, "", timer.room_id, timer.session_id,
-                                           "cancelled", cancel.reason))
+                                           TimerStatus.CANCELLED, cancel.reason))
         for outcome in plan.outcomes:
             self._apply(outcome, at, source, event)
 
@@ -85,14 +86,14 @@ class Simulation:
                 self._start(PendingTimer(**{**timer.__dict__, "due_at": plan.due_at}))
             else:
                 self.records.append(Record(due_at, source, timer.rule, "", timer.room_id, timer.session_id,
-                                           "cancelled", plan.reason))
+                                           TimerStatus.CANCELLED, plan.reason))
 
     def finish(self) -> None:
         """Run the clock on until no timer is left."""
         self.run_until(math.inf)
 
     def _apply(self, outcome: Outcome, at: float, source: str, trigger: Event) -> None:
-        if outcome.outcome == "timer-started":
+        if outcome.outcome == Decided.TIMER_STARTED:
             self._start(PendingTimer(key=outcome.key, rule=outcome.rule, fingerprint=outcome.fingerprint,
                                      room_id=outcome.room_id, session_id=outcome.session_id, started_at=at,
                                      due_at=outcome.due_at, trigger=trigger))

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .events import Event, parse_event
+from .outcomes import Decided
 from .planner import Outcome, plan_event
 from .rooms import RoomState, advance
 from .rules.durations import format_duration
@@ -43,9 +44,9 @@ class RuleTrial:
         outcome = self.outcome
         if outcome is None:
             return ""
-        if outcome.outcome == "scheduled":
+        if outcome.outcome == Decided.SCHEDULED:
             return f" -> would {outcome.action} room {outcome.room_id}"
-        if outcome.outcome == "timer-started":
+        if outcome.outcome == Decided.TIMER_STARTED:
             return (f" -> would start a timer: {outcome.action} room {outcome.room_id} in "
                     f"{format_duration(outcome.due_at - self.now)} if the condition still holds then")
         return f" -> {outcome.outcome}: would not act"

@@ -32,6 +32,7 @@ from . import answers, metrics, sweeps
 from .breaker import CircuitBreaker
 from .decider import Decider
 from .errors import StoreUnavailable
+from .outcomes import Attempt
 from .planner import fire_timer, recheck_timer
 from .plans import pending_timer, room_state, timer_write
 from .retry import RetryPolicy, Verdict
@@ -346,7 +347,7 @@ class Worker:
         attempt = AttemptRecord(
             started_at=started, latency_ms=result.latency_ms, http_status=result.status,
             outcome=verdict.outcome, error=reason, note=note,
-            next_due_at=self.clock() + verdict.delay if verdict.outcome == "retry" else None,
+            next_due_at=self.clock() + verdict.delay if verdict.outcome == Attempt.RETRY else None,
             answer=reading.answer if reading else None, doubt=reading.doubt if reading else None,
             closes_room=result.closes_room,
         )
@@ -379,14 +380,14 @@ class Worker:
                    ) -> tuple[ApiResult, Verdict, str | None, answers.Reading | None]:
         """(the call's result, what it means, a note, what a 2xx answer said)."""
         if rule_set.settings.is_protected(claim.room_id):
-            return (ApiResult(None, 0.0), Verdict("cancelled", reason=f"room {claim.room_id} is protected "
+            return (ApiResult(None, 0.0), Verdict(Attempt.CANCELLED, reason=f"room {claim.room_id} is protected "
                                                   f"by settings.protect (rules {rule_set.short_hash})"), None, None)
         # Switching to dry-run by a reload (the whole file, or the rule) stops what is queued too,
         # not only what is decided from then on.
         rule = rule_set.rule(claim.rule)
         if rule_set.settings.dry_run or (rule is not None and rule.dry_run):
             where = "settings.dry_run" if rule_set.settings.dry_run else f"rule {claim.rule}'s dry_run"
-            return (ApiResult(None, 0.0), Verdict("cancelled", reason=f"{where} is on (rules "
+            return (ApiResult(None, 0.0), Verdict(Attempt.CANCELLED, reason=f"{where} is on (rules "
                                                   f"{rule_set.short_hash}): not acted on"), None, None)
         call = self._calls.get(claim.kind)
         if call is None:  # a kind written by a newer version of this service
@@ -411,12 +412,12 @@ class Worker:
         if claim.kind == "deactivate" and (result.ok or result.status in ROOM_NOT_FOUND):
             result = replace(result, closes_room=True)  # not swept again until a delivery comes
         if result.ok:
-            return result, Verdict("done"), note, self._readers[claim.kind](claim, result)
+            return result, Verdict(Attempt.DONE), note, self._readers[claim.kind](claim, result)
         if claim.kind == "end-session" and result.status == 406:
             ended = self._session_already_ended(claim)
             if ended is not None:  # the API's refusal is the note, not an error: the action is done
                 note = "; ".join(part for part in (note, f"{ended} ({result.error})") if part)
-                return replace(result, error=None), Verdict("done"), note, answers.Reading({"status": "ended"})
+                return replace(result, error=None), Verdict(Attempt.DONE), note, answers.Reading({"status": "ended"})
         return result, self.policy.judge(result, claim.attempts, self.rand), note, None
 
     def _session_already_ended(self, claim: ClaimedAction) -> str | None:
@@ -463,7 +464,7 @@ class Worker:
             unreadable = ApiResult(None, listed.latency_ms, f"confirm: {live.message}")
             return (unreadable, self.policy.judge(unreadable, claim.attempts, self.rand)), None
         if live:
-            return (listed, Verdict("cancelled", reason=f"confirm: VideoSDK lists live session "
+            return (listed, Verdict(Attempt.CANCELLED, reason=f"confirm: VideoSDK lists live session "
                                                          f"{', '.join(live[:3])} in room {claim.room_id}; "
                                                          "not acted on")), None
         return None, f"confirm: VideoSDK lists no live session in room {claim.room_id}"
@@ -481,7 +482,7 @@ class Worker:
         if current is not None and current.session_active and current.session_id not in (None, *sessions):
             sessions.append(current.session_id)
         if not sessions:
-            return (ApiResult(None, 0.0), Verdict("cancelled", reason="confirm: no session to check")), None
+            return (ApiResult(None, 0.0), Verdict(Attempt.CANCELLED, reason="confirm: no session to check")), None
         notes = []
         for session in sessions:
             check = self.client.active_participants(session)
@@ -500,7 +501,7 @@ class Worker:
                 unreadable = ApiResult(None, check.latency_ms, f"confirm: {count.message}")
                 return (unreadable, self.policy.judge(unreadable, claim.attempts, self.rand)), None
             if count > 0:
-                return (check, Verdict("cancelled", reason=f"confirm: {count} participant(s) active in session "
+                return (check, Verdict(Attempt.CANCELLED, reason=f"confirm: {count} participant(s) active in session "
                                                             f"{session}; not acted on")), None
             notes.append(f"nobody active in session {session}")
         return None, "confirm: " + "; ".join(notes)

@@ -11,11 +11,12 @@ from flask import abort, current_app, redirect, render_template, request, url_fo
 from .. import explain
 from ..worker import REPORT_EVERY
 from ..admin import id_arg
+from ..outcomes import ActionStatus, TimerStatus
 from . import bp, charts, present
 
 PAGE = 50  # rows a page
 STORY_ENTRIES = 500  # a room's story shows its latest entries, unless ?all=1
-STATUSES = ("pending", "done", "failed", "dead", "cancelled", "dry-run")
+STATUSES = tuple(ActionStatus)
 MINUTES = 24 * 60
 WORKERS_SINCE = 3600.0  # seconds: the overview lists the workers heard from within the last hour
 
@@ -90,7 +91,7 @@ def room(room_id: str):
     show_all = request.args.get("all") == "1"
     entries = story.entries if show_all else story.entries[-STORY_ENTRIES:]
     rule_set = runtime.rules.current
-    pending = [present.timer_row(t, rule_set, now) for t in rows["timers"] if t["status"] == "pending"]
+    pending = [present.timer_row(t, rule_set, now) for t in rows["timers"] if t["status"] == TimerStatus.PENDING]
     return render_template("dashboard/room.html", story=story, entries=entries,
                            hidden=len(story.entries) - len(entries),
                            protected=rule_set.settings.is_protected(room_id), timers=pending,

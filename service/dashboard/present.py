@@ -9,8 +9,8 @@ from ..rooms import RoomState
 from ..rules.conditions import All, Any_, Compare, Not
 from ..rules.durations import format_duration
 from ..rules.model import Rule, RuleSet
+from ..outcomes import MAKES_ACTION
 
-FIRED = ("scheduled", "dry-run")  # decisions that made an action
 
 
 def at(seconds: float | None) -> str:
@@ -64,7 +64,7 @@ def rule_row(rule: Rule, counts: dict[str, int]) -> dict:
         "action": rule.action, "when": condition(rule.when),
         "for": format_duration(rule.hold) if rule.hold is not None else None,
         "confirm": rule.confirm, "dry_run": rule.dry_run,
-        "fired": sum(counts.get(outcome, 0) for outcome in FIRED),
+        "fired": sum(counts.get(outcome, 0) for outcome in MAKES_ACTION),
         "decisions": sum(counts.values()),
         "outcomes": sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])),
     }

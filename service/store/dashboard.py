@@ -12,6 +12,7 @@ import math
 from sqlalchemy import Integer, and_, cast, func, literal_column, or_, select
 
 from .guard import guarded
+from ..outcomes import TimerStatus
 from .records import Row
 from .tables import actions, attempts, decisions, deliveries, rooms, timers
 
@@ -78,7 +79,7 @@ class DashboardMixin:
             return conn.execute(query).scalar_one()
 
     def _rooms_with_timers(self):
-        return select(timers.c.room_id).where(timers.c.status == "pending")
+        return select(timers.c.room_id).where(timers.c.status == TimerStatus.PENDING)
 
     @guarded
     def rooms_page(self, *, limit: int = 50, after: str | None = None,
@@ -109,7 +110,7 @@ class DashboardMixin:
             pending: dict[str, list[Row]] = {}
             done: dict[str, list[Row]] = {}
             if ids:
-                for row in conn.execute(select(timers).where(timers.c.room_id.in_(ids), timers.c.status == "pending")
+                for row in conn.execute(select(timers).where(timers.c.room_id.in_(ids), timers.c.status == TimerStatus.PENDING)
                                         .order_by(timers.c.due_at)).mappings():
                     pending.setdefault(row["room_id"], []).append(dict(row))
                 for row in conn.execute(select(actions.c.id, actions.c.room_id, actions.c.kind, actions.c.status,

@@ -30,6 +30,7 @@ from .guard import guarded, outages
 from .offload import blocking, real_sleep
 from .records import Later, NewDelivery, PlanWrite, Receipt, TimerRow
 from .tables import inbox
+from ..outcomes import Decided, holds_key
 
 COLUMNS = ["id", "received_at", "room_id", "body", "signature", "verified"]
 
@@ -129,9 +130,9 @@ class _RoomSoFar:
             gone = set(receipt.cancelled)
             self.timers = [timer for timer in self.timers if timer.key not in gone]
         for decision, done in zip(write.decisions, receipt.decisions):
-            if done.outcome in ("scheduled", "dry-run", "duplicate") and self.keys is not None:
+            if holds_key(done.outcome) and self.keys is not None:
                 self.keys.add(decision.key)
-            elif done.outcome == "timer-started" and self.timers is not None:
+            elif done.outcome == Decided.TIMER_STARTED and self.timers is not None:
                 self.timers.append(TimerRow(
                     id=done.timer_id, key=decision.key, rule=decision.rule, fingerprint=decision.fingerprint,
                     room_id=decision.room_id, session_id=decision.session_id, action=decision.action,

@@ -6,8 +6,8 @@ from sqlalchemy import Connection
 
 from .driver import run, run_many, to_json
 from .records import DecisionOutcome, Later, NewDecision, NewDelivery, PlanWrite, Receipt, TimerRow
+from ..outcomes import ActionStatus, Decided, TimerStatus, makes_action
 
-ACTIVE = "pending"  # the one action status the worker claims
 
 
 class IntakeMixin:
@@ -80,25 +80,25 @@ class IntakeMixin:
         """The decision's action or timer written now (their ids are in the decision), and the
         decision row itself now or, given `later`, with the rest of the batch's."""
         outcome, action_id, started = decision.outcome, None, None
-        if outcome in ("scheduled", "dry-run", "timer-started"):
+        if makes_action(outcome) or outcome == Decided.TIMER_STARTED:
             self._write_deliveries(conn, later)
-        if outcome in ("scheduled", "dry-run"):
+        if makes_action(outcome):
             action_id = _scalar(run(conn, self._sql.insert_action, dict(
                 key=decision.key, kind=decision.action, room_id=decision.room_id,
                 session_id=decision.session_id, rule=decision.rule, delivery_id=delivery_id,
-                status=ACTIVE if outcome == "scheduled" else "dry-run", confirm=decision.confirm,
+                status=ActionStatus.PENDING if outcome == Decided.SCHEDULED else ActionStatus.DRY_RUN, confirm=decision.confirm,
                 attempts=0, due_at=now, created_at=now, updated_at=now)))
             if action_id is None:
-                outcome = "duplicate"
-        if outcome == "duplicate":
+                outcome = Decided.DUPLICATE
+        if outcome == Decided.DUPLICATE:
             action_id = _scalar(run(conn, self._sql.action_id, {"action_key": decision.key}))
-        if outcome == "timer-started":
+        if outcome == Decided.TIMER_STARTED:
             started = _scalar(run(conn, self._sql.insert_timer, dict(
                 key=decision.key, rule=decision.rule, fingerprint=decision.fingerprint,
                 room_id=decision.room_id, session_id=decision.session_id, action=decision.action,
-                delivery_id=delivery_id, started_at=now, due_at=decision.due_at, status="pending")))
+                delivery_id=delivery_id, started_at=now, due_at=decision.due_at, status=TimerStatus.PENDING)))
             if started is None:
-                outcome = "timer-running"
+                outcome = Decided.TIMER_RUNNING
         row = dict(delivery_id=delivery_id, created_at=now, rule=decision.rule, action=decision.action,
                    room_id=decision.room_id, session_id=decision.session_id, action_key=decision.key,
                    outcome=outcome, action_id=action_id, timer_id=timer_id, trace=to_json(decision.trace))

@@ -7,20 +7,19 @@ import functools
 from sqlalchemy import and_, bindparam, func, or_, select, text, update
 
 from .guard import guarded
-from .intake import ACTIVE
 from .records import AttemptRecord, ClaimedAction, Row
 from .tables import actions, attempts, timers
+from ..outcomes import STATUS_AFTER, ActionStatus, Attempt, TimerStatus
 
 # pg_advisory_xact_lock key serializing rate-limited claims ("rw-rate" in ASCII).
 RATE_LIMIT_LOCK = int.from_bytes(b"rw-rate", "big")
-FINAL = {"done": "done", "failed": "failed", "dead": "dead", "cancelled": "cancelled", "retry": ACTIVE}
 
 
 def _due_work():
     now = bindparam("p_now")
     action = select(func.min(actions.c.due_at)).where(
-        actions.c.status == ACTIVE, or_(actions.c.lease_until.is_(None), actions.c.lease_until < now)).scalar_subquery()
-    timer = select(func.min(timers.c.due_at)).where(timers.c.status == "pending").scalar_subquery()
+        actions.c.status == ActionStatus.PENDING, or_(actions.c.lease_until.is_(None), actions.c.lease_until < now)).scalar_subquery()
+    timer = select(func.min(timers.c.due_at)).where(timers.c.status == TimerStatus.PENDING).scalar_subquery()
     return select(action, timer)
 
 
@@ -28,7 +27,7 @@ def _claim(without_check: str | None = None):
     """One statement: the most overdue claimable action (PostgreSQL: skipping any another claimer
     has locked), leased to a worker; with `without_check`, none whose confirm is that check."""
     now = bindparam("p_now")
-    claimable = and_(actions.c.status == ACTIVE, actions.c.due_at <= now,
+    claimable = and_(actions.c.status == ActionStatus.PENDING, actions.c.due_at <= now,
                      or_(actions.c.lease_until.is_(None), actions.c.lease_until < now))
     if without_check is not None:
         claimable = and_(claimable, or_(actions.c.confirm.is_(None), actions.c.confirm != without_check))
@@ -51,7 +50,7 @@ def _move_action(frees_key: bool, moves_due: bool):
     if moves_due:
         values["due_at"] = bindparam("p_due_at")
     return update(actions).where(actions.c.id == bindparam("p_id"), actions.c.lease_owner == bindparam("p_worker"),
-                                 actions.c.status == ACTIVE).values(**values)
+                                 actions.c.status == ActionStatus.PENDING).values(**values)
 
 
 # Built once: building a statement in SQLAlchemy costs more than running one of these (a worker's
@@ -111,7 +110,7 @@ class OutboxMixin:
         """Attempts started in the last minute and actions in flight (only those whose confirm
         is `confirm`, when given)."""
         recent = select(func.count()).select_from(attempts).where(attempts.c.started_at > now - 60)
-        in_flight = select(func.count()).select_from(actions).where(actions.c.status == ACTIVE,
+        in_flight = select(func.count()).select_from(actions).where(actions.c.status == ActionStatus.PENDING,
                                                                     actions.c.lease_until >= now)
         if confirm is not None:
             recent = recent.join(actions, actions.c.id == attempts.c.action_id).where(actions.c.confirm == confirm)
@@ -137,8 +136,8 @@ class OutboxMixin:
                 doubt=attempt.doubt))
             # "cancelled" is "not now" (someone was there), not "never": the key is freed, so that
             # the rule can act for this room and session when its condition holds again.
-            frees_key, moves_due = attempt.outcome == "cancelled", attempt.next_due_at is not None
-            values = dict(p_id=claim.id, p_worker=worker, p_status=FINAL[attempt.outcome], p_now=now,
+            frees_key, moves_due = attempt.outcome == Attempt.CANCELLED, attempt.next_due_at is not None
+            values = dict(p_id=claim.id, p_worker=worker, p_status=STATUS_AFTER[attempt.outcome], p_now=now,
                           p_last_status=attempt.http_status, p_last_error=attempt.error)
             if frees_key:
                 values["p_key"] = f"{claim.key}#cancelled-{claim.id}"
@@ -154,7 +153,7 @@ class OutboxMixin:
         """Give a claimed action back without an attempt (on shutdown, say)."""
         with self._write() as conn:
             conn.execute(update(actions).where(
-                actions.c.id == claim.id, actions.c.lease_owner == worker, actions.c.status == ACTIVE,
+                actions.c.id == claim.id, actions.c.lease_owner == worker, actions.c.status == ActionStatus.PENDING,
             ).values(lease_owner=None, lease_until=None, attempts=actions.c.attempts - 1,
                      updated_at=self.clock()))
 
@@ -173,7 +172,7 @@ class OutboxMixin:
             ids = list(conn.execute(query.order_by(actions.c.id)).scalars())
             if ids:
                 conn.execute(update(actions).where(actions.c.id.in_(ids)).values(
-                    status=ACTIVE, attempts=0, due_at=now, lease_owner=None, lease_until=None,
+                    status=ActionStatus.PENDING, attempts=0, due_at=now, lease_owner=None, lease_until=None,
                     updated_at=now))
         return ids
 
@@ -223,9 +222,9 @@ class OutboxMixin:
 
         with self._read() as conn:
             due = conn.execute(select(func.count(), func.min(actions.c.due_at)).where(
-                actions.c.status == ACTIVE, actions.c.due_at <= now)).one()
+                actions.c.status == ActionStatus.PENDING, actions.c.due_at <= now)).one()
             pending_timers = conn.execute(select(func.count()).select_from(timers)
-                                          .where(timers.c.status == "pending")).scalar_one()
+                                          .where(timers.c.status == TimerStatus.PENDING)).scalar_one()
             by_status = {status: n for status, n in conn.execute(
                 select(actions.c.status, func.count()).group_by(actions.c.status))}
         return {"due": due[0], "oldest_due_age": max(0.0, now - due[1]) if due[1] is not None else 0.0,

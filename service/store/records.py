@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..outcomes import Decided
+
 
 @dataclass(frozen=True)
 class NewDelivery:
@@ -30,7 +32,7 @@ class NewDecision:
     session_id: str | None
     key: str  # the action key: at most one action per key, ever
     trace: dict | None
-    outcome: str = "scheduled"  # as planned; the store turns scheduled into duplicate on a taken key
+    outcome: str = Decided.SCHEDULED  # as planned; the store turns scheduled into duplicate on a taken key
     confirm: str | None = None
     due_at: float | None = None  # for timer-started
     fingerprint: str = ""

@@ -12,6 +12,7 @@ from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.engine import Dialect
 
 from .driver import Compiled
+from ..outcomes import TimerStatus
 from .tables import actions, decisions, deliveries, rooms, timers
 
 _TIMER_WITH_TRIGGER = (timers, deliveries.c.body.label("trigger_body"),
@@ -44,12 +45,12 @@ class Statements:
             closed_at=None))  # a delivery brings a closed room back to life: it is swept again
         self.pending_timers = compiled(
             select(*_TIMER_WITH_TRIGGER).join(deliveries, deliveries.c.id == timers.c.delivery_id)
-            .where(timers.c.room_id == bindparam("room_id"), timers.c.status == "pending")
+            .where(timers.c.room_id == bindparam("room_id"), timers.c.status == TimerStatus.PENDING)
             .order_by(timers.c.id).with_for_update(of=timers))
         self.action_keys = compiled(select(actions.c.key).where(actions.c.room_id == bindparam("room_id")))
         self.cancel_timer = compiled(update(timers).where(
-            timers.c.key == bindparam("timer_key"), timers.c.status == "pending").values(
-            status="cancelled", resolved_at=bindparam("now"), resolved_by=bindparam("delivery"),
+            timers.c.key == bindparam("timer_key"), timers.c.status == TimerStatus.PENDING).values(
+            status=TimerStatus.CANCELLED, resolved_at=bindparam("now"), resolved_by=bindparam("delivery"),
             reason=bindparam("reason")))
         self.insert_action = compiled(insert(actions).on_conflict_do_nothing(index_elements=["key"])
                                       .returning(actions.c.id), ACTION_COLUMNS)

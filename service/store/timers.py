@@ -7,6 +7,7 @@ from typing import Callable
 from sqlalchemy import exists, select, update
 
 from .guard import guarded
+from ..outcomes import TimerStatus
 from .records import TimerRow, TimerWrite
 from .tables import deliveries, inbox, timers
 
@@ -32,7 +33,7 @@ class TimersMixin:
             with self._write() as conn:
                 candidate = conn.execute(
                     select(timers.c.id, timers.c.room_id)
-                    .where(timers.c.status == "pending", timers.c.due_at <= now, ~exists().where(
+                    .where(timers.c.status == TimerStatus.PENDING, timers.c.due_at <= now, ~exists().where(
                         inbox.c.room_id == timers.c.room_id, inbox.c.received_at <= timers.c.due_at))
                     .order_by(timers.c.due_at, timers.c.id).limit(1)
                 ).first()  # not locked yet: the room is locked first, then the timer
@@ -51,7 +52,7 @@ class TimersMixin:
         with self._read() as conn:
             return [tuple(row) for row in conn.execute(
                 select(timers.c.id, timers.c.rule, timers.c.fingerprint)
-                .where(timers.c.status == "pending").order_by(timers.c.id))]
+                .where(timers.c.status == TimerStatus.PENDING).order_by(timers.c.id))]
 
     @guarded
     def recheck_timer(self, timer_id: int, decide: Decide) -> TimerWrite | None:
@@ -59,7 +60,7 @@ class TimersMixin:
         now = self.clock()
         with self._write() as conn:
             room_id = conn.execute(select(timers.c.room_id).where(
-                timers.c.id == timer_id, timers.c.status == "pending")).scalar()
+                timers.c.id == timer_id, timers.c.status == TimerStatus.PENDING)).scalar()
             if room_id is None:
                 return None
             return self._decide_locked(conn, timer_id, room_id, decide, now)
@@ -71,7 +72,7 @@ class TimersMixin:
             select(timers, deliveries.c.body.label("trigger_body"),
                    deliveries.c.verified.label("trigger_verified"))
             .join(deliveries, deliveries.c.id == timers.c.delivery_id)
-            .where(timers.c.id == timer_id, timers.c.status == "pending")
+            .where(timers.c.id == timer_id, timers.c.status == TimerStatus.PENDING)
             .with_for_update(of=timers)
         ).mappings().first()
         if row is None:
@@ -82,14 +83,14 @@ class TimersMixin:
         return write
 
     def _apply_timer(self, conn, timer: TimerRow, write: TimerWrite, now: float) -> None:
-        where = (timers.c.id == timer.id) & (timers.c.status == "pending")
+        where = (timers.c.id == timer.id) & (timers.c.status == TimerStatus.PENDING)
         if write.verdict == "fire":
-            conn.execute(update(timers).where(where).values(status="fired", resolved_at=now,
+            conn.execute(update(timers).where(where).values(status=TimerStatus.FIRED, resolved_at=now,
                                                            reason=write.reason))
             if write.decision is not None:
                 self._record_decision(conn, timer.delivery_id, write.decision, now, timer_id=timer.id)
         elif write.verdict == "cancel":
-            conn.execute(update(timers).where(where).values(status="cancelled", resolved_at=now,
+            conn.execute(update(timers).where(where).values(status=TimerStatus.CANCELLED, resolved_at=now,
                                                            reason=write.reason))
         elif write.verdict == "wait":
             notes = conn.execute(select(timers.c.notes).where(timers.c.id == timer.id)).scalar() or []
