@@ -14,24 +14,15 @@ ADMIN_TOKEN configured these endpoints are off (404), not open. Read-only:
 from __future__ import annotations
 
 import functools
-import hmac
 
-from flask import Blueprint, Response, abort, current_app, jsonify, request
+from flask import Blueprint, Response, abort, jsonify, request
 
 from . import metrics
 from .outcomes import TimerStatus
+from .requestctx import current_runtime, id_arg, token_ok
 
 bp = Blueprint("admin", __name__)
 MAX_LIMIT = 500
-
-
-def _runtime():
-    return current_app.extensions["roomwarden"]
-
-
-def token_ok(given: str | None) -> bool:
-    expected = _runtime().settings.admin_token
-    return bool(expected and given) and hmac.compare_digest(given.encode(), expected.encode())
 
 
 def bearer_ok() -> bool:
@@ -43,7 +34,7 @@ def bearer_ok() -> bool:
 def admin_only(view):
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
-        if not _runtime().settings.admin_token:
+        if not current_runtime().settings.admin_token:
             abort(404)  # off: no token configured
         if not bearer_ok():
             response = jsonify({"error": "this endpoint needs Authorization: Bearer <ADMIN_TOKEN>"})
@@ -53,23 +44,6 @@ def admin_only(view):
         return view(*args, **kwargs)
 
     return wrapped
-
-
-MAX_ID = 2 ** 63 - 1  # the largest id a database's integer column holds
-
-
-def id_arg(name: str, what: str) -> int | None:
-    """The query argument `name` as a positive id (None when absent or empty), or a 400."""
-    text = request.args.get(name)
-    if not text:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_ID:
-        abort(400, f"{name} must be {what}")
-    return value
 
 
 def _limit() -> int:
@@ -82,7 +56,7 @@ def _limit() -> int:
 @bp.get("/metrics")
 @admin_only
 def prometheus():
-    body, content_type = metrics.exposition(_runtime().store)
+    body, content_type = metrics.exposition(current_runtime().store)
     return Response(body, content_type=content_type)
 
 
@@ -90,7 +64,7 @@ def prometheus():
 @admin_only
 def deliveries():
     limit = _limit()
-    rows = _runtime().store.deliveries(room_id=request.args.get("room"), limit=limit,
+    rows = current_runtime().store.deliveries(room_id=request.args.get("room"), limit=limit,
                                        before=request.args.get("before"))
     return jsonify({"deliveries": rows, "next_before": rows[-1]["id"] if len(rows) == limit else None})
 
@@ -100,7 +74,7 @@ def deliveries():
 def actions():
     limit = _limit()
     before = id_arg("before", "an action id")
-    rows = _runtime().store.actions(status=request.args.get("status"), room_id=request.args.get("room"),
+    rows = current_runtime().store.actions(status=request.args.get("status"), room_id=request.args.get("room"),
                                     limit=limit, newest_first=True, before=before)
     return jsonify({"actions": rows, "next_before": rows[-1]["id"] if len(rows) == limit else None})
 
@@ -108,7 +82,7 @@ def actions():
 @bp.get("/api/rooms/<room_id>")
 @admin_only
 def room(room_id: str):
-    story = _runtime().store.room_story(room_id)
+    story = current_runtime().store.room_story(room_id)
     if not story["deliveries"] and not story["room"]:
         abort(404, f"nothing recorded for room {room_id}")
     state = story.pop("room")

@@ -23,6 +23,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTim
 from . import admin, dashboard, metrics
 from .errors import (BodyTimeout, DeliveryRejected, RequestRejected, SignatureInvalid, StoreUnavailable,
                      Unavailable)
+from .requestctx import current_runtime
 from .signature import HEADER
 
 MAX_BODY = 64 * 1024
@@ -36,15 +37,11 @@ _compact = json.JSONEncoder(separators=(",", ":")).encode  # as jsonify writes i
 bp = Blueprint("roomwarden", __name__)
 
 
-def _runtime():
-    return current_app.extensions["roomwarden"]
-
-
 @bp.post(WEBHOOK)
 def receive_webhook():
     """Deliveries the fast lane (lane.py) hands over: any it did not accept, and any it does not
     take (a chunked body, a query string): refusals and failures are all answered here."""
-    runtime = _runtime()
+    runtime = current_runtime()
     raw = _read_body()
     item, event_type = runtime.intake.accept(raw, request.headers.get(HEADER))
     body, fields = accepted(item, event_type)
@@ -101,7 +98,7 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    runtime = _runtime()
+    runtime = current_runtime()
     detailed = admin.bearer_ok()
     rules = runtime.rules.current
     body = {

@@ -37,7 +37,7 @@ from datetime import timedelta
 
 from flask import Flask, abort, current_app, request, session
 
-from ..admin import token_ok
+from ..requestctx import current_runtime, token_ok
 
 SESSION_LIFETIME = timedelta(hours=12)
 COOKIE = "roomwarden_dashboard"
@@ -49,7 +49,7 @@ FAILURE_WINDOW = 60.0  # ... within this many seconds, then refused until the wi
 
 
 def _settings():
-    return current_app.extensions["roomwarden"].settings
+    return current_runtime().settings
 
 
 def session_key(admin_token: str) -> bytes:

@@ -9,20 +9,16 @@ import json
 import math
 import time
 
-from flask import current_app, flash, redirect, render_template, request, url_for
+from flask import flash, redirect, render_template, request, url_for
 
 from .. import metrics, trial
-from ..admin import MAX_ID
+from ..requestctx import MAX_ID, current_runtime
 from ..errors import PayloadInvalid
 from . import auth, bp
 
 EXAMPLE = json.dumps({"webhookType": "participant-left",
                       "data": {"meetingId": "abcd-efgh-ijkl", "sessionId": "613731342f27f56e4fc4b6d0",
                                "participantId": "ann", "participantName": "Ann"}}, indent=2)
-
-
-def _runtime():
-    return current_app.extensions["roomwarden"]
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -57,7 +53,7 @@ def logout():
 
 @bp.post(f"/actions/<int(max={MAX_ID}):action_id>/redrive")
 def redrive(action_id: int):
-    if _runtime().store.redrive([action_id]):
+    if current_runtime().store.redrive([action_id]):
         flash(f"Action #{action_id} is pending again, due now.", "ok")
     else:
         flash(f"Action #{action_id} is not dead; left as it is.", "error")
@@ -66,7 +62,7 @@ def redrive(action_id: int):
 
 @bp.route("/try", methods=["GET", "POST"])
 def try_event():
-    rule_set = _runtime().rules.current
+    rule_set = current_runtime().rules.current
     body = request.form.get("body", "") if request.method == "POST" else EXAMPLE
     result = error = None
     if request.method == "POST":

@@ -6,11 +6,11 @@ import math
 import os
 import time
 
-from flask import abort, current_app, redirect, render_template, request, url_for
+from flask import abort, redirect, render_template, request, url_for
 
 from .. import explain
 from ..worker import REPORT_EVERY
-from ..admin import id_arg
+from ..requestctx import current_runtime, id_arg
 from ..outcomes import ActionStatus, TimerStatus
 from . import bp, charts, present
 
@@ -21,13 +21,9 @@ MINUTES = 24 * 60
 WORKERS_SINCE = 3600.0  # seconds: the overview lists the workers heard from within the last hour
 
 
-def _runtime():
-    return current_app.extensions["roomwarden"]
-
-
 @bp.get("/", strict_slashes=False)
 def overview():
-    runtime = _runtime()
+    runtime = current_runtime()
     now = time.time()
     since = (math.floor(now / 60) + 1) * 60 - MINUTES * 60  # the last 24 h, whole minutes, this one last
     series = runtime.store.activity(since, MINUTES)
@@ -57,7 +53,7 @@ def overview():
 
 @bp.get("/rooms")
 def rooms():
-    runtime = _runtime()
+    runtime = current_runtime()
     now = time.time()
     with_timers = request.args.get("timers") == "1"
     after = request.args.get("after") or None
@@ -82,7 +78,7 @@ def find_room():
 
 @bp.get("/rooms/<room_id>")
 def room(room_id: str):
-    runtime = _runtime()
+    runtime = current_runtime()
     now = time.time()
     rows = runtime.store.room_story(room_id)
     if not rows["deliveries"] and not rows["room"]:
@@ -100,7 +96,7 @@ def room(room_id: str):
 
 @bp.get("/actions")
 def actions():
-    runtime = _runtime()
+    runtime = current_runtime()
     now = time.time()
     status = request.args.get("status") or None
     if status is not None and status not in STATUSES:
