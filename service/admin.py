@@ -19,16 +19,10 @@ from flask import Blueprint, Response, abort, jsonify, request
 
 from . import metrics
 from .outcomes import TimerStatus
-from .requestctx import current_runtime, id_arg, token_ok
+from .requestctx import bearer_ok, current_runtime, id_arg
 
 bp = Blueprint("admin", __name__)
 MAX_LIMIT = 500
-
-
-def bearer_ok() -> bool:
-    """Whether this request carries `Authorization: Bearer <ADMIN_TOKEN>` (never, with no token set)."""
-    header = request.headers.get("Authorization", "")
-    return token_ok(header[7:].strip() if header[:7].lower() == "bearer " else None)
 
 
 def admin_only(view):

@@ -23,6 +23,12 @@ def token_ok(given: str | None) -> bool:
     return bool(expected and given) and hmac.compare_digest(given.encode(), expected.encode())
 
 
+def bearer_ok() -> bool:
+    """Whether this request carries `Authorization: Bearer <ADMIN_TOKEN>` (never, with no token set)."""
+    header = request.headers.get("Authorization", "")
+    return token_ok(header[7:].strip() if header[:7].lower() == "bearer " else None)
+
+
 def id_arg(name: str, what: str) -> int | None:
     """The query argument `name` as a positive id (None when absent or empty), or a 400."""
     text = request.args.get(name)

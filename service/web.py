@@ -1,6 +1,6 @@
 """The HTTP layer: the webhook receiver and the health checks. Thin: parse, call, answer.
 
-Every error answer is JSON with an `error` message; no answer ever carries a
+The error handlers that answer them (app.py) answer every error as JSON with an `error` message; no answer ever carries a
 stack trace. Status codes: 401 bad signature; 400 a body that is not UTF-8, not
 JSON, or not `{"webhookType": str, "data": {...}}`; 413 body over 64 KiB; 503
 only when the inbox cannot be written (with Retry-After); 202 accepted: the body
@@ -17,13 +17,12 @@ import logging
 import os
 import time
 
-from flask import Blueprint, Flask, abort, current_app, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
-from . import admin, dashboard, metrics
-from .errors import (BodyTimeout, DeliveryRejected, RequestRejected, SignatureInvalid, StoreUnavailable,
-                     Unavailable)
-from .requestctx import current_runtime
+from . import metrics
+from .errors import BodyTimeout, RequestRejected, Unavailable
+from .requestctx import bearer_ok, current_runtime
 from .signature import HEADER
 
 MAX_BODY = 64 * 1024
@@ -99,7 +98,7 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     runtime = current_runtime()
-    detailed = admin.bearer_ok()
+    detailed = bearer_ok()
     rules = runtime.rules.current
     body = {
         "rules": {"hash": rules.sha256, "count": len(rules.rules), "source": rules.source,
@@ -135,63 +134,7 @@ def readyz():
     return jsonify(body), (200 if not problems else 503)
 
 
-def _error(status: int, message: str, **extra):
+def error_answer(status: int, message: str, **extra):
     response = jsonify({"error": message, **{k: v for k, v in extra.items() if v is not None}})
     response.status_code = status
     return response
-
-
-def init_app(app: Flask) -> None:
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY + 1  # see _read_body
-    app.register_blueprint(bp)
-    app.register_blueprint(admin.bp)
-    app.register_blueprint(dashboard.bp)
-
-    @app.before_request
-    def _start():
-        g.started, g.log_fields = time.perf_counter(), {}
-        # No id, cursor or filter of this service holds a NUL, and PostgreSQL refuses one in a
-        # string: say so here rather than let a lookup fail as a 500.
-        if "\x00" in request.path or any("\x00" in value for _, values in request.args.lists() for value in values):
-            abort(400, "the request's path or query has a NUL character")
-
-    @app.after_request
-    def _log(response):
-        if request.path not in ("/healthz", "/readyz", "/metrics"):
-            log_request(request.method, request.path, response.status_code, g.get("started", time.perf_counter()),
-                        g.get("log_fields", {}), g.get("exc_info"))
-        return response
-
-    @app.errorhandler(DeliveryRejected)
-    def _rejected(exc: DeliveryRejected):
-        metrics.count_rejection(exc.status, signature=isinstance(exc, SignatureInvalid))
-        g.setdefault("log_fields", {})["error"] = exc.message
-        return _error(exc.status, exc.message, fields=exc.fields)
-
-    @app.errorhandler(Unavailable)
-    def _unavailable(exc: Unavailable):
-        if request.path == WEBHOOK:  # an admin page during an outage is not a refused delivery
-            metrics.count_rejection(503, signature=False)  # probably lost: VideoSDK documents no retries
-        g.setdefault("log_fields", {})["error"] = str(exc)  # the detail is for the log only
-        # The detail (the database's address, the driver's error) is for the log only.
-        public = "store unavailable; retry later" if isinstance(exc, StoreUnavailable) else "unavailable; retry later"
-        response = _error(503, public)
-        response.headers["Retry-After"] = str(exc.retry_after)
-        return response
-
-    @app.errorhandler(HTTPException)
-    def _http(exc: HTTPException):
-        message = f"body larger than {MAX_BODY // 1024} KiB" if exc.code == 413 else exc.description or exc.name
-        if exc.code == 413 and request.path == WEBHOOK:
-            metrics.count_rejection(413, signature=False)
-        g.setdefault("log_fields", {})["error"] = message
-        return _error(exc.code or 500, message)
-
-    @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):
-        # Logged once, on the request's own line (with the traceback): see _log.
-        g.setdefault("log_fields", {})["error"] = f"internal error: {type(exc).__name__}"
-        g.exc_info = (type(exc), exc, exc.__traceback__)
-        if request.path == WEBHOOK:
-            return _error(500, "internal error; the delivery was not recorded, so retry it")
-        return _error(500, "internal error")
