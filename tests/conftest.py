@@ -29,12 +29,27 @@ API_KEY = "test-api-key"
 SECRET = "test-secret-" + secrets.token_hex(16)  # unique per run, so a leak test can search for it
 PG_ENV = "ROOMWARDEN_TEST_POSTGRES_URL"
 
-TEST_RULES = """\
+# The rules most tests build on, each written once.
+RULES_HEAD = """\
 version: 1
 rules:
+"""
+SESSION_RULE = """\
   - name: close-after-session
     on: session-ended
     action: deactivate
+"""
+# a room left empty for 5 minutes
+EMPTY_RULE = """\
+  - name: close-when-empty
+    on: participant-left
+    when:
+      room.participants: 0
+    for: 5m
+    action: deactivate
+"""
+
+TEST_RULES = RULES_HEAD + SESSION_RULE + """\
   - name: close-long-recordings
     on: "recording-*"
     when:
@@ -90,8 +105,12 @@ def left(room: str, who: str, session: str = "s1") -> bytes:
     return event_body("participant-left", meetingId=room, sessionId=session, participantId=who)
 
 
-def ended(room: str, session: str = "s1") -> bytes:
-    return event_body("session-ended", meetingId=room, sessionId=session)
+SESSION_TIMES = {"start": "2026-11-26T10:00:00Z", "end": "2026-11-26T10:30:00Z"}  # as the documented example has
+
+
+def ended(room: str, session: str = "s1", **times: str) -> bytes:
+    """A session-ended body; `**SESSION_TIMES` adds its start and end."""
+    return event_body("session-ended", meetingId=room, sessionId=session, **times)
 
 
 @pytest.fixture

@@ -12,16 +12,12 @@ from service.config import Settings
 from service.errors import ConfigError
 from service.runtime import build_worker
 
-from .conftest import Clock, decide, event_body
+from .conftest import Clock, decide, ended, event_body
 from .procs import wait_until_up
 
 TOKEN = "admin-token-for-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ENDPOINTS = ["/metrics", "/api/deliveries", "/api/actions", "/api/rooms/abcd-efgh-ijkl"]
-
-
-def ended(room: str, session: str = "s-1") -> bytes:
-    return event_body("session-ended", meetingId=room, sessionId=session)
 
 
 @pytest.fixture
@@ -54,7 +50,7 @@ def test_the_webhook_and_health_checks_need_no_token(admin_app, sign):
     client = admin_app.test_client()
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
-    body = ended("abcd-efgh-ijkl")
+    body = ended("abcd-efgh-ijkl", "s-1")
     assert client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": sign(body)}).status_code == 202
 
 
@@ -69,7 +65,7 @@ def test_deliveries_newest_first_by_room_and_paged(admin_app, sign):
         body = ended("room-aaaa-0001", f"s{i}")
         client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": sign(body)})
         time.sleep(0.002)  # delivery ids order by the millisecond: two in one millisecond tie
-    body = ended("room-bbbb-0002")
+    body = ended("room-bbbb-0002", "s-1")
     client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": sign(body)})
     decide(admin_app)  # as the worker does: a delivery is listed once decided
 
@@ -91,7 +87,7 @@ def test_a_bad_limit_is_a_400(admin_app, query):
 def test_actions_by_status(admin_app, sign, fake_api):
     client = admin_app.test_client()
     for room in ("room-aaaa-0001", "room-bbbb-0002"):
-        body = ended(room)
+        body = ended(room, "s-1")
         client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": sign(body)})
     fake_api.missing_rooms.add("room-bbbb-0002")
     runtime = admin_app.extensions["roomwarden"]
@@ -144,7 +140,7 @@ def test_metrics_count_what_happened(admin_app, sign):
     # to be at least an hour when scraped, whatever the scrape's own timing.
     admin_app.extensions["roomwarden"].intake.clock = Clock(time.time() - 3600)
     before = client.get("/metrics", headers=AUTH).get_data(as_text=True)
-    body = ended("abcd-efgh-ijkl")
+    body = ended("abcd-efgh-ijkl", "s-1")
     assert client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": sign(body)}).status_code == 202
     client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": "AAAA"})
     accepted = client.get("/metrics", headers=AUTH).get_data(as_text=True)
@@ -181,7 +177,7 @@ def test_metrics_add_up_every_process(processes, sign, fake_api):
     processes.start("worker", ADMIN_TOKEN=TOKEN)
     rooms = [f"room-mmmm-{i:04d}" for i in range(12)]
     for room in rooms:  # new connections, so both gunicorn workers take some
-        body = ended(room)
+        body = ended(room, "s-1")
         assert requests.post(base + "/webhooks/videosdk", data=body, timeout=10, headers={
             "videosdk-signature": sign(body), "Connection": "close"}).status_code == 202
     assert fake_api.wait_for(lambda: len(fake_api.deactivations()) == len(rooms))
@@ -236,7 +232,7 @@ def test_every_metric_family_is_exported_at_zero_from_the_first_scrape(processes
 def test_actions_newest_first_and_paged(admin_app, sign):
     client = admin_app.test_client()
     for i in range(5):
-        body = ended(f"room-page-{i:04d}")
+        body = ended(f"room-page-{i:04d}", "s-1")
         client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": sign(body)})
     decide(admin_app)
     page = client.get("/api/actions?limit=3", headers=AUTH).get_json()

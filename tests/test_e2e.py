@@ -13,16 +13,11 @@ import yaml
 
 from service.store import Store
 
-from .conftest import event_body
+from .conftest import SESSION_TIMES, ended, event_body
 from .fakeapi import Reply
 from .procs import ROOT, procfile, wait_until_up
 
 pytestmark = pytest.mark.e2e
-
-
-def ended(room: str, session: str = "s-1") -> bytes:
-    return event_body("session-ended", meetingId=room, sessionId=session,
-                      start="2026-11-26T10:00:00Z", end="2026-11-26T10:30:00Z")
 
 
 def test_signed_events_become_deactivate_calls(processes, fake_api, sign, tmp_path):
@@ -40,11 +35,12 @@ def test_signed_events_become_deactivate_calls(processes, fake_api, sign, tmp_pa
                 "videosdk-signature": signature if signature is not None else sign(body)}).status_code
 
         for room in rooms:
-            statuses.append(send(ended(room)))
-            statuses.append(send(ended(room)))  # a repeated delivery
+            statuses.append(send(ended(room, "s-1", **SESSION_TIMES)))
+            statuses.append(send(ended(room, "s-1", **SESSION_TIMES)))  # a repeated delivery
         statuses.append(send(event_body("participant-joined", meetingId="zzzz-zzzz-zzzz", sessionId="s",
                                         participantId="p1", participantName="Ann")))
-        statuses.append(send(ended("forg-forg-forg"), signature=sign(ended("other-room"))))
+        statuses.append(send(ended("forg-forg-forg", "s-1", **SESSION_TIMES),
+                             signature=sign(ended("other-room", "s-1", **SESSION_TIMES))))
         statuses.append(send(b"{not json"))
 
     assert statuses == [202] * 6 + [202, 401, 400]
@@ -64,7 +60,7 @@ def test_a_killed_worker_loses_nothing(processes, fake_api, sign):
     wait_until_up(base, web)
     # The first call hangs longer than the client's timeout: the worker is mid-call when killed.
     fake_api.script("/v2/rooms/deactivate", Reply(200, delay=5))
-    body = ended("kill-kill-0001")
+    body = ended("kill-kill-0001", "s-1", **SESSION_TIMES)
     assert requests.post(base + "/webhooks/videosdk", data=body, timeout=10,
                          headers={"videosdk-signature": sign(body)}).status_code == 202
 
@@ -218,7 +214,7 @@ def test_a_client_stalled_mid_body_is_answered_408_and_closed_after_the_body_tim
         assert status_line.split(b" ")[1] == b"408", received[:300]
         assert b"did not arrive within 1 s" in received
         assert 0.5 <= waited < 4, waited  # closed by the server after the body timeout (before keep-alive's 5 s)
-    body = ended("slow-body-room")
+    body = ended("slow-body-room", "s-1", **SESSION_TIMES)
     assert requests.post(base + "/webhooks/videosdk", data=body, timeout=20,
                          headers={"videosdk-signature": sign(body)}).status_code == 202
     metrics = requests.get(base + "/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10).text
@@ -245,7 +241,7 @@ def test_stalled_clients_do_not_stop_health_checks_or_deliveries(processes, fake
             else:  # mid-body: the headers promise more than is sent
                 sock.sendall(b"POST /webhooks/videosdk HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{\"we")
             stalled.append(sock)
-        body = ended("stal-led0-room")
+        body = ended("stal-led0-room", "s-1", **SESSION_TIMES)
         with requests.Session() as http:
             assert http.get(base + "/healthz", timeout=20).status_code == 200
             answer = http.post(base + "/webhooks/videosdk", data=body, timeout=20,

@@ -41,7 +41,7 @@ from sqlalchemy import text
 from service.errors import StoreUnavailable
 from service.store import Store
 
-from .conftest import API_KEY, ROOT, SECRET, event_body
+from .conftest import API_KEY, ROOT, SECRET, SESSION_TIMES, ended
 from .fakeapi import FakeVideoSDK, Reply
 from .procs import Processes, free_port, wait_until_up
 
@@ -56,11 +56,6 @@ WEBHOOK = "/webhooks/videosdk"
 DEACTIVATE = "/v2/rooms/deactivate"
 KILL_TARGETS = ("gunicorn-worker", "gunicorn-master", "worker")
 GIVE_UP_AFTER = 40.0  # seconds a sender keeps retrying one event, as VideoSDK would, then gives up
-
-
-def ended(room: str, session: str = "s-1") -> bytes:
-    return event_body("session-ended", meetingId=room, sessionId=session,
-                      start="2026-11-26T10:00:00Z", end="2026-11-26T10:30:00Z")
 
 
 def _children(pid: int) -> list[int]:
@@ -318,7 +313,7 @@ def run_trial(seed: int, workdir: Path, public_pem: str, sign, rules_file: Path)
                     if not queue:
                         return
                     room, repeat = queue.popleft()
-                record = sender.deliver(ended(room))
+                record = sender.deliver(ended(room, "s-1", **SESSION_TIMES))
                 with lock:
                     results.append((room, repeat, record))
 
@@ -572,7 +567,7 @@ def test_api_down_then_back_completes_every_action_once(processes, fake_api, sig
 
     rooms = [f"down-down-{i:04d}" for i in range(4)]
     sender = Sender(base, sign)
-    records = [sender.deliver(ended(room)) for room in rooms]
+    records = [sender.deliver(ended(room, "s-1", **SESSION_TIMES)) for room in rooms]
     sender.close()
     assert [r["status"] for r in records] == [202] * len(rooms)  # accepted while the API is down
 
@@ -714,14 +709,14 @@ def test_postgres_cut_and_restored_without_restarting(processes, fake_api, sign,
         sender = Sender(base, sign)
 
         def post_once(room: str) -> requests.Response:
-            body = ended(room)
+            body = ended(room, "s-1", **SESSION_TIMES)
             return http.post(base + WEBHOOK, data=body, timeout=30, headers={
                 "Content-Type": "application/json", "videosdk-signature": sign(body)})
 
         acknowledged: list[str] = []  # every delivery id a 2xx answered
 
         def deliver_all(rooms: list[str]) -> list[int]:
-            records = [sender.deliver(ended(room)) for room in rooms]
+            records = [sender.deliver(ended(room, "s-1", **SESSION_TIMES)) for room in rooms]
             acknowledged.extend(r["delivery"] for r in records if r["delivery"])
             return [r["status"] for r in records]
 
@@ -736,7 +731,7 @@ def test_postgres_cut_and_restored_without_restarting(processes, fake_api, sign,
             local = requests.Session()
             i = 0
             while not stop.is_set():
-                room, body = f"pg-stream-{i:04d}", ended(f"pg-stream-{i:04d}")
+                room, body = f"pg-stream-{i:04d}", ended(f"pg-stream-{i:04d}", "s-1", **SESSION_TIMES)
                 i += 1
                 try:
                     r = local.post(base + WEBHOOK, data=body, timeout=30, headers={
@@ -871,7 +866,7 @@ def test_a_call_made_just_before_the_store_goes_away_is_recorded_not_repeated(
         base = f"http://127.0.0.1:{processes.env['PORT']}"
         wait_until_up(base, web)
         sender = Sender(base, sign)
-        assert sender.deliver(ended("lost-lost-0001"))["status"] == 202
+        assert sender.deliver(ended("lost-lost-0001", "s-1", **SESSION_TIMES))["status"] == 202
         sender.close()
         worker = processes.start("worker")
         assert fake.entered.wait(30), "the worker never called the API"
@@ -918,13 +913,13 @@ def test_no_key_at_start_keeps_deliveries_unverified_then_verifies_and_decides_t
             "Content-Type": "application/json", "videosdk-signature": signature})
 
     def forge() -> requests.Response:  # a well-formed signature, but over another body
-        return post_once(ended(forged_room), sign(ended("other")))
+        return post_once(ended(forged_room, "s-1", **SESSION_TIMES), sign(ended("other", "s-1", **SESSION_TIMES)))
 
     # No key: every signed body is kept, unverified (VideoSDK documents no retries: a 503 would
     # lose it), a forged one too, since nothing can tell them apart yet.
     accepted = {}
     for room in rooms:
-        r = post_once(ended(room), sign(ended(room)))
+        r = post_once(ended(room, "s-1", **SESSION_TIMES), sign(ended(room, "s-1", **SESSION_TIMES)))
         assert (r.status_code, r.json().get("verified")) == (202, "later"), (r.status_code, r.text)
         accepted[room] = r.json()["delivery"]
     r = forge()

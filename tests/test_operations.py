@@ -32,23 +32,16 @@ import pytest
 from service import logs
 from service.breaker import CircuitBreaker
 from service.errors import StoreUnavailable
-from service.retry import RetryPolicy
-from service.rules.loader import parse_rules
-from service.rules.model import RuleSet
 from service.store import Store
-from service.videosdk import TokenSource, VideoSDKClient
+from service.videosdk import TokenSource
 from service.worker import Worker
 
-from .conftest import API_KEY, Clock, ROOT, SECRET, TEST_RULES, decide, event_body
-from .conftest import deliver as deliver_raw
+from .conftest import API_KEY, ROOT, RULES_HEAD, SECRET, SESSION_RULE, TEST_RULES, Clock, decide, ended, event_body
+from .builders import SESSION, T0, add_action, deliver, make_worker, parse
 from .fakeapi import Reply
 
 DEACTIVATE = "/v2/rooms/deactivate"
-T0 = 1_700_000_000.0
 DAY = 86400.0
-HALF = lambda: 0.5  # noqa: E731  backoff = 3/4 of its ceiling: 1.5 s after attempt 1
-SESSION = "sess-1"
-LEASE = 30.0
 WRONG_SECRET = "wrong-secret-" + secrets.token_hex(16)
 
 
@@ -65,19 +58,7 @@ def store(tmp_path, clock):
     store.close()
 
 
-def parse(text: str) -> RuleSet:
-    rule_set, problems = parse_rules(text, "test-rules.yaml")
-    assert rule_set is not None, [str(p) for p in problems]
-    return rule_set
-
-
-SESSION_RULES = """\
-version: 1
-rules:
-  - name: close-after-session
-    on: session-ended
-    action: deactivate
-"""
+SESSION_RULES = RULES_HEAD + SESSION_RULE
 
 # session-ended schedules an action at once; a room left empty starts a 5m timer.
 RETENTION_RULES = SESSION_RULES + """\
@@ -88,32 +69,6 @@ RETENTION_RULES = SESSION_RULES + """\
     for: 5m
     action: deactivate
 """
-
-
-def make_worker(store, clock, base_url: str | None, *, rules: RuleSet | None = None, secret: str = SECRET,
-                tokens: TokenSource | None = None, timeout: float = 5.0,
-                breaker: CircuitBreaker | None = None, retention_days: float = 0.0,
-                worker_id: str = "worker-1") -> Worker:
-    """A worker on the injected clock (copied from test_worker's helper, plus breaker and retention)."""
-    client = None
-    if base_url is not None:
-        client = VideoSDKClient(base_url, tokens or TokenSource(API_KEY, secret), timeout=timeout)
-    rule_set = rules or parse(SESSION_RULES)
-    return Worker(store, client, RetryPolicy(), lambda: rule_set, lease_seconds=LEASE, worker_id=worker_id,
-                  clock=clock, rand=HALF, breaker=breaker, retention_days=retention_days)
-
-
-def deliver(store, rules: RuleSet, at: float, event_type: str, **data):
-    """One delivery through the real pipeline: bytes into the inbox at time `at`, then the Decider."""
-    return deliver_raw(store, rules, event_body(event_type, **data), at=at, verified=True)
-
-
-def add_action(store, room: str, *, at: float, session: str = SESSION) -> int:
-    """Put one deactivate action in the outbox the way the service does: a session-ended delivery."""
-    receipt = deliver(store, parse(SESSION_RULES), at, "session-ended", meetingId=room, sessionId=session)
-    [outcome] = receipt.decisions
-    assert outcome.outcome == "scheduled"
-    return outcome.action_id
 
 
 def drain(worker: Worker, limit: int = 100) -> int:
@@ -744,10 +699,6 @@ def test_sigterm_when_idle_exits_0(cli_env, tmp_path):
 # == 5. logs ===================================================================================
 
 
-def ended(room: str, session: str = "s-1") -> bytes:
-    return event_body("session-ended", meetingId=room, sessionId=session)
-
-
 @dataclass
 class Request:
     body: bytes
@@ -767,13 +718,13 @@ TOO_BIG = event_body("session-ended", meetingId="room-big", sessionId="s", pad="
 # at most one more about each accepted delivery (what was decided is no longer the request's).
 REQUESTS = {
     # accepted: the delivery, the event and the room; the decider's line says what was decided
-    "accepted": Request(ended("room-log"), 202, fields={"event": "session-ended", "room": "room-log",
+    "accepted": Request(ended("room-log", "s-1"), 202, fields={"event": "session-ended", "room": "room-log",
                                                          "verified": "yes"},
                         decided={"level": "info", "event": "session-ended", "room": "room-log",
                                  "decisions": ["close-after-session:scheduled"]},
                         stored={"known": True, "problem": None}),
     # the same again: accepted, decided as a duplicate
-    "repeated": Request(ended("room-log"), 202, fields={"event": "session-ended", "room": "room-log",
+    "repeated": Request(ended("room-log", "s-1"), 202, fields={"event": "session-ended", "room": "room-log",
                                                          "verified": "yes"},
                         decided={"level": "info", "event": "session-ended", "room": "room-log",
                                  "decisions": ["close-after-session:duplicate"]},
@@ -783,11 +734,11 @@ REQUESTS = {
                        fields={"event": "something-new", "room": "room-u", "verified": "yes"},
                        stored={"known": False, "problem": None}),
     # a signature that is not base64: rejected before parsing
-    "garbled-signature": Request(ended("room-x"), 401, signature="!!!", error=True),
+    "garbled-signature": Request(ended("room-x", "s-1"), 401, signature="!!!", error=True),
     # a good signature over other bytes
-    "wrong-signature": Request(ended("room-x"), 401, signature="OTHER", error=True),
+    "wrong-signature": Request(ended("room-x", "s-1"), 401, signature="OTHER", error=True),
     # no signature at all
-    "no-signature": Request(ended("room-x"), 401, signature="", error=True),
+    "no-signature": Request(ended("room-x", "s-1"), 401, signature="", error=True),
     # signed, but not JSON
     "not-json": Request(b"{not json", 400, error=True),
     # signed, JSON, a known event missing its room: accepted (202); kept, never decided on, and
@@ -859,7 +810,7 @@ def test_the_fast_lane_and_the_flask_route_answer_and_log_a_delivery_alike(make_
     store = app.extensions["roomwarden"].store
     seen = {}
     for lane, path in (("fast", "/webhooks/videosdk"), ("flask", "/webhooks/videosdk?via=flask")):
-        body = ended(f"room-{lane}")
+        body = ended(f"room-{lane}", "s-1")
         mark = captured.mark()
         response = client.post(path, data=body, headers={"Content-Type": "application/json",
                                                         "videosdk-signature": sign(body)})
@@ -875,7 +826,7 @@ def test_the_fast_lane_and_the_flask_route_answer_and_log_a_delivery_alike(make_
     assert store.inbox_stats()[0] == 2
 
     mark = captured.mark()
-    response = client.post("/webhooks/videosdk", data=ended("room-forged"),
+    response = client.post("/webhooks/videosdk", data=ended("room-forged", "s-1"),
                            headers={"Content-Type": "application/json", "videosdk-signature": sign(b"other")})
     [line] = captured.since(mark, "roomwarden.web")
     assert response.status_code == 401 and line["error"] == response.get_json()["error"]
@@ -899,7 +850,7 @@ def test_an_unexpected_error_logs_its_request_line_with_an_error(make_app, sign,
         raise RuntimeError("boom")
 
     monkeypatch.setattr(app.extensions["roomwarden"].intake, "accept", explode)
-    body = ended("room-boom")
+    body = ended("room-boom", "s-1")
     mark = captured.mark()
     response = app.test_client().post("/webhooks/videosdk", data=body,
                                       headers={"Content-Type": "application/json", "videosdk-signature": sign(body)})
@@ -973,9 +924,10 @@ def test_no_secret_or_token_in_logs_error_bodies_or_stored_rows(make_app, env, s
         return response.status_code
 
     rooms = [f"leak-{n:04d}" for n in range(5)]
-    statuses = [send(ended(room)) for room in rooms]
-    statuses += [send(ended(rooms[0])), send(event_body("something-new", meetingId="leak-zzzz")),
-                 send(ended("leak-bad"), signature="garbage"), send(ended("leak-bad"), signature=sign(b"x")),
+    statuses = [send(ended(room, "s-1")) for room in rooms]
+    statuses += [send(ended(rooms[0], "s-1")), send(event_body("something-new", meetingId="leak-zzzz")),
+                 send(ended("leak-bad", "s-1"), signature="garbage"),
+                 send(ended("leak-bad", "s-1"), signature=sign(b"x")),
                  send(b"{not json"), send(TOO_BIG)]
     assert statuses == [202] * 7 + [401, 401, 400, 413]
     decide(app)  # what the worker's decider does first; this one only acts

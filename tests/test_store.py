@@ -41,7 +41,7 @@ from service.store import engine as store_engine
 from service.store import migrations, tables
 from service.store.inbox import InboxItem, InboxRow
 
-from .conftest import Clock, ingest
+from .conftest import EMPTY_RULE, RULES_HEAD, SESSION_RULE, Clock, ingest
 
 T0 = 1_700_000_000.0  # the tests' "now": a fixed epoch second
 LEASE = 30.0
@@ -2267,18 +2267,7 @@ def test_locked_database_raises_store_unavailable_then_recovers(make_store, data
 
 # -- the decider's copy of a room within a batch ------------------------------------------------
 
-COPY_RULES = """\
-version: 1
-rules:
-  - name: close-when-empty
-    on: participant-left
-    when:
-      room.participants: 0
-    for: 5m
-    action: deactivate
-  - name: close-after-session
-    on: session-ended
-    action: deactivate
+COPY_RULES = RULES_HEAD + EMPTY_RULE + SESSION_RULE + """\
   - name: end-long-recordings
     on: recording-started
     action: end-session

@@ -17,14 +17,13 @@ from service import explain
 from service.decider import Decider
 from service.events import parse_event
 from service.reload import RulesHolder
-from service.retry import RetryPolicy
 from service.rules.loader import parse_rules
 from service.store import Store
 from service.sweeps import is_sweep_id, sweep_body, sweep_id
-from service.videosdk import TokenSource, VideoSDKClient
 from service.worker import Worker
 
-from .conftest import API_KEY, SECRET, Clock, event_body
+from .builders import make_worker
+from .conftest import Clock, event_body
 from .fakeapi import Reply
 
 T0 = 1_700_000_000.0
@@ -65,11 +64,6 @@ def store(tmp_path, clock):
     yield store
     store.close()
 
-
-def make_worker(store, clock, base_url, rules: RulesHolder, worker_id: str = "worker-1") -> Worker:
-    return Worker(store, VideoSDKClient(base_url, TokenSource(API_KEY, SECRET), timeout=2.0), RetryPolicy(),
-                  lambda: rules.current, decider=Decider(store, lambda: rules.current, acts=True, verifier=None),
-                  lease_seconds=30.0, clock=clock, rand=HALF, worker_id=worker_id)
 
 
 def accept(store, raw: bytes, at: float) -> str:
@@ -216,7 +210,8 @@ def test_a_delivery_that_arrives_during_a_round_waits_behind_one_chunk_not_the_r
     names = [f"room-{i:02d}" for i in range(10)]
     _rooms(store, clock, names)
     monkeypatch.setattr(sweeps, "CHUNK", 3)
-    worker = make_worker(store, clock, "http://127.0.0.1:9", RulesHolder(parse(SWEEP_RULES)[0]))
+    worker = make_worker(store, clock, "http://127.0.0.1:9", rules=RulesHolder(parse(SWEEP_RULES)[0]),
+                         decides=True)
     held: list[list[str]] = []  # what the inbox held each time a chunk was appended
     turn = store.sweep_turn
 
@@ -267,7 +262,7 @@ def test_a_room_whose_leave_was_lost_is_deactivated_by_a_sweep_confirmed_by_the_
     it lists live, and never touches the protected one. A room heard from an hour ago is not
     confirmed at all (its `when` does not hold)."""
     rules = RulesHolder(parse(SWEEP_RULES)[0])
-    worker = make_worker(store, clock, fake_api.base_url, rules)
+    worker = make_worker(store, clock, fake_api.base_url, rules=rules, decides=True)
     for room in ("room-lost", "room-live", "keep-lost"):
         join(store, room, T0, session=f"s-{room}")
     fake_api.set_active("s-room-live", ["p-1"], room_id="room-live")
@@ -301,7 +296,7 @@ def test_a_room_whose_leave_was_lost_is_deactivated_by_a_sweep_confirmed_by_the_
 
 def test_a_sweep_changes_nothing_about_the_room_and_explain_says_what_it_saw(fake_api, store, clock):
     rules = RulesHolder(parse(SWEEP_RULES)[0])
-    worker = make_worker(store, clock, fake_api.base_url, rules)
+    worker = make_worker(store, clock, fake_api.base_url, rules=rules, decides=True)
     join(store, "room-x", T0, session="s-x")
     drain(worker)
     before = store.room("room-x")
@@ -317,7 +312,7 @@ def test_a_sweep_changes_nothing_about_the_room_and_explain_says_what_it_saw(fak
 
 def test_an_unreadable_or_failed_live_session_check_never_deactivates(fake_api, store, clock):
     rules = RulesHolder(parse(SWEEP_RULES)[0])
-    worker = make_worker(store, clock, fake_api.base_url, rules)
+    worker = make_worker(store, clock, fake_api.base_url, rules=rules, decides=True)
     join(store, "room-q", T0)
     drain(worker)
     fake_api.script(SESSIONS, Reply(200, {"unexpected": True}), Reply(503, {"message": "down"}))
@@ -336,7 +331,7 @@ def test_a_404_from_the_live_session_list_is_not_read_as_no_session(fake_api, st
     """The docs do not say what the list answers for a room with no sessions at all: a 404 fails
     the action as a 404 to its own call would (docs/videosdk.md), and nothing is deactivated."""
     rules = RulesHolder(parse(SWEEP_RULES)[0])
-    worker = make_worker(store, clock, fake_api.base_url, rules)
+    worker = make_worker(store, clock, fake_api.base_url, rules=rules, decides=True)
     join(store, "room-n", T0)
     drain(worker)
     fake_api.script(SESSIONS, Reply(404, {"message": "Room not found"}))
@@ -349,7 +344,7 @@ def test_a_404_from_the_live_session_list_is_not_read_as_no_session(fake_api, st
 
 def test_live_session_checks_are_paced_by_max_checks_per_minute(fake_api, store, clock):
     rules = RulesHolder(parse(SWEEP_RULES.replace("sweep_every: 10m", "sweep_every: 10m\n  max_checks_per_minute: 3"))[0])
-    worker = make_worker(store, clock, fake_api.base_url, rules)
+    worker = make_worker(store, clock, fake_api.base_url, rules=rules, decides=True)
     for i in range(5):
         join(store, f"room-{i}", T0, session=f"s-{i}")
     drain(worker)
@@ -405,7 +400,7 @@ def test_simulate_shows_what_a_sweep_would_do_for_one_room_as_stored(tmp_path, f
     store.migrate()
     rules_path = tmp_path / "sweep-rules.yaml"
     rules_path.write_text(SWEEP_RULES)
-    worker = make_worker(store, clock, fake_api.base_url, RulesHolder(parse(SWEEP_RULES)[0]))
+    worker = make_worker(store, clock, fake_api.base_url, rules=RulesHolder(parse(SWEEP_RULES)[0]), decides=True)
     join(store, "room-sim", clock.now)
     drain(worker)
     store.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, decide, event_body, ended, joined, left
+from .conftest import EMPTY_RULE, ROOT, RULES_HEAD, SESSION_RULE, decide, ended, event_body, joined, left
 from .fakeapi import Reply
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -65,19 +65,7 @@ def parse_when(text: str) -> float:
 
 # == test: rule unit tests ======================================================================
 
-RT_RULES = """\
-version: 1
-rules:
-  - name: close-when-empty
-    on: participant-left
-    when:
-      room.participants: 0
-    for: 5m
-    action: deactivate
-  - name: close-after-session
-    on: session-ended
-    action: deactivate
-"""
+RT_RULES = RULES_HEAD + EMPTY_RULE + SESSION_RULE
 
 
 def ev(at: str, kind: str, room: str, who: str | None = None, session: str = "s1") -> dict:
@@ -442,29 +430,8 @@ def test_the_shipped_rules_pass_check_strict(args):
 
 # == replay =====================================================================================
 
-REPLAY_RULES = """\
-version: 1
-rules:
-  - name: close-after-session
-    on: session-ended
-    action: deactivate
-  - name: close-when-empty
-    on: participant-left
-    when:
-      room.participants: 0
-    for: 5m
-    action: deactivate
-"""
-ONLY_TIMER_RULE = """\
-version: 1
-rules:
-  - name: close-when-empty
-    on: participant-left
-    when:
-      room.participants: 0
-    for: 5m
-    action: deactivate
-"""
+REPLAY_RULES = RULES_HEAD + SESSION_RULE + EMPTY_RULE
+ONLY_TIMER_RULE = RULES_HEAD + EMPTY_RULE
 
 
 @pytest.fixture
@@ -575,13 +542,7 @@ rules:
     when:
       not: {room.id: {matches: "^keep-"}}
     action: deactivate
-  - name: close-when-empty
-    on: participant-left
-    when:
-      room.participants: 0
-    for: 5m
-    action: deactivate
-"""
+""" + EMPTY_RULE
 
 
 def story(room: str, env: dict, *args: str) -> tuple[int, list[str]]:

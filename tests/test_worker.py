@@ -21,7 +21,6 @@ from service.config import Settings
 from service.errors import ConfigError, StoreUnavailable
 from service.reload import RulesHolder
 from service.retry import RetryPolicy
-from service.rules.loader import parse_rules
 from service.rules.model import RuleSet
 from service.runtime import build_worker, load_rules_holder
 from service.store import AttemptRecord, NewDecision, NewDelivery, PlanWrite, Store
@@ -29,16 +28,12 @@ from service.videosdk import TokenSource, VideoSDKClient
 from service.worker import Worker
 
 from .conftest import API_KEY, Clock, SECRET, event_body, ingest
-from .conftest import deliver as deliver_raw
+from .builders import HALF, LEASE, SESSION, T0, add_action, deliver, make_worker, parse, session_rules
 from .fakeapi import Reply, participant
 
 DEACTIVATE = "/v2/rooms/deactivate"
 END_SESSION = "/v2/sessions/end"
-T0 = 1_700_000_000.0
-HALF = lambda: 0.5  # noqa: E731  backoff = 3/4 of its ceiling: 1.5 s after attempt 1, 3 s after attempt 2
 WRONG_SECRET = "wrong-secret-" + "w" * 32
-LEASE = 30.0
-SESSION = "sess-1"
 CHECK = f"/v2/sessions/{SESSION}/participants/active"
 
 
@@ -53,51 +48,6 @@ def store(tmp_path, clock):
     store.migrate()
     yield store
     store.close()
-
-
-def parse(text: str) -> RuleSet:
-    rule_set, problems = parse_rules(text, "test-rules.yaml")
-    assert rule_set is not None, [str(p) for p in problems]
-    return rule_set
-
-
-def session_rules(kind: str = "deactivate", *, confirm: str | None = None, settings: str = "") -> RuleSet:
-    """One rule acting on session-ended; `settings` is a YAML flow mapping such as `{protect: [a]}`."""
-    text = "version: 1\n"
-    if settings:
-        text += f"settings: {settings}\n"
-    text += f"rules:\n  - name: close-after-session\n    on: session-ended\n    action: {kind}\n"
-    if confirm:
-        text += f"    confirm: {confirm}\n"
-    return parse(text)
-
-
-def make_worker(store, clock, base_url: str | None = None, *, rules: RulesHolder | None = None,
-                secret=SECRET, timeout=5.0, policy=None, worker_id="worker-1", acts=True,
-                lease: float = LEASE) -> Worker:
-    """A worker on the injected clock; `base_url=None` gives it no client at all."""
-    client = None if base_url is None else VideoSDKClient(base_url, TokenSource(API_KEY, secret),
-                                                          timeout=timeout)
-    holder = rules or RulesHolder(session_rules())
-    return Worker(store, client, policy or RetryPolicy(), lambda: holder.current, lease_seconds=lease,
-                  acts=acts, worker_id=worker_id, clock=clock, rand=HALF)
-
-
-def deliver(store, rules: RulesHolder | RuleSet, clock, event_type: str, *, verified: bool = True, **data):
-    """One delivery through the real pipeline: bytes into the inbox, then the Decider, at clock()."""
-    raw = event_body(event_type, **data)
-    current = (lambda: rules.current) if isinstance(rules, RulesHolder) else (lambda: rules)
-    return deliver_raw(store, current, raw, at=clock(), verified=verified)
-
-
-def add_action(store, room: str, *, at: float, kind: str = "deactivate", session: str = SESSION,
-               confirm: str | None = None) -> int:
-    """Put one action in the outbox the way the service does: a session-ended delivery, decided."""
-    receipt = deliver(store, session_rules(kind, confirm=confirm), lambda: at, "session-ended",
-                      meetingId=room, sessionId=session)
-    [outcome] = receipt.decisions
-    assert outcome.outcome == "scheduled"
-    return outcome.action_id
 
 
 # -- outcomes, table-driven -----------------------------------------------------------------------
