@@ -25,10 +25,10 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
-from . import answers, metrics, sweeps
+from . import acting, answers, metrics, sweeps
 from .breaker import CircuitBreaker
 from .decider import Decider
 from .errors import StoreUnavailable
@@ -36,7 +36,6 @@ from .outcomes import Attempt
 from .planner import fire_timer, recheck_timer
 from .plans import pending_timer, room_state, timer_write
 from .retry import RetryPolicy, Verdict
-from .rooms import RoomState
 from .rules.durations import format_duration
 from .rules.model import RuleSet
 from .store import AttemptRecord, ClaimedAction, Store, TimerRow
@@ -45,10 +44,8 @@ from .videosdk import ApiResult, VideoSDKClient
 log = logging.getLogger("roomwarden.worker")
 
 
-_GIVE_BACK = ApiResult(None, 0.0, "given back")  # a claim handed back unused
 KEY_WAIT_SECONDS = 1.0  # how often deliveries waiting for a webhook key are tried again
 PACED_CONFIRM = "no-live-session"  # the check settings.max_checks_per_minute paces (a sweep's)
-ROOM_NOT_FOUND = (402, 404)  # deactivate's documented "room not found": as good as closed
 PROBE_ROOM = "roomwarden-probe"  # the room the breaker's probe asks about (GET /v2/rooms/{roomId})
 LOOK_EVERY_SECONDS = 1.0  # PostgreSQL: a look at a quiet inbox, besides each NOTIFY
 REPORT_EVERY = 15.0  # seconds between the worker's reports of its breaker, besides each change
@@ -59,6 +56,17 @@ def default_worker_id() -> str:
     # The end of the host name (a pod's unique suffix), the pid, and random bits: pids repeat
     # across containers (often 1), and the lease is fenced by this id.
     return f"{socket.gethostname()[-30:]}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class Carried:
+    """What carrying out a claim came to: the call's result (or a check's), what it means, a note
+    for the record, what a 2xx answer said; or given back unused (no time left in the lease)."""
+    result: ApiResult
+    verdict: Verdict | None
+    note: str | None = None
+    reading: answers.Reading | None = None
+    given_back: bool = False
 
 
 class Worker:
@@ -96,18 +104,8 @@ class Worker:
         self.retention_days = retention_days  # 0: keep everything
         self._pruned_at: float | None = None
         self._misreads_logged: set[str] = set()  # each shape of unreadable answer is logged once
-        self._calls: dict[str, Callable[[ClaimedAction], ApiResult]] = {}
-        self._confirms = {"active-participants": self._confirm_nobody_active,  # rules/model.py's CONFIRMS
-                          "no-live-session": self._confirm_no_live_session}
-        self._readers: dict[str, Callable[[ClaimedAction, ApiResult], answers.Reading]] = {
-            "deactivate": lambda action, result: answers.deactivated(result.body, action.room_id),
-            "end-session": lambda action, result: answers.session_ended(result.body),
-        }
-        if client is not None:
-            self._calls = {
-                "deactivate": lambda action: client.deactivate_room(action.room_id),
-                "end-session": lambda action: client.end_session(action.room_id, action.session_id),
-            }
+        # What the confirm checks and an action's follow-up may use (acting.py); None without a client.
+        self._checker = None if client is None else acting.Checker(client, store, policy, rand, self._log_misread)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -322,18 +320,19 @@ class Worker:
             return False
         started = self.clock()
         try:
-            result, verdict, note, reading = self._carry_out(claim, rule_set)
+            carried = self._carry_out(claim, rule_set)
         except BaseException:
             # The confirm check's store read failed, say: no call was made, so a half-open
             # trial goes back; otherwise the breaker would refuse every claim from now on.
             self.breaker.record_idle()
             raise
-        if result is _GIVE_BACK:
+        if carried.given_back:
             self.breaker.record_idle()
             self.store.release(claim, self.worker_id)
             log.warning("action %s: the confirm check left no time in the lease to act; given back",
                         claim.id)
             return True
+        result, verdict, note, reading = carried.result, carried.verdict, carried.note, carried.reading
         if result.latency_ms:  # a call was made: tell the breaker how it went
             before = self.breaker.state
             self.breaker.record(result.status)
@@ -376,135 +375,55 @@ class Worker:
             log.warning("circuit breaker %s -> %s: the API answered a probe (HTTP %s)", before,
                         self.breaker.state, result.status)
 
-    def _carry_out(self, claim: ClaimedAction, rule_set: RuleSet
-                   ) -> tuple[ApiResult, Verdict, str | None, answers.Reading | None]:
-        """(the call's result, what it means, a note, what a 2xx answer said)."""
+    def _carry_out(self, claim: ClaimedAction, rule_set: RuleSet) -> Carried:
+        """Check what must be checked, make the call, and say what it came to."""
         if rule_set.settings.is_protected(claim.room_id):
-            return (ApiResult(None, 0.0), Verdict(Attempt.CANCELLED, reason=f"room {claim.room_id} is protected "
-                                                  f"by settings.protect (rules {rule_set.short_hash})"), None, None)
+            return Carried(ApiResult(None, 0.0), Verdict(Attempt.CANCELLED, reason=(
+                f"room {claim.room_id} is protected by settings.protect (rules {rule_set.short_hash})")))
         # Switching to dry-run by a reload (the whole file, or the rule) stops what is queued too,
         # not only what is decided from then on.
         rule = rule_set.rule(claim.rule)
         if rule_set.settings.dry_run or (rule is not None and rule.dry_run):
             where = "settings.dry_run" if rule_set.settings.dry_run else f"rule {claim.rule}'s dry_run"
-            return (ApiResult(None, 0.0), Verdict(Attempt.CANCELLED, reason=f"{where} is on (rules "
-                                                  f"{rule_set.short_hash}): not acted on"), None, None)
-        call = self._calls.get(claim.kind)
-        if call is None:  # a kind written by a newer version of this service
+            return Carried(ApiResult(None, 0.0), Verdict(Attempt.CANCELLED, reason=(
+                f"{where} is on (rules {rule_set.short_hash}): not acted on")))
+        kind = acting.ACTION_KINDS.get(claim.kind)
+        if kind is None or self._checker is None:  # a kind written by a newer version of this service
             result = ApiResult(None, 0.0, f"this worker cannot carry out '{claim.kind}' actions")
-            return result, self.policy.judge(result, self.policy.max_attempts), None, None
+            return Carried(result, self.policy.judge(result, self.policy.max_attempts))
         note = None
         if claim.confirm is not None:
-            check = self._confirms.get(claim.confirm)
-            if check is None:  # a check named by a newer version of this service
+            confirm = acting.CONFIRM_KINDS.get(claim.confirm)
+            if confirm is None:  # a check named by a newer version of this service
                 result = ApiResult(None, 0.0, f"this worker cannot make '{claim.confirm}' checks")
-                return result, self.policy.judge(result, self.policy.max_attempts), None, None
-            stop, note = check(claim)
-            if stop is not None:
-                return stop + (note, None)
+                return Carried(result, self.policy.judge(result, self.policy.max_attempts))
+            confirmation = confirm.check(self._checker, claim)
+            note = confirmation.note
+            if confirmation.stop is not None:
+                return Carried(confirmation.stop.result, confirmation.stop.verdict, note)
             if self.clock() + sum(self.client.timeout) >= claim.lease_until:
                 # The check took long: a call now (connect, then read, each with its own timeout)
                 # could outlive the lease, and another worker could make it too. Give the action
                 # back, due now, to check again; no call was made, so it is no attempt and does
                 # not count towards the limit.
-                return _GIVE_BACK, None, note, None
-        result = call(claim)
-        if claim.kind == "deactivate" and (result.ok or result.status in ROOM_NOT_FOUND):
+                return Carried(ApiResult(None, 0.0), None, note, given_back=True)
+        result = kind.call(self.client, claim)
+        if kind.closes_room(result):
             result = replace(result, closes_room=True)  # not swept again until a delivery comes
         if result.ok:
-            return result, Verdict(Attempt.DONE), note, self._readers[claim.kind](claim, result)
-        if claim.kind == "end-session" and result.status == 406:
-            ended = self._session_already_ended(claim)
-            if ended is not None:  # the API's refusal is the note, not an error: the action is done
-                note = "; ".join(part for part in (note, f"{ended} ({result.error})") if part)
-                return replace(result, error=None), Verdict(Attempt.DONE), note, answers.Reading({"status": "ended"})
-        return result, self.policy.judge(result, claim.attempts, self.rand), note, None
-
-    def _session_already_ended(self, claim: ClaimedAction) -> str | None:
-        """After a 406 from end-session: why the session counts as ended, or None if it may not be.
-
-        VideoSDK answers 406 "Failed to end session" for a session that has already ended, it
-        seems (inferred, not documented; docs/videosdk.md). The same status can mean a real
-        failure, so the room's live sessions are listed: only when the session is not among
-        them is the action done. Anything unclear leaves the 406 to the retry policy.
-        """
-        listed = self.client.live_sessions(claim.room_id)
-        if not listed.ok:
-            return None
-        live = answers.live_sessions(listed.body)
-        if isinstance(live, answers.Misread):
-            self._log_misread(claim, live)
-            return None
-        if claim.session_id:
-            if claim.session_id in live:
-                return None
-            return f"session already ended: VideoSDK does not list {claim.session_id} as live"
-        if live:
-            return None
-        return f"session already ended: VideoSDK lists no live session in room {claim.room_id}"
+            return Carried(result, Verdict(Attempt.DONE), note, kind.read(claim, result))
+        done = kind.already_done(self._checker, claim, result)
+        if done is not None:  # the API's refusal is the note, not an error: the action is done
+            said, reading = done
+            note = "; ".join(part for part in (note, f"{said} ({result.error})") if part)
+            return Carried(replace(result, error=None), Verdict(Attempt.DONE), note, reading)
+        return Carried(result, self.policy.judge(result, claim.attempts, self.rand), note)
 
     def _log_misread(self, claim: ClaimedAction, misread: answers.Misread) -> None:
         if misread.message not in self._misreads_logged:  # once per shape, not once per retry
             self._misreads_logged.add(misread.message)
             log.error("action %s room=%s: %s (logged once per shape; never acted on while unreadable)",
                       claim.id, claim.room_id, misread.message)
-
-    def _confirm_no_live_session(self, claim: ClaimedAction):
-        """(None, note) when VideoSDK lists no live session in the room; else ((result, verdict),
-        note) to stop. A listed session cancels (the room is in use: the sweep was wrong about
-        it); no answer, an error or an answer in no documented shape is retried, never acted on."""
-        listed = self.client.live_sessions(claim.room_id)
-        if not listed.ok:
-            verdict = self.policy.judge(listed, claim.attempts, self.rand)
-            return (listed, Verdict(verdict.outcome, verdict.delay, f"confirm check failed: {verdict.reason}",
-                                    verdict.credentials_problem)), None
-        live = answers.live_sessions(listed.body)
-        if isinstance(live, answers.Misread):
-            self._log_misread(claim, live)
-            unreadable = ApiResult(None, listed.latency_ms, f"confirm: {live.message}")
-            return (unreadable, self.policy.judge(unreadable, claim.attempts, self.rand)), None
-        if live:
-            return (listed, Verdict(Attempt.CANCELLED, reason=f"confirm: VideoSDK lists live session "
-                                                         f"{', '.join(live[:3])} in room {claim.room_id}; "
-                                                         "not acted on")), None
-        return None, f"confirm: VideoSDK lists no live session in room {claim.room_id}"
-
-    def _confirm_nobody_active(self, claim: ClaimedAction):
-        """(None, note) when the action may go ahead; else ((result, verdict), note) to stop it.
-
-        Asks about the session whose event led to the action and, if roomwarden knows of a
-        later live session in the room, about that one too: a room is never deactivated
-        while anyone is in either.
-        """
-        sessions = [claim.session_id] if claim.session_id else []
-        room = self.store.room(claim.room_id)
-        current = RoomState.from_dict(claim.room_id, room["state"]) if room else None
-        if current is not None and current.session_active and current.session_id not in (None, *sessions):
-            sessions.append(current.session_id)
-        if not sessions:
-            return (ApiResult(None, 0.0), Verdict(Attempt.CANCELLED, reason="confirm: no session to check")), None
-        notes = []
-        for session in sessions:
-            check = self.client.active_participants(session)
-            if check.status == 404:  # documented: "Session not found" or "No active participants found"
-                notes.append(f"session {session} not found (404): nobody active")
-                continue
-            if not check.ok:
-                verdict = self.policy.judge(check, claim.attempts, self.rand)
-                return (check, Verdict(verdict.outcome, verdict.delay, f"confirm check failed: {verdict.reason}",
-                                       verdict.credentials_problem)), None
-            count = answers.active_participants(check.body)
-            if isinstance(count, answers.Misread):
-                # A 200 whose body cannot be read is retried like no answer at all, and the breaker
-                # counts it as a failure: an API that answers but says nothing usable is not healthy.
-                self._log_misread(claim, count)
-                unreadable = ApiResult(None, check.latency_ms, f"confirm: {count.message}")
-                return (unreadable, self.policy.judge(unreadable, claim.attempts, self.rand)), None
-            if count > 0:
-                return (check, Verdict(Attempt.CANCELLED, reason=f"confirm: {count} participant(s) active in session "
-                                                            f"{session}; not acted on")), None
-            notes.append(f"nobody active in session {session}")
-        return None, "confirm: " + "; ".join(notes)
 
     def _record(self, claim: ClaimedAction, attempt: AttemptRecord) -> None:
         """Record the attempt, retrying through a store outage until the store is back.
