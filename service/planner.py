@@ -121,13 +121,6 @@ def _act(rule_set: RuleSet, rule: Rule, event: Event, trace: Trace | None, acted
                    rule.confirm, fingerprint=rule.fingerprint)
 
 
-def _holds(rule: Rule, facts: Facts) -> tuple[bool, Trace | None]:
-    if rule.when is None:
-        return True, None
-    trace = rule.when.evaluate(facts)
-    return trace.result is True, trace
-
-
 def plan_event(rule_set: RuleSet, event: Event, now: float, room: RoomState | None,
                timers: Iterable[PendingTimer], acted: set[str], *, acts: bool) -> EventPlan:
     """Everything one delivery changes: the room's state, its timers, and the decisions.
@@ -152,7 +145,7 @@ def plan_event(rule_set: RuleSet, event: Event, now: float, room: RoomState | No
             cancels.append(Cancel(timer.key, f"rule '{timer.rule}' is no longer in the rules "
                                              f"({rule_set.short_hash})"))
             continue
-        holds, trace = _holds(rule, _between(rule_set, timer, now, room))
+        holds, trace = rule_set.holds(rule, _between(rule_set, timer, now, room))
         if not holds:
             cancels.append(Cancel(timer.key, f"its condition stopped holding on {event.type}", trace))
     cancelled = {c.key for c in cancels}
@@ -195,7 +188,7 @@ def fire_timer(rule_set: RuleSet, timer: PendingTimer, now: float, room: RoomSta
         due = timer.started_at + rule.hold
         return TimerPlan("wait", f"rule '{rule.name}' now waits {format_duration(rule.hold)}",
                          due_at=due, fingerprint=rule.fingerprint)
-    holds, trace = _holds(rule, _facts(rule_set, timer.trigger, now, room))
+    holds, trace = rule_set.holds(rule, _facts(rule_set, timer.trigger, now, room))
     if not holds:
         return TimerPlan("cancel", "its condition no longer holds", trace=trace)
     held = format_duration(now - timer.started_at)
@@ -218,7 +211,7 @@ def recheck_timer(rule_set: RuleSet, timer: PendingTimer, now: float, room: Room
     if not rule.applies_to(timer.trigger.type):
         return TimerPlan("cancel", f"rule '{rule.name}' changed in a reload and no longer applies to "
                                    f"{timer.trigger.type} ({rule_set.short_hash})")
-    holds, trace = _holds(rule, _between(rule_set, timer, now, room))
+    holds, trace = rule_set.holds(rule, _between(rule_set, timer, now, room))
     if not holds:
         return TimerPlan("cancel", f"rule '{rule.name}' changed in a reload and its condition no longer "
                                    f"holds ({rule_set.short_hash})", trace=trace)

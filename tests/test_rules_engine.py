@@ -20,6 +20,8 @@ from service.rules.fields import MISSING, Facts
 from service.rules.loader import parse_rules
 from service.rules.model import Rule, RuleSet
 
+from .condition_oracle import walk
+
 T0 = datetime(2022, 7, 5, 15, 55, 35, tzinfo=timezone.utc)
 DATA = {
     "meetingId": "room-1", "sessionId": "s-1",
@@ -678,7 +680,7 @@ def test_compiled_evaluation_agrees_with_the_condition_trees(whens, ev, room, tz
 
     def fresh():
         return Facts(event=ev, now=now, room=room, tz=rules.settings.tz)
-    expected = [None if r.when is None else r.when.evaluate(fresh()) for r in rules.rules]
+    expected = [None if r.when is None else walk(r.when, fresh()) for r in rules.rules]
     shared = fresh()  # both modes, twice, on one Facts: whatever the memo holds must not change a verdict
     for traces in (True, False, True, False):
         got = evaluate(rules, shared, traces=traces)
@@ -724,7 +726,7 @@ def test_a_hand_built_condition_with_an_unhashable_operand_still_evaluates():
     rules = RuleSet(rules=(Rule("a", ("*",), "deactivate", when), Rule("b", ("*",), "deactivate", when)))
     got = evaluate(rules, facts(SE))
     assert [r.result for r in got] == [True, True]
-    assert [r.trace for r in got] == [when.evaluate(facts(SE))] * 2
+    assert [r.trace for r in got] == [walk(when, facts(SE))] * 2
 
 
 @pytest.mark.parametrize("nest", [
@@ -741,6 +743,6 @@ def test_the_deepest_condition_that_loads_evaluates_compiled(nest):
         rules, _ = parse_rules(text(depth))
     for traces in (True, False):
         got = evaluate(rules, facts(SE), traces=traces)
-        reference = rules.rules[0].when.evaluate(facts(SE))
+        reference = walk(rules.rules[0].when, facts(SE))
         assert [r.result for r in got] == [reference.result] * 2
         assert [r.trace for r in got] == [reference if traces or reference.result else None] * 2

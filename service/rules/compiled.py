@@ -1,6 +1,7 @@
-"""Condition trees compiled into closures, for evaluating many rules on one event quickly.
+"""The one evaluator of condition trees: each compiled into closures, so that many rules are
+tested on one event quickly.
 
-`conditions.py` says what a condition means; this module makes testing it cheap. A rules
+`conditions.py` holds the trees as data; this module says what they mean, and makes testing them cheap. A rules
 file of a thousand rules repeats itself: the same `room.id: {in: [...]}` or `session.age:
 {gte: 4h}` appears in rule after rule. The `Compiler` of a rule set gives each distinct
 condition one `Node` (distinct: another field, operator, or operand value or type; or
@@ -11,9 +12,11 @@ once is not memoized: keeping its verdict would cost more than it saves.
 Each node has two closures, bound once when the rules load, so that evaluating an event
 does no dispatch on the kinds of nodes:
 
-- `test(facts)`: True, False or None (unknown); the same as `Condition.evaluate(facts).result`.
-- `trace(facts)`: a `Trace` equal to `Condition.evaluate(facts)`, built as it is there:
-  from the children's traces, every child evaluated.
+- `test(facts)`: True, False or None (unknown): `all` is false if any child is false, `any`
+  true if any child is true, otherwise an unknown child makes the whole unknown; `not unknown`
+  is unknown.
+- `trace(facts)`: the same verdict as a `Trace`, built from the children's traces, every child
+  evaluated (tests/condition_oracle.py walks the tree plainly, to check both).
 
 The engine tests every applicable rule and builds a trace only where one is wanted (a
 matching rule's, for its decision). Pure, like the rest of the engine: the memo lives and

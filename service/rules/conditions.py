@@ -1,14 +1,12 @@
-"""The condition tree of a rule's `when:`, evaluated in three-valued logic.
+"""The condition tree of a rule's `when:`: data, as the loader builds it from the file.
 
-Each node has `evaluate(facts)`, which returns a `Trace` (its result and how it got
-there). A result is True, False, or None (*unknown*: a field it needed was
-missing or of the wrong kind). Unknown propagates the way SQL's NULL does:
-`not unknown` is unknown, `all` is false if any child is false, `any` is true
-if any child is true. A rule fires only on True, so an event the service could
-not fully read never deactivates a room.
-
-These trees say what a condition means. The engine evaluates them compiled
-(`compiled.py`): the same results and traces, at a fraction of the cost.
+`Compare` (a field, an operator, an operand), `All`, `Any_` and `Not` say what a condition
+is; `compiled.py` is the one evaluator (three-valued: True, False, or None for *unknown*, when
+a field it needed was missing or of the wrong kind; unknown propagates the way SQL's NULL
+does, and a rule fires only on True, so an event the service could not fully read never
+deactivates a room). A `Trace` is what an evaluation says and how it got there, stored with
+each decision and shown by `explain`. The tests check the compiled evaluator against a plain
+walk of the tree (tests/condition_oracle.py).
 """
 
 from __future__ import annotations
@@ -17,9 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from . import fields
-from .fields import MISSING, Facts
-from .operators import OPERATORS
+from .fields import MISSING
 
 
 class Trace(NamedTuple):  # a tuple, not a frozen dataclass: thousands are made per second
@@ -93,41 +89,20 @@ class Compare:
     operand: Any  # as written, for traces and docs
     compiled: Any  # what the operator tests against (a compiled regex for `matches`)
 
-    def evaluate(self, facts: Facts) -> Trace:
-        actual = fields.read(facts, self.field)
-        return Trace(self.op, OPERATORS[self.op].test(actual, self.compiled), field=self.field,
-                     operand=self.operand, actual=actual)
-
 
 @dataclass(frozen=True)
 class All:
     children: tuple
-
-    def evaluate(self, facts: Facts) -> Trace:
-        traces = tuple(child.evaluate(facts) for child in self.children)
-        results = [t.result for t in traces]
-        result = False if False in results else (None if None in results else True)
-        return Trace("all", result, traces)
 
 
 @dataclass(frozen=True)
 class Any_:
     children: tuple
 
-    def evaluate(self, facts: Facts) -> Trace:
-        traces = tuple(child.evaluate(facts) for child in self.children)
-        results = [t.result for t in traces]
-        result = True if True in results else (None if None in results else False)
-        return Trace("any", result, traces)
-
 
 @dataclass(frozen=True)
 class Not:
     child: Any
-
-    def evaluate(self, facts: Facts) -> Trace:
-        trace = self.child.evaluate(facts)
-        return Trace("not", None if trace.result is None else not trace.result, (trace,))
 
 
 Condition = Compare | All | Any_ | Not

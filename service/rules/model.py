@@ -10,6 +10,7 @@ from typing import NamedTuple
 from ..events import SWEEP
 from .compiled import Compiler, Test, Tracer
 from .conditions import Condition, Trace
+from .fields import Facts
 
 # What each action does at VideoSDK; the worker maps these names to API calls.
 ACTIONS = {
@@ -116,11 +117,14 @@ class RuleSet:
     _globbed: tuple = field(default=(), repr=False, compare=False)
     _checks: tuple = field(default=(), repr=False, compare=False)  # a Check per rule, in file order
     _cache: dict = field(default_factory=dict, repr=False, compare=False)  # type -> (rules, checks)
+    _by_name: dict = field(default_factory=dict, repr=False, compare=False)  # rule name -> its Check
 
     def __post_init__(self):
         # One compiler for the whole set: equal conditions of its rules share a node.
         compiler = Compiler(rule.when for rule in self.rules if rule.when is not None)
         object.__setattr__(self, "_checks", tuple(Check.of(rule, compiler) for rule in self.rules))
+        for check in self._checks:  # (the loader refuses a repeated name; a hand-built set keeps the first)
+            self._by_name.setdefault(check.rule.name, check)
         globbed = []
         for position, rule in enumerate(self.rules):
             if any(_GLOB_CHARS & set(p) for p in rule.on):
@@ -145,7 +149,19 @@ class RuleSet:
         return self.settings.sweep_every or DEFAULT_SWEEP_EVERY
 
     def rule(self, name: str) -> Rule | None:
-        return next((r for r in self.rules if r.name == name), None)
+        check = self._by_name.get(name)
+        return None if check is None else check.rule
+
+    def holds(self, rule: Rule, facts: Facts) -> tuple[bool, Trace | None]:
+        """Whether one of this set's rules holds on `facts` now, and its trace (None for a rule
+        without `when:`): the same compiled evaluation `engine.evaluate` uses for events."""
+        check = self._by_name.get(rule.name)
+        if check is None or check.rule is not rule:
+            raise ValueError(f"rule {rule.name!r} is not one of this rule set's")
+        if check.trace is None:
+            return True, None
+        trace = check.trace(facts)
+        return trace.result is True, trace
 
     def rules_for(self, event_type: str) -> tuple[Rule, ...]:
         """The rules whose `on:` covers this event type, in file order."""
