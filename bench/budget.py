@@ -94,7 +94,7 @@ def measure(count: int, rounds: int) -> dict:
     from service.decider import Decider
     from service.events import parse_event, read_envelope
     from service.planner import plan_event
-    from service.plans import room_state
+    from service.planrows import room_state
     from service.store.inbox import InboxItem
 
     app = create_app()

@@ -34,7 +34,7 @@ from sqlalchemy import event, func, insert, select
 from service import sweeps
 from service.accept import new_delivery_id
 from service.decider import Decider
-from service.retry import RetryPolicy
+from service.retrypolicy import RetryPolicy
 from service.rooms import RoomState
 from service.rules.loader import parse_rules
 from service.store import Store

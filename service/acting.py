@@ -16,7 +16,7 @@ from typing import Callable
 
 from . import answers
 from .outcomes import Attempt
-from .retry import RetryPolicy, Verdict
+from .retrypolicy import RetryPolicy, Verdict
 from .rooms import RoomState
 from .rules.model import ACTIONS, CONFIRMS
 from .store import ClaimedAction, Store

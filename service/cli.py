@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import explain, logs, metrics, replay, ruletest, trial
+from . import explain, logs, metrics, replay, ruletest, simulate
 from .config import Settings
 from .errors import PayloadInvalid, RoomwardenError, RulesError
 from .events import read_envelope
@@ -70,7 +70,7 @@ def cmd_simulate(args) -> int:
         return 2
     try:
         stored = _stored_room(read_envelope(raw)[1]) if args.from_store else None
-        result = trial.try_event(rule_set, raw, time.time(), stored, from_store=args.from_store)
+        result = simulate.try_event(rule_set, raw, time.time(), stored, from_store=args.from_store)
     except PayloadInvalid as exc:
         print(f"invalid event: {exc.message}", file=sys.stderr)
         if exc.fields:
@@ -307,7 +307,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("actions", help="list actions in the outbox")
-    p.add_argument("--status", choices=list(ActionStatus))
+    p.add_argument("--status", choices=[status.value for status in ActionStatus])
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(func=cmd_actions)
 

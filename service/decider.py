@@ -26,7 +26,7 @@ from . import metrics
 from .errors import KeyUnavailable, PayloadInvalid, SignatureInvalid, StoreUnavailable
 from .events import Event, parse_event, read_envelope
 from .planner import plan_event
-from .plans import pending_timer, plan_write, room_state
+from .planrows import pending_timer, plan_write, room_state
 from .rules.model import RuleSet
 from .signature import SignatureVerifier
 from .sweeps import is_sweep_id

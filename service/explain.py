@@ -162,7 +162,7 @@ def build(room_id: str, rows: dict[str, list[dict]], now: float) -> Story:
         for note in timer.get("notes") or []:
             entries.append(Entry(note["at"], 1, "timer",
                                  (Line(f"timer #{timer['id']} ({timer['rule']}): {note['note']}", 0, "head"),)))
-        if timer["status"] == "fired":
+        if timer["status"] == TimerStatus.FIRED:
             lines = [Line(f"timer #{timer['id']} ({timer['rule']}) fired: {timer['reason']}", 0, "head")]
             for decision in decisions_by_timer.get(timer["id"], []):
                 lines += _decision_lines(decision, actions_by_id, 2)

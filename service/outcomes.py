@@ -49,7 +49,7 @@ class ActionStatus(StrEnum):
 
 
 class Attempt(StrEnum):
-    """What one attempt at an action came to (retry.py judges it)."""
+    """What one attempt at an action came to (retrypolicy.py judges it)."""
     DONE = "done"
     RETRY = "retry"  # the action stays pending, due again later
     FAILED = "failed"

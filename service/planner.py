@@ -156,7 +156,7 @@ def plan_event(rule_set: RuleSet, event: Event, now: float, room: RoomState | No
         if not result.matched:
             continue
         rule = result.rule
-        if rule.hold is None:
+        if rule.for_seconds is None:
             outcomes.append(_act(rule_set, rule, event, result.trace, acted, acts))
             continue
         key = action_key(rule.name, event.room_id, event.session_id)
@@ -168,7 +168,7 @@ def plan_event(rule_set: RuleSet, event: Event, now: float, room: RoomState | No
                                     fingerprint=rule.fingerprint))
         else:
             outcomes.append(Outcome(rule.name, rule.action, event.room_id, event.session_id, key,
-                                    Decided.TIMER_STARTED, result.trace, rule.confirm, due_at=now + rule.hold,
+                                    Decided.TIMER_STARTED, result.trace, rule.confirm, due_at=now + rule.for_seconds,
                                     fingerprint=rule.fingerprint))
             running.add(key)
     return EventPlan(room, tuple(outcomes), tuple(cancels))
@@ -184,9 +184,9 @@ def fire_timer(rule_set: RuleSet, timer: PendingTimer, now: float, room: RoomSta
         return TimerPlan("cancel", f"rule '{timer.rule}' is no longer in the rules ({rule_set.short_hash})")
     if not rule.applies_to(timer.trigger.type):
         return TimerPlan("cancel", f"rule '{rule.name}' no longer applies to {timer.trigger.type}")
-    if rule.hold is not None and timer.started_at + rule.hold > now:
-        due = timer.started_at + rule.hold
-        return TimerPlan("wait", f"rule '{rule.name}' now waits {format_duration(rule.hold)}",
+    if rule.for_seconds is not None and timer.started_at + rule.for_seconds > now:
+        due = timer.started_at + rule.for_seconds
+        return TimerPlan("wait", f"rule '{rule.name}' now waits {format_duration(rule.for_seconds)}",
                          due_at=due, fingerprint=rule.fingerprint)
     holds, trace = rule_set.holds(rule, _facts(rule_set, timer.trigger, now, room))
     if not holds:
@@ -215,6 +215,6 @@ def recheck_timer(rule_set: RuleSet, timer: PendingTimer, now: float, room: Room
     if not holds:
         return TimerPlan("cancel", f"rule '{rule.name}' changed in a reload and its condition no longer "
                                    f"holds ({rule_set.short_hash})", trace=trace)
-    due = timer.started_at + (rule.hold or 0.0)
+    due = timer.started_at + (rule.for_seconds or 0.0)
     return TimerPlan("wait", f"rule '{rule.name}' changed in a reload; re-checked, still holds "
                              f"({rule_set.short_hash})", due_at=due, fingerprint=rule.fingerprint)

@@ -2,7 +2,7 @@
 
 Both the rules in force and the candidate are run over the same deliveries, in
 the order they arrived, on a virtual clock that follows their arrival times
-(see simulation.py): room state and `for:` timers are rebuilt from the start of
+(see virtualclock.py): room state and `for:` timers are rebuilt from the start of
 the window, the same way for both, so the only differences reported are the
 candidate's. Nothing is written and nothing is called.
 """
@@ -17,7 +17,7 @@ from .events import parse_event
 from .outcomes import TimerStatus
 from .sweeps import is_sweep_id
 from .rules.model import RuleSet
-from .simulation import Record, Simulation
+from .virtualclock import Record, Simulation
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 In the spirit of `promtool test rules`: each test is a sequence of events at
 virtual times and the actions expected from them, run on a virtual clock with
-no network and no database (see simulation.py).
+no network and no database (see virtualclock.py).
 
 ```yaml
 rules: rules.yaml                  # the rules under test, relative to this file
@@ -42,8 +42,8 @@ from .events import Event, parse_event, parse_timestamp
 from .rules.durations import format_duration, parse_duration
 from .rules.loader import load_rules, read_yaml
 from .rules.model import RuleSet
-from .simulation import Simulation
-from .outcomes import decided_as
+from .virtualclock import Simulation
+from .outcomes import TimerStatus, decided_as
 
 DEFAULT_START = "2026-01-05T09:00:00Z"
 EXPECT_KEYS = ("at", "action", "room", "rule", "outcome")
@@ -205,7 +205,7 @@ def run_case(test_file: TestFile, case: Case) -> Result:
     simulation.finish()
     actual = tuple(sorted((Expected(round(r.at - test_file.start, 3), r.action, r.room_id, r.rule, r.outcome)
                            for r in simulation.records if r.acts), key=_order))
-    matched = frozenset(r.rule for r in simulation.records if r.outcome != "cancelled")
+    matched = frozenset(r.rule for r in simulation.records if r.outcome != TimerStatus.CANCELLED)
     return Result(test_file.path, case, actual, matched)
 
 

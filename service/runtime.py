@@ -16,11 +16,11 @@ from .config import Settings
 from .errors import ConfigError
 from .accept import Intake
 from .decider import Decider
-from .retry import RetryPolicy
+from .retrypolicy import RetryPolicy
 from .reload import RulesHolder, RulesWatcher, load_with_fallback
 from .signature import SignatureVerifier, load_public_keys
 from .store import Store, migrations
-from .store.engine import missing_sqlite_file
+from .store.database import missing_sqlite_file
 from .videosdk import TokenSource, VideoSDKClient, fetch_public_key
 from .worker import Worker
 

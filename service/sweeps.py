@@ -18,7 +18,7 @@ from .events import SWEEP
 
 SWEEP_MARK = "s"  # the 12th character of a sweep's id; a delivery's id is hex there (accept.py)
 CHUNK = 500  # rooms appended to the inbox per transaction of a round
-LEASE_SECONDS = 60.0  # a round's owner must append its next chunk within this, or another takes over
+LEASE_SECONDS = 60.0  # a round's owner holds it this long after its last chunk; then another may carry it on
 
 
 def sweep_id(now: float, round_: int, room_id: str) -> str:

@@ -4,7 +4,7 @@ How it fails: `VideoSDKClient` calls never raise for a failed call. They return
 an `ApiResult` whose `status` is the HTTP status, or None when no HTTP answer
 came (timeout, refused connection, an answer that is not HTTP), and whose
 `error` says why in a line that never holds a secret. The worker decides what
-each result means (see `retry.py`), and `answers.py` reads what a 2xx body says. `fetch_public_key` raises `KeyUnavailable`.
+each result means (see `retrypolicy.py`), and `answers.py` reads what a 2xx body says. `fetch_public_key` raises `KeyUnavailable`.
 
 Requests go through one `requests.Session` (pass your own to reuse connections
 or to point it elsewhere) with explicit connect and read timeouts.

@@ -13,7 +13,7 @@ protected is not touched, and a rule's `confirm: active-participants` asks
 VideoSDK whether anyone is in the session (anyone there: cancelled, with why).
 
 How it fails: a store outage is logged and waited out; the loop never exits on
-one. An API failure is data: `retry.py` decides what happens next.
+one. An API failure is data: `retrypolicy.py` decides what happens next.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from .decider import Decider
 from .errors import StoreUnavailable
 from .outcomes import Attempt
 from .planner import fire_timer, recheck_timer
-from .plans import pending_timer, room_state, timer_write
-from .retry import RetryPolicy, Verdict
+from .planrows import pending_timer, room_state, timer_write
+from .retrypolicy import RetryPolicy, Verdict
 from .rules.durations import format_duration
 from .rules.model import RuleSet
 from .store import AttemptRecord, ClaimedAction, Store, TimerRow
@@ -99,7 +99,7 @@ class Worker:
         self.breaker = breaker or CircuitBreaker(clock=clock)
         self._started_at = clock()
         self._sweep_look_at = float("-inf")  # when to look at the sweep's round again
-        self._sweep_behind: int | None = None  # the inbox position of the last sweep this worker appended
+        self._sweep_behind: str | None = None  # the id of the last sweep this worker appended
         self._reported: tuple | None = None  # (what was last reported of the breaker, when)
         self.retention_days = retention_days  # 0: keep everything
         self._pruned_at: float | None = None
@@ -159,17 +159,23 @@ class Worker:
         """When a sweep round is due (some rule is `on: sweep`) or this worker holds one, append
         the next rooms' sweeps to the inbox (one transaction). True when it appended some.
 
-        The next chunk waits until everything up to the last one has been decided, so a delivery
-        that arrives during a round waits behind one chunk of sweeps at most, not the round."""
+        The next chunk waits until the last one has been decided (its last sweep has left the
+        inbox), or until this worker's decider finds nothing more it can take (what is left waits
+        for a key, or is stuck), so a delivery that arrives during a round waits behind about one
+        chunk of sweeps, not the round. While the owner waits its lease is not renewed: if the
+        decider is behind by more than sweeps.LEASE_SECONDS, another worker carries the round on
+        (and waits on its own chunk in turn), so the inbox may then hold two chunks."""
         every = self.rules().sweep_every
         now = self.clock()
         if every is None or now < self._sweep_look_at:
             return False
-        if self._sweep_behind is not None and self.store.undecided_through(self._sweep_behind):
-            return False  # the last chunk is still in the inbox: a delivery never waits behind more
+        if self._sweep_behind is not None and not self._drained and self.store.in_inbox(self._sweep_behind):
+            return False  # the decider is still busy with what came before the next chunk
         turn = self.store.sweep_turn(self.worker_id, every, sweeps.CHUNK, sweeps.LEASE_SECONDS)
         self._sweep_look_at = turn.next_look_at
-        self._sweep_behind = turn.last_seq if turn.appended and not turn.finished else None
+        self._sweep_behind = turn.last_id if turn.appended and not turn.finished else None
+        if turn.appended:
+            self._drained = False  # there is work in the inbox again
         if turn.started:
             metrics.SWEEP_ROUNDS.inc()
             log.info("sweep round %d started (every %s)", turn.round, format_duration(every))
@@ -351,7 +357,7 @@ class Worker:
             closes_room=result.closes_room,
         )
         self._record(claim, attempt)
-        level = logging.ERROR if verdict.credentials_problem or verdict.outcome == "dead" else logging.INFO
+        level = logging.ERROR if verdict.credentials_problem or verdict.outcome == Attempt.DEAD else logging.INFO
         log.log(level, "action %s %s room=%s rule=%s attempt=%d status=%s outcome=%s%s", claim.id,
                 claim.kind, claim.room_id, claim.rule, claim.attempts, result.status, verdict.outcome,
                 f" error={reason!r}" if reason else "", extra={"fields": {

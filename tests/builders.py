@@ -11,7 +11,7 @@ from typing import Callable
 from service.breaker import CircuitBreaker
 from service.decider import Decider
 from service.reload import RulesHolder
-from service.retry import RetryPolicy
+from service.retrypolicy import RetryPolicy
 from service.rules.loader import parse_rules
 from service.rules.model import RuleSet
 from service.videosdk import TokenSource, VideoSDKClient

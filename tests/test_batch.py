@@ -37,9 +37,9 @@ from sqlalchemy.engine import make_url
 
 from service.errors import StoreUnavailable
 from service.store import PlanWrite, Store
-from service.store import engine as store_engine
+from service.store import database as store_database
 from service.store.batch import MAX_BATCH, GroupCommit
-from service.store.engine import sqlite_connect
+from service.store.database import sqlite_connect
 from service.store.inbox import InboxItem
 
 from .conftest import Clock
@@ -541,7 +541,7 @@ def test_store_locked_database_fails_each_sender_and_keeps_nothing(store, databa
     retried one by one, nothing is kept, and the same store appends once the lock is gone."""
     if store._sqlite_appender is None:
         pytest.skip("SQLite's write lock; on PostgreSQL appends take no lock another writer holds")
-    monkeypatch.setattr(store_engine, "SQLITE_BUSY_TIMEOUT_MS", 200)  # keep the wait short
+    monkeypatch.setattr(store_database, "SQLITE_BUSY_TIMEOUT_MS", 200)  # keep the wait short
     items = [inbox_item(room_id=f"room-{i}") for i in (1, 2, 3)]
     writes = Writes(store)
     (blocked, first), threads = append_behind_blocked_one(store, writes, items)

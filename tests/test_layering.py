@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-PURE = ["service.rules.engine", "service.rules.loader", "service.planner", "service.rooms", "service.retry",
+PURE = ["service.rules.engine", "service.rules.loader", "service.planner", "service.rooms", "service.retrypolicy",
         "service.breaker", "service.answers", "service.outcomes"]
 IO = {"flask", "werkzeug", "requests", "urllib3", "sqlalchemy", "psycopg", "sqlite3", "jwt",
       "prometheus_client", "gunicorn"}

@@ -440,7 +440,7 @@ def test_a_timer_whose_trigger_no_longer_parses_is_cancelled_not_fatal():
 
 
 def test_plans_pending_timer_reads_an_unparseable_trigger_as_none():
-    from service.plans import pending_timer
+    from service.planrows import pending_timer
     from service.store import TimerRow
 
     row = TimerRow(id=1, key=KEY_EMPTY, rule="empty", fingerprint="f", room_id=ROOM, session_id="s-1",
@@ -452,7 +452,7 @@ def test_plans_pending_timer_reads_an_unparseable_trigger_as_none():
 def test_plans_pending_timer_parses_each_stored_trigger_once_per_process():
     # Every delivery for a room reads its pending timers again, inside the room's write lock:
     # the trigger is parsed once and the same immutable Event comes back after that.
-    from service.plans import pending_timer
+    from service.planrows import pending_timer
     from service.store import TimerRow
 
     body = ('{"webhookType": "participant-left", "data": {"meetingId": "cache-room", "sessionId": "s-9", '
@@ -470,7 +470,7 @@ def test_plans_pending_timer_parses_each_stored_trigger_once_per_process():
         first.data["meetingId"] = "other"  # shared, so it must not be writable
 
     # A large body is parsed each time instead: 512 of them kept could be a process's memory.
-    from service.plans import CACHED_TRIGGER_MAX
+    from service.planrows import CACHED_TRIGGER_MAX
 
     padding = "x" * CACHED_TRIGGER_MAX
     body = body.replace('"A"', f'"A", "note": "{padding}"')

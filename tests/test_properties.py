@@ -588,7 +588,7 @@ def test_loaded_rule_durations_are_finite():
     def prop(count, unit):
         rule_set = check_parse("version: 1\nrules:\n  - name: x\n    on: session-ended\n    action: deactivate\n"
                                f"    for: \"{count}{unit}\"\n")
-        assert rule_set is None or all(math.isfinite(r.hold) for r in rule_set.rules if r.hold is not None)
+        assert rule_set is None or all(math.isfinite(r.for_seconds) for r in rule_set.rules if r.for_seconds is not None)
 
     prop()
 

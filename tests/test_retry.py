@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.retry import RetryPolicy, Verdict
+from service.retrypolicy import RetryPolicy, Verdict
 from service.videosdk import ApiResult
 
 POLICY = RetryPolicy()  # max_attempts 10, base 2 s, cap 600 s, credentials 300 s, Retry-After cap 3600 s

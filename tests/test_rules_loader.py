@@ -55,13 +55,13 @@ def test_shipped_rules_file_loads_without_problems():
     assert empty.name == "close-when-empty"
     assert empty.on == ("participant-left", "session-ended")  # `on:` is the key "on", not the boolean true
     assert empty.description == "deactivate rooms left empty for five minutes"
-    assert (empty.line, empty.action, empty.hold, empty.confirm, empty.dry_run) == (
+    assert (empty.line, empty.action, empty.for_seconds, empty.confirm, empty.dry_run) == (
         22, "deactivate", 300.0, "active-participants", False)
     assert isinstance(empty.when, Compare)
     assert (empty.when.field, empty.when.op, empty.when.operand) == ("room.participants", "eq", 0)
     # end-marathon-sessions: session.age >= 4h and not a weekend, in shadow mode
     assert marathon.name == "end-marathon-sessions"
-    assert (marathon.on, marathon.action, marathon.hold, marathon.dry_run) == (
+    assert (marathon.on, marathon.action, marathon.for_seconds, marathon.dry_run) == (
         ("participant-joined",), "end-session", None, True)
     assert isinstance(marathon.when, All)
     age, negation = marathon.when.children
@@ -703,12 +703,12 @@ def test_settings_must_be_a_mapping(text, fragment):
 ])
 def test_for_is_a_duration(extra, expected):
     [rule] = loads(rule_with(extra)).rules
-    assert rule.hold == expected
+    assert rule.for_seconds == expected
 
 
 def test_rule_defaults_for_new_keys():
     [rule] = loads(one_rule()).rules
-    assert (rule.hold, rule.confirm, rule.dry_run) == (None, None, False)
+    assert (rule.for_seconds, rule.confirm, rule.dry_run) == (None, None, False)
 
 
 @pytest.mark.parametrize("extra, attribute, expected", [

@@ -37,7 +37,7 @@ from service.errors import StoreUnavailable, Unavailable
 from service.accept import new_delivery_id
 from service.store import (AttemptRecord, ClaimedAction, NewDecision, NewDelivery, PlanWrite,
                            Receipt, Store, TimerCancel, TimerRow, TimerWrite)
-from service.store import engine as store_engine
+from service.store import database as store_database
 from service.store import migrations, tables
 from service.store.inbox import InboxItem, InboxRow
 
@@ -410,7 +410,7 @@ def test_first_connection_to_a_new_sqlite_file_waits_for_a_writer(make_store, da
                                                                   monkeypatch):
     if backend(database_url) != "sqlite":
         pytest.skip("SQLite's journal mode; PostgreSQL has none to set")
-    monkeypatch.setattr(store_engine, "SQLITE_BUSY_TIMEOUT_MS", 60_000)  # ample: the lock goes first
+    monkeypatch.setattr(store_database, "SQLITE_BUSY_TIMEOUT_MS", 60_000)  # ample: the lock goes first
     store = make_store(migrate=False)  # no connection made yet
     writer = sqlite3.connect(make_url(database_url).database, isolation_level=None,
                              check_same_thread=False)  # released by the timer thread
@@ -2226,8 +2226,8 @@ class _Lock:
 def test_locked_database_raises_store_unavailable_then_recovers(make_store, database_url,
                                                                monkeypatch, held):
     # keep the waits short
-    monkeypatch.setattr(store_engine, "SQLITE_BUSY_TIMEOUT_MS", 200)
-    monkeypatch.setattr(store_engine, "POSTGRES_LOCK_TIMEOUT_MS", 200)
+    monkeypatch.setattr(store_database, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(store_database, "POSTGRES_LOCK_TIMEOUT_MS", 200)
     store = make_store()
     delivery = new_delivery()
     plan = lambda *_: PlanWrite({"n": 1}, (new_decision("k"),))  # noqa: E731

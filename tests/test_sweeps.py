@@ -231,6 +231,30 @@ def test_a_delivery_that_arrives_during_a_round_waits_behind_one_chunk_not_the_r
     assert store.sweep_state()["rooms"] == 10
 
 
+def test_a_room_whose_delivery_waits_for_a_key_does_not_hold_a_round_back(make_store, monkeypatch):
+    """A delivery kept until a webhook key can be had keeps its room's later rows (that room's
+    sweep among them) in the inbox; the round goes on past it and finishes."""
+    from service import sweeps
+    from service.accept import new_delivery_id
+    from service.store.inbox import InboxItem
+
+    clock = Clock(T0)
+    store = make_store(clock)
+    names = [f"room-{i:02d}" for i in range(10)]
+    _rooms(store, clock, names)
+    monkeypatch.setattr(sweeps, "CHUNK", 3)
+    raw = event_body("participant-joined", meetingId="room-05", sessionId="s-1", participantId="p-5")
+    store.append(InboxItem(id=new_delivery_id(T0 + 1), received_at=T0 + 1, room_id="room-05", body=raw.decode(),
+                           signature="not-checked-yet", verified=None))  # no key could be had yet
+    worker = make_worker(store, clock, "http://127.0.0.1:9", rules=RulesHolder(parse(SWEEP_RULES)[0]),
+                         decides=True)
+    clock.now = T0 + 2
+    drain(worker)
+    state = store.sweep_state()
+    assert (state["round"], state["rooms"], state["finished_at"]) == (1, 10, T0 + 2)
+    assert inbox_rooms(store) == ["room-05", "room-05"]  # the delivery and its room's sweep, kept in order
+
+
 def test_a_closed_room_is_not_swept_until_a_delivery_brings_it_back(make_store):
     from service.store.tables import rooms
     from sqlalchemy import update

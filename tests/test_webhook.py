@@ -192,7 +192,7 @@ def test_unexpected_error_is_a_json_500_without_a_trace(app, post, monkeypatch):
 
 
 def test_locked_store_answers_503_and_recovers_without_restart(monkeypatch, make_app, env, sign, post):
-    monkeypatch.setattr("service.store.engine.SQLITE_BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr("service.store.database.SQLITE_BUSY_TIMEOUT_MS", 100)
     app = make_app()
     client = app.test_client()
     path = env["DATABASE_URL"].removeprefix("sqlite:///")

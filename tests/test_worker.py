@@ -20,7 +20,7 @@ from service.breaker import CircuitBreaker
 from service.config import Settings
 from service.errors import ConfigError, StoreUnavailable
 from service.reload import RulesHolder
-from service.retry import RetryPolicy
+from service.retrypolicy import RetryPolicy
 from service.rules.model import RuleSet
 from service.runtime import build_worker, load_rules_holder
 from service.store import AttemptRecord, NewDecision, NewDelivery, PlanWrite, Store

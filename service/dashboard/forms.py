@@ -11,7 +11,7 @@ import time
 
 from flask import flash, redirect, render_template, request, url_for
 
-from .. import metrics, trial
+from .. import metrics, simulate
 from ..requestctx import MAX_ID, current_runtime
 from ..errors import PayloadInvalid
 from . import auth, bp
@@ -67,7 +67,7 @@ def try_event():
     result = error = None
     if request.method == "POST":
         try:
-            result = trial.try_event(rule_set, body.encode("utf-8"), time.time())
+            result = simulate.try_event(rule_set, body.encode("utf-8"), time.time())
         except PayloadInvalid as exc:
             error = exc
     return (render_template("dashboard/try.html", body=body, result=result, error=error, rule_set=rule_set,

@@ -62,7 +62,7 @@ def rule_row(rule: Rule, counts: dict[str, int]) -> dict:
     return {
         "name": rule.name, "line": rule.line, "description": rule.description, "on": ", ".join(rule.on),
         "action": rule.action, "when": condition(rule.when),
-        "for": format_duration(rule.hold) if rule.hold is not None else None,
+        "for": format_duration(rule.for_seconds) if rule.for_seconds is not None else None,
         "confirm": rule.confirm, "dry_run": rule.dry_run,
         "fired": sum(counts.get(outcome, 0) for outcome in MAKES_ACTION),
         "decisions": sum(counts.values()),

@@ -30,7 +30,7 @@ from ..schemas import DOCUMENTED_EVENT_TYPES, KNOWN_EVENTS, NAMED_UNDOCUMENTED_F
 from . import fields
 from .conditions import All, Any_, Compare, Condition, Not
 from .durations import parse_duration
-from .model import ACTIONS, CONFIRMS, SWEEP, Rule, RuleSet, Settings
+from .model import ACTIONS, CONFIRMS, SWEEP, Rule, RuleSet, RuleSettings
 from .operators import OPERATORS, coerce
 
 _BOOL = "tag:yaml.org,2002:bool"
@@ -140,7 +140,7 @@ class _Reader:
         self.source = source
         self.problems: list[Problem] = []
         self.warnings: list[Problem] = []
-        self.settings = Settings()
+        self.settings = RuleSettings()
         self._fields_used: list[tuple[str, Node]] = []  # of the rule being read, for warnings
 
     def error(self, node: Node, message: str) -> None:
@@ -263,10 +263,10 @@ class _Reader:
             rules.append(rule)
         return tuple(rules)
 
-    def read_settings(self, node: Node) -> Settings:
+    def read_settings(self, node: Node) -> RuleSettings:
         entries = self.mapping(node, "'settings'")
         if entries is None:
-            return Settings()
+            return RuleSettings()
         values: dict[str, Any] = {}
         for key_node, key, value in entries:
             if key == "timezone":
@@ -306,7 +306,7 @@ class _Reader:
             else:
                 self.error(key_node, f"unknown setting '{key}'{_hint(key, SETTINGS_KEYS)} "
                                      f"(settings: {', '.join(SETTINGS_KEYS)})")
-        return Settings(**values)
+        return RuleSettings(**values)
 
     def boolean(self, node: Node, what: str) -> bool | None:
         value = self.value(node) if isinstance(node, ScalarNode) else None
@@ -378,7 +378,7 @@ class _Reader:
         raw.pop("description", None)
         fingerprint = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
         return Rule(name=name, on=on, action=action, when=when, description=description,
-                    line=node.start_mark.line + 1, hold=hold, confirm=confirm, dry_run=bool(dry_run),
+                    line=node.start_mark.line + 1, for_seconds=hold, confirm=confirm, dry_run=bool(dry_run),
                     fingerprint=fingerprint)
 
     def warn_unreachable(self, on: tuple[str, ...], on_node: Node) -> None:

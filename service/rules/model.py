@@ -32,7 +32,7 @@ DEFAULT_MAX_CHECKS_PER_MINUTE = 60  # confirm checks a minute, across all worker
 
 
 @dataclass(frozen=True)
-class Settings:
+class RuleSettings:
     """The `settings:` block of a rules file."""
 
     timezone: str = "UTC"
@@ -57,7 +57,7 @@ class Rule:
     when: Condition | None = None
     description: str | None = None
     line: int = 0  # where the rule starts in its file
-    hold: float | None = None  # `for:`: seconds the condition must hold before acting
+    for_seconds: float | None = None  # `for:`: seconds the condition must hold before acting
     confirm: str | None = None
     dry_run: bool = False
     fingerprint: str = ""  # changes when anything but the description changes
@@ -108,7 +108,7 @@ class RuleSet:
     source: str = "<rules>"
     sha256: str = ""
     version: int = 1
-    settings: Settings = field(default_factory=Settings)
+    settings: RuleSettings = field(default_factory=RuleSettings)
     text: str = field(default="", repr=False, compare=False)  # the file as loaded
     warnings: tuple = field(default=(), repr=False, compare=False)  # loader Problems of severity warning
     # Rules by exact event type, plus those using globs; filled in __post_init__ so

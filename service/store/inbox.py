@@ -25,7 +25,7 @@ from sqlalchemy import Connection, bindparam, delete, func, select, text
 
 from ..errors import StoreUnavailable
 from .driver import run
-from .engine import WriterQueue, sqlite_connect
+from .database import WriterQueue, sqlite_connect
 from .guard import guarded, outages
 from .offload import blocking, real_sleep
 from .records import Later, NewDelivery, PlanWrite, Receipt, TimerRow
@@ -147,7 +147,7 @@ class SqliteAppender:
     cost. `write` runs on a real thread when the process serves on gevent (offload.py), so
     the transaction's fsync parks one greenlet, not the process; batch.GroupCommit calls it
     with everything the process's requests queued meanwhile. Writers of all processes take
-    turns through `queue` (engine.WriterQueue), as every other SQLite write does.
+    turns through `queue` (database.WriterQueue), as every other SQLite write does.
     """
 
     SQL = f"INSERT INTO inbox ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -256,10 +256,10 @@ class InboxMixin:
             return conn.execute(_ANY).first() is not None
 
     @guarded
-    def undecided_through(self, seq: int) -> bool:
-        """Read-only: whether the inbox still holds a row at or before position `seq`."""
+    def in_inbox(self, delivery_id: str) -> bool:
+        """Read-only: whether the delivery (or sweep) `delivery_id` is still waiting to be decided."""
         with self._peek() as conn:
-            return conn.execute(_THROUGH, {"p_seq": seq}).first() is not None
+            return conn.execute(_HOLDS, {"p_id": delivery_id}).first() is not None
 
     @guarded
     def inbox_stats(self) -> tuple[int, float | None]:
@@ -329,7 +329,7 @@ _LOCK_ROOMS = text(
     "WHERE pg_try_advisory_xact_lock(:cls, hashtext(room))")
 _DECIDED = delete(inbox).where(inbox.c.seq.in_(bindparam("p_seqs", expanding=True)))
 _ANY = select(inbox.c.seq).limit(1)
-_THROUGH = select(inbox.c.seq).where(inbox.c.seq <= bindparam("p_seq")).limit(1)
+_HOLDS = select(inbox.c.seq).where(inbox.c.id == bindparam("p_id"))
 
 
 def _row(mapping) -> InboxRow:

@@ -96,7 +96,7 @@ class OutboxMixin:
                     break
                 # Its claims kept ending without a recorded result (it kills its worker, say).
                 conn.execute(update(actions).where(actions.c.id == claimed["id"]).values(
-                    status="dead", lease_owner=None, lease_until=None, updated_at=now,
+                    status=ActionStatus.DEAD, lease_owner=None, lease_until=None, updated_at=now,
                     attempts=claimed["attempts"] - 1,
                     last_error=f"gave up: {claimed['attempts'] - 1} claims ended without a recorded result"))
         if claimed is None:  # none due
@@ -166,7 +166,7 @@ class OutboxMixin:
         """
         now = self.clock()
         with self._write() as conn:
-            query = select(actions.c.id).where(actions.c.status == "dead")
+            query = select(actions.c.id).where(actions.c.status == ActionStatus.DEAD)
             if action_ids is not None:
                 query = query.where(actions.c.id.in_(action_ids))
             ids = list(conn.execute(query.order_by(actions.c.id)).scalars())

@@ -30,7 +30,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from . import migrations
 from .driver import Compiled, run
-from .engine import READ_ONLY, WriterQueue, make_engine, writer_queue
+from .database import READ_ONLY, WriterQueue, make_engine, writer_queue
 from .dashboard import DashboardMixin
 from .batch import GroupCommit
 from .guard import guarded
@@ -100,7 +100,7 @@ class Store(InboxMixin, IntakeMixin, TimersMixin, OutboxMixin, HistoryMixin, Das
 
     def _write_one(self):
         """For one write statement, atomic by itself: outside a transaction on PostgreSQL (no BEGIN
-        and COMMIT round trips); a write transaction on SQLite (BEGIN IMMEDIATE, see engine.py)."""
+        and COMMIT round trips); a write transaction on SQLite (BEGIN IMMEDIATE, see database.py)."""
         return self._one_statement(self._write)
 
     @contextmanager

@@ -28,7 +28,7 @@ class SweepTurn:
     next_look_at: float  # when this worker should call again
     started: bool = False  # this turn started the round
     rooms: int = 0  # rooms swept in the round so far
-    last_seq: int | None = None  # the inbox position of the last sweep this turn appended
+    last_id: str | None = None  # the id of the last sweep this turn appended
 
 
 class SweepsMixin:
@@ -61,12 +61,12 @@ class SweepsMixin:
             if cursor is not None:
                 query = query.where(rooms.c.room_id > cursor)
             found = list(conn.execute(query).scalars())
-            last_seq = None
+            last_id = None
             if found:
-                last_seq = max(conn.execute(insert(inbox).returning(inbox.c.seq), [
+                conn.execute(insert(inbox), [
                     {"id": sweep_id(now, round_, room), "received_at": now, "room_id": room,
-                     "body": sweep_body(room, round_), "signature": None, "verified": True} for room in found]
-                ).scalars())
+                     "body": sweep_body(room, round_), "signature": None, "verified": True} for room in found])
+                last_id = sweep_id(now, round_, found[-1])
                 if conn.dialect.name == "postgresql":
                     conn.execute(text("SELECT pg_notify('roomwarden_inbox', '')"))
                 values.update(cursor=found[-1], rooms=swept + len(found))
@@ -76,7 +76,7 @@ class SweepsMixin:
             conn.execute(update(sweeps).where(sweeps.c.name == NAME).values(**values))
             next_at = values.get("next_at", row["next_at"])
             return SweepTurn(round_, len(found), finished, next_at if finished else now, started=not running,
-                             rooms=values.get("rooms", swept), last_seq=last_seq)
+                             rooms=values.get("rooms", swept), last_id=last_id)
 
     @guarded
     def sweep_state(self) -> dict | None:

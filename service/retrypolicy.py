@@ -82,6 +82,6 @@ class RetryPolicy:
         else:
             return Verdict(Attempt.FAILED, reason=PERMANENT.get(status, f"refused (HTTP {status})"))
         if attempt >= self.max_attempts:
-            return Verdict("dead", reason=f"gave up after {attempt} attempts: {verdict.reason}",
+            return Verdict(Attempt.DEAD, reason=f"gave up after {attempt} attempts: {verdict.reason}",
                            credentials_problem=verdict.credentials_problem)
         return verdict
