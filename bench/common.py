@@ -22,6 +22,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the tests' process helpers, as the tests run the Procfile
+    sys.path.insert(0, str(ROOT))
+
+from tests.procs import free_port, procfile  # noqa: E402  (re-exported for the sections)
 BENCH = ROOT / "bench"
 API_KEY = "bench-api-key"
 SECRET = "bench-secret-" + uuid.uuid4().hex
@@ -91,23 +95,6 @@ def http_request(host: str, port: int, body: bytes, signature: str) -> bytes:
 
 
 # -- processes ---------------------------------------------------------------------------------
-
-
-def procfile() -> dict[str, str]:
-    commands = {}
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, command = line.split(":", 1)
-            commands[name.strip()] = command.strip()
-    return commands
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def base_env() -> dict[str, str]:

@@ -568,7 +568,7 @@ def run(quick: bool, out: Path, pg_base: str | None) -> tuple[list, str]:
                         f"{m.rooms:,} rooms", fmt(m.waited, 1) + " s", "none", "n/a"])
         summary.append(["7. sweep", f"a webhook delivery appended as a round starts waited, under the worker's "
                         f"loop, {m.store}, {m.rooms:,} rooms", fmt(m.waited_worker, 3) + " s",
-                        "none (one chunk at most)", "n/a"])
+                        "none (about one chunk)", "n/a"])
     summary.append(["7. sweep", "checks: every room swept and decided once, deactivates scheduled for the quiet "
                     "rooms only", f"{sum(m.ok for m in results)} of {len(results)} runs",
                     "all", "PASS" if all(m.ok for m in results) else "FAIL"])
@@ -617,8 +617,8 @@ def run(quick: bool, out: Path, pg_base: str | None) -> tuple[list, str]:
         f"runs (no API client: nothing is acted on). Its first pass starts round 2 and appends one chunk; one "
         f"webhook delivery is appended at once, and \"as a round starts waited\" is the time until it has left "
         f"the inbox (one lookup by id per pass, inside the timing). The worker appends a round's next chunk "
-        f"only once the last is decided (`Worker.sweep_once`), so the delivery waits behind one chunk "
-        f"({sweeps.CHUNK} sweeps) at most.",
+        f"only once the last chunk's last sweep has left the inbox, or its decider finds nothing more it can "
+        f"take (`Worker.sweep_once`), so the delivery waits behind about one chunk ({sweeps.CHUNK} sweeps).",
         "- **Statements** are counted on the database driver's connections (a sqlite3 connection class; a "
         "psycopg cursor class), not only by a `before_cursor_execute` listener: the decider's hot path runs "
         "its statements on the driver's connection (service/store/driver.py), past SQLAlchemy's events. "
