@@ -61,8 +61,8 @@ class Outcome:
     action: str
     room_id: str
     session_id: str | None
-    key: str
-    outcome: str  # see the table above
+    key: str  # the action key: at most one action per key, ever
+    outcome: str = Decided.SCHEDULED  # see the table above
     trace: Trace | None = None
     confirm: str | None = None
     due_at: float | None = None  # for timer-started

@@ -1,5 +1,7 @@
-"""Plans in the store's terms, and stored rows back as plan inputs: the one place the
-planner's values and the store's records meet."""
+"""Stored rows back as the planner's inputs (a room's state, its pending timers with their
+triggers parsed again), and a plan as the store's PlanWrite or TimerWrite, which carry the
+planner's own Outcome and Cancel values: the one place the planner's values and the store's
+records meet."""
 
 from __future__ import annotations
 
@@ -7,9 +9,9 @@ from functools import lru_cache
 
 from .errors import PayloadInvalid
 from .events import Event, parse_event
-from .planner import EventPlan, Outcome, PendingTimer, TimerPlan
+from .planner import EventPlan, PendingTimer, TimerPlan
 from .rooms import RoomState
-from .store import NewDecision, PlanWrite, TimerCancel, TimerRow, TimerWrite
+from .store import PlanWrite, TimerRow, TimerWrite
 
 
 def room_state(room_id: str, stored: dict | None) -> RoomState | None:
@@ -46,20 +48,12 @@ def _trigger(body: str) -> Event | None:
 _cached_trigger = lru_cache(maxsize=512)(_trigger)
 
 
-def new_decision(outcome: Outcome) -> NewDecision:
-    return NewDecision(rule=outcome.rule, action=outcome.action, room_id=outcome.room_id,
-                       session_id=outcome.session_id, key=outcome.key,
-                       trace=outcome.trace.to_dict() if outcome.trace else None, outcome=outcome.outcome,
-                       confirm=outcome.confirm, due_at=outcome.due_at, fingerprint=outcome.fingerprint)
-
-
 def plan_write(plan: EventPlan) -> PlanWrite:
     return PlanWrite(room_state=plan.room.to_dict() if plan.room is not None else None,
-                     decisions=tuple(new_decision(o) for o in plan.outcomes),
-                     cancels=tuple(TimerCancel(c.key, c.reason) for c in plan.cancels))
+                     decisions=plan.outcomes, cancels=plan.cancels)
 
 
 def timer_write(plan: TimerPlan) -> TimerWrite:
     return TimerWrite(verdict=plan.verdict, reason=plan.reason,
-                      decision=new_decision(plan.outcome) if plan.outcome is not None else None,
+                      decision=plan.outcome,
                       due_at=plan.due_at, fingerprint=plan.fingerprint or None)

@@ -35,8 +35,9 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError, Statement
 
 from service.errors import StoreUnavailable, Unavailable
 from service.accept import new_delivery_id
-from service.store import (AttemptRecord, ClaimedAction, NewDecision, NewDelivery, PlanWrite,
-                           Receipt, Store, TimerCancel, TimerRow, TimerWrite)
+from service.planner import Cancel, Outcome
+from service.rules.conditions import Trace
+from service.store import AttemptRecord, ClaimedAction, NewDelivery, PlanWrite, Receipt, Store, TimerRow, TimerWrite
 from service.store import database as store_database
 from service.store import migrations, tables
 from service.store.inbox import InboxItem, InboxRow
@@ -78,17 +79,17 @@ def new_delivery(*, id: str | None = None, at: float = T0, **fields) -> NewDeliv
 
 def new_decision(key: str | None = None, *, rule: str = "close-after-session",
                  action: str = "deactivate", room_id: str = "room-1",
-                 session_id: str | None = "sess-1", trace: dict | None = None,
+                 session_id: str | None = "sess-1", trace: Trace | None = None,
                  outcome: str = "scheduled", confirm: str | None = None,
-                 due_at: float | None = None, fingerprint: str = "") -> NewDecision:
-    return NewDecision(rule=rule, action=action, room_id=room_id, session_id=session_id,
-                       key=key or f"{rule}|{room_id}|{session_id}", trace=trace, outcome=outcome,
-                       confirm=confirm, due_at=due_at, fingerprint=fingerprint)
+                 due_at: float | None = None, fingerprint: str = "") -> Outcome:
+    return Outcome(rule=rule, action=action, room_id=room_id, session_id=session_id,
+                   key=key or f"{rule}|{room_id}|{session_id}", trace=trace, outcome=outcome,
+                   confirm=confirm, due_at=due_at, fingerprint=fingerprint)
 
 
 def timer_decision(key: str = TIMER_KEY, *, at: float = T0, hold: float = HOLD,
                    room_id: str = "room-1", fingerprint: str = "fp-1",
-                   outcome: str = "timer-started") -> NewDecision:
+                   outcome: str = "timer-started") -> Outcome:
     """What the planner decides for a rule with `for:`: start (or find running) a timer."""
     return new_decision(key, rule="hold", room_id=room_id, outcome=outcome,
                         due_at=at + hold if outcome == "timer-started" else None,
@@ -688,7 +689,7 @@ def test_postgresql_deciders_decide_each_delivery_once_and_each_room_in_order(ma
 
 def test_ingest_writes_delivery_decisions_and_actions(store):
     delivery = new_delivery(at=T0 + 5, participant_id="p-1")
-    trace = {"rule": "close-after-session", "matched": [{"field": "event", "op": "eq"}]}
+    trace = Trace("eq", True, field="event", operand="session-ended", actual="session-ended")
     first = new_decision("k-1", trace=trace)
     second = new_decision("k-2", rule="close-long-recordings", room_id="rec-2", session_id=None,
                           confirm="active-participants")
@@ -710,7 +711,7 @@ def test_ingest_writes_delivery_decisions_and_actions(store):
     rows = store.decisions(delivery_id=delivery.id)
     assert [(r["rule"], r["room_id"], r["session_id"], r["action_key"], r["outcome"],
              r["action_id"], r["timer_id"], r["trace"], r["created_at"]) for r in rows] == [
-        ("close-after-session", "room-1", "sess-1", "k-1", "scheduled", ids[0], None, trace, T0 + 5),
+        ("close-after-session", "room-1", "sess-1", "k-1", "scheduled", ids[0], None, trace.to_dict(), T0 + 5),
         ("close-long-recordings", "rec-2", None, "k-2", "scheduled", ids[1], None, None, T0 + 5),
     ]
 
@@ -853,7 +854,7 @@ FAILING_PLANS = [
     # a trace that cannot be stored as JSON fails as the decision row is written (SQLAlchemy
     # wraps the TypeError on SQLite; psycopg's JSON adapter raises it bare on PostgreSQL)
     pytest.param(lambda good: PlanWrite({"n": 1}, (good, new_decision(
-        "k-bad", trace={"not json": {1, 2}}))), (StatementError, TypeError), None,
+        "k-bad", trace=Trace("in", True, field="x", operand={1, 2}, actual=1)))), (StatementError, TypeError), None,
         id="trace-not-json"),
     # a room state that cannot be stored as JSON, with the decision after it
     pytest.param(lambda good: PlanWrite({"not json": {1, 2}}, (good,)),
@@ -1010,7 +1011,7 @@ def test_a_delivery_kept_unread_is_stored_and_nothing_is_decided_on_it(store, cl
 
     # a plan that would change everything, if it were asked
     receipt = record(store, unread, [new_decision("k-unread")], room_state={"n": -1},
-                     cancels=[TimerCancel("hold|room-1|a", "left")], seen=seen)
+                     cancels=[Cancel("hold|room-1|a", "left")], seen=seen)
 
     assert seen.calls == []  # never asked
     assert receipt == Receipt(unread.id, ())
@@ -1028,7 +1029,7 @@ def test_plan_is_handed_the_rooms_pending_timers_and_action_keys_only(store, clo
     trigger, timer = start_timer(store, "hold|room-1|a", at=T0 + 1, body='{"trigger": 1}',
                                  verified=False)
     start_timer(store, "hold|room-1|b", at=T0 + 2)
-    record(store, new_delivery(at=T0 + 3), cancels=[TimerCancel("hold|room-1|b", "joined")])
+    record(store, new_delivery(at=T0 + 3), cancels=[Cancel("hold|room-1|b", "joined")])
     start_timer(store, "hold|room-2|a", at=T0 + 4, room_id="room-2")
     seen = Plans()
 
@@ -1112,8 +1113,8 @@ def test_cancel_marks_the_pending_timer_cancelled(store):
     canceller = new_delivery(at=T0 + 30)
 
     receipt = record(store, canceller, cancels=[
-        TimerCancel(TIMER_KEY, "its condition stopped holding on participant-joined"),
-        TimerCancel("hold|room-1|none-pending", "nothing to cancel"),  # ignored: no such timer
+        Cancel(TIMER_KEY, "its condition stopped holding on participant-joined"),
+        Cancel("hold|room-1|none-pending", "nothing to cancel"),  # ignored: no such timer
     ])
 
     assert receipt.cancelled == (TIMER_KEY,)
@@ -1124,7 +1125,7 @@ def test_cancel_marks_the_pending_timer_cancelled(store):
     assert by_key["hold|room-1|other"]["status"] == "pending"  # only the named key
     assert [t[0] for t in store.pending_timers_by_rule()] == [by_key["hold|room-1|other"]["id"]]
 
-    again = record(store, new_delivery(at=T0 + 31), cancels=[TimerCancel(TIMER_KEY, "again")])
+    again = record(store, new_delivery(at=T0 + 31), cancels=[Cancel(TIMER_KEY, "again")])
     assert again.cancelled == ()  # a cancelled timer is not cancelled twice
     assert store.timers(status="cancelled")[0]["resolved_by"] == canceller.id
 
@@ -1135,7 +1136,7 @@ def test_cancel_marks_the_pending_timer_cancelled(store):
 ], ids=["later-delivery", "same-delivery"])
 def test_after_a_cancel_the_same_key_can_start_a_new_timer(store, same_delivery):
     _, first = start_timer(store)
-    cancel = [TimerCancel(TIMER_KEY, "joined")]
+    cancel = [Cancel(TIMER_KEY, "joined")]
     restart = [timer_decision(at=T0 + 60)]
     if same_delivery:
         receipt = record(store, new_delivery(at=T0 + 60), restart, cancels=cancel)
@@ -1432,7 +1433,7 @@ def test_recheck_hands_the_decider_the_timer_room_state_and_keys(store, clock):
                                              Decider(TimerWrite("cancel", "rule removed"))),
     # cancelled by a delivery
     lambda store, clock: record(store, new_delivery(at=clock.now),
-                                cancels=[TimerCancel(TIMER_KEY, "joined")]),
+                                cancels=[Cancel(TIMER_KEY, "joined")]),
 ], ids=["fired", "cancelled-by-recheck", "cancelled-by-delivery"])
 def test_recheck_of_a_timer_no_longer_pending_returns_none(store, clock, resolve):
     _, timer = start_timer(store, at=T0)
@@ -1473,7 +1474,7 @@ def test_unknown_timer_verdict_raises_and_changes_nothing(store, clock):
 def test_pending_timers_by_rule_lists_pending_timers_in_id_order(store, clock):
     assert [t[0] for t in store.pending_timers_by_rule()] == []
     ids = [start_timer(store, f"hold|room-1|{i}", at=T0)[1]["id"] for i in range(4)]
-    record(store, new_delivery(at=T0 + 1), cancels=[TimerCancel("hold|room-1|1", "joined")])
+    record(store, new_delivery(at=T0 + 1), cancels=[Cancel("hold|room-1|1", "joined")])
     clock.now = T0 + HOLD
     store.recheck_timer(ids[2], Decider(TimerWrite("cancel", "removed")))
 

@@ -23,7 +23,8 @@ from service.reload import RulesHolder
 from service.retrypolicy import RetryPolicy
 from service.rules.model import RuleSet
 from service.runtime import build_worker, load_rules_holder
-from service.store import AttemptRecord, NewDecision, NewDelivery, PlanWrite, Store
+from service.planner import Outcome
+from service.store import AttemptRecord, NewDelivery, PlanWrite, Store
 from service.videosdk import TokenSource, VideoSDKClient
 from service.worker import Worker
 
@@ -305,8 +306,8 @@ def test_unknown_action_kind_is_dead_without_a_call(fake_api, store, clock):
         id=uuid.uuid4().hex, received_at=T0, event_type="session-ended", room_id="room-1",
         session_id=SESSION, participant_id=None, known=True, verified=True, body_sha256="0" * 64,
         body='{"webhookType": "session-ended"}', rules_hash="0" * 64)
-    decision = NewDecision(rule="newer-rule", action="mute-everyone", room_id="room-1", session_id=SESSION,
-                           key=f"newer-rule|room-1|{SESSION}", trace=None)
+    decision = Outcome(rule="newer-rule", action="mute-everyone", room_id="room-1", session_id=SESSION,
+                       key=f"newer-rule|room-1|{SESSION}", trace=None)
     receipt = ingest(store, delivery, lambda state, timers, acted: PlanWrite(None, (decision,)))
     [outcome] = receipt.decisions
     action_id = outcome.action_id
@@ -528,8 +529,8 @@ def test_confirm_without_a_session_is_cancelled_without_any_call(fake_api, store
         id=uuid.uuid4().hex, received_at=T0, event_type="session-ended", room_id="room-1",
         session_id=None, participant_id=None, known=True, verified=True, body_sha256="0" * 64,
         body='{"webhookType": "session-ended"}', rules_hash="0" * 64)
-    decision = NewDecision(rule="close-after-session", action="deactivate", room_id="room-1", session_id=None,
-                           key="close-after-session|room-1|-", trace=None, confirm="active-participants")
+    decision = Outcome(rule="close-after-session", action="deactivate", room_id="room-1", session_id=None,
+                       key="close-after-session|room-1|-", trace=None, confirm="active-participants")
     [outcome] = ingest(store, delivery, lambda state, timers, acted: PlanWrite(None, (decision,))).decisions
 
     assert worker.run_once() is True

@@ -5,9 +5,9 @@ All SQL is in this package: `store.py` and its mixins; the schema is in `tables.
 `migrations.py` versions it.
 """
 
-from .records import (AttemptRecord, ClaimedAction, DecisionOutcome, NewDecision, NewDelivery,
-                      PlanWrite, Receipt, TimerCancel, TimerRow, TimerWrite)
+from .records import (AttemptRecord, ClaimedAction, DecisionOutcome, NewDelivery, PlanWrite, Receipt, TimerRow,
+                      TimerWrite)
 from .store import Store
 
-__all__ = ["Store", "NewDelivery", "NewDecision", "DecisionOutcome", "Receipt", "ClaimedAction",
-           "AttemptRecord", "PlanWrite", "TimerCancel", "TimerRow", "TimerWrite"]
+__all__ = ["Store", "NewDelivery", "DecisionOutcome", "Receipt", "ClaimedAction",
+           "AttemptRecord", "PlanWrite", "TimerRow", "TimerWrite"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from sqlalchemy import Connection
 
 from .driver import run, run_many, to_json
-from .records import DecisionOutcome, Later, NewDecision, NewDelivery, PlanWrite, Receipt, TimerRow
+from ..planner import Outcome
+from .records import DecisionOutcome, Later, NewDelivery, PlanWrite, Receipt, TimerRow
 from ..outcomes import ActionStatus, Decided, TimerStatus, makes_action
 
 
@@ -75,7 +76,7 @@ class IntakeMixin:
     def _action_keys(self, conn: Connection, room_id: str) -> set[str]:
         return {key for (key,) in run(conn, self._sql.action_keys, {"room_id": room_id}).fetchall()}
 
-    def _record_decision(self, conn: Connection, delivery_id: str, decision: NewDecision, now: float,
+    def _record_decision(self, conn: Connection, delivery_id: str, decision: Outcome, now: float,
                          timer_id: int | None = None, later: Later | None = None) -> DecisionOutcome:
         """The decision's action or timer written now (their ids are in the decision), and the
         decision row itself now or, given `later`, with the rest of the batch's."""
@@ -101,7 +102,7 @@ class IntakeMixin:
                 outcome = Decided.TIMER_RUNNING
         row = dict(delivery_id=delivery_id, created_at=now, rule=decision.rule, action=decision.action,
                    room_id=decision.room_id, session_id=decision.session_id, action_key=decision.key,
-                   outcome=outcome, action_id=action_id, timer_id=timer_id, trace=to_json(decision.trace))
+                   outcome=outcome, action_id=action_id, timer_id=timer_id, trace=to_json(decision.trace.to_dict() if decision.trace is not None else None))
         if later is None:
             run(conn, self._sql.insert_decision, row)
         else:

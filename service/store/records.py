@@ -1,11 +1,12 @@
-"""The values that cross the store's boundary, in and out. Plain, frozen, no SQL."""
+"""The values that cross the store's boundary, in and out. Plain, frozen, no SQL. What a plan
+writes is the planner's own values (planner.Outcome, planner.Cancel), not copies of them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from ..outcomes import Decided
+from ..planner import Cancel, Outcome
 
 
 @dataclass(frozen=True)
@@ -25,32 +26,12 @@ class NewDelivery:
 
 
 @dataclass(frozen=True)
-class NewDecision:
-    rule: str
-    action: str
-    room_id: str
-    session_id: str | None
-    key: str  # the action key: at most one action per key, ever
-    trace: dict | None
-    outcome: str = Decided.SCHEDULED  # as planned; the store turns scheduled into duplicate on a taken key
-    confirm: str | None = None
-    due_at: float | None = None  # for timer-started
-    fingerprint: str = ""
-
-
-@dataclass(frozen=True)
-class TimerCancel:
-    key: str
-    reason: str
-
-
-@dataclass(frozen=True)
 class PlanWrite:
     """What a plan changes, in the store's terms."""
 
     room_state: dict | None
-    decisions: tuple[NewDecision, ...] = ()
-    cancels: tuple[TimerCancel, ...] = ()
+    decisions: tuple[Outcome, ...] = ()  # as planned; the store turns scheduled into duplicate on a taken key
+    cancels: tuple[Cancel, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -79,7 +60,7 @@ class TimerWrite:
 
     verdict: str  # fire | cancel | wait
     reason: str
-    decision: NewDecision | None = None
+    decision: Outcome | None = None
     due_at: float | None = None
     fingerprint: str | None = None
 
