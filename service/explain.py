@@ -75,20 +75,8 @@ def when(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
-def _nodes(trace: Trace) -> list[Trace]:
-    """The trace's nodes in the order `Trace.lines` prints them (pre-order)."""
-    out = [trace]
-    for child in trace.children:
-        out.extend(_nodes(child))
-    return out
-
-
 def _trace_lines(trace: Trace, indent: int) -> list[Line]:
-    lines = []
-    for text, node in zip(trace.lines(), _nodes(trace)):
-        stripped = text.lstrip(" ")
-        lines.append(Line(stripped, indent + len(text) - len(stripped), "condition", node.result))
-    return lines
+    return [Line(node.line(), indent + 2 * depth, "condition", node.result) for depth, node in trace.walk()]
 
 
 def _decision_lines(decision: dict, actions_by_id: dict, indent: int) -> list[Line]:

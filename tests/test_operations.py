@@ -36,7 +36,8 @@ from service.store import Store
 from service.videosdk import TokenSource
 from service.worker import Worker
 
-from .conftest import API_KEY, ROOT, RULES_HEAD, SECRET, SESSION_RULE, TEST_RULES, Clock, decide, ended, event_body
+from .conftest import (API_KEY, EMPTY_RULE, ROOT, RULES_HEAD, SECRET, SESSION_RULE, TEST_RULES, Clock, decide, ended,
+                       event_body)
 from .builders import SESSION, T0, add_action, deliver, make_worker, parse
 from .fakeapi import Reply
 
@@ -61,14 +62,7 @@ def store(tmp_path, clock):
 SESSION_RULES = RULES_HEAD + SESSION_RULE
 
 # session-ended schedules an action at once; a room left empty starts a 5m timer.
-RETENTION_RULES = SESSION_RULES + """\
-  - name: close-when-empty
-    on: participant-left
-    when:
-      room.participants: 0
-    for: 5m
-    action: deactivate
-"""
+RETENTION_RULES = SESSION_RULES + EMPTY_RULE
 
 
 def drain(worker: Worker, limit: int = 100) -> int:

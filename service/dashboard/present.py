@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 
 from ..rooms import RoomState
-from ..rules.conditions import All, Any_, Compare, Not
+from ..rules.conditions import text as condition_text
 from ..rules.durations import format_duration
 from ..rules.model import Rule, RuleSet
 from ..outcomes import MAKES_ACTION
@@ -37,31 +36,12 @@ def countdown(due: float, now: float) -> str:
     return f"in {format_duration(left)}" if left >= 0 else f"due {format_duration(-left)} ago"
 
 
-def condition(node) -> str:
-    """A rule's `when:` as one line of text: `room.participants eq 0 and not (...)`."""
-    if node is None:
-        return "(no conditions)"
-    if isinstance(node, Compare):
-        operand = list(node.operand) if isinstance(node.operand, tuple) else node.operand
-        try:
-            shown = json.dumps(operand, ensure_ascii=False)
-        except (TypeError, ValueError):
-            shown = repr(operand)
-        return f"{node.field} {node.op} {shown}"
-    if isinstance(node, Not):
-        return f"not ({condition(node.child)})"
-    if isinstance(node, (All, Any_)):
-        joiner = " and " if isinstance(node, All) else " or "
-        parts = [condition(c) if isinstance(c, Compare) else f"({condition(c)})" for c in node.children]
-        return joiner.join(parts)
-    return repr(node)
-
 
 def rule_row(rule: Rule, counts: dict[str, int]) -> dict:
     """A rule in force, with how often it was decided on and how often it fired."""
     return {
         "name": rule.name, "line": rule.line, "description": rule.description, "on": ", ".join(rule.on),
-        "action": rule.action, "when": condition(rule.when),
+        "action": rule.action, "when": condition_text(rule.when),
         "for": format_duration(rule.for_seconds) if rule.for_seconds is not None else None,
         "confirm": rule.confirm, "dry_run": rule.dry_run,
         "fired": sum(counts.get(outcome, 0) for outcome in MAKES_ACTION),
@@ -78,7 +58,7 @@ def timer_row(timer: dict, rule_set: RuleSet, now: float) -> dict:
     elif rule.when is None:
         cancels = "only a change to the rule: it has no conditions"
     else:
-        cancels = f"an event after which this no longer holds: {condition(rule.when)}"
+        cancels = f"an event after which this no longer holds: {condition_text(rule.when)}"
     return {"id": timer["id"], "rule": timer["rule"], "action": timer["action"], "due_at": timer["due_at"],
             "due": at(timer["due_at"]), "due_iso": iso(timer["due_at"]),
             "countdown": countdown(timer["due_at"], now), "cancels": cancels,

@@ -43,17 +43,24 @@ class Trace(NamedTuple):  # a tuple, not a frozen dataclass: thousands are made 
         return cls(data["node"], data["result"], field=data["field"], operand=data.get("operand"),
                    actual=MISSING if data.get("missing") else data.get("actual"))
 
+    def walk(self, depth: int = 0) -> list[tuple[int, "Trace"]]:
+        """(depth, node) for every node, in pre-order: the order `lines` prints them."""
+        out = [(depth, self)]
+        for child in self.children:
+            out.extend(child.walk(depth + 1))
+        return out
+
+    def line(self) -> str:
+        """This node alone as text: its verdict, and its comparison with the actual value."""
+        mark = {True: "yes", False: "no ", None: "?  "}[self.result]
+        if self.field is None:
+            return f"{mark} {self.node}"
+        actual = "missing" if self.actual is MISSING else _show(self.actual)
+        return f"{mark} {self.field} {self.node} {_show(self.operand)}  (actual: {actual})"
+
     def lines(self, depth: int = 0) -> list[str]:
         """The trace as indented text, one condition a line."""
-        mark = {True: "yes", False: "no ", None: "?  "}[self.result]
-        pad = "  " * depth
-        if self.field is None:
-            out = [f"{pad}{mark} {self.node}"]
-            for child in self.children:
-                out.extend(child.lines(depth + 1))
-            return out
-        actual = "missing" if self.actual is MISSING else _show(self.actual)
-        return [f"{pad}{mark} {self.field} {self.node} {_show(self.operand)}  (actual: {actual})"]
+        return ["  " * (depth + level) + node.line() for level, node in self.walk()]
 
 
 def _show(value: Any) -> str:
@@ -106,3 +113,17 @@ class Not:
 
 
 Condition = Compare | All | Any_ | Not
+
+
+def text(condition: Condition | None) -> str:
+    """A `when:` as one line of text: `room.participants eq 0 and not (...)`."""
+    if condition is None:
+        return "(no conditions)"
+    if isinstance(condition, Compare):
+        return f"{condition.field} {condition.op} {_show(condition.operand)}"
+    if isinstance(condition, Not):
+        return f"not ({text(condition.child)})"
+    if isinstance(condition, (All, Any_)):
+        joiner = " and " if isinstance(condition, All) else " or "
+        return joiner.join(text(c) if isinstance(c, Compare) else f"({text(c)})" for c in condition.children)
+    return repr(condition)
