@@ -33,6 +33,7 @@ from sqlalchemy import event, func, insert, select
 
 from service import sweeps
 from service.accept import new_delivery_id
+from service.actor import Actor
 from service.decider import Decider
 from service.retrypolicy import RetryPolicy
 from service.rooms import RoomState
@@ -449,8 +450,9 @@ def measure(label: str, url: str, count: int, reference_count: int) -> Measured:
         # Under the worker's own loop (Worker.run_once: a round's next chunk is appended only
         # once the last is decided), a delivery that comes just after the next round starts.
         clock.now = T0 + loaded.sweep_every + 120
-        worker = Worker(store, None, RetryPolicy(), lambda: loaded, lease_seconds=30.0, decider=decider,
-                        acts=False, clock=clock)
+        actor = Actor(store, None, RetryPolicy(), lambda: loaded, lease_seconds=30.0, worker_id=OWNER,
+                      clock=clock)
+        worker = Worker(store, lambda: loaded, actor, decider=decider, acts=False, clock=clock)
         worker.run_once()  # the round starts: its first chunk
         later = InboxItem(id=new_delivery_id(clock()), received_at=clock(), room_id=LATE_ROOM, body=event_body(
             "participant-joined", meetingId=LATE_ROOM, sessionId="s-late-2", participantId="p2").decode(),

@@ -22,7 +22,8 @@ from .signature import SignatureVerifier, load_public_keys
 from .store import Store, migrations
 from .store.database import missing_sqlite_file
 from .videosdk import TokenSource, VideoSDKClient, fetch_public_key
-from .worker import Worker
+from .actor import Actor
+from .worker import Worker, default_worker_id
 
 log = logging.getLogger("roomwarden")
 
@@ -105,12 +106,13 @@ def build_worker(settings: Settings, store: Store, rules: RulesHolder,
         settings.require_credentials()
         client = VideoSDKClient(settings.api_base, TokenSource(settings.api_key, settings.secret_key),
                                 session=session, timeout=settings.api_timeout)
-    return Worker(store, client, RetryPolicy(max_attempts=settings.max_attempts), lambda: rules.current,
-                  decider=build_decider(settings, store, rules, build_verifier(settings, session)),
-                  lease_seconds=settings.lease_seconds, acts=settings.acts,
+    actor = Actor(store, client, RetryPolicy(max_attempts=settings.max_attempts), lambda: rules.current,
+                  lease_seconds=settings.lease_seconds, worker_id=default_worker_id(),
                   breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown,
-                                         probe_every=PROBE_EVERY),
-                  retention_days=settings.retention_days)
+                                         probe_every=PROBE_EVERY))
+    return Worker(store, lambda: rules.current, actor,
+                  decider=build_decider(settings, store, rules, build_verifier(settings, session)),
+                  acts=settings.acts, retention_days=settings.retention_days)
 
 
 def preflight(settings: Settings | None = None) -> Settings:

@@ -1,54 +1,37 @@
-"""The worker: decides the inbox's deliveries, fires due `for:` timers, and carries out due
-actions at VideoSDK.
+"""The worker's loop: it decides the inbox's deliveries (decider.py), appends sweep rounds,
+fires due `for:` timers, prunes old deliveries, and has its Actor (actor.py) carry out due
+actions at VideoSDK, one piece of work at a time, the inbox first without starving the rest.
+Timers are decided inside one transaction each, so a timer fires once.
 
-Guarantee: each action is attempted until it is done, failed for good,
-cancelled or dead. An action is called at least once, and more than once only
-when a worker dies (or loses its store) between making the call and recording
-it; the lease then runs out and another worker calls again. Deactivating a
-room twice leaves it deactivated, so that window costs a repeated call, not a
-wrong one. Timers are decided inside one transaction each, so a timer fires once.
-
-Just before acting, the worker checks the rules in force: a room that became
-protected is not touched, and a rule's `confirm: active-participants` asks
-VideoSDK whether anyone is in the session (anyone there: cancelled, with why).
-
-How it fails: a store outage is logged and waited out; the loop never exits on
-one. An API failure is data: `retrypolicy.py` decides what happens next.
+How it fails: a store outage is logged and waited out; the loop never exits on one. An API
+failure is data: `retrypolicy.py` decides what happens next.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass, replace
 from typing import Callable
 
-from . import acting, answers, metrics, sweeps
-from .breaker import CircuitBreaker
+from . import metrics, sweeps
+from .actor import Actor
 from .decider import Decider
 from .errors import StoreUnavailable
-from .outcomes import Attempt
 from .planner import fire_timer, recheck_timer
 from .planrows import pending_timer, room_state, timer_write
-from .retrypolicy import RetryPolicy, Verdict
 from .rules.durations import format_duration
 from .rules.model import RuleSet
-from .store import AttemptRecord, ClaimedAction, Store, TimerRow
-from .videosdk import ApiResult, VideoSDKClient
+from .store import Store, TimerRow
 
 log = logging.getLogger("roomwarden.worker")
 
 
 KEY_WAIT_SECONDS = 1.0  # how often deliveries waiting for a webhook key are tried again
-PACED_CONFIRM = "no-live-session"  # the check settings.max_checks_per_minute paces (a sweep's)
-PROBE_ROOM = "roomwarden-probe"  # the room the breaker's probe asks about (GET /v2/rooms/{roomId})
 LOOK_EVERY_SECONDS = 1.0  # PostgreSQL: a look at a quiet inbox, besides each NOTIFY
-REPORT_EVERY = 15.0  # seconds between the worker's reports of its breaker, besides each change
 TURN_SECONDS = 1.0  # after a batch, due timers and actions go for at most this long, then the inbox
 
 
@@ -58,36 +41,19 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()[-30:]}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-@dataclass(frozen=True)
-class Carried:
-    """What carrying out a claim came to: the call's result (or a check's), what it means, a note
-    for the record, what a 2xx answer said; or given back unused (no time left in the lease)."""
-    result: ApiResult
-    verdict: Verdict | None
-    note: str | None = None
-    reading: answers.Reading | None = None
-    given_back: bool = False
-
 
 class Worker:
-    def __init__(self, store: Store, client: VideoSDKClient | None, policy: RetryPolicy,
-                 rules: Callable[[], RuleSet], *, lease_seconds: float, decider: Decider | None = None,
-                 acts: bool = True,
-                 worker_id: str | None = None, clock: Callable[[], float] = time.time,
-                 rand: Callable[[], float] = random.random, breaker: CircuitBreaker | None = None,
+    def __init__(self, store: Store, rules: Callable[[], RuleSet], actor: Actor, *,
+                 decider: Decider | None = None, acts: bool = True, clock: Callable[[], float] = time.time,
                  retention_days: float = 0.0):
         self.store = store
-        self.client = client
-        self.decider = decider  # None: another process decides the inbox (tests of acting alone)
-        self.policy = policy
         self.rules = rules
-        self.lease_seconds = lease_seconds
-        self.acts = acts and client is not None  # without acting, timers still fire, as dry-run
-        self.worker_id = worker_id or default_worker_id()
+        self.actor = actor  # carries out due actions (actor.py); its worker_id is this worker's
+        self.decider = decider  # None: another process decides the inbox (tests of acting alone)
+        self.acts = acts and actor.client is not None  # without acting, timers still fire, as dry-run
+        self.worker_id = actor.worker_id
         self.clock = clock
-        self.rand = rand
         self._rules_changed = threading.Event()
-        self._stop = threading.Event()  # set by run()'s caller to shut down
         self._next_due: float | None = None  # from the last look at the store
         self._inbox_turn = False  # a batch was decided: timers and actions go until none is due,
         self._turn_ends = 0.0  # or until then (time.monotonic()): a backlog never keeps the inbox waiting
@@ -96,16 +62,10 @@ class Worker:
         self._inbox_resume_at = 0.0  # while deliveries wait for a key, the inbox rests until then
         self._looked_at = float("-inf")  # when the decider last took a batch
         self._heard = False  # PostgreSQL: the idle wait was woken by an append's NOTIFY
-        self.breaker = breaker or CircuitBreaker(clock=clock)
-        self._started_at = clock()
         self._sweep_look_at = float("-inf")  # when to look at the sweep's round again
         self._sweep_behind: str | None = None  # the id of the last sweep this worker appended
-        self._reported: tuple | None = None  # (what was last reported of the breaker, when)
         self.retention_days = retention_days  # 0: keep everything
         self._pruned_at: float | None = None
-        self._misreads_logged: set[str] = set()  # each shape of unreadable answer is logged once
-        # What the confirm checks and an action's follow-up may use (acting.py); None without a client.
-        self._checker = None if client is None else acting.Checker(client, store, policy, rand, self._log_misread)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -148,7 +108,7 @@ class Worker:
         action_due, timer_due = self.store.due_work(now)
         self._next_due = min((t for t in (action_due, timer_due) if t is not None), default=None)
         if (timer_due is not None and timer_due <= now and self.fire_one_timer()) or (
-                self.acts and action_due is not None and action_due <= now and self.act_once()):
+                self.acts and action_due is not None and action_due <= now and self.actor.act_once()):
             if time.monotonic() >= self._turn_ends:
                 self._inbox_turn = False  # the turn is over (or there was none): the inbox next
             return True
@@ -205,11 +165,11 @@ class Worker:
     def run(self, stop: threading.Event, poll_interval: float) -> None:
         """Work until `stop` is set; an in-flight action is finished and recorded first."""
         log.info("worker %s started%s", self.worker_id, "" if self.acts else " (not acting: dry run)")
-        self._stop = stop
+        self.actor.stop = stop
         self._rules_changed.set()  # the rules may have changed while no worker ran: re-check timers first
         while not stop.is_set():
             try:
-                self.report_breaker()
+                self.actor.report_breaker()
                 self.prune_if_due()
                 busy = self.run_once()
             except StoreUnavailable as exc:
@@ -229,20 +189,6 @@ class Worker:
                     stop.wait(wait)
                 self._heard = bool(heard)  # an append woke it: the inbox's turn, at once
         log.info("worker %s stopped", self.worker_id)
-
-    def report_breaker(self) -> bool:
-        """Write this worker's breaker to the store for the dashboard, when it changed or every
-        REPORT_EVERY seconds (so a worker that stopped shows as not seen since then)."""
-        view, now = self.breaker.view(), self.clock()
-        shown = (view.state, view.failures, None if view.probe_in is None else round(now + view.probe_in, 1))
-        if self._reported is not None and self._reported[0] == shown and now - self._reported[1] < REPORT_EVERY:
-            return False
-        self.store.report_worker(
-            self.worker_id, self._started_at, view.state, view.failures,
-            None if view.opened_ago is None else now - view.opened_ago,
-            None if view.probe_in is None else now + view.probe_in)
-        self._reported = (shown, now)
-        return True
 
     def _listen(self, wait: float) -> bool | None:
         """PostgreSQL: wait for an append to the inbox, woken at once by its NOTIFY; None on SQLite."""
@@ -302,157 +248,3 @@ class Worker:
                 log.info("timer %s after reload: %s (%s)", timer_id, write.verdict, write.reason)
         return changed
 
-    # -- actions --------------------------------------------------------------------------
-
-    def act_once(self) -> bool:
-        """Claim and carry out one due action. False when none was due, or the circuit is open."""
-        if self.client is not None and self.breaker.probe_due():
-            self._probe()
-        allowed = self.breaker.allow()
-        metrics.BREAKER_OPEN.set(self.breaker.state != "closed")
-        if not allowed:
-            return False
-        rule_set = self.rules()
-        try:
-            claim = self.store.claim(self.worker_id, self.lease_seconds, self.policy.max_attempts,
-                                     per_minute=rule_set.settings.max_actions_per_minute,
-                                     checks_per_minute=rule_set.settings.max_checks_per_minute
-                                     if rule_set.uses_confirm(PACED_CONFIRM) else None)
-        except Exception:
-            self.breaker.record_idle()  # no call was made: give a half-open trial back
-            raise
-        if claim is None:
-            self.breaker.record_idle()
-            return False
-        started = self.clock()
-        try:
-            carried = self._carry_out(claim, rule_set)
-        except BaseException:
-            # The confirm check's store read failed, say: no call was made, so a half-open
-            # trial goes back; otherwise the breaker would refuse every claim from now on.
-            self.breaker.record_idle()
-            raise
-        if carried.given_back:
-            self.breaker.record_idle()
-            self.store.release(claim, self.worker_id)
-            log.warning("action %s: the confirm check left no time in the lease to act; given back",
-                        claim.id)
-            return True
-        result, verdict, note, reading = carried.result, carried.verdict, carried.note, carried.reading
-        if result.latency_ms:  # a call was made: tell the breaker how it went
-            before = self.breaker.state
-            self.breaker.record(result.status)
-            metrics.BREAKER_OPEN.set(self.breaker.state != "closed")
-            if self.breaker.state != before:
-                log.warning("circuit breaker %s -> %s after HTTP %s", before, self.breaker.state, result.status)
-        else:
-            self.breaker.record_idle()
-        metrics.count_attempt(claim.kind, verdict.outcome, result.latency_ms)
-        reason = "; ".join(part for part in (verdict.reason, result.error) if part) or None
-        attempt = AttemptRecord(
-            started_at=started, latency_ms=result.latency_ms, http_status=result.status,
-            outcome=verdict.outcome, error=reason, note=note,
-            next_due_at=self.clock() + verdict.delay if verdict.outcome == Attempt.RETRY else None,
-            answer=reading.answer if reading else None, doubt=reading.doubt if reading else None,
-            closes_room=result.closes_room,
-        )
-        self._record(claim, attempt)
-        level = logging.ERROR if verdict.credentials_problem or verdict.outcome == Attempt.DEAD else logging.INFO
-        log.log(level, "action %s %s room=%s rule=%s attempt=%d status=%s outcome=%s%s", claim.id,
-                claim.kind, claim.room_id, claim.rule, claim.attempts, result.status, verdict.outcome,
-                f" error={reason!r}" if reason else "", extra={"fields": {
-                    "action": claim.id, "room": claim.room_id, "rule": claim.rule,
-                    "outcome": verdict.outcome, "status": result.status}})
-        if reading is not None and reading.doubt:
-            metrics.count_doubtful(claim.kind)
-            log.warning("action %s %s room=%s: done, but doubtful: %s", claim.id, claim.kind, claim.room_id,
-                        reading.doubt, extra={"fields": {"action": claim.id, "room": claim.room_id,
-                                                         "doubt": reading.doubt}})
-        return True
-
-    def _probe(self) -> None:
-        """The open circuit's probe: a call that changes nothing (fetch a room; one that does not
-        exist answers 404, which shows the API working as well as a 200 does)."""
-        result = self.client.fetch_room(PROBE_ROOM)
-        before = self.breaker.state
-        self.breaker.probed(result.status)
-        metrics.BREAKER_OPEN.set(self.breaker.state != "closed")
-        if self.breaker.state != before:
-            log.warning("circuit breaker %s -> %s: the API answered a probe (HTTP %s)", before,
-                        self.breaker.state, result.status)
-
-    def _carry_out(self, claim: ClaimedAction, rule_set: RuleSet) -> Carried:
-        """Check what must be checked, make the call, and say what it came to."""
-        if rule_set.settings.is_protected(claim.room_id):
-            return Carried(ApiResult(None, 0.0), Verdict(Attempt.CANCELLED, reason=(
-                f"room {claim.room_id} is protected by settings.protect (rules {rule_set.short_hash})")))
-        # Switching to dry-run by a reload (the whole file, or the rule) stops what is queued too,
-        # not only what is decided from then on.
-        rule = rule_set.rule(claim.rule)
-        if rule_set.settings.dry_run or (rule is not None and rule.dry_run):
-            where = "settings.dry_run" if rule_set.settings.dry_run else f"rule {claim.rule}'s dry_run"
-            return Carried(ApiResult(None, 0.0), Verdict(Attempt.CANCELLED, reason=(
-                f"{where} is on (rules {rule_set.short_hash}): not acted on")))
-        kind = acting.ACTION_KINDS.get(claim.kind)
-        if kind is None or self._checker is None:  # a kind written by a newer version of this service
-            result = ApiResult(None, 0.0, f"this worker cannot carry out '{claim.kind}' actions")
-            return Carried(result, self.policy.judge(result, self.policy.max_attempts))
-        note = None
-        if claim.confirm is not None:
-            confirm = acting.CONFIRM_KINDS.get(claim.confirm)
-            if confirm is None:  # a check named by a newer version of this service
-                result = ApiResult(None, 0.0, f"this worker cannot make '{claim.confirm}' checks")
-                return Carried(result, self.policy.judge(result, self.policy.max_attempts))
-            confirmation = confirm.check(self._checker, claim)
-            note = confirmation.note
-            if confirmation.stop is not None:
-                return Carried(confirmation.stop.result, confirmation.stop.verdict, note)
-            if self.clock() + sum(self.client.timeout) >= claim.lease_until:
-                # The check took long: a call now (connect, then read, each with its own timeout)
-                # could outlive the lease, and another worker could make it too. Give the action
-                # back, due now, to check again; no call was made, so it is no attempt and does
-                # not count towards the limit.
-                return Carried(ApiResult(None, 0.0), None, note, given_back=True)
-        result = kind.call(self.client, claim)
-        if kind.closes_room(result):
-            result = replace(result, closes_room=True)  # not swept again until a delivery comes
-        if result.ok:
-            return Carried(result, Verdict(Attempt.DONE), note, kind.read(claim, result))
-        done = kind.already_done(self._checker, claim, result)
-        if done is not None:  # the API's refusal is the note, not an error: the action is done
-            said, reading = done
-            note = "; ".join(part for part in (note, f"{said} ({result.error})") if part)
-            return Carried(replace(result, error=None), Verdict(Attempt.DONE), note, reading)
-        return Carried(result, self.policy.judge(result, claim.attempts, self.rand), note)
-
-    def _log_misread(self, claim: ClaimedAction, misread: answers.Misread) -> None:
-        if misread.message not in self._misreads_logged:  # once per shape, not once per retry
-            self._misreads_logged.add(misread.message)
-            log.error("action %s room=%s: %s (logged once per shape; never acted on while unreadable)",
-                      claim.id, claim.room_id, misread.message)
-
-    def _record(self, claim: ClaimedAction, attempt: AttemptRecord) -> None:
-        """Record the attempt, retrying through a store outage until the store is back.
-
-        The call has been made: its result must not be dropped, or this worker would
-        claim the action again and repeat the call. Only a shutdown gives up (the
-        lease then runs out and the action is retried).
-        """
-        delay, warned = 0.2, False
-        while True:
-            try:
-                if not self.store.finish(claim, attempt, self.worker_id):
-                    log.warning("action %s: lease ran out before its attempt was recorded; "
-                                "another worker may have repeated the call", claim.id)
-                return
-            except StoreUnavailable as exc:
-                if self._stop.is_set():
-                    log.error("action %s: shutting down before its attempt could be recorded (%s); it "
-                              "will be retried when the lease runs out", claim.id, exc)
-                    return
-                if not warned:
-                    log.warning("action %s: store unavailable, holding its result until it is back: %s",
-                                claim.id, exc)
-                    warned = True
-                self._stop.wait(delay)
-                delay = min(delay * 2, 5.0)

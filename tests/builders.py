@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from service.actor import Actor
 from service.breaker import CircuitBreaker
 from service.decider import Decider
 from service.reload import RulesHolder
@@ -59,9 +60,9 @@ def make_worker(store, clock, base_url: str | None = None, *, rules: RuleSet | R
         client = VideoSDKClient(base_url, tokens or TokenSource(API_KEY, secret), timeout=timeout)
     current = _current(rules if rules is not None else session_rules())
     decider = Decider(store, current, acts=True, verifier=None) if decides else None
-    return Worker(store, client, policy or RetryPolicy(), current, lease_seconds=lease, decider=decider,
-                  acts=acts, worker_id=worker_id, clock=clock, rand=HALF, breaker=breaker,
-                  retention_days=retention_days)
+    actor = Actor(store, client, policy or RetryPolicy(), current, lease_seconds=lease, worker_id=worker_id,
+                  clock=clock, rand=HALF, breaker=breaker)
+    return Worker(store, current, actor, decider=decider, acts=acts, clock=clock, retention_days=retention_days)
 
 
 def deliver(store, rules: RuleSet | RulesHolder, at: float | Callable[[], float], event_type: str, *,

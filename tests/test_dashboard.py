@@ -371,26 +371,26 @@ def test_the_overview_shows_each_workers_breaker_and_its_next_probe(dash_app, po
     assert "No worker has reported in the last hour" in dash.get("/dashboard/").get_data(as_text=True)
     runtime = dash_app.extensions["roomwarden"]
     worker = build_worker(runtime.settings, runtime.store, runtime.rules)
-    assert worker.report_breaker() is True
+    assert worker.actor.report_breaker() is True
     assert breakers_of(dash) == [(worker.worker_id, "closed", "")]
-    assert worker.report_breaker() is False  # nothing changed: nothing written
+    assert worker.actor.report_breaker() is False  # nothing changed: nothing written
 
     threshold = runtime.settings.breaker_threshold
     fake_api.script("/v2/rooms/deactivate", *[Reply(503, {"message": "maintenance"})] * threshold)
     post(*(ended(f"room-brk-{i:04d}") for i in range(threshold + 1)))
     while worker.run_once():
         pass
-    assert worker.breaker.state == "open" and len(fake_api.deactivations()) == 0
-    assert worker.report_breaker() is True
+    assert worker.actor.breaker.state == "open" and len(fake_api.deactivations()) == 0
+    assert worker.actor.report_breaker() is True
     [(who, state, probe)] = breakers_of(dash)
     assert (who, state) == (worker.worker_id, "open")
     assert re.fullmatch(r"in \d+(\.\d+)?s", probe), probe  # PROBE_EVERY from now
 
-    worker.breaker.next_probe = worker.breaker.clock()  # the probe is due; the API answers it
+    worker.actor.breaker.next_probe = worker.actor.breaker.clock()  # the probe is due; the API answers it
     worker.run_once()
-    assert worker.breaker.state == "closed"
+    assert worker.actor.breaker.state == "closed"
     assert fake_api.calls_to("/v2/rooms/roomwarden-probe")
-    assert worker.report_breaker() is True
+    assert worker.actor.report_breaker() is True
     assert breakers_of(dash) == [(worker.worker_id, "closed", "")]
 
 

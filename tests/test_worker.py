@@ -25,11 +25,9 @@ from service.rules.model import RuleSet
 from service.runtime import build_worker, load_rules_holder
 from service.planner import Outcome
 from service.store import AttemptRecord, NewDelivery, PlanWrite, Store
-from service.videosdk import TokenSource, VideoSDKClient
-from service.worker import Worker
 
 from .conftest import API_KEY, Clock, SECRET, event_body, ingest
-from .builders import HALF, LEASE, SESSION, T0, add_action, deliver, make_worker, parse, session_rules
+from .builders import LEASE, SESSION, T0, add_action, deliver, make_worker, parse, session_rules
 from .fakeapi import Reply, participant
 
 DEACTIVATE = "/v2/rooms/deactivate"
@@ -552,13 +550,13 @@ def test_confirm_check_and_call_together_stay_within_the_lease(fake_api, store, 
     first, second = (make_worker(store, clock, fake_api.base_url, worker_id=name, timeout=2.0, lease=4.5)
                      for name in ("worker-a", "worker-b"))
     action_id = add_action(store, "room-1", at=T0, confirm="active-participants")
-    check = first.client.active_participants
+    check = first.actor.client.active_participants
 
     def slow_check(session_id):
         clock.now += 1.9  # the check answers within its 2 s timeout
         return check(session_id)
 
-    first.client.active_participants = slow_check
+    first.actor.client.active_participants = slow_check
     assert first.run_once() is True
     assert fake_api.calls_to(DEACTIVATE) == []  # no call that could outlive the lease
     assert store.attempts(action_id) == []  # given back unused: no attempt, none counted
@@ -845,7 +843,7 @@ def test_how_a_due_timer_fires(fake_api, store, clock, case):
 def test_a_worker_that_does_not_act_never_claims_actions(fake_api, store, clock):
     # Each: a worker without acting, by flag or for want of a client
     for worker in (make_worker(store, clock, fake_api.base_url, acts=False), make_worker(store, clock, None)):
-        action_id = add_action(store, f"room-{worker.acts}-{worker.client is None}", at=T0)
+        action_id = add_action(store, f"room-{worker.acts}-{worker.actor.client is None}", at=T0)
         assert worker.acts is False
         assert worker.run_once() is False
         assert store.action(action_id)["attempts"] == 0
@@ -1047,11 +1045,11 @@ def test_build_worker_wires_settings_to_a_working_worker(fake_api, tmp_path, rul
         worker = build_worker(settings, store, holder)
         action_id = add_action(store, "room-1", at=store.clock())
 
-        assert worker.policy.max_attempts == 3
-        assert worker.lease_seconds == 5.0
+        assert worker.actor.policy.max_attempts == 3
+        assert worker.actor.lease_seconds == 5.0
         assert worker.acts is True
-        assert worker.client.timeout == (2.0, 2.0)
-        assert worker.client.base_url == fake_api.base_url
+        assert worker.actor.client.timeout == (2.0, 2.0)
+        assert worker.actor.client.base_url == fake_api.base_url
         assert worker.rules() is holder.current
         assert worker.run_once() is True
         assert store.action(action_id)["status"] == "done"
@@ -1079,7 +1077,7 @@ def test_build_worker_that_must_not_act(fake_api, store, clock, overrides):
                           RulesHolder(session_rules()))
     action_id = add_action(store, "room-1", at=T0)
 
-    assert (worker.acts, worker.client) == (False, None)
+    assert (worker.acts, worker.actor.client) == (False, None)
     assert worker.run_once() is False
     assert store.action(action_id)["attempts"] == 0
     assert fake_api.calls == []
@@ -1177,19 +1175,11 @@ def test_an_unreadable_confirm_answer_counts_as_a_breaker_failure(fake_api, stor
     action_id = add_action(store, "room-1", at=T0, confirm="active-participants")
 
     assert worker.run_once() is True
-    assert worker.breaker.failures == 1
+    assert worker.actor.breaker.failures == 1
     clock.now = store.action(action_id)["due_at"]
     assert worker.run_once() is True  # the fake's default answer: nobody active; then deactivated
-    assert worker.breaker.failures == 0
+    assert worker.actor.breaker.failures == 0
     assert fake_api.deactivations() == ["room-1"]
-
-
-def worker_for(store, clock, base_url, *, rules, worker_id="worker-1", timeout=5.0, lease=30.0,
-               breaker=None) -> Worker:
-    client = VideoSDKClient(base_url, TokenSource(API_KEY, SECRET), timeout=timeout)
-    holder = RulesHolder(rules)
-    return Worker(store, client, RetryPolicy(), lambda: holder.current, lease_seconds=lease,
-                  worker_id=worker_id, clock=clock, rand=HALF, breaker=breaker)
 
 
 # -- the breaker's half-open trial goes back when the confirm check's store read fails (review) --
@@ -1198,7 +1188,7 @@ def worker_for(store, clock, base_url, *, rules, worker_id="worker-1", timeout=5
 def test_a_store_outage_during_the_confirm_check_does_not_wedge_a_half_open_breaker(
         fake_api, store, clock, monkeypatch):
     breaker = CircuitBreaker(threshold=1, cooldown=10, clock=clock)
-    worker = worker_for(store, clock, fake_api.base_url, rules=session_rules(confirm="active-participants"),
+    worker = make_worker(store, clock, fake_api.base_url, rules=session_rules(confirm="active-participants"),
                         breaker=breaker)
     action_id = add_action(store, "room-1", at=T0, confirm="active-participants")
     fake_api.script(DEACTIVATE, Reply(503))
@@ -1236,13 +1226,13 @@ def test_a_call_after_a_confirm_check_cannot_outlive_its_lease(fake_api, store, 
     """
     lease, timeout = 61.0, 30.0
     rules = session_rules(confirm="active-participants")
-    first = worker_for(store, clock, fake_api.base_url, rules=rules, worker_id="worker-a",
+    first = make_worker(store, clock, fake_api.base_url, rules=rules, worker_id="worker-a",
                        timeout=timeout, lease=lease)
-    second = worker_for(store, clock, fake_api.base_url, rules=rules, worker_id="worker-b",
+    second = make_worker(store, clock, fake_api.base_url, rules=rules, worker_id="worker-b",
                         timeout=timeout, lease=lease)
-    assert first.client.timeout == (5.0, 30.0)
+    assert first.actor.client.timeout == (5.0, 30.0)
     action_id = add_action(store, "room-1", at=T0, confirm="active-participants")
-    check, call = first.client.active_participants, first.client.deactivate_room
+    check, call = first.actor.client.active_participants, first.actor.client.deactivate_room
     second_claims = []
 
     def slow_check(session_id):
@@ -1254,8 +1244,8 @@ def test_a_call_after_a_confirm_check_cannot_outlive_its_lease(fake_api, store, 
         second_claims.append(store.claim("worker-b", lease, 10))  # another worker looks meanwhile
         return call(room_id)
 
-    first.client.active_participants = slow_check
-    first.client.deactivate_room = slow_call
+    first.actor.client.active_participants = slow_check
+    first.actor.client.deactivate_room = slow_call
     assert first.run_once() is True
     assert all(claim is None for claim in second_claims)  # the lease must hold while a call is in flight
 
@@ -1403,11 +1393,7 @@ def _accept(store, raw: bytes, at: float, *, verified: bool | None = True) -> st
 
 
 def _decider_worker(store, clock, base_url, rules: RulesHolder):
-    from service.decider import Decider
-
-    return Worker(store, VideoSDKClient(base_url, TokenSource(API_KEY, SECRET), timeout=2.0), RetryPolicy(),
-                  lambda: rules.current, decider=Decider(store, lambda: rules.current, acts=True, verifier=None),
-                  lease_seconds=30.0, clock=clock, rand=HALF)
+    return make_worker(store, clock, base_url, rules=rules, timeout=2.0, decides=True)
 
 
 def test_the_worker_decides_the_inbox_in_arrival_order_as_of_each_arrival(fake_api, store, clock):

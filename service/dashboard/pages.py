@@ -9,7 +9,7 @@ import time
 from flask import abort, redirect, render_template, request, url_for
 
 from .. import explain
-from ..worker import REPORT_EVERY
+from ..actor import REPORT_EVERY
 from ..requestctx import current_runtime, id_arg
 from ..outcomes import ActionStatus, TimerStatus
 from . import bp, charts, present

@@ -177,7 +177,7 @@ rules_versions = Table(
 )
 
 # Each worker process's view of the VideoSDK API (its circuit breaker), reported when it changes
-# and every REPORT_EVERY seconds (service/worker.py): what the dashboard shows of the breakers.
+# and every REPORT_EVERY seconds (service/actor.py): what the dashboard shows of the breakers.
 workers = Table(
     "workers", metadata,
     Column("worker_id", String(128), primary_key=True),
