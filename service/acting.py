@@ -3,7 +3,7 @@ action kind (ACTION_KINDS: its call, how its 2xx answer is read, what it means f
 one per confirm check (CONFIRM_KINDS: its calls and what each answer means). The names and their
 one-line docs are the rules' vocabulary, in rules/model.py (ACTIONS, CONFIRMS), which the loader
 and docs/rules.md use; this module binds each name to its calls, and fails at import if the two
-disagree. The worker (worker.py) runs the loop; it looks each claim's kind and check up here.
+disagree. The actor (actor.py) looks each claim's kind and check up here.
 
 A check answers a `Confirmation`: go ahead (with a note for the record), or stop with the result
 and verdict to record. Anything unclear stops: a room is never acted on on a misread answer.

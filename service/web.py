@@ -1,7 +1,7 @@
 """The HTTP layer: the webhook receiver and the health checks. Thin: parse, call, answer.
 
-The error handlers that answer them (app.py) answer every error as JSON with an `error` message; no answer ever carries a
-stack trace. Status codes: 401 bad signature; 400 a body that is not UTF-8, not
+The error handlers (app.py) answer every error as JSON with an `error` message; no answer
+ever carries a stack trace. Status codes: 401 bad signature; 400 a body that is not UTF-8, not
 JSON, or not `{"webhookType": str, "data": {...}}`; 413 body over 64 KiB; 503
 only when the inbox cannot be written (with Retry-After); 202 accepted: the body
 is durable in the inbox and will be decided exactly once, behind the request

@@ -87,7 +87,8 @@ class IntakeMixin:
             action_id = _scalar(run(conn, self._sql.insert_action, dict(
                 key=decision.key, kind=decision.action, room_id=decision.room_id,
                 session_id=decision.session_id, rule=decision.rule, delivery_id=delivery_id,
-                status=ActionStatus.PENDING if outcome == Decided.SCHEDULED else ActionStatus.DRY_RUN, confirm=decision.confirm,
+                status=ActionStatus.PENDING if outcome == Decided.SCHEDULED else ActionStatus.DRY_RUN,
+                confirm=decision.confirm,
                 attempts=0, due_at=now, created_at=now, updated_at=now)))
             if action_id is None:
                 outcome = Decided.DUPLICATE
@@ -100,9 +101,10 @@ class IntakeMixin:
                 delivery_id=delivery_id, started_at=now, due_at=decision.due_at, status=TimerStatus.PENDING)))
             if started is None:
                 outcome = Decided.TIMER_RUNNING
+        trace = None if decision.trace is None else decision.trace.to_dict()
         row = dict(delivery_id=delivery_id, created_at=now, rule=decision.rule, action=decision.action,
                    room_id=decision.room_id, session_id=decision.session_id, action_key=decision.key,
-                   outcome=outcome, action_id=action_id, timer_id=timer_id, trace=to_json(decision.trace.to_dict() if decision.trace is not None else None))
+                   outcome=outcome, action_id=action_id, timer_id=timer_id, trace=to_json(trace))
         if later is None:
             run(conn, self._sql.insert_decision, row)
         else:

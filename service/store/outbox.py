@@ -18,7 +18,8 @@ RATE_LIMIT_LOCK = int.from_bytes(b"rw-rate", "big")
 def _due_work():
     now = bindparam("p_now")
     action = select(func.min(actions.c.due_at)).where(
-        actions.c.status == ActionStatus.PENDING, or_(actions.c.lease_until.is_(None), actions.c.lease_until < now)).scalar_subquery()
+        actions.c.status == ActionStatus.PENDING,
+        or_(actions.c.lease_until.is_(None), actions.c.lease_until < now)).scalar_subquery()
     timer = select(func.min(timers.c.due_at)).where(timers.c.status == TimerStatus.PENDING).scalar_subquery()
     return select(action, timer)
 
