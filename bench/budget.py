@@ -133,10 +133,10 @@ def measure(count: int, rounds: int) -> dict:
 
     def store(item):
         at = time.time()
-        runtime.store.append(InboxItem(id=new_delivery_id(at), received_at=at, room_id=item[1].room_id,
+        runtime.store.inbox.append(InboxItem(id=new_delivery_id(at), received_at=at, room_id=item[1].room_id,
                                        body=item[0].decode(), signature=None, verified=True))
 
-    decider = Decider(runtime.store, lambda: rule_set, acts=True, verifier=None)
+    decider = Decider(runtime.store.inbox, lambda: rule_set, acts=True, verifier=None)
 
     def decide_rounds() -> float:
         """Each round: its own deliveries appended, then timed while the decider drains them

@@ -132,8 +132,8 @@ class StoreWatch:
         self._store = Store.from_url(database_url)
 
     def sample(self) -> StoreSample:
-        depth, oldest = self._store.inbox_stats()
-        decided = self._store.count_deliveries_since(0.0)
+        depth, oldest = self._store.inbox.inbox_stats()
+        decided = self._store.history.count_deliveries_since(0.0)
         return StoreSample(time.monotonic(), depth, max(0.0, time.time() - oldest) if oldest is not None else None,
                            decided)
 

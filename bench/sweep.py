@@ -189,7 +189,7 @@ def _psycopg_cursor(tally: Tally):
 def counted(store: Store) -> Tally:
     """Count the store's statements from now on (its pooled connections are replaced)."""
     tally = Tally()
-    engine = store.engine
+    engine = store.db.engine
     if engine.dialect.name == "sqlite":
         factory = _sqlite_factory(tally)
 
@@ -236,7 +236,7 @@ def seed(store: Store, count: int, rules_hash: str) -> set[str]:
     its session ended): one in QUIET_EVERY three hours before T0, the rest within BUSY_AGE of it.
     Bulk INSERTs of SEED_CHUNK rows, in one transaction. Returns the quiet rooms."""
     quiet = set()
-    with store.engine.begin() as conn:
+    with store.db.engine.begin() as conn:
         for start in range(0, count, SEED_CHUNK):
             room_rows, delivery_rows = [], []
             for number in range(start, min(count, start + SEED_CHUNK)):
@@ -261,19 +261,19 @@ def seed(store: Store, count: int, rules_hash: str) -> set[str]:
                     "rules_hash": rules_hash, "problem": None})
             conn.execute(insert(deliveries), delivery_rows)
             conn.execute(insert(rooms), room_rows)
-    if store.engine.dialect.name == "postgresql":
-        with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    if store.db.engine.dialect.name == "postgresql":
+        with store.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("ANALYZE")  # as autovacuum would have, on a store this size
     else:
-        store.engine.dispose()  # (no connection of the store's left inside a transaction)
-        with closing(sqlite3.connect(store.engine.url.database)) as conn:
+        store.db.engine.dispose()  # (no connection of the store's left inside a transaction)
+        with closing(sqlite3.connect(store.db.engine.url.database)) as conn:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the seeding's WAL: not the round's to write back
     return quiet
 
 
 def put_deliveries(store: Store, count: int, at: float) -> None:
     """`count` ordinary deliveries in the inbox, one per room (the first rooms), as accepted."""
-    with store.engine.begin() as conn:
+    with store.db.engine.begin() as conn:
         for start in range(0, count, SEED_CHUNK):
             conn.execute(insert(inbox), [
                 {"id": new_delivery_id(at), "received_at": at, "room_id": room_name(number),
@@ -284,7 +284,7 @@ def put_deliveries(store: Store, count: int, at: float) -> None:
 
 
 def count_rows(store: Store, query) -> int:
-    with store.engine.connect() as conn:
+    with store.db.engine.connect() as conn:
         return conn.execute(query).scalar_one()
 
 
@@ -363,7 +363,7 @@ def measure(label: str, url: str, count: int, reference_count: int) -> Measured:
     clock = Clock(T0)
     store = Store.from_url(url, clock)
     try:
-        store.migrate()
+        store.db.migrate()
         loaded = rule_set()
         started = time.perf_counter()
         quiet = seed(store, count, loaded.sha256)
@@ -371,12 +371,12 @@ def measure(label: str, url: str, count: int, reference_count: int) -> Measured:
         log(f"sweep ({label}, {count:,} rooms): seeded in {seed_s:.1f} s")
         tally = counted(store)
         load_before = load_average()
-        decider = Decider(store, lambda: loaded, acts=True, verifier=None, clock=clock)
+        decider = Decider(store.inbox, lambda: loaded, acts=True, verifier=None, clock=clock)
 
         def round_():
             turns, appended, last = 0, 0, None
             while True:
-                turn = store.sweep_turn(OWNER, loaded.sweep_every, sweeps.CHUNK, sweeps.LEASE_SECONDS)
+                turn = store.sweeps.sweep_turn(OWNER, loaded.sweep_every, sweeps.CHUNK, sweeps.LEASE_SECONDS)
                 turns += 1
                 if turn is None:  # not this owner's to do: never here, with one owner and a still clock
                     return turns, appended, last
@@ -408,7 +408,7 @@ def measure(label: str, url: str, count: int, reference_count: int) -> Measured:
         late = InboxItem(id=new_delivery_id(clock()), received_at=clock(), room_id=LATE_ROOM, body=event_body(
             "participant-left", meetingId=LATE_ROOM, sessionId="s-late", participantId="p1").decode(),
                          signature=None, verified=True)
-        store.append(late)
+        store.inbox.append(late)
         watch["id"], appended_at = late.id, time.perf_counter()
         decide_phase, (batches, decided, marks) = _phase(tally, count, decide)
         waited = watch["decided"] - appended_at if "decided" in watch else None
@@ -422,7 +422,7 @@ def measure(label: str, url: str, count: int, reference_count: int) -> Measured:
         scheduled = count_rows(store, select(func.count()).select_from(decisions)
                                .where(decisions.c.rule == RULE, decisions.c.outcome == "scheduled"))
         all_decisions = count_rows(store, select(func.count()).select_from(decisions))
-        with store.engine.connect() as conn:
+        with store.db.engine.connect() as conn:
             pending = set(conn.execute(select(actions.c.room_id).where(actions.c.status == "pending",
                                                                        actions.c.rule == RULE)).scalars())
         checks = [
@@ -457,16 +457,16 @@ def measure(label: str, url: str, count: int, reference_count: int) -> Measured:
         later = InboxItem(id=new_delivery_id(clock()), received_at=clock(), room_id=LATE_ROOM, body=event_body(
             "participant-joined", meetingId=LATE_ROOM, sessionId="s-late-2", participantId="p2").decode(),
                           signature=None, verified=True)
-        store.append(later)
+        store.inbox.append(later)
         appended_at, waited_worker, passes = time.perf_counter(), None, 0
         still = select(inbox.c.seq).where(inbox.c.id == later.id)
         while worker.run_once() and passes < 4 * count:
             passes += 1
-            with store.engine.connect() as conn:
+            with store.db.engine.connect() as conn:
                 gone = conn.execute(still).first() is None
             if waited_worker is None and gone:
                 waited_worker = time.perf_counter() - appended_at
-        state = store.sweep_state()
+        state = store.pages.sweep_state()
         checks.append((f"under the worker's loop: the late delivery decided, round 2 finished with "
                        f"{state['rooms']:,} rooms (the seeded ones and round 1's late one), inbox empty",
                        waited_worker is not None and state["round"] == 2 and state["finished_at"] is not None

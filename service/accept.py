@@ -20,8 +20,7 @@ from typing import Callable
 from .errors import KeyUnavailable
 from .events import read_envelope
 from .signature import SignatureVerifier
-from .store import Store
-from .store.inbox import InboxItem
+from .store.inbox import Inbox, InboxItem
 
 
 def new_delivery_id(now: float) -> str:
@@ -30,8 +29,8 @@ def new_delivery_id(now: float) -> str:
 
 
 class Intake:
-    def __init__(self, store: Store, verifier: SignatureVerifier | None, clock: Callable[[], float] = time.time):
-        self.store = store
+    def __init__(self, inbox: Inbox, verifier: SignatureVerifier | None, clock: Callable[[], float] = time.time):
+        self.inbox = inbox  # all a request writes
         self.verifier = verifier  # None: verification is off (WEBHOOK_VERIFY=false)
         self.clock = clock
 
@@ -48,5 +47,5 @@ class Intake:
         now = self.clock()
         item = InboxItem(id=new_delivery_id(now), received_at=now, room_id=room_id, body=raw.decode("utf-8"),
                          signature=signature, verified=verified)  # a header is at most 8 KiB (gunicorn.conf.py)
-        self.store.append(item)
+        self.inbox.append(item)
         return item, event_type

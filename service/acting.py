@@ -19,7 +19,8 @@ from .outcomes import Attempt
 from .retrypolicy import RetryPolicy, Verdict
 from .rooms import RoomState
 from .rules.model import ACTIONS, CONFIRMS
-from .store import ClaimedAction, Store
+from .store import ClaimedAction
+from .store.history import History
 from .videosdk import ApiResult, VideoSDKClient
 
 ROOM_NOT_FOUND = (402, 404)  # deactivate's documented "room not found": as good as closed
@@ -42,7 +43,7 @@ class Confirmation:
 class Checker:
     """What a check and an action's follow-up may use."""
     client: VideoSDKClient
-    store: Store
+    history: History  # the room as roomwarden last recorded it
     policy: RetryPolicy
     rand: Callable[[], float]
     log_misread: Callable[[ClaimedAction, answers.Misread], None]
@@ -87,7 +88,7 @@ def nobody_active(checker: Checker, claim: ClaimedAction) -> Confirmation:
     if roomwarden knows of a later live session in the room, about that one too: a room is never
     deactivated while anyone is in either."""
     sessions = [claim.session_id] if claim.session_id else []
-    room = checker.store.room(claim.room_id)
+    room = checker.history.room(claim.room_id)
     current = RoomState.from_dict(claim.room_id, room["state"]) if room else None
     if current is not None and current.session_active and current.session_id not in (None, *sessions):
         sessions.append(current.session_id)

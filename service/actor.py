@@ -25,7 +25,10 @@ from .errors import StoreUnavailable
 from .outcomes import Attempt
 from .retrypolicy import RetryPolicy, Verdict
 from .rules.model import RuleSet
-from .store import AttemptRecord, ClaimedAction, Store
+from .store import AttemptRecord, ClaimedAction
+from .store.history import History
+from .store.outbox import Outbox
+from .store.workers import Workers
 from .videosdk import ApiResult, VideoSDKClient
 
 log = logging.getLogger("roomwarden.worker")
@@ -47,11 +50,13 @@ class Carried:
 
 
 class Actor:
-    def __init__(self, store: Store, client: VideoSDKClient | None, policy: RetryPolicy,
+    def __init__(self, outbox: Outbox, workers: Workers, history: History, client: VideoSDKClient | None,
+                 policy: RetryPolicy,
                  rules: Callable[[], RuleSet], *, lease_seconds: float, worker_id: str,
                  clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random,
                  breaker: CircuitBreaker | None = None):
-        self.store = store
+        self.outbox = outbox  # claims and attempts
+        self.workers = workers  # where the breaker is reported
         self.client = client  # None: nothing is ever called (a worker that does not act)
         self.policy = policy
         self.rules = rules
@@ -65,7 +70,7 @@ class Actor:
         self._reported: tuple | None = None  # (what was last reported of the breaker, when)
         self._misreads_logged: set[str] = set()  # each shape of unreadable answer is logged once
         # What the confirm checks and an action's follow-up may use (acting.py); None without a client.
-        self._checker = None if client is None else acting.Checker(client, store, policy, rand, self._log_misread)
+        self._checker = None if client is None else acting.Checker(client, history, policy, rand, self._log_misread)
 
     def report_breaker(self) -> bool:
         """Write this worker's breaker to the store for the dashboard, when it changed or every
@@ -74,7 +79,7 @@ class Actor:
         shown = (view.state, view.failures, None if view.probe_in is None else round(now + view.probe_in, 1))
         if self._reported is not None and self._reported[0] == shown and now - self._reported[1] < REPORT_EVERY:
             return False
-        self.store.report_worker(
+        self.workers.report_worker(
             self.worker_id, self._started_at, view.state, view.failures,
             None if view.opened_ago is None else now - view.opened_ago,
             None if view.probe_in is None else now + view.probe_in)
@@ -91,7 +96,7 @@ class Actor:
             return False
         rule_set = self.rules()
         try:
-            claim = self.store.claim(self.worker_id, self.lease_seconds, self.policy.max_attempts,
+            claim = self.outbox.claim(self.worker_id, self.lease_seconds, self.policy.max_attempts,
                                      per_minute=rule_set.settings.max_actions_per_minute,
                                      checks_per_minute=rule_set.settings.max_checks_per_minute
                                      if rule_set.uses_confirm(PACED_CONFIRM) else None)
@@ -111,7 +116,7 @@ class Actor:
             raise
         if carried.given_back:
             self.breaker.record_idle()
-            self.store.release(claim, self.worker_id)
+            self.outbox.release(claim, self.worker_id)
             log.warning("action %s: the confirm check left no time in the lease to act; given back",
                         claim.id)
             return True
@@ -218,7 +223,7 @@ class Actor:
         delay, warned = 0.2, False
         while True:
             try:
-                if not self.store.finish(claim, attempt, self.worker_id):
+                if not self.outbox.finish(claim, attempt, self.worker_id):
                     log.warning("action %s: lease ran out before its attempt was recorded; "
                                 "another worker may have repeated the call", claim.id)
                 return

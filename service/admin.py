@@ -58,7 +58,7 @@ def prometheus():
 @admin_only
 def deliveries():
     limit = _limit()
-    rows = current_runtime().store.deliveries(room_id=request.args.get("room"), limit=limit,
+    rows = current_runtime().store.history.deliveries(room_id=request.args.get("room"), limit=limit,
                                        before=request.args.get("before"))
     return jsonify({"deliveries": rows, "next_before": rows[-1]["id"] if len(rows) == limit else None})
 
@@ -68,7 +68,7 @@ def deliveries():
 def actions():
     limit = _limit()
     before = id_arg("before", "an action id")
-    rows = current_runtime().store.actions(status=request.args.get("status"), room_id=request.args.get("room"),
+    rows = current_runtime().store.actions.actions(status=request.args.get("status"), room_id=request.args.get("room"),
                                     limit=limit, newest_first=True, before=before)
     return jsonify({"actions": rows, "next_before": rows[-1]["id"] if len(rows) == limit else None})
 
@@ -76,7 +76,7 @@ def actions():
 @bp.get("/api/rooms/<room_id>")
 @admin_only
 def room(room_id: str):
-    story = current_runtime().store.room_story(room_id)
+    story = current_runtime().store.history.room_story(room_id)
     if not story["deliveries"] and not story["room"]:
         abort(404, f"nothing recorded for room {room_id}")
     state = story.pop("room")

@@ -90,7 +90,7 @@ def _stored_room(room_id: str | None) -> RoomState | None:
         return None
     store = open_store(Settings.from_env(), migrate=False)
     try:
-        row = store.room(room_id)
+        row = store.history.room(room_id)
     finally:
         store.close()
     return None if row is None else RoomState.from_dict(room_id, row["state"] or {})
@@ -145,10 +145,10 @@ def cmd_replay(args) -> int:
     candidate = load_rules(args.rules)
     current = load_rules(args.current or settings.rules_file)
     now = time.time()
-    total = store.count_deliveries_since(now - window)
+    total = store.history.count_deliveries_since(now - window)
     show = args.progress if args.progress is not None else (total >= 1000 and sys.stderr.isatty())
     progress = _progress_bar(total) if show else None
-    changes, count = replay.replay(store.deliveries_since(now - window), current, candidate, until=now,
+    changes, count = replay.replay(store.history.deliveries_since(now - window), current, candidate, until=now,
                                    progress=progress)
     if progress is not None:
         print(file=sys.stderr)
@@ -180,7 +180,7 @@ def _progress_bar(total: int):
 
 def cmd_explain(args) -> int:
     store = open_store(Settings.from_env(), migrate=False)
-    rows = store.room_story(args.room)
+    rows = store.history.room_story(args.room)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     else:
@@ -191,7 +191,7 @@ def cmd_explain(args) -> int:
 
 def cmd_actions(args) -> int:
     store = open_store(Settings.from_env(), migrate=False)
-    rows = store.actions(status=args.status, limit=args.limit, newest_first=True)
+    rows = store.actions.actions(status=args.status, limit=args.limit, newest_first=True)
     for row in rows:
         print(f"{row['id']:>6}  {row['status']:<9} {row['kind']:<11} room={row['room_id']} "
               f"rule={row['rule']} attempts={row['attempts']}"
@@ -205,7 +205,7 @@ def cmd_retry(args) -> int:
         print("retry: give action ids, or --all-dead", file=sys.stderr)
         return 2
     store = open_store(Settings.from_env(), migrate=False)
-    ids = store.redrive(None if args.all_dead else args.ids)
+    ids = store.actions.redrive(None if args.all_dead else args.ids)
     for action_id in ids:
         print(f"action {action_id}: pending again, due now")
     for action_id in sorted(set(args.ids) - set(ids)):
@@ -223,14 +223,14 @@ def cmd_prune(args) -> int:
     if age <= 0:
         print("prune: RETENTION_DAYS is 0 (keep everything); give --older-than", file=sys.stderr)
         return 2
-    removed = open_store(settings, migrate=False).prune(time.time() - age)
+    removed = open_store(settings, migrate=False).history.prune(time.time() - age)
     print(f"pruned {removed} deliveries older than {format_duration(age)}; actions and what caused them are kept")
     return 0
 
 
 def cmd_migrate(args) -> int:
     store = open_store(Settings.from_env())
-    print(f"schema at version {store.schema_version()}")
+    print(f"schema at version {store.db.schema_version()}")
     return 0
 
 

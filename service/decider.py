@@ -30,8 +30,8 @@ from .planrows import pending_timer, plan_write, room_state
 from .rules.model import RuleSet
 from .signature import SignatureVerifier
 from .sweeps import is_sweep_id
-from .store import NewDelivery, Receipt, Store
-from .store.inbox import InboxBatch, InboxRow
+from .store import NewDelivery, Receipt
+from .store.inbox import Inbox, InboxBatch, InboxRow
 
 log = logging.getLogger("roomwarden.decider")
 
@@ -49,10 +49,10 @@ class Decided:
 
 
 class Decider:
-    def __init__(self, store: Store, rules: Callable[[], RuleSet], *, acts: bool,
+    def __init__(self, inbox: Inbox, rules: Callable[[], RuleSet], *, acts: bool,
                  verifier: SignatureVerifier | None, batch: int = BATCH,
                  clock: Callable[[], float] = time.time):
-        self.store = store
+        self.inbox = inbox
         self.rules = rules  # called per batch, so a reload takes effect at the next one
         self.acts = acts
         self.verifier = verifier
@@ -106,7 +106,7 @@ class Decider:
         decided: list[Decided] = []
         recorded_failed: list[int] = []
         self.kept, self._current = 0, None
-        with self.store.deciding(self.batch, defer=self._defer) as batch:
+        with self.inbox.deciding(self.batch, defer=self._defer) as batch:
             waiting: set[str | None] = set()  # rooms whose earlier delivery waits for a key
             for row in batch.rows:
                 self._current = row

@@ -146,13 +146,13 @@ class _OutboxCollector:
 
     def collect(self):
         now = time.time()
-        depth, oldest = self.store.inbox_stats()
+        depth, oldest = self.store.inbox.inbox_stats()
         yield GaugeMetricFamily("roomwarden_inbox_depth", "Deliveries accepted and not yet decided",
                                 value=depth)
         yield GaugeMetricFamily("roomwarden_inbox_oldest_age_seconds",
                                 "How long the oldest undecided delivery has waited",
                                 value=max(0.0, now - oldest) if oldest is not None else 0.0)
-        stats = self.store.outbox_stats(now)
+        stats = self.store.actions.outbox_stats(now)
         yield GaugeMetricFamily("roomwarden_queue_depth", "Actions due now and not yet done",
                                 value=stats["due"])
         yield GaugeMetricFamily("roomwarden_oldest_due_age_seconds",

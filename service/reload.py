@@ -96,7 +96,7 @@ def _last_good(store):
     if store is None:
         return None
     try:
-        return store.last_good_rules()
+        return store.rules_kept.last_good_rules()
     except StoreUnavailable:
         return None
 
@@ -105,7 +105,7 @@ def _remember(store, rule_set: RuleSet) -> None:
     if store is None:
         return
     try:
-        store.remember_rules(rule_set.sha256, rule_set.source, rule_set.text)
+        store.rules_kept.remember_rules(rule_set.sha256, rule_set.source, rule_set.text)
     except StoreUnavailable as exc:  # the file loaded; keeping a copy can wait for the next load
         log.warning("could not keep a copy of rules %s: %s", rule_set.short_hash, exc)
 

@@ -19,7 +19,7 @@ from .decider import Decider
 from .retrypolicy import RetryPolicy
 from .reload import RulesHolder, RulesWatcher, load_with_fallback
 from .signature import SignatureVerifier, load_public_keys
-from .store import Store, migrations
+from .store import Store, WebStore, migrations
 from .store.database import missing_sqlite_file
 from .videosdk import TokenSource, VideoSDKClient, fetch_public_key
 from .actor import Actor
@@ -61,19 +61,19 @@ def open_store(settings: Settings, clock: Callable[[], float] = time.time, *, mi
         raise ConfigError(f"no database at {missing} (DATABASE_URL); nothing has been recorded there")
     store = Store.from_url(settings.database_url, clock)
     if migrate:
-        for step in store.migrate():
+        for step in store.db.migrate():
             log.info("schema migrated: %s", step)
-        if (problem := store.check_identity()) is not None:
-            store.identity_problem = problem  # /readyz shows it; logged by every process that starts
+        if (problem := store.db.check_identity()) is not None:
+            store.db.identity_problem = problem  # /readyz shows it; logged by every process that starts
             log.error("store: %s", problem)
-    elif (version := store.schema_version()) != migrations.LATEST:
+    elif (version := store.db.schema_version()) != migrations.LATEST:
         store.close()
         raise ConfigError(f"the database is at schema version {version} and this version of roomwarden "
                           f"needs {migrations.LATEST}: run python -m service migrate")
     return store
 
 
-def load_rules_holder(settings: Settings, store: Store | None, *, report: bool = True) -> RulesHolder:
+def load_rules_holder(settings: Settings, store: Store | WebStore | None, *, report: bool = True) -> RulesHolder:
     """The rules file, or (if it does not load) the last good rules the store kept."""
     rule_set, error = load_with_fallback(settings.rules_file, store)
     holder = RulesHolder(rule_set, report=report)
@@ -84,7 +84,7 @@ def load_rules_holder(settings: Settings, store: Store | None, *, report: bool =
     return holder
 
 
-def watch_rules(settings: Settings, holder: RulesHolder, store: Store | None,
+def watch_rules(settings: Settings, holder: RulesHolder, store: Store | WebStore | None,
                 on_reload=None) -> RulesWatcher:
     """Poll the rules file every RULES_RELOAD_SECONDS (0: only when asked, on SIGHUP)."""
     return RulesWatcher(holder, settings.rules_file, interval=settings.rules_reload_seconds or None,
@@ -94,7 +94,7 @@ def watch_rules(settings: Settings, holder: RulesHolder, store: Store | None,
 def build_decider(settings: Settings, store: Store, rules: RulesHolder, verifier: SignatureVerifier | None,
                   clock: Callable[[], float] = time.time) -> Decider:
     """What decides the inbox's deliveries: the worker's (and, in tests, after a request)."""
-    return Decider(store, lambda: rules.current, acts=settings.acts, verifier=verifier, clock=clock)
+    return Decider(store.inbox, lambda: rules.current, acts=settings.acts, verifier=verifier, clock=clock)
 
 
 def build_worker(settings: Settings, store: Store, rules: RulesHolder,
@@ -106,7 +106,7 @@ def build_worker(settings: Settings, store: Store, rules: RulesHolder,
         settings.require_credentials()
         client = VideoSDKClient(settings.api_base, TokenSource(settings.api_key, settings.secret_key),
                                 session=session, timeout=settings.api_timeout)
-    actor = Actor(store, client, RetryPolicy(max_attempts=settings.max_attempts), lambda: rules.current,
+    actor = Actor(store.outbox, store.workers, store.history, client, RetryPolicy(max_attempts=settings.max_attempts), lambda: rules.current,
                   lease_seconds=settings.lease_seconds, worker_id=default_worker_id(),
                   breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown,
                                          probe_every=PROBE_EVERY))
@@ -136,7 +136,7 @@ class Runtime:
     """What a web process holds: built once by `create_app`."""
 
     settings: Settings
-    store: Store
+    store: WebStore  # no outbox, timers or sweeps: see store/store.py
     rules: RulesHolder
     verifier: SignatureVerifier | None
     intake: Intake
@@ -146,9 +146,9 @@ class Runtime:
     def build(cls, settings: Settings, clock: Callable[[], float] = time.time) -> "Runtime":
         settings.require_credentials()
         verifier = build_verifier(settings)
-        store = open_store(settings, clock)
+        store = open_store(settings, clock).web()
         rules = load_rules_holder(settings, store)
-        intake = Intake(store, verifier, clock=clock)
+        intake = Intake(store.inbox, verifier, clock=clock)
         if settings.dry_run:
             log.warning("DRY_RUN is on: decisions are recorded, no API call is made")
         return cls(settings, store, rules, verifier, intake, watch_rules(settings, rules, store))

@@ -110,19 +110,19 @@ def readyz():
     }
     problems = []
     try:
-        runtime.store.ping()
+        runtime.store.db.ping()
         body["store"] = "ok"
         if detailed:
             # Information, not a readiness failure: a backlog means the decider is behind, and the
             # webhook still accepts (and keeps) deliveries.
-            depth, oldest = runtime.store.inbox_stats()
+            depth, oldest = runtime.store.inbox.inbox_stats()
             body["inbox"] = {"depth": depth, "oldest_age_seconds":
                              round(max(0.0, time.time() - oldest), 3) if oldest else None}
     except Unavailable as exc:
         body["store"] = "store unavailable"  # the driver's detail (hosts, users) is for the log
         log.warning("readyz: %s", exc)
         problems.append("store")
-    if runtime.store.identity_problem:  # information, not a readiness failure: the store works
+    if runtime.store.db.identity_problem:  # information, not a readiness failure: the store works
         body["store_identity"] = "a new store where another was: see the log"
     if runtime.verifier is not None and not runtime.verifier.has_key:
         body["webhook_key"] = "not fetched yet"  # fetched on the first delivery; not a readiness failure

@@ -96,7 +96,7 @@ class Worker:
             return True  # sweeps appended to the inbox: the decider takes them next
         if self.decider is not None and not turn_given and self._inbox_may_hold():
             self._looked_at, self._heard = self.clock(), False
-            decided = self.decider.decide_once()  # an empty inbox costs one read (store.deciding)
+            decided = self.decider.decide_once()  # an empty inbox costs one read (store.inbox.deciding)
             self._drained = len(decided) < self.decider.batch
             if decided:
                 self._inbox_turn = True  # what it decided may be due now: act on it first
@@ -105,7 +105,7 @@ class Worker:
             if self.decider.kept:  # all it took waits for a key: look again in a while, not at
                 self._inbox_resume_at = self.clock() + KEY_WAIT_SECONDS  # once (a write each time)
         now = self.clock()
-        action_due, timer_due = self.store.due_work(now)
+        action_due, timer_due = self.store.outbox.due_work(now)
         self._next_due = min((t for t in (action_due, timer_due) if t is not None), default=None)
         if (timer_due is not None and timer_due <= now and self.fire_one_timer()) or (
                 self.acts and action_due is not None and action_due <= now and self.actor.act_once()):
@@ -129,9 +129,9 @@ class Worker:
         now = self.clock()
         if every is None or now < self._sweep_look_at:
             return False
-        if self._sweep_behind is not None and not self._drained and self.store.in_inbox(self._sweep_behind):
+        if self._sweep_behind is not None and not self._drained and self.store.inbox.in_inbox(self._sweep_behind):
             return False  # the decider is still busy with what came before the next chunk
-        turn = self.store.sweep_turn(self.worker_id, every, sweeps.CHUNK, sweeps.LEASE_SECONDS)
+        turn = self.store.sweeps.sweep_turn(self.worker_id, every, sweeps.CHUNK, sweeps.LEASE_SECONDS)
         self._sweep_look_at = turn.next_look_at
         self._sweep_behind = turn.last_id if turn.appended and not turn.finished else None
         if turn.appended:
@@ -193,7 +193,7 @@ class Worker:
     def _listen(self, wait: float) -> bool | None:
         """PostgreSQL: wait for an append to the inbox, woken at once by its NOTIFY; None on SQLite."""
         try:
-            return self.store.wait_for_inbox(wait)
+            return self.store.inbox.wait_for_inbox(wait)
         except Exception:  # noqa: BLE001 - never let the wake-up stop the loop; polling still works
             log.exception("waiting for the inbox failed; polling instead")
             return None
@@ -203,7 +203,7 @@ class Worker:
         now = self.clock()
         if self.retention_days <= 0 or (self._pruned_at is not None and now - self._pruned_at < every):
             return 0
-        removed = self.store.prune(now - self.retention_days * 86400)
+        removed = self.store.history.prune(now - self.retention_days * 86400)
         self._pruned_at = now  # only once done: a store outage must not skip retention for an hour
         if removed:
             log.info("pruned %d deliveries older than %g days", removed, self.retention_days)
@@ -219,7 +219,7 @@ class Worker:
             return timer_write(fire_timer(rule_set, pending_timer(row), now, room_state(row.room_id, stored),
                                           acted, acts=self.acts and row.trigger_verified))
 
-        write = self.store.fire_due_timer(decide)
+        write = self.store.timers.fire_due_timer(decide)
         if write is not None:
             metrics.TIMERS.labels(verdict=write.verdict).inc()
             if write.decision is not None:
@@ -232,7 +232,7 @@ class Worker:
         """After a reload: cancel or re-check each pending timer whose rule went or changed."""
         rule_set = self.rules()
         changed = 0
-        for timer_id, name, fingerprint in self.store.pending_timers_by_rule():
+        for timer_id, name, fingerprint in self.store.timers.pending_timers_by_rule():
             rule = rule_set.rule(name)
             if rule is not None and rule.fingerprint == fingerprint:
                 continue  # its rule did not change: nothing to write
@@ -242,7 +242,7 @@ class Worker:
                 return timer_write(recheck_timer(rule_set, pending_timer(row), now,
                                                  room_state(row.room_id, stored)))
 
-            write = self.store.recheck_timer(timer_id, decide)
+            write = self.store.timers.recheck_timer(timer_id, decide)
             if write is not None and write.reason != "unchanged":
                 changed += 1
                 log.info("timer %s after reload: %s (%s)", timer_id, write.verdict, write.reason)

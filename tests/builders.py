@@ -59,8 +59,8 @@ def make_worker(store, clock, base_url: str | None = None, *, rules: RuleSet | R
     if base_url is not None:
         client = VideoSDKClient(base_url, tokens or TokenSource(API_KEY, secret), timeout=timeout)
     current = _current(rules if rules is not None else session_rules())
-    decider = Decider(store, current, acts=True, verifier=None) if decides else None
-    actor = Actor(store, client, policy or RetryPolicy(), current, lease_seconds=lease, worker_id=worker_id,
+    decider = Decider(store.inbox, current, acts=True, verifier=None) if decides else None
+    actor = Actor(store.outbox, store.workers, store.history, client, policy or RetryPolicy(), current, lease_seconds=lease, worker_id=worker_id,
                   clock=clock, rand=HALF, breaker=breaker)
     return Worker(store, current, actor, decider=decider, acts=acts, clock=clock, retention_days=retention_days)
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from service.app import create_app
 from service.config import Settings
-from service.runtime import build_decider
+from service.runtime import build_decider, build_worker, open_store
 
 from .fakeapi import FakeVideoSDK
 from .procs import Processes, free_port
@@ -163,7 +163,18 @@ def make_app(env):
 
     yield make
     for app in apps:
+        for store in app.extensions.get("roomwarden-worker-stores", ()):
+            store.close()
         app.extensions["roomwarden"].close()
+
+
+def worker_beside(app):
+    """A worker over the app's database and rules, with a store of its own as the worker process
+    opens one: the web process's store (a WebStore) has no outbox, timers or sweeps."""
+    runtime = app.extensions["roomwarden"]
+    store = open_store(runtime.settings)
+    app.extensions.setdefault("roomwarden-worker-stores", []).append(store)  # closed with the app
+    return build_worker(runtime.settings, store, runtime.rules)
 
 
 @pytest.fixture
@@ -184,10 +195,10 @@ def ingest(store, delivery, plan):
     `plan`, as the decider does. Rows of other deliveries are left for their own callers."""
     from service.store.inbox import InboxItem
 
-    store.append(InboxItem(id=delivery.id, received_at=delivery.received_at, room_id=delivery.room_id,
+    store.inbox.append(InboxItem(id=delivery.id, received_at=delivery.received_at, room_id=delivery.room_id,
                            body=delivery.body, signature=None, verified=delivery.verified))
     while True:
-        with store.deciding(10_000) as batch:
+        with store.inbox.deciding(10_000) as batch:
             for row in batch.rows:
                 if row.id != delivery.id:
                     batch.keep(row)
@@ -215,9 +226,9 @@ def deliver(store, rules, raw: bytes, *, at: float, verified: bool | None = True
     _, room_id = read_envelope(raw)
     item = InboxItem(id=new_delivery_id(at), received_at=at, room_id=room_id, body=raw.decode("utf-8"),
                      signature=None, verified=verified)
-    store.append(item)
+    store.inbox.append(item)
     current = rules if callable(rules) else (lambda: rules)
-    decided = {d.delivery_id: d for d in Decider(store, current, acts=acts, verifier=None).drain()}
+    decided = {d.delivery_id: d for d in Decider(store.inbox, current, acts=acts, verifier=None).drain()}
     return decided[item.id].receipt
 
 
@@ -234,7 +245,7 @@ def decided(app, response) -> list[dict]:
     decide(app)
     store = app.extensions["roomwarden"].store
     return [{"rule": d["rule"], "action": d["action"], "outcome": d["outcome"], "action_id": d["action_id"]}
-            for d in store.decisions(delivery_id=response.get_json()["delivery"])]
+            for d in store.history.decisions(delivery_id=response.get_json()["delivery"])]
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ import requests
 
 from service.config import Settings
 from service.errors import ConfigError
-from service.runtime import build_worker
 
-from .conftest import Clock, decide, ended, event_body
+from .conftest import Clock, decide, ended, event_body, worker_beside
 from .procs import wait_until_up
 
 TOKEN = "admin-token-for-tests-0123456789"
@@ -90,8 +89,7 @@ def test_actions_by_status(admin_app, sign, fake_api):
         body = ended(room, "s-1")
         client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": sign(body)})
     fake_api.missing_rooms.add("room-bbbb-0002")
-    runtime = admin_app.extensions["roomwarden"]
-    worker = build_worker(runtime.settings, runtime.store, runtime.rules)
+    worker = worker_beside(admin_app)
     while worker.run_once():
         pass
     done = client.get("/api/actions?status=done", headers=AUTH).get_json()["actions"]

@@ -379,13 +379,13 @@ def test_interrupted_leader_leaves_no_work_of_its_own_behind():
 @pytest.fixture
 def store(database_url):
     store = Store.from_url(database_url, Clock(T0))
-    store.migrate()
+    store.db.migrate()
     yield store
     store.close()
 
 
 class Writes:
-    """The store's inbox transactions (what its group commit hands `Store._append_rows`), as
+    """The store's inbox transactions (what its group commit hands `Inbox._append_rows`), as
     inbox ids per call: `calls` every transaction begun, `committed` those that returned. While
     `hold` names an item, the call that carries it waits for `release` before it begins (its
     sender leads)."""
@@ -395,7 +395,7 @@ class Writes:
         self.committed: list[list[str]] = []
         self.hold: str | None = None
         self.entered, self.release = threading.Event(), threading.Event()
-        write = store._appender._write
+        write = store.inbox._appender._write
 
         def spy(items):
             ids = [item.id for item in items]
@@ -407,28 +407,28 @@ class Writes:
             self.committed.append(ids)
             return result
 
-        store._appender._write = spy
+        store.inbox._appender._write = spy
 
 
 def append_behind_blocked_one(store: Store, writes: Writes, items: list) -> tuple[tuple, list]:
     """Append a first item (room-0) whose write waits for `writes.release`; meanwhile append
     each of `items` from its own thread, each queued before the next starts.
     Returns (blocked thread, first item), threads."""
-    queue = observed(store._appender)
+    queue = observed(store.inbox._appender)
     first = inbox_item(room_id="room-0")
     writes.hold = first.id
-    blocked = started(lambda: store.append(first))
+    blocked = started(lambda: store.inbox.append(first))
     assert writes.entered.wait(JOIN_LIMIT), "the first append never reached its write"
     threads = []
     for i, item in enumerate(items):
-        threads.append(started(lambda item=item: store.append(item)))
+        threads.append(started(lambda item=item: store.inbox.append(item)))
         queue.wait_appended(i + 2)
     return (blocked, first), threads
 
 
 def inbox_rows(store: Store) -> list[InboxItem]:
     """What the inbox holds, in arrival order, as the items appended (read by a decider)."""
-    with store.deciding(10_000) as batch:
+    with store.inbox.deciding(10_000) as batch:
         return [InboxItem(**{k: v for k, v in row.__dict__.items() if k != "seq"}) for row in batch.rows]
 
 
@@ -448,7 +448,7 @@ def decide_all(store: Store, plan_for: Callable = plan_of) -> dict:
     """Decide what the inbox holds, in arrival order, in one decider's transaction, each row
     with `plan_for(row)`. Returns each delivery's receipt by id."""
     receipts = {}
-    with store.deciding(10_000) as batch:
+    with store.inbox.deciding(10_000) as batch:
         for row in batch.rows:
             write = plan_for(row)(*batch.room_inputs(row.room_id))
             delivery = new_delivery(id=row.id, at=row.received_at, room_id=row.room_id, body=row.body)
@@ -497,7 +497,7 @@ def test_store_batch_keeps_one_rooms_deliveries_in_order(store):
     assert [t.error for t in threads] == [None, None, None]
     assert list(receipts) == [first.id, *(i.id for i in items)]  # decided in arrival order
     assert seen[items[0].id] == [{}] and seen[items[2].id] == [{"last": items[0].id}]
-    assert store.room("room-9")["state"] == {"last": items[2].id}
+    assert store.history.room("room-9")["state"] == {"last": items[2].id}
     assert row_counts(store) == counts(deliveries=4, decisions=4, actions=4, rooms=3)
 
 
@@ -507,16 +507,16 @@ def test_store_batch_with_one_repeated_id_stores_all_the_others(store):
     IntegrityError, and the row it repeated is untouched."""
     items = [inbox_item(room_id="room-1"), None, inbox_item(room_id="room-3")]
     writes = Writes(store)
-    queue = observed(store._appender)
+    queue = observed(store.inbox._appender)
     first = inbox_item(room_id="room-0", body='{"first": true}')
     writes.hold = first.id
-    blocked = started(lambda: store.append(first))
+    blocked = started(lambda: store.inbox.append(first))
     assert writes.entered.wait(JOIN_LIMIT), "the first append never reached its write"
     items[1] = inbox_item(id=first.id, room_id="room-2", body='{"repeat": true}')
     good1, bad, good3 = items
     threads = []
     for i, item in enumerate(items):
-        threads.append(started(lambda item=item: store.append(item)))
+        threads.append(started(lambda item=item: store.inbox.append(item)))
         queue.wait_appended(i + 2)
 
     writes.release.set()
@@ -531,7 +531,7 @@ def test_store_batch_with_one_repeated_id_stores_all_the_others(store):
     assert isinstance(t_bad.error, (sqlite3.IntegrityError, sqlalchemy.exc.IntegrityError))
     assert inbox_rows(store) == [first, good1, good3]  # the first's body, not the repeat's
     decide_all(store)
-    assert store.room("room-2") is None
+    assert store.history.room("room-2") is None
     assert row_counts(store) == counts(deliveries=3, decisions=3, actions=3, rooms=3)
 
 
@@ -539,7 +539,7 @@ def test_store_locked_database_fails_each_sender_and_keeps_nothing(store, databa
     """Another connection holds SQLite's write lock past the busy timeout: the lone append
     and each sender of the batch queued behind it get their own StoreUnavailable, nothing is
     retried one by one, nothing is kept, and the same store appends once the lock is gone."""
-    if store._sqlite_appender is None:
+    if store.inbox._sqlite_appender is None:
         pytest.skip("SQLite's write lock; on PostgreSQL appends take no lock another writer holds")
     monkeypatch.setattr(store_database, "SQLITE_BUSY_TIMEOUT_MS", 200)  # keep the wait short
     items = [inbox_item(room_id=f"room-{i}") for i in (1, 2, 3)]
@@ -563,7 +563,7 @@ def test_store_locked_database_fails_each_sender_and_keeps_nothing(store, databa
     assert inbox_rows(store) == []
 
     again = inbox_item()
-    store.append(again)
+    store.inbox.append(again)
     assert inbox_rows(store) == [again]
 
 
@@ -594,13 +594,13 @@ def test_store_interrupted_batch_keeps_nothing_and_frees_the_others(store, datab
     sees the interrupt, the other senders get StoreUnavailable, none of the batch is in the
     inbox, and the appender's connection is not left inside a transaction."""
     writes = Writes(store)
-    if store._sqlite_appender is not None:
-        store._sqlite_appender._conn = InterruptBeforeCommit(sqlite_connect(make_url(database_url).database))
+    if store.inbox._sqlite_appender is not None:
+        store.inbox._sqlite_appender._conn = InterruptBeforeCommit(sqlite_connect(make_url(database_url).database))
     else:  # PostgreSQL: the batch is one statement; interrupted while it runs, before any reply
         import service.store.inbox as inbox_module
 
         def run_or_interrupt(conn, statement, values, _run=inbox_module.run):
-            if statement is store._append_pg and len(values["id"]) > 1:
+            if statement is store.inbox._append_pg and len(values["id"]) > 1:
                 raise Interrupt("interrupted mid-statement")
             return _run(conn, statement, values)
 
@@ -621,7 +621,7 @@ def test_store_interrupted_batch_keeps_nothing_and_frees_the_others(store, datab
     assert inbox_rows(store) == [first]
 
     after = inbox_item()
-    store.append(after)
+    store.inbox.append(after)
     assert inbox_rows(store) == [first, after]
 
 
@@ -629,7 +629,7 @@ def test_store_concurrent_appends_all_stored(store):
     """A free-for-all: several threads append for their own rooms at once (batching as it
     happens, on SQLite); every delivery is kept once, each thread's in the order it sent
     them, and each is then decided once with its own receipt."""
-    writes = Writes(store) if store._sqlite_appender is not None else None
+    writes = Writes(store) if store.inbox._sqlite_appender is not None else None
     n_threads, per_thread = 8, 5
     barrier = threading.Barrier(n_threads)
     sent = [[inbox_item(room_id=f"room-{i}") for _ in range(per_thread)] for i in range(n_threads)]
@@ -637,7 +637,7 @@ def test_store_concurrent_appends_all_stored(store):
     def append_some(i: int) -> None:
         barrier.wait(JOIN_LIMIT)
         for item in sent[i]:
-            store.append(item)
+            store.inbox.append(item)
 
     threads = [started(lambda i=i: append_some(i)) for i in range(n_threads)]
     for t in threads:

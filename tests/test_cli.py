@@ -148,11 +148,11 @@ def test_worker_once_decides_the_inbox_and_delivers_due_actions(app, client, sig
     answer = client.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": sign(body)})
     assert answer.status_code == 202
     store = app.extensions["roomwarden"].store
-    assert store.inbox_stats()[0] == 1 and store.delivery(answer.get_json()["delivery"]) is None
+    assert store.inbox.inbox_stats()[0] == 1 and store.history.delivery(answer.get_json()["delivery"]) is None
     result = run("worker", "--once", env=env)
     assert result.returncode == 0, result.stderr
-    assert store.inbox_stats() == (0, None)
-    assert [d["outcome"] for d in store.decisions(delivery_id=answer.get_json()["delivery"])] == ["scheduled"]
+    assert store.inbox.inbox_stats() == (0, None)
+    assert [d["outcome"] for d in store.history.decisions(delivery_id=answer.get_json()["delivery"])] == ["scheduled"]
     assert fake_api.deactivations() == ["abcd-efgh-ijkl"]
     listing = run("actions", "--status", "done", env=env)
     assert "room=abcd-efgh-ijkl rule=close-after-session attempts=1" in listing.stdout.decode()

@@ -35,10 +35,9 @@ from itsdangerous import TimestampSigner
 from service import explain
 from service.dashboard.auth import session_key
 from service.rules.loader import parse_rules
-from service.runtime import build_worker
 from service.store.tables import actions, attempts, decisions, deliveries, rooms, timers
 
-from .conftest import ROOT, decide, ended, event_body, joined, left
+from .conftest import ROOT, decide, ended, event_body, joined, left, worker_beside
 from .fakeapi import Reply
 from .procs import wait_until_up
 
@@ -108,8 +107,7 @@ def post(dash_app, sign):
 
 
 def run_worker(app) -> None:
-    runtime = app.extensions["roomwarden"]
-    worker = build_worker(runtime.settings, runtime.store, runtime.rules)
+    worker = worker_beside(app)
     while worker.run_once():
         pass
 
@@ -120,7 +118,7 @@ def dead_action(dash_app, post, fake_api) -> int:
     fake_api.script("/v2/rooms/deactivate", Reply(500, {"message": "upstream down"}))
     post(ended("room-dead-0001"))
     run_worker(dash_app)
-    [action] = dash_app.extensions["roomwarden"].store.actions(status="dead")
+    [action] = dash_app.extensions["roomwarden"].store.actions.actions(status="dead")
     return action["id"]
 
 
@@ -274,20 +272,20 @@ def test_re_drive_without_the_csrf_token_does_nothing(dash_app, dead_action, for
     client, _ = sign_in(dash_app)
     answer = client.post(f"/dashboard/actions/{dead_action}/redrive", data=form)
     assert answer.status_code == status and "CSRF" in answer.get_json()["error"]
-    assert dash_app.extensions["roomwarden"].store.action(dead_action)["status"] == "dead"
+    assert dash_app.extensions["roomwarden"].store.actions.action(dead_action)["status"] == "dead"
 
 
 def test_a_token_from_another_session_is_refused(dash_app, dead_action):
     client, _ = sign_in(dash_app)
     _, theirs = sign_in(dash_app)
     assert client.post(f"/dashboard/actions/{dead_action}/redrive", data={"csrf": theirs}).status_code == 403
-    assert dash_app.extensions["roomwarden"].store.action(dead_action)["status"] == "dead"
+    assert dash_app.extensions["roomwarden"].store.actions.action(dead_action)["status"] == "dead"
 
 
 def test_re_drive_without_a_session_does_nothing(dash_app, dead_action):
     client = dash_app.test_client()
     assert client.post(f"/dashboard/actions/{dead_action}/redrive", data={"csrf": "x"}).status_code == 403
-    assert dash_app.extensions["roomwarden"].store.action(dead_action)["status"] == "dead"
+    assert dash_app.extensions["roomwarden"].store.actions.action(dead_action)["status"] == "dead"
 
 
 def test_re_drive_a_dead_action(dash_app, dead_action, fake_api):
@@ -298,9 +296,9 @@ def test_re_drive_a_dead_action(dash_app, dead_action, fake_api):
     assert answer.status_code == 303 and answer.headers["Location"] == "/dashboard/actions"
     assert f"Action #{dead_action} is pending again" in client.get("/dashboard/actions").get_data(as_text=True)
     store = dash_app.extensions["roomwarden"].store
-    assert store.action(dead_action)["status"] == "pending"
+    assert store.actions.action(dead_action)["status"] == "pending"
     run_worker(dash_app)
-    assert store.action(dead_action)["status"] == "done" and "room-dead-0001" in fake_api.deactivations()
+    assert store.actions.action(dead_action)["status"] == "done" and "room-dead-0001" in fake_api.deactivations()
     again = client.post(f"/dashboard/actions/{dead_action}/redrive", data={"csrf": csrf})
     assert "is not dead; left as it is" in client.get(again.headers["Location"]).get_data(as_text=True)
 
@@ -370,7 +368,7 @@ def test_the_overview_shows_each_workers_breaker_and_its_next_probe(dash_app, po
     dash, _ = sign_in(dash_app)
     assert "No worker has reported in the last hour" in dash.get("/dashboard/").get_data(as_text=True)
     runtime = dash_app.extensions["roomwarden"]
-    worker = build_worker(runtime.settings, runtime.store, runtime.rules)
+    worker = worker_beside(dash_app)
     assert worker.actor.report_breaker() is True
     assert breakers_of(dash) == [(worker.worker_id, "closed", "")]
     assert worker.actor.report_breaker() is False  # nothing changed: nothing written
@@ -414,7 +412,7 @@ def test_the_overview_shows_the_sweeps_round_rooms_swept_and_the_next(dash_app, 
     runtime.rules.replace(rule_set)
     assert "round none yet" in sweeps_card(dash) and "Every 1h" in sweeps_card(dash)
 
-    worker = build_worker(runtime.settings, runtime.store, runtime.rules)
+    worker = worker_beside(dash_app)
     assert worker.sweep_once() is True
     card = sweeps_card(dash)
     assert re.search(r"round 1, started (just now|\d+s ago), finished (just now|\d+s ago)", card), card
@@ -452,7 +450,7 @@ def test_a_rooms_page_shows_what_explain_prints(dash_app, post, dead_action, fak
         page = client.get(f"/dashboard/rooms/{room}")
         assert page.status_code == 200
         shown = text_of(page)
-        printed = explain.story(room, store.room_story(room), time.time())
+        printed = explain.story(room, store.history.room_story(room), time.time())
         for line in printed[1:]:  # the header's "empty for" moves with the clock
             for part in line.split("  "):
                 assert part.strip() in shown, (room, part)
@@ -468,7 +466,7 @@ def test_a_rooms_page_shows_what_explain_prints(dash_app, post, dead_action, fak
 
 def test_the_story_entries_render_as_the_cli_prints_them(dash_app, post):
     post(joined("room-ssss-0001", "ann"), left("room-ssss-0001", "ann"))
-    rows = dash_app.extensions["roomwarden"].store.room_story("room-ssss-0001")
+    rows = dash_app.extensions["roomwarden"].store.history.room_story("room-ssss-0001")
     story = explain.build("room-ssss-0001", rows, time.time())
     assert story.text() == explain.story("room-ssss-0001", rows, time.time())
     conditions = [line for entry in story.entries for line in entry.lines if line.kind == "condition"]
@@ -479,7 +477,7 @@ def test_try_an_event_shows_the_trace_and_changes_nothing(dash_app, post):
     client, csrf = sign_in(dash_app)
     store = dash_app.extensions["roomwarden"].store
     assert "participant-left" in client.get("/dashboard/try").get_data(as_text=True)  # an example to start from
-    before = (len(store.deliveries(limit=500)), store.counts())
+    before = (len(store.history.deliveries(limit=500)), store.actions.counts())
     answer = client.post("/dashboard/try", data={"csrf": csrf, "body": left("room-tttt-0001", "ann").decode()})
     assert answer.status_code == 200
     shown = text_of(answer)
@@ -497,7 +495,7 @@ def test_try_an_event_shows_the_trace_and_changes_nothing(dash_app, post):
     assert ("unreadable (data.meetingId: Missing data for required field.; data.sessionId: Missing data for "
             "required field.): kept, never decided on") in text_of(unread)
     assert "rule close-" not in text_of(unread)
-    assert (len(store.deliveries(limit=500)), store.counts()) == before
+    assert (len(store.history.deliveries(limit=500)), store.actions.counts()) == before
     assert client.post("/dashboard/try", data={"body": "{}"}).status_code == 400  # CSRF
 
 
@@ -532,10 +530,10 @@ def test_the_dashboard_reads_on_each_database(database_url):
     from service.store import Store
 
     store = Store.from_url(database_url)
-    store.migrate()
+    store.db.migrate()
     since = 1_800_000_000.0  # a whole minute
     times = [since + 10, since + 70, since + 75, since + 179.9, since + 180, since - 0.5]
-    with store.engine.begin() as conn:
+    with store.db.engine.begin() as conn:
         conn.execute(deliveries.insert(), [delivery_row(i, at, f"room-{i}") for i, at in enumerate(times)])
         conn.execute(actions.insert(), [
             {"id": i + 1, "key": f"k{i}", "kind": "deactivate", "room_id": f"room-{i}", "session_id": "s1",
@@ -557,28 +555,28 @@ def test_the_dashboard_reads_on_each_database(database_url):
         conn.execute(timers.insert(), [{"key": "t", "rule": "r", "fingerprint": "f", "room_id": "room-4",
                                         "session_id": "s1", "action": "deactivate", "delivery_id": f"{4:032d}",
                                         "started_at": since, "due_at": since + 600, "status": "pending"}])
-    series = store.activity(since, 3)
+    series = store.pages.activity(since, 3)
     assert series["deliveries"] == series["decisions"] == series["actions"] == [1, 2, 1]  # not since+180, since-0.5
     assert series["attempts"] == [2, 1, 0]
     assert series["latency_avg"] == [20.0, 5.0, None] and series["latency_max"] == [30.0, 5.0, None]
-    assert store.decision_counts() == {"r": {"duplicate": 2, "scheduled": 2}, "q": {"scheduled": 2}}
+    assert store.pages.decision_counts() == {"r": {"duplicate": 2, "scheduled": 2}, "q": {"scheduled": 2}}
 
     order = [f"room-{i}" for i in (5, 2, 4, 1, 3, 0)]  # updated_at descending, then room id descending
-    page, after = store.rooms_page(limit=4)
+    page, after = store.pages.rooms_page(limit=4)
     assert [r["room_id"] for r in page] == order[:4] and after.endswith("~" + order[3])
-    rest, end = store.rooms_page(limit=4, after=after)
+    rest, end = store.pages.rooms_page(limit=4, after=after)
     assert [r["room_id"] for r in rest] == order[4:] and end is None
-    assert store.rooms_page(limit=4, after=order[3])[0] == rest  # a bare room id, from an older link
+    assert store.pages.rooms_page(limit=4, after=order[3])[0] == rest  # a bare room id, from an older link
     with pytest.raises(ValueError):
-        store.rooms_page(limit=4, after="soon~room-1")
-    [with_timer], _ = store.rooms_page(limit=4, with_timers=True)
+        store.pages.rooms_page(limit=4, after="soon~room-1")
+    [with_timer], _ = store.pages.rooms_page(limit=4, with_timers=True)
     assert with_timer["room_id"] == "room-4" and [t["key"] for t in with_timer["timers"]] == ["t"]
     assert [a["status"] for a in with_timer["actions"]] == ["done"]
-    assert store.count_rooms() == 6 and store.count_rooms(with_timers=True) == 1
+    assert store.pages.count_rooms() == 6 and store.pages.count_rooms(with_timers=True) == 1
 
-    dead, before = store.actions_page(status="dead", limit=2)
+    dead, before = store.pages.actions_page(status="dead", limit=2)
     assert [a["id"] for a in dead] == [6, 4] and before == 4
-    more, before = store.actions_page(status="dead", limit=2, before=before)
+    more, before = store.pages.actions_page(status="dead", limit=2, before=before)
     assert [a["id"] for a in more] == [2] and before is None
     store.close()
 
@@ -592,7 +590,7 @@ def test_every_page_renders_on_each_database(make_app, rules_file, database_url,
         answer = webhook.post("/webhooks/videosdk", data=body, headers={"videosdk-signature": sign(body)})
         assert answer.status_code == 202
     run_worker(app)  # decides the four deliveries, then carries out the actions they scheduled
-    assert app.extensions["roomwarden"].store.inbox_stats() == (0, None)
+    assert app.extensions["roomwarden"].store.inbox.inbox_stats() == (0, None)
     client, csrf = sign_in(app)
     for path in PAGES + ["/dashboard/rooms/room-aaaa-0001", "/dashboard/rooms/room-bbbb-0002"]:
         assert client.get(path).status_code == 200, path
@@ -669,7 +667,7 @@ def fill(engine, now: float) -> dict:
 def test_every_page_renders_with_100k_deliveries_and_10k_rooms(dash_app):
     store = dash_app.extensions["roomwarden"].store
     started = time.perf_counter()
-    made = fill(store.engine, time.time())
+    made = fill(store.db.engine, time.time())
     fill_seconds = time.perf_counter() - started
     assert made["deliveries"] == N_DELIVERIES and made["rooms"] == N_ROOMS
     client, csrf = sign_in(dash_app)

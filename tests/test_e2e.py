@@ -46,9 +46,9 @@ def test_signed_events_become_deactivate_calls(processes, fake_api, sign, tmp_pa
     assert statuses == [202] * 6 + [202, 401, 400]
     assert fake_api.wait_for(lambda: sorted(fake_api.deactivations()) == rooms), fake_api.calls
     store = Store.from_url(processes.env["DATABASE_URL"])
-    assert fake_api.wait_for(lambda: store.counts() == {"done": 3}), store.actions()
-    assert len(store.deliveries()) == 7  # every 2xx, duplicates included; no 4xx
-    assert all(a["attempts"] == 1 for a in store.actions())
+    assert fake_api.wait_for(lambda: store.actions.counts() == {"done": 3}), store.actions.actions()
+    assert len(store.history.deliveries()) == 7  # every 2xx, duplicates included; no 4xx
+    assert all(a["attempts"] == 1 for a in store.actions.actions())
     # Each call carried a token the fake accepted, so nothing was retried for auth.
     assert all(c.auth_error is None for c in fake_api.calls_to("/v2/rooms/deactivate"))
     store.close()
@@ -75,8 +75,8 @@ def test_a_killed_worker_loses_nothing(processes, fake_api, sign):
 
     assert fake_api.wait_for(lambda: fake_api.deactivations() == ["kill-kill-0001"], timeout=30)
     store = Store.from_url(processes.env["DATABASE_URL"])
-    assert fake_api.wait_for(lambda: store.counts() == {"done": 1})
-    [action] = store.actions()
+    assert fake_api.wait_for(lambda: store.actions.counts() == {"done": 1})
+    [action] = store.actions.actions()
     assert action["attempts"] == 2  # the killed claim, then the one that succeeded
     store.close()
 
@@ -122,12 +122,12 @@ def test_the_shipped_flagship_rule_against_each_documented_answer(processes, fak
     store = Store.from_url(processes.env["DATABASE_URL"])
     try:
         assert fake_api.wait_for(lambda: fake_api.deactivations() == [emptied], timeout=30), fake_api.calls
-        assert fake_api.wait_for(lambda: {a["room_id"]: a["status"] for a in store.actions()} ==
-                                 {emptied: "done", busy: "cancelled"}, timeout=30), store.actions()
-        [cancelled] = store.actions(room_id=busy)
+        assert fake_api.wait_for(lambda: {a["room_id"]: a["status"] for a in store.actions.actions()} ==
+                                 {emptied: "done", busy: "cancelled"}, timeout=30), store.actions.actions()
+        [cancelled] = store.actions.actions(room_id=busy)
         assert "confirm: 1 participant(s) active in session sess-b" in cancelled["last_error"]
-        [done] = store.actions(room_id=emptied)
-        [attempt] = store.attempts(done["id"])
+        [done] = store.actions.actions(room_id=emptied)
+        [attempt] = store.actions.attempts(done["id"])
         assert attempt["answer"] == {"disabled": True, "roomId": emptied} and attempt["doubt"] is None
     finally:
         store.close()
@@ -137,7 +137,7 @@ def test_the_shipped_flagship_rule_against_each_documented_answer(processes, fak
 def _claimed(url: str) -> bool:
     store = Store.from_url(url)
     try:
-        return any(a["lease_owner"] for a in store.actions())
+        return any(a["lease_owner"] for a in store.actions.actions())
     finally:
         store.close()
 
@@ -292,12 +292,12 @@ def test_a_room_whose_leave_was_dropped_is_closed_by_a_sweep_the_api_confirms(pr
     store = Store.from_url(processes.env["DATABASE_URL"])
     try:
         assert fake_api.wait_for(lambda: fake_api.deactivations() == [dropped], timeout=60), fake_api.calls
-        assert fake_api.wait_for(lambda: {a["room_id"]: a["status"] for a in store.actions()} ==
-                                 {dropped: "done", live: "cancelled"}, timeout=30), store.actions()
-        [cancelled] = store.actions(room_id=live)
+        assert fake_api.wait_for(lambda: {a["room_id"]: a["status"] for a in store.actions.actions()} ==
+                                 {dropped: "done", live: "cancelled"}, timeout=30), store.actions.actions()
+        [cancelled] = store.actions.actions(room_id=live)
         assert "VideoSDK lists live session sess-l" in cancelled["last_error"]
-        assert store.room(dropped)["closed_at"] is not None  # and is never swept again
-        swept = [d for d in store.decisions(room_id=protected)]
+        assert store.history.room(dropped)["closed_at"] is not None  # and is never swept again
+        swept = [d for d in store.history.decisions(room_id=protected)]
         assert swept and all(d["outcome"] != "scheduled" for d in swept), swept
     finally:
         store.close()

@@ -113,7 +113,7 @@ def wait_until_decided(store: Store, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if store.inbox_stats()[0] == 0:
+            if store.inbox.inbox_stats()[0] == 0:
                 return True
         except StoreUnavailable:  # SQLite locked past its timeout on a loaded machine: look again
             pass
@@ -126,17 +126,17 @@ def whereabouts(store: Store, ids) -> dict[str, str | None]:
     """Where each delivery is: "decided" (in `deliveries`), "inbox" (kept, not decided yet) or
     None: lost. The inbox is read first: the decider moves a row from it to `deliveries` in one
     transaction, so a row that moves meanwhile is seen in one or the other, never in neither."""
-    with store.engine.connect() as conn:
+    with store.db.engine.connect() as conn:
         kept = {delivery for (delivery,) in conn.execute(text("SELECT id FROM inbox"))}
-    return {delivery: "decided" if store.delivery(delivery) is not None else "inbox" if delivery in kept else None
+    return {delivery: "decided" if store.history.delivery(delivery) is not None else "inbox" if delivery in kept else None
             for delivery in ids}
 
 
 def decided_as(store: Store) -> dict[str, list[str]]:
     """Every decided delivery, with the outcomes of its decision rows in the order made ([]: none).
     What the webhook's answer carried when it decided in the request."""
-    outcomes: dict[str, list[str]] = {d["id"]: [] for d in store.deliveries(limit=1_000_000)}
-    for decision in store.decisions():
+    outcomes: dict[str, list[str]] = {d["id"]: [] for d in store.history.deliveries(limit=1_000_000)}
+    for decision in store.history.decisions():
         outcomes.setdefault(decision["delivery_id"], []).append(decision["outcome"])
     return outcomes
 
@@ -390,7 +390,7 @@ def run_trial(seed: int, workdir: Path, public_pem: str, sign, rules_file: Path)
                 # one logged and not in `deliveries` shows the kill fell in the batch and undid it.
                 log = Path(worker.log_path).read_text(errors="replace")
                 logged = set(re.findall(r'"delivery": "([0-9a-f]+)"', log))
-                trial["decided_then_rolled_back"] = sum(1 for d in logged if store.delivery(d) is None)
+                trial["decided_then_rolled_back"] = sum(1 for d in logged if store.history.delivery(d) is None)
             time.sleep(down_for)
             worker = procs.start("worker")
 
@@ -420,7 +420,7 @@ def run_trial(seed: int, workdir: Path, public_pem: str, sign, rules_file: Path)
         # Decided behind the request: once the (restarted) worker's decider has emptied the
         # inbox, every acknowledged delivery is in `deliveries`, decided exactly once.
         if not wait_until_decided(store, 60):
-            problems.append(f"inbox not emptied within 60 s: {store.inbox_stats()[0]} deliveries undecided")
+            problems.append(f"inbox not emptied within 60 s: {store.inbox.inbox_stats()[0]} deliveries undecided")
         where = whereabouts(store, [r["delivery"] for _, r in acks])
         lost = sorted(set(lost_at_kill) | {d for d, w in where.items() if w is None})
         trial["lost"] = len(lost)
@@ -442,15 +442,15 @@ def run_trial(seed: int, workdir: Path, public_pem: str, sign, rules_file: Path)
 
         def settled() -> bool:
             calls = collections.Counter(fake.deactivations())
-            actions = store.actions(limit=10_000)
+            actions = store.actions.actions(limit=10_000)
             return acked_rooms <= set(calls) and bool(actions) and all(
                 a["status"] != "pending" for a in actions)
 
         if not fake.wait_for(settled, timeout=30):
-            problems.append(f"not settled: actions {store.counts()}, "
+            problems.append(f"not settled: actions {store.actions.counts()}, "
                             f"{len(acked_rooms - set(fake.deactivations()))} rooms not deactivated")
-        actions = {a["room_id"]: a for a in store.actions(limit=10_000)}
-        counts = store.counts()
+        actions = {a["room_id"]: a for a in store.actions.actions(limit=10_000)}
+        counts = store.actions.counts()
         if counts != {"done": len(acked_rooms)}:
             problems.append(f"actions by status {counts}, expected {len(acked_rooms)} done and none pending")
         if set(actions) != acked_rooms:
@@ -470,7 +470,7 @@ def run_trial(seed: int, workdir: Path, public_pem: str, sign, rules_file: Path)
         trial["repeated_calls"] = sum(calls[room] - 1 for room in repeated)
         after_kill = []
         for room, action in actions.items():
-            recorded = store.attempts(action["id"])
+            recorded = store.actions.attempts(action["id"])
             unrecorded = action["attempts"] - len(recorded)
             unanswered = sum(1 for a in recorded if a["http_status"] is None)
             if unrecorded and target != "worker":
@@ -573,22 +573,22 @@ def test_api_down_then_back_completes_every_action_once(processes, fake_api, sig
 
     store = Store.from_url(processes.env["DATABASE_URL"])
     try:
-        assert fake_api.wait_for(lambda: store.counts() == {"done": len(rooms)}, timeout=90), \
-            (store.counts(), [(c.path, c.status) for c in fake_api.calls])
+        assert fake_api.wait_for(lambda: store.actions.counts() == {"done": len(rooms)}, timeout=90), \
+            (store.actions.counts(), [(c.path, c.status) for c in fake_api.calls])
         statuses = [c.status for c in fake_api.calls_to(DEACTIVATE)]
         assert statuses.count(503) == failures  # the outage was really seen...
         assert sorted(fake_api.deactivations()) == rooms  # ...and then each room once, with a 200
         made = len(fake_api.calls_to(DEACTIVATE))
         time.sleep(1.0)  # the worker keeps polling: nothing more is called
         assert len(fake_api.calls_to(DEACTIVATE)) == made == failures + len(rooms)
-        for action in store.actions():
-            recorded = store.attempts(action["id"])
+        for action in store.actions.actions():
+            recorded = store.actions.attempts(action["id"])
             # Every call recorded, in order: the 503s, then the one 200; claims match records.
             assert [a["http_status"] for a in recorded][-1] == 200
             assert set(a["http_status"] for a in recorded[:-1]) <= {503}
             assert action["attempts"] == len(recorded)
             assert [a["outcome"] for a in recorded] == ["retry"] * (len(recorded) - 1) + ["done"]
-        assert sum(len(store.attempts(a["id"])) for a in store.actions()) == failures + len(rooms)
+        assert sum(len(store.actions.attempts(a["id"])) for a in store.actions.actions()) == failures + len(rooms)
     finally:
         store.close()
 
@@ -934,19 +934,19 @@ def test_no_key_at_start_keeps_deliveries_unverified_then_verifies_and_decides_t
         assert fake_api.wait_for(lambda: len(fake_api.calls_to("/v2/public/rsa-public-key")) > fetches,
                                  timeout=30), "nothing tried the key endpoint again"
         time.sleep(0.5)
-        assert store.deliveries() == [] and store.has_undecided()
-        assert store.inbox_stats()[0] == len(rooms) + 1
+        assert store.history.deliveries() == [] and store.inbox.has_undecided()
+        assert store.inbox.inbox_stats()[0] == len(rooms) + 1
         assert fake_api.deactivations(status=None) == []
 
         fake_api.serve_public_key = True
         # The worker fetches the key, verifies what it kept, and decides it: each room deactivated.
-        assert wait_until_decided(store, 60), f"{store.inbox_stats()[0]} deliveries still undecided"
+        assert wait_until_decided(store, 60), f"{store.inbox.inbox_stats()[0]} deliveries still undecided"
         assert any(c.status == 200 for c in fake_api.calls_to("/v2/public/rsa-public-key"))
-        assert {d["id"] for d in store.deliveries()} == set(accepted.values()) | set(forged)
+        assert {d["id"] for d in store.history.deliveries()} == set(accepted.values()) | set(forged)
         for room, delivery in accepted.items():
-            row = store.delivery(delivery)
+            row = store.history.delivery(delivery)
             assert (row["room_id"], bool(row["verified"]), row["problem"]) == (room, True, None), row
-            assert [d["outcome"] for d in store.decisions(delivery_id=delivery)] == ["scheduled"], room
+            assert [d["outcome"] for d in store.history.decisions(delivery_id=delivery)] == ["scheduled"], room
         assert fake_api.wait_for(lambda: sorted(fake_api.deactivations()) == rooms, timeout=30)
 
         # Once the web processes have the key, a forged signature is refused for what it is: 401.
@@ -963,15 +963,15 @@ def test_no_key_at_start_keeps_deliveries_unverified_then_verifies_and_decides_t
         assert r.status_code == 401, (r.status_code, r.text)
 
         # Every forged body kept while no key could be had is recorded as refused, never acted on.
-        assert wait_until_decided(store, 60), f"{store.inbox_stats()[0]} deliveries still undecided"
+        assert wait_until_decided(store, 60), f"{store.inbox.inbox_stats()[0]} deliveries still undecided"
         for delivery in forged:
-            row = store.delivery(delivery)
+            row = store.history.delivery(delivery)
             assert row is not None, f"forged delivery {delivery} lost"
             assert row["room_id"] == forged_room and not row["verified"], row
             assert (row["problem"] or "").startswith("refused: "), row["problem"]
-            assert store.decisions(delivery_id=delivery) == []
-        assert store.decisions(room_id=forged_room) == [] and store.room(forged_room) is None
-        assert store.actions(room_id=forged_room) == []
+            assert store.history.decisions(delivery_id=delivery) == []
+        assert store.history.decisions(room_id=forged_room) == [] and store.history.room(forged_room) is None
+        assert store.actions.actions(room_id=forged_room) == []
         time.sleep(0.5)  # a late call would show up here
         assert sorted(fake_api.deactivations(status=None)) == rooms  # each once, the forged room never
     finally:

@@ -54,7 +54,7 @@ def clock() -> Clock:
 @pytest.fixture
 def store(tmp_path, clock):
     store = Store.from_url(f"sqlite:///{tmp_path}/ops.db", clock)
-    store.migrate()
+    store.db.migrate()
     yield store
     store.close()
 
@@ -261,7 +261,7 @@ def test_an_answer_about_the_room_resets_the_count(status):
 
 def outbox(store, ids) -> dict[int, tuple]:
     """Each action: (status, attempts, lease_owner)."""
-    return {i: (a["status"], a["attempts"], a["lease_owner"]) for i in ids for a in [store.action(i)]}
+    return {i: (a["status"], a["attempts"], a["lease_owner"]) for i in ids for a in [store.actions.action(i)]}
 
 
 def test_an_open_breaker_holds_the_outbox_then_one_trial_then_it_drains(fake_api, store, clock, captured):
@@ -286,7 +286,7 @@ def test_an_open_breaker_holds_the_outbox_then_one_trial_then_it_drains(fake_api
         assert worker.run_once() is False
     assert len(fake_api.calls) == 3  # no more calls
     assert outbox(store, ids) == held  # nothing dropped, no attempt burnt, no lease held
-    assert all(len(store.attempts(i)) == n for i, n in zip(ids, [1, 1, 1, 0, 0]))
+    assert all(len(store.actions.attempts(i)) == n for i, n in zip(ids, [1, 1, 1, 0, 0]))
 
     # After the cooldown: one trial call. Still 503: open again, for twice as long.
     clock.now = T0 + 30
@@ -306,8 +306,8 @@ def test_an_open_breaker_holds_the_outbox_then_one_trial_then_it_drains(fake_api
     assert sorted(fake_api.deactivations()) == rooms  # each room once
     assert len(fake_api.calls) == 9  # 3 + the failed trial + 5
     # the trial went to the most overdue action (never tried: due T0); each failure cost one attempt only
-    assert {i: store.action(i)["status"] for i in ids} == {i: "done" for i in ids}
-    assert [store.action(i)["attempts"] for i in ids] == [2, 2, 2, 2, 1]
+    assert {i: store.actions.action(i)["status"] for i in ids} == {i: "done" for i in ids}
+    assert [store.actions.action(i)["attempts"] for i in ids] == [2, 2, 2, 2, 1]
 
     warnings = [r["msg"] for r in captured.lines() if r["level"] == "warning" and "circuit breaker" in r["msg"]]
     assert warnings == ["circuit breaker closed -> open after HTTP 503",
@@ -337,9 +337,9 @@ def test_an_open_breaker_probes_the_api_and_actions_flow_within_15_s_of_its_retu
         if back_at is None and len(fake_api.calls_to(probe)) == 3:
             back_at = clock.now  # the API answers from here on (nothing more is scripted)
         worker.run_once()
-        if store.action(action_id)["status"] == "done":
+        if store.actions.action(action_id)["status"] == "done":
             break
-    assert store.action(action_id)["status"] == "done"
+    assert store.actions.action(action_id)["status"] == "done"
     assert back_at is not None and clock.now - back_at <= 15
     assert [c.status for c in fake_api.calls_to(probe)] == [503, 503, 503, 200]
     assert [c.status for c in fake_api.calls_to(DEACTIVATE)] == [503, 200]  # no call while it was open
@@ -359,9 +359,9 @@ def test_an_open_breaker_still_lets_timers_fire(fake_api, store, clock):
 
     clock.now = T0 + 301
     assert worker.run_once() is True  # the timer fires: no API call needed
-    assert store.timers(room_id="room-t")[0]["status"] == "fired"
+    assert store.history.timers(room_id="room-t")[0]["status"] == "fired"
     assert worker.run_once() is False  # its action waits for the breaker, like the others
-    [action] = store.actions(room_id="room-t")
+    [action] = store.actions.actions(room_id="room-t")
     assert (action["status"], action["attempts"]) == ("pending", 0)
     assert len(fake_api.calls) == 1
 
@@ -379,7 +379,7 @@ def test_a_half_open_trial_with_nothing_due_is_given_back(fake_api, store, clock
     clock.now = T0 + 1.5
     assert worker.run_once() is True  # the trial call
     assert breaker.state == "closed"
-    assert store.action(action_id)["status"] == "done"
+    assert store.actions.action(action_id)["status"] == "done"
     assert len(fake_api.calls) == 2
 
 
@@ -392,7 +392,7 @@ def test_a_store_outage_while_claiming_the_trial_does_not_wedge_the_breaker(fake
     assert breaker.state == "open"
 
     clock.now = T0 + 10  # half-open: the next allow() is the trial
-    real = store.claim
+    real = store.outbox.claim
     outages = iter([StoreUnavailable("store unavailable: database is locked")])
 
     def flaky(*args, **kwargs):
@@ -400,13 +400,13 @@ def test_a_store_outage_while_claiming_the_trial_does_not_wedge_the_breaker(fake
             raise exc
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(store, "claim", flaky)
+    monkeypatch.setattr(store.outbox, "claim", flaky)
     with pytest.raises(StoreUnavailable):
         worker.run_once()  # run() logs this, waits, and calls run_once again
 
     clock.now = T0 + 3600  # the store is back, and long past any cooldown
     assert worker.run_once() is True  # the trial call is made
-    assert store.action(action_id)["status"] == "done"
+    assert store.actions.action(action_id)["status"] == "done"
 
 
 # == 3. retention ==============================================================================
@@ -443,33 +443,33 @@ def test_prune_deletes_old_traffic_and_keeps_what_caused_an_action_or_a_timer(fa
                              participantId="p")
     rejoin = deliver(store, rules, old + 9, "participant-joined", meetingId="room-e", sessionId="s-e",
                      participantId="p")
-    assert [t["status"] for t in store.timers(room_id="room-d")] == ["pending"]
-    assert [t["status"] for t in store.timers(room_id="room-e")] == ["cancelled"]
+    assert [t["status"] for t in store.history.timers(room_id="room-d")] == ["pending"]
+    assert [t["status"] for t in store.history.timers(room_id="room-e")] == ["cancelled"]
     assert rejoin.cancelled and not rejoin.decisions
-    actions_before, timers_before = store.actions(), store.timers()
-    attempts_before = {a["id"]: store.attempts(a["id"]) for a in actions_before}
-    rooms_before = {room: store.room(room) for room in ("room-a", "room-b", "room-c", "room-d", "room-e")}
+    actions_before, timers_before = store.actions.actions(), store.history.timers()
+    attempts_before = {a["id"]: store.actions.attempts(a["id"]) for a in actions_before}
+    rooms_before = {room: store.history.room(room) for room in ("room-a", "room-b", "room-c", "room-d", "room-e")}
     assert len(actions_before) == 2 and all(len(a) == 1 for a in attempts_before.values())
 
-    removed = store.prune(T0 - DAY, batch=batch)
+    removed = store.history.prune(T0 - DAY, batch=batch)
 
     assert removed == 6  # the duplicate, the unknown event, and the joins
-    kept = {d["id"] for d in store.deliveries(limit=1000)}
+    kept = {d["id"] for d in store.history.deliveries(limit=1000)}
     assert kept == {acted.delivery_id, left.delivery_id, pending_left.delivery_id, cancelled_left.delivery_id,
                     recent.delivery_id}
     for gone in (duplicate, joined, unknown, pending_join, cancelled_join, rejoin):
-        assert store.delivery(gone.delivery_id) is None
-        assert store.decisions(delivery_id=gone.delivery_id) == []
-    assert [d["outcome"] for d in store.decisions(delivery_id=acted.delivery_id)] == ["scheduled"]
-    assert sorted(d["outcome"] for d in store.decisions(delivery_id=left.delivery_id)) == [
+        assert store.history.delivery(gone.delivery_id) is None
+        assert store.history.decisions(delivery_id=gone.delivery_id) == []
+    assert [d["outcome"] for d in store.history.decisions(delivery_id=acted.delivery_id)] == ["scheduled"]
+    assert sorted(d["outcome"] for d in store.history.decisions(delivery_id=left.delivery_id)) == [
         "scheduled", "timer-started"]  # the timer's own decision, and the one made when it fired
     for timer_started in (pending_left, cancelled_left):
-        assert [d["outcome"] for d in store.decisions(delivery_id=timer_started.delivery_id)] == ["timer-started"]
-    assert store.actions() == actions_before
-    assert store.timers() == timers_before
-    assert {a["id"]: store.attempts(a["id"]) for a in actions_before} == attempts_before
-    assert {room: store.room(room) for room in rooms_before} == rooms_before
-    assert store.prune(T0 - DAY, batch=batch) == 0  # nothing more to do
+        assert [d["outcome"] for d in store.history.decisions(delivery_id=timer_started.delivery_id)] == ["timer-started"]
+    assert store.actions.actions() == actions_before
+    assert store.history.timers() == timers_before
+    assert {a["id"]: store.actions.attempts(a["id"]) for a in actions_before} == attempts_before
+    assert {room: store.history.room(room) for room in rooms_before} == rooms_before
+    assert store.history.prune(T0 - DAY, batch=batch) == 0  # nothing more to do
 
 
 def test_prune_keeps_everything_received_at_or_after_the_cutoff(store):
@@ -477,9 +477,9 @@ def test_prune_keeps_everything_received_at_or_after_the_cutoff(store):
     at_cutoff = deliver(store, rules, T0, "participant-joined", meetingId="r", sessionId="s", participantId="p")
     before = deliver(store, rules, T0 - 0.001, "participant-joined", meetingId="r", sessionId="s",
                      participantId="q")
-    assert store.prune(T0) == 1
-    assert store.delivery(before.delivery_id) is None
-    assert store.delivery(at_cutoff.delivery_id) is not None
+    assert store.history.prune(T0) == 1
+    assert store.history.delivery(before.delivery_id) is None
+    assert store.history.delivery(at_cutoff.delivery_id) is not None
 
 
 def joined_at(store, at: float, room: str = "room-p") -> str:
@@ -494,17 +494,17 @@ def test_worker_prunes_at_most_once_an_interval(store, clock, captured):
     half_day = joined_at(store, T0 - 0.5 * DAY)
 
     assert worker.prune_if_due() == 1
-    assert store.delivery(two_days) is None and store.delivery(half_day) is not None
+    assert store.history.delivery(two_days) is None and store.history.delivery(half_day) is not None
     assert any(r["msg"] == "pruned 1 deliveries older than 1 days" for r in captured.lines())
 
     three_days = joined_at(store, T0 - 3 * DAY)
     clock.now = T0 + 3599.99
     assert worker.prune_if_due() == 0  # pruned less than an hour ago: not again yet
-    assert store.delivery(three_days) is not None
+    assert store.history.delivery(three_days) is not None
     clock.now = T0 + 3600
     assert worker.prune_if_due() == 1
-    assert store.delivery(three_days) is None
-    assert store.delivery(half_day) is not None  # still younger than a day
+    assert store.history.delivery(three_days) is None
+    assert store.history.delivery(half_day) is not None  # still younger than a day
     assert worker.prune_if_due() == 0
 
 
@@ -514,7 +514,7 @@ def test_worker_prunes_on_its_own_interval_argument(store, clock):
     old = joined_at(store, T0 - 2 * DAY)
     clock.now = T0 + 59
     assert worker.prune_if_due(every=60) == 0
-    assert store.delivery(old) is not None
+    assert store.history.delivery(old) is not None
     clock.now = T0 + 60
     assert worker.prune_if_due(every=60) == 1
 
@@ -525,7 +525,7 @@ def test_retention_0_never_prunes(store, clock):
     for now in (T0, T0 + 3600, T0 + 365 * DAY):
         clock.now = now
         assert worker.prune_if_due() == 0
-    assert store.delivery(ancient) is not None
+    assert store.history.delivery(ancient) is not None
 
 
 def test_run_prunes_as_it_works(store, clock):
@@ -535,7 +535,7 @@ def test_run_prunes_as_it_works(store, clock):
     thread = threading.Thread(target=worker.run, args=(stop, 0.02), daemon=True)
     thread.start()
     try:
-        gone = _wait_for(lambda: store.delivery(old) is None)
+        gone = _wait_for(lambda: store.history.delivery(old) is None)
     finally:
         stop.set()
         thread.join(timeout=10)
@@ -561,7 +561,7 @@ def cli_env(env, tmp_path) -> dict[str, str]:
 def test_prune_command_reports_what_it_deleted(cli_env):
     # Deliveries written an hour ago (the store's clock says so), on the file the command opens.
     store = Store.from_url(cli_env["DATABASE_URL"], lambda: time.time() - 3600)
-    store.migrate()
+    store.db.migrate()
     try:
         hour_ago = time.time() - 3600
         rules = parse(SESSION_RULES)
@@ -575,8 +575,8 @@ def test_prune_command_reports_what_it_deleted(cli_env):
         assert result.returncode == 0, result.stderr
         assert result.stdout.decode().strip() == (
             "pruned 2 deliveries older than 1s; actions and what caused them are kept")
-        assert [d["id"] for d in store.deliveries()] == [acted.delivery_id]
-        assert len(store.actions()) == 1
+        assert [d["id"] for d in store.history.deliveries()] == [acted.delivery_id]
+        assert len(store.actions.actions()) == 1
 
         again = run_cli("prune", "--older-than", "1s", env=cli_env)
         assert again.returncode == 0
@@ -587,7 +587,7 @@ def test_prune_command_reports_what_it_deleted(cli_env):
 
 def test_prune_command_without_an_age_when_retention_is_0_exits_2(cli_env):
     store = Store.from_url(cli_env["DATABASE_URL"])
-    store.migrate()
+    store.db.migrate()
     try:
         old = joined_at(store, time.time() - 1000 * DAY)
 
@@ -596,7 +596,7 @@ def test_prune_command_without_an_age_when_retention_is_0_exits_2(cli_env):
         assert result.returncode == 2
         assert "RETENTION_DAYS is 0" in result.stderr.decode()
         assert result.stdout == b""
-        assert store.delivery(old) is not None  # nothing deleted
+        assert store.history.delivery(old) is not None  # nothing deleted
     finally:
         store.close()
 
@@ -631,7 +631,7 @@ def log_records(path: Path) -> list[dict]:
 
 def test_sigterm_mid_call_finishes_and_records_the_call_then_exits_0(cli_env, fake_api, tmp_path):
     store = Store.from_url(cli_env["DATABASE_URL"])
-    store.migrate()
+    store.db.migrate()
     action_id = add_action(store, "room-slow", at=time.time())
     second = add_action(store, "room-next", at=time.time() + 1)
     # The call takes 2 s, and its 2 s only start once SIGTERM has been sent: the signal is
@@ -653,7 +653,7 @@ def test_sigterm_mid_call_finishes_and_records_the_call_then_exits_0(cli_env, fa
     process = start_worker(cli_env, log_path, VIDEOSDK_TIMEOUT_SECONDS="10", ACTION_LEASE_SECONDS="30")
     try:
         assert arrived.wait(timeout=60), log_path.read_text()
-        assert store.action(action_id)["lease_owner"]  # claimed, and mid-call
+        assert store.actions.action(action_id)["lease_owner"]  # claimed, and mid-call
         os.kill(process.pid, signal.SIGTERM)
         signalled.set()
         returncode = process.wait(timeout=call_time + 15)
@@ -665,12 +665,12 @@ def test_sigterm_mid_call_finishes_and_records_the_call_then_exits_0(cli_env, fa
     assert returncode == 0, output
     assert "Traceback" not in output
     assert [c.status for c in fake_api.calls_to(DEACTIVATE)] == [200]  # the call was finished, not cut
-    action = store.action(action_id)
+    action = store.actions.action(action_id)
     assert (action["status"], action["attempts"], action["last_status"]) == ("done", 1, 200)
-    [attempt] = store.attempts(action_id)
+    [attempt] = store.actions.attempts(action_id)
     assert (attempt["outcome"], attempt["http_status"]) == ("done", 200)
-    assert all(a["lease_owner"] is None and a["lease_until"] is None for a in store.actions())
-    assert (store.action(second)["status"], store.action(second)["attempts"]) == ("pending", 0)  # not started
+    assert all(a["lease_owner"] is None and a["lease_until"] is None for a in store.actions.actions())
+    assert (store.actions.action(second)["status"], store.actions.action(second)["attempts"]) == ("pending", 0)  # not started
     assert [r["msg"] for r in log_records(log_path)][-1].endswith(" stopped")
     store.close()
 
@@ -777,10 +777,10 @@ def test_each_webhook_request_logs_exactly_one_json_line(make_app, sign, capture
         _line_checks(lines[0], request, response)
 
         # What the worker does next: decide it (a refused request left nothing to decide).
-        assert (name, store.has_undecided()) == (name, not request.error)
+        assert (name, store.inbox.has_undecided()) == (name, not request.error)
         mark = captured.mark()
         decide(app)
-        assert (name, store.has_undecided()) == (name, False)
+        assert (name, store.inbox.has_undecided()) == (name, False)
         about = captured.since(mark, "roomwarden.decider")
         assert (name, len(about)) == (name, 0 if request.decided is None else 1)
         if request.error:
@@ -790,7 +790,7 @@ def test_each_webhook_request_logs_exactly_one_json_line(make_app, sign, capture
             assert about[0]["delivery"] == delivery_id
             for key, value in request.decided.items():
                 assert (name, key, about[0][key]) == (name, key, value)
-        stored = store.delivery(delivery_id)
+        stored = store.history.delivery(delivery_id)
         assert {key: stored[key] for key in request.stored} == request.stored, name
 
 
@@ -817,7 +817,7 @@ def test_the_fast_lane_and_the_flask_route_answer_and_log_a_delivery_alike(make_
         assert line["path"] == "/webhooks/videosdk"
     assert seen["fast"] == seen["flask"]
     assert seen["fast"][0] == 202 and seen["fast"][-1] is True
-    assert store.inbox_stats()[0] == 2
+    assert store.inbox.inbox_stats()[0] == 2
 
     mark = captured.mark()
     response = client.post("/webhooks/videosdk", data=ended("room-forged", "s-1"),
@@ -849,7 +849,7 @@ def test_an_unexpected_error_logs_its_request_line_with_an_error(make_app, sign,
     response = app.test_client().post("/webhooks/videosdk", data=body,
                                       headers={"Content-Type": "application/json", "videosdk-signature": sign(body)})
     assert response.status_code == 500
-    assert app.extensions["roomwarden"].store.has_undecided() is False  # nothing was kept
+    assert app.extensions["roomwarden"].store.inbox.has_undecided() is False  # nothing was kept
     [line] = captured.since(mark, "roomwarden.web")  # one line for the request, traceback included
     assert (line["status"], line["level"]) == (500, "error")
     assert line["error"] == "internal error: RuntimeError" and "RuntimeError: boom" in line["exc"]
@@ -925,7 +925,7 @@ def test_no_secret_or_token_in_logs_error_bodies_or_stored_rows(make_app, env, s
                  send(b"{not json"), send(TOO_BIG)]
     assert statuses == [202] * 7 + [401, 401, 400, 413]
     decide(app)  # what the worker's decider does first; this one only acts
-    unknown = app.extensions["roomwarden"].store.delivery(json.loads(answers[6])["delivery"])
+    unknown = app.extensions["roomwarden"].store.history.delivery(json.loads(answers[6])["delivery"])
     assert (unknown["event_type"], unknown["known"]) == ("something-new", False)
 
     # The worker, on the same SQLite file, with its own clock a little ahead of the deliveries.

@@ -304,7 +304,7 @@ def test_receiver_signed_bodies_missing_a_field_are_kept_with_their_problem(make
     def prop(case):
         body, name = case
         assert receiver.post(body, {"videosdk-signature": sign(body)}) == 202  # never refused for its data
-        delivery = app.extensions["roomwarden"].store.delivery(receiver.last)
+        delivery = app.extensions["roomwarden"].store.history.delivery(receiver.last)
         assert delivery["body"] == body.decode("utf-8")
         assert f"data.{name}: Missing data for required field." in delivery["problem"], delivery["problem"]
 

@@ -159,7 +159,7 @@ def test_the_watching_thread_polls_and_wakes_on_request(watched):
 
 def test_start_up_falls_back_to_the_last_good_rules_the_store_kept(tmp_path):
     store = Store.from_url(f"sqlite:///{tmp_path}/s.db")
-    store.migrate()
+    store.db.migrate()
     path = tmp_path / "rules.yaml"
     path.write_text(RULES_A)
     rule_set, error = load_with_fallback(path, store)
@@ -184,7 +184,7 @@ def test_the_watchers_first_look_does_not_count_the_start_up_failure_again(tmp_p
             super().failed(message)
 
     store = Store.from_url(f"sqlite:///{tmp_path}/s.db")
-    store.migrate()
+    store.db.migrate()
     path = tmp_path / "rules.yaml"
     path.write_text(RULES_A)
     load_with_fallback(path, store)
@@ -211,7 +211,7 @@ def test_the_watchers_first_look_does_not_count_the_start_up_failure_again(tmp_p
 
 def test_start_up_with_a_broken_file_and_nothing_to_fall_back_to_refuses(tmp_path):
     store = Store.from_url(f"sqlite:///{tmp_path}/s.db")
-    store.migrate()
+    store.db.migrate()
     path = tmp_path / "rules.yaml"
     path.write_text(BROKEN)
     with pytest.raises(RulesError, match="unknown action 'obliterate'"):

@@ -121,7 +121,7 @@ def decide_kept(store: Store, delivery: NewDelivery, plan) -> Receipt:
     conftest's `ingest` does once it has appended: the retry a decider makes."""
     assert delivery.id in inbox_ids(store), f"{delivery.id} is not in the inbox"
     while True:
-        with store.deciding(10_000) as batch:
+        with store.inbox.deciding(10_000) as batch:
             for row in batch.rows:
                 if row.id != delivery.id:
                     batch.keep(row)
@@ -142,7 +142,7 @@ def inbox_item(*, id: str | None = None, at: float = T0, room_id: str | None = "
 def inbox_ids(store: Store) -> list[str]:
     """The inbox's delivery ids in arrival order, read around the store's API (in a read
     transaction, which a writer holding SQLite's lock does not block)."""
-    with store._read() as conn:
+    with store.db.read() as conn:
         return list(conn.execute(select(tables.inbox.c.id).order_by(tables.inbox.c.seq)).scalars())
 
 
@@ -164,7 +164,7 @@ def start_timer(store: Store, key: str = TIMER_KEY, *, at: float = T0, hold: flo
     receipt = record(store, delivery, [timer_decision(key, at=at, hold=hold, room_id=room_id,
                                                       fingerprint=fingerprint)])
     assert [d.outcome for d in receipt.decisions] == ["timer-started"]
-    [timer] = [t for t in store.timers(status="pending") if t["key"] == key]
+    [timer] = [t for t in store.history.timers(status="pending") if t["key"] == key]
     return delivery, timer
 
 
@@ -176,7 +176,7 @@ def attempt(outcome: str, *, status: int | None = 200, error: str | None = None,
 
 def row_counts(store: Store) -> dict[str, int]:
     """Rows in each table, read around the store's API so nothing can hide."""
-    with store.engine.connect() as conn:
+    with store.db.engine.connect() as conn:
         return {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
                 for t in ALL_TABLES}
 
@@ -188,8 +188,8 @@ def counts(**nonzero: int) -> dict[str, int]:
 
 def store_attempts_single(store: Store, action_id: int) -> bool:
     """The action was claimed once and has exactly one recorded attempt, number 1."""
-    rows = store.attempts(action_id)
-    return len(rows) == 1 and rows[0]["number"] == 1 and store.action(action_id)["attempts"] == 1
+    rows = store.actions.attempts(action_id)
+    return len(rows) == 1 and rows[0]["number"] == 1 and store.actions.action(action_id)["attempts"] == 1
 
 
 def run_threads(n: int, target: Callable[[int], object]) -> list[object]:
@@ -259,7 +259,7 @@ def make_store(database_url):
         store = Store.from_url(url or database_url, clock or Clock(T0))
         made.append(store)
         if migrate:
-            store.migrate()
+            store.db.migrate()
         return store
 
     yield make
@@ -277,14 +277,14 @@ def store(make_store, clock) -> Store:
 
 def test_migrate_applies_each_step_once(make_store):
     store = make_store(migrate=False)
-    assert store.schema_version() == 0  # an empty database
+    assert store.db.schema_version() == 0  # an empty database
 
-    assert store.migrate() == ALL_STEPS
-    assert store.migrate() == []
-    assert make_store(migrate=False).migrate() == []  # another process, later
-    assert store.schema_version() == migrations.LATEST == 5
+    assert store.db.migrate() == ALL_STEPS
+    assert store.db.migrate() == []
+    assert make_store(migrate=False).db.migrate() == []  # another process, later
+    assert store.db.schema_version() == migrations.LATEST == 5
 
-    with store.engine.connect() as conn:
+    with store.db.engine.connect() as conn:
         names = set(inspect(conn).get_table_names())
         migrated = conn.execute(select(tables.schema_migrations.c.version)).scalars().all()
     assert {"schema_migrations", "deliveries", "decisions", "actions", "attempts", "rooms",
@@ -297,16 +297,16 @@ def test_a_workers_breaker_report_replaces_the_last_and_old_workers_are_forgotte
     dropped by the next report of any worker."""
     from service.store.workers import FORGET_AFTER
 
-    store.report_worker("w-old", T0, "closed", 0, None, None)
-    store.report_worker("w-1", T0 + 1, "closed", 0, None, None)
+    store.workers.report_worker("w-old", T0, "closed", 0, None, None)
+    store.workers.report_worker("w-1", T0 + 1, "closed", 0, None, None)
     clock.now = T0 + 10
-    store.report_worker("w-1", T0 + 1, "open", 5, T0 + 9, T0 + 14)
+    store.workers.report_worker("w-1", T0 + 1, "open", 5, T0 + 9, T0 + 14)
     assert [(w["worker_id"], w["breaker_state"], w["breaker_failures"], w["breaker_opened_at"], w["next_probe_at"],
-             w["seen_at"]) for w in store.workers_seen(T0 + 5)] == [("w-1", "open", 5, T0 + 9, T0 + 14, T0 + 10)]
-    assert [w["worker_id"] for w in store.workers_seen(T0)] == ["w-1", "w-old"]  # newest start first
+             w["seen_at"]) for w in store.pages.workers_seen(T0 + 5)] == [("w-1", "open", 5, T0 + 9, T0 + 14, T0 + 10)]
+    assert [w["worker_id"] for w in store.pages.workers_seen(T0)] == ["w-1", "w-old"]  # newest start first
     clock.now = T0 + FORGET_AFTER + 5
-    store.report_worker("w-1", T0 + 1, "closed", 0, None, None)
-    assert [w["worker_id"] for w in store.workers_seen(0)] == ["w-1"]
+    store.workers.report_worker("w-1", T0 + 1, "closed", 0, None, None)
+    assert [w["worker_id"] for w in store.pages.workers_seen(0)] == ["w-1"]
 
 
 def _schema(conn, schema: str | None = None) -> dict:
@@ -354,18 +354,18 @@ def test_the_migration_steps_build_exactly_what_tables_py_declares(make_store, d
             with declared_engine.connect() as conn:
                 declared = _schema(conn)
         else:
-            with store.engine.begin() as conn:
+            with store.db.engine.begin() as conn:
                 conn.execute(text("CREATE SCHEMA declared"))
                 tables.metadata.create_all(conn.execution_options(schema_translate_map={None: "declared"}))
-            with store.engine.connect() as conn:
+            with store.db.engine.connect() as conn:
                 declared = _schema(conn, "declared")
-        with store.engine.connect() as conn:
+        with store.db.engine.connect() as conn:
             migrated = _schema(conn)
     finally:
         if declared_engine is not None:
             declared_engine.dispose()
         else:
-            with store.engine.begin() as conn:
+            with store.db.engine.begin() as conn:
                 conn.execute(text("DROP SCHEMA IF EXISTS declared CASCADE"))
     assert migrated.keys() == declared.keys() and len(migrated) == 10
     for table in declared:
@@ -375,15 +375,15 @@ def test_the_migration_steps_build_exactly_what_tables_py_declares(make_store, d
 def test_step_2_upgrades_a_store_of_step_1_and_keeps_its_rows(make_store, monkeypatch):
     store = make_store(migrate=False)
     monkeypatch.setattr(migrations, "STEPS", migrations.STEPS[:1])  # the release before step 2
-    assert store.migrate() == ALL_STEPS[:1]
-    with store.engine.begin() as conn:
+    assert store.db.migrate() == ALL_STEPS[:1]
+    with store.db.engine.begin() as conn:
         conn.execute(text("INSERT INTO deliveries (id, received_at, event_type, known, verified, "
                           "body_sha256, body, rules_hash) VALUES ('d1', 1.0, 'session-ended', "
                           "true, true, 'x', '{}', 'h')"))
     monkeypatch.undo()
 
-    assert store.migrate() == ALL_STEPS[1:]
-    with store.engine.connect() as conn:
+    assert store.db.migrate() == ALL_STEPS[1:]
+    with store.db.engine.connect() as conn:
         rows = conn.execute(text("SELECT id, problem FROM deliveries")).all()
         assert conn.execute(text("SELECT count(*) FROM inbox")).scalar() == 0
     assert [tuple(row) for row in rows] == [("d1", None)]
@@ -395,15 +395,15 @@ def test_concurrent_migrations_all_succeed_and_apply_once(make_store):
     # below is the migrations. Racing *first connections* to a new SQLite file is a bug of
     # its own: see test_first_connection_to_a_new_sqlite_file_waits_for_a_writer.
     for store in stores:
-        assert store.schema_version() == 0
+        assert store.db.schema_version() == 0
 
-    results = run_threads(len(stores), lambda i: stores[i].migrate())
+    results = run_threads(len(stores), lambda i: stores[i].db.migrate())
 
     errors = [r for r in results if isinstance(r, BaseException)]
     assert errors == []
     assert sorted(results, key=len) == [[], [], [], ALL_STEPS]
-    assert stores[0].schema_version() == 5
-    with stores[0].engine.connect() as conn:
+    assert stores[0].db.schema_version() == 5
+    with stores[0].db.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(tables.schema_migrations)).scalar() == 5
 
 
@@ -421,12 +421,12 @@ def test_first_connection_to_a_new_sqlite_file_waits_for_a_writer(make_store, da
     release = threading.Timer(0.5, writer.rollback)
     release.start()
     try:
-        store.ping()  # with the bug: StoreUnavailable('store unavailable: database is locked')
+        store.db.ping()  # with the bug: StoreUnavailable('store unavailable: database is locked')
     finally:
         release.join(THREAD_JOIN_LIMIT)
         writer.close()
 
-    assert store.migrate() == ALL_STEPS
+    assert store.db.migrate() == ALL_STEPS
 
 
 # -- the inbox ------------------------------------------------------------------------------
@@ -450,8 +450,8 @@ def test_a_new_sqlite_store_and_its_new_directories_are_readable_by_the_owner_on
     path = tmp_path / "made" / "for-it" / "roomwarden.db"
     store = Store.from_url(f"sqlite:///{path}", Clock(T0))
     try:
-        store.migrate()
-        store.append(inbox_item())  # the appender's own connection, and the writers' lock
+        store.db.migrate()
+        store.inbox.append(inbox_item())  # the appender's own connection, and the writers' lock
         modes = {p.name: st.S_IMODE(os.stat(p).st_mode) for p in (
             path.parent.parent, path.parent, path, path.with_name(path.name + "-wal"),
             path.with_name(path.name + "-shm"), path.with_name(path.name + "-writers.lock"))}
@@ -471,11 +471,11 @@ def test_append_then_deciding_hands_out_the_oldest_rows_in_arrival_order(store):
         inbox_item(at=T0 + 8, verified=False),  # verification off
     ]
     for item in items:
-        store.append(item)
+        store.inbox.append(item)
 
-    with store.deciding(10) as batch:
+    with store.inbox.deciding(10) as batch:
         rows = batch.rows
-    with store.deciding(2) as batch:
+    with store.inbox.deciding(2) as batch:
         oldest = batch.rows
 
     assert [InboxItem(**{k: v for k, v in r.__dict__.items() if k != "seq"}) for r in rows] == items
@@ -489,39 +489,39 @@ def test_append_then_deciding_hands_out_the_oldest_rows_in_arrival_order(store):
 def test_a_kept_row_stays_and_comes_back_first(store):
     a, b, c = (inbox_item(at=T0 + i, room_id=f"room-{i}") for i in range(3))
     for item in (a, b, c):
-        store.append(item)
+        store.inbox.append(item)
 
-    with store.deciding(10) as batch:
+    with store.inbox.deciding(10) as batch:
         first, second, third = batch.rows
         batch.keep(first)
         decided_plainly(batch, second)
         decided_plainly(batch, third)
     d = inbox_item(at=T0 + 3)
-    store.append(d)
+    store.inbox.append(d)
 
     assert inbox_ids(store) == [a.id, d.id]
-    with store.deciding(1) as batch:
+    with store.inbox.deciding(1) as batch:
         assert [r.id for r in batch.rows] == [a.id]  # first, ahead of what came after
-    with store.deciding(10) as batch:
+    with store.inbox.deciding(10) as batch:
         assert [r.id for r in batch.rows] == [a.id, d.id]
-    assert {x["id"] for x in store.deliveries()} == {b.id, c.id}
+    assert {x["id"] for x in store.history.deliveries()} == {b.id, c.id}
 
 
 def test_recorded_rows_leave_the_inbox_in_the_transaction_that_records_them(store, make_store):
     a, b = inbox_item(room_id="room-1"), inbox_item(room_id="room-2")
-    store.append(a)
-    store.append(b)
+    store.inbox.append(a)
+    store.inbox.append(b)
     other = make_store()  # another process's view
 
-    with store.deciding(10) as batch:
+    with store.inbox.deciding(10) as batch:
         row_a, row_b = batch.rows
         decided_plainly(batch, row_a)
         batch.keep(row_b)
         # not committed yet: elsewhere, a is still undecided and not a delivery
-        assert inbox_ids(other) == [a.id, b.id] and other.delivery(a.id) is None
+        assert inbox_ids(other) == [a.id, b.id] and other.history.delivery(a.id) is None
 
     assert inbox_ids(other) == [b.id]  # committed together: out of the inbox, into deliveries
-    assert other.delivery(a.id) is not None
+    assert other.history.delivery(a.id) is not None
     assert row_counts(other) == counts(deliveries=1)
 
 
@@ -539,28 +539,28 @@ def test_a_recorded_row_that_cannot_leave_the_inbox_is_not_recorded_either(store
     """The record and the removal are one transaction: when removing the row fails, the
     delivery is not recorded either, so it is neither lost nor decided twice."""
     a = inbox_item(room_id="room-1")
-    store.append(a)
-    with store.engine.begin() as conn:
+    store.inbox.append(a)
+    with store.db.engine.begin() as conn:
         for statement in REFUSE_INBOX_DELETES[backend(database_url)]:
             conn.execute(text(statement))
 
     with pytest.raises(SQLAlchemyError, match="refused"):
-        with store.deciding(10) as batch:
+        with store.inbox.deciding(10) as batch:
             [row] = batch.rows
             batch.record(row, new_delivery(id=row.id, room_id=row.room_id),
                          PlanWrite({"n": 1}, (new_decision("k-a"),)))
 
     assert inbox_ids(store) == [a.id]
-    assert store.delivery(a.id) is None and row_counts(store) == counts()
+    assert store.history.delivery(a.id) is None and row_counts(store) == counts()
 
 
 def test_an_exception_inside_deciding_keeps_every_row_and_writes_nothing(store):
     a, b = inbox_item(room_id="room-1"), inbox_item(room_id="room-2")
-    store.append(a)
-    store.append(b)
+    store.inbox.append(a)
+    store.inbox.append(b)
 
     with pytest.raises(RuntimeError, match="the decider fell over"):
-        with store.deciding(10) as batch:
+        with store.inbox.deciding(10) as batch:
             for row in batch.rows:
                 stored, _, _ = batch.room_inputs(row.room_id)
                 batch.record(row, new_delivery(id=row.id, room_id=row.room_id),
@@ -569,7 +569,7 @@ def test_an_exception_inside_deciding_keeps_every_row_and_writes_nothing(store):
 
     assert inbox_ids(store) == [a.id, b.id]
     assert row_counts(store) == counts()
-    with store.deciding(10) as batch:  # and the next decider takes them all again, in order
+    with store.inbox.deciding(10) as batch:  # and the next decider takes them all again, in order
         assert [r.id for r in batch.rows] == [a.id, b.id]
         for row in batch.rows:
             decided_plainly(batch, row)
@@ -577,22 +577,22 @@ def test_an_exception_inside_deciding_keeps_every_row_and_writes_nothing(store):
 
 
 def test_inbox_stats_and_has_undecided_follow_what_waits(store):
-    assert store.inbox_stats() == (0, None) and store.has_undecided() is False
+    assert store.inbox.inbox_stats() == (0, None) and store.inbox.has_undecided() is False
     late, early = inbox_item(at=T0 + 5), inbox_item(at=T0 + 2, room_id="room-2")
-    store.append(late)
-    store.append(early)  # arrived second, with the earlier clock: the oldest to have arrived
+    store.inbox.append(late)
+    store.inbox.append(early)  # arrived second, with the earlier clock: the oldest to have arrived
 
-    assert store.inbox_stats() == (2, T0 + 2) and store.has_undecided() is True
+    assert store.inbox.inbox_stats() == (2, T0 + 2) and store.inbox.has_undecided() is True
 
-    with store.deciding(10) as batch:
+    with store.inbox.deciding(10) as batch:
         kept, taken = batch.rows
         batch.keep(kept)  # a kept row still waits
         decided_plainly(batch, taken)
-    assert store.inbox_stats() == (1, T0 + 5) and store.has_undecided() is True
+    assert store.inbox.inbox_stats() == (1, T0 + 5) and store.inbox.has_undecided() is True
 
-    with store.deciding(10) as batch:
+    with store.inbox.deciding(10) as batch:
         decided_plainly(batch, batch.rows[0])
-    assert store.inbox_stats() == (0, None) and store.has_undecided() is False
+    assert store.inbox.inbox_stats() == (0, None) and store.inbox.has_undecided() is False
 
 
 def test_postgresql_deciders_claim_rooms_not_rows(make_store, database_url):
@@ -604,17 +604,17 @@ def test_postgresql_deciders_claim_rooms_not_rows(make_store, database_url):
     first, second = make_store(), make_store()
     r1, s1, r2, s2 = (inbox_item(room_id=room) for room in ("room-r", "room-s", "room-r", "room-s"))
     for item in (r1, s1, r2, s2):
-        first.append(item)
+        first.inbox.append(item)
 
-    with first.deciding(1) as held:
+    with first.inbox.deciding(1) as held:
         assert [r.id for r in held.rows] == [r1.id]
-        with second.deciding(10) as other:
+        with second.inbox.deciding(10) as other:
             assert [r.id for r in other.rows] == [s1.id, s2.id]
             for row in other.rows:
                 decided_plainly(other, row)
         decided_plainly(held, held.rows[0])
 
-    with second.deciding(10) as batch:
+    with second.inbox.deciding(10) as batch:
         assert [r.id for r in batch.rows] == [r2.id]
         decided_plainly(batch, batch.rows[0])
     assert inbox_ids(first) == []
@@ -639,7 +639,7 @@ def test_postgresql_deciders_decide_each_delivery_once_and_each_room_in_order(ma
     def append_all() -> None:
         try:
             for item in items:
-                appender.append(item)  # committed before the next: arrival order is this order
+                appender.inbox.append(item)  # committed before the next: arrival order is this order
         finally:
             all_appended.set()
 
@@ -647,7 +647,7 @@ def test_postgresql_deciders_decide_each_delivery_once_and_each_room_in_order(ma
         store, mine = deciders[i], []
         while True:
             finished = all_appended.is_set()  # read before looking at the inbox
-            with store.deciding(7) as batch:
+            with store.inbox.deciding(7) as batch:
                 taken = {row.room_id for row in batch.rows}
                 with guard:
                     clashes.extend((room, holding[room], i) for room in taken if room in holding)
@@ -664,7 +664,7 @@ def test_postgresql_deciders_decide_each_delivery_once_and_each_room_in_order(ma
                         for room in taken:
                             if holding.get(room) == i:
                                 del holding[room]
-            if finished and not batch.rows and not store.has_undecided():
+            if finished and not batch.rows and not store.inbox.has_undecided():
                 return mine
 
     results: list[object] = []
@@ -679,7 +679,7 @@ def test_postgresql_deciders_decide_each_delivery_once_and_each_room_in_order(ma
     decided = [delivery_id for r in results if isinstance(r, list) for delivery_id in r]
     assert sorted(decided) == sorted(i.id for i in items)  # each exactly once
     for room in rooms:
-        assert appender.room(room)["state"]["order"] == [i.id for i in items if i.room_id == room]
+        assert appender.history.room(room)["state"]["order"] == [i.id for i in items if i.room_id == room]
     assert inbox_ids(appender) == []
     assert row_counts(appender) == counts(deliveries=n_rows, rooms=len(rooms))
 
@@ -706,9 +706,9 @@ def test_ingest_writes_delivery_decisions_and_actions(store):
     ids = [d.action_id for d in receipt.decisions]
     assert None not in ids and len(set(ids)) == 2
 
-    assert store.delivery(delivery.id) == delivery.__dict__
+    assert store.history.delivery(delivery.id) == delivery.__dict__
 
-    rows = store.decisions(delivery_id=delivery.id)
+    rows = store.history.decisions(delivery_id=delivery.id)
     assert [(r["rule"], r["room_id"], r["session_id"], r["action_key"], r["outcome"],
              r["action_id"], r["timer_id"], r["trace"], r["created_at"]) for r in rows] == [
         ("close-after-session", "room-1", "sess-1", "k-1", "scheduled", ids[0], None, trace.to_dict(), T0 + 5),
@@ -716,7 +716,7 @@ def test_ingest_writes_delivery_decisions_and_actions(store):
     ]
 
     for action_id, decision in zip(ids, (first, second)):
-        action = store.action(action_id)
+        action = store.actions.action(action_id)
         assert {k: action[k] for k in ("key", "kind", "room_id", "session_id", "rule",
                                        "delivery_id", "status", "confirm", "attempts", "due_at",
                                        "lease_owner", "lease_until", "last_status",
@@ -743,7 +743,7 @@ def test_ingest_writes_delivery_decisions_and_actions(store):
 def test_delivery_round_trips_exactly(store, delivery):
     record(store, delivery)
 
-    assert store.delivery(delivery.id) == delivery.__dict__
+    assert store.history.delivery(delivery.id) == delivery.__dict__
 
 
 def test_delivery_with_no_decisions(store):
@@ -752,8 +752,8 @@ def test_delivery_with_no_decisions(store):
     receipt = record(store, delivery)
 
     assert receipt == Receipt(delivery.id, ())
-    assert store.delivery(delivery.id) is not None
-    assert store.decisions(delivery_id=delivery.id) == []
+    assert store.history.delivery(delivery.id) is not None
+    assert store.history.decisions(delivery_id=delivery.id) == []
     assert row_counts(store) == counts(deliveries=1, rooms=1)
 
 
@@ -776,10 +776,10 @@ def test_repeated_action_key_is_a_duplicate_of_the_first_action(store, same_deli
     assert outcomes[0].action_id is not None
     assert outcomes[1].action_id == outcomes[0].action_id
 
-    [action] = store.actions()
+    [action] = store.actions.actions()
     assert action["id"] == outcomes[0].action_id
     assert action["delivery_id"] == first.id and action["due_at"] == T0  # the first one's, untouched
-    last = store.decisions(delivery_id=second.id)[-1]
+    last = store.history.decisions(delivery_id=second.id)[-1]
     assert (last["outcome"], last["action_id"], last["action_key"]) == (
         "duplicate", outcomes[0].action_id, "k")
     assert row_counts(store)["actions"] == 1
@@ -793,15 +793,15 @@ def test_dry_run_actions_are_recorded_but_never_claimed(store, clock):
     assert [d.outcome for d in receipt.decisions] == ["dry-run", "dry-run"]
     assert [(d.outcome, d.action_id) for d in again.decisions] == [
         ("duplicate", receipt.decisions[0].action_id)]
-    assert [a["status"] for a in store.actions()] == ["dry-run", "dry-run"]
-    assert [r["outcome"] for r in store.decisions(delivery_id=receipt.delivery_id)] == [
+    assert [a["status"] for a in store.actions.actions()] == ["dry-run", "dry-run"]
+    assert [r["outcome"] for r in store.history.decisions(delivery_id=receipt.delivery_id)] == [
         "dry-run", "dry-run"]
-    assert store.counts() == {"dry-run": 2}
+    assert store.actions.counts() == {"dry-run": 2}
 
     for later in (0.0, 3600.0, 86400.0 * 365):
         clock.now = T0 + later
-        assert store.claim("w", LEASE, MAX_ATTEMPTS) is None
-    assert [a["attempts"] for a in store.actions()] == [0, 0]
+        assert store.outbox.claim("w", LEASE, MAX_ATTEMPTS) is None
+    assert [a["attempts"] for a in store.actions.actions()] == [0, 0]
 
 
 @pytest.mark.parametrize("outcome", [
@@ -819,8 +819,8 @@ def test_decisions_that_act_on_nothing_create_no_action_and_no_timer(store, outc
     assert decision.outcome == outcome
     # a duplicate points at the action that took the key; the others at nothing
     assert decision.action_id == (existing if outcome == "duplicate" else None)
-    assert [a["id"] for a in store.actions()] == [existing]
-    assert store.timers() == []
+    assert [a["id"] for a in store.actions.actions()] == [existing]
+    assert store.history.timers() == []
 
 
 def test_concurrent_deliveries_with_one_key_schedule_one_action(make_store):
@@ -883,18 +883,18 @@ def test_failure_inside_ingest_writes_nothing(store, database_url, make_write, r
 
     assert not isinstance(caught.value, StoreUnavailable)  # a bad input is a bug, not an outage
     assert row_counts(store) == before
-    assert store.delivery(failing.id) is None
-    assert store.decisions(delivery_id=failing.id) == []
-    assert store.room("room-new") is None  # the room row made to lock it is rolled back too
-    assert [a["key"] for a in store.actions()] == ["k-earlier"]
+    assert store.history.delivery(failing.id) is None
+    assert store.history.decisions(delivery_id=failing.id) == []
+    assert store.history.room("room-new") is None  # the room row made to lock it is rolled back too
+    assert [a["key"] for a in store.actions.actions()] == ["k-earlier"]
     # The accepted delivery is not lost with the decision: it waits in the inbox, undecided.
     assert inbox_ids(store) == [failing.id]
-    assert store.inbox_stats() == (1, T0) and store.has_undecided()
+    assert store.inbox.inbox_stats() == (1, T0) and store.inbox.has_undecided()
     # The rolled-back action key is free again, and the store works after the failure: the
     # next try decides the row that waited.
     retried = decide_kept(store, failing, lambda *_: PlanWrite(None, (good,)))
     assert [d.outcome for d in retried.decisions] == ["scheduled"]
-    assert inbox_ids(store) == [] and store.delivery(failing.id) == failing.__dict__
+    assert inbox_ids(store) == [] and store.history.delivery(failing.id) == failing.__dict__
 
 
 def test_duplicate_delivery_id_raises_and_keeps_the_first_intact(store):
@@ -912,11 +912,11 @@ def test_duplicate_delivery_id_raises_and_keeps_the_first_intact(store):
                seen=seen)
 
     assert row_counts(store) == before
-    assert store.delivery(first.id) == first.__dict__
-    assert [(r["action_key"], r["outcome"]) for r in store.decisions(delivery_id=first.id)] == [
+    assert store.history.delivery(first.id) == first.__dict__
+    assert [(r["action_key"], r["outcome"]) for r in store.history.decisions(delivery_id=first.id)] == [
         ("k-1", "scheduled")]
-    assert [(a["id"], a["key"]) for a in store.actions()] == [(receipt.decisions[0].action_id, "k-1")]
-    assert store.room("room-1")["state"] == {"n": 1}
+    assert [(a["id"], a["key"]) for a in store.actions.actions()] == [(receipt.decisions[0].action_id, "k-1")]
+    assert store.history.room("room-1")["state"] == {"n": 1}
     # Planned (the decider asks the planner before it writes), but nothing of the plan was kept.
     assert seen.calls == [({"n": 1}, [], {"k-1"})]
     assert inbox_ids(store) == [second.id]
@@ -926,7 +926,7 @@ def test_duplicate_delivery_id_still_in_the_inbox_is_refused_at_append(store, da
     """A repeated id while the first still waits to be decided: the inbox refuses it before
     anything is planned, and the first's row is untouched."""
     first = inbox_item(id="d" * 32, body='{"first": true}')
-    store.append(first)
+    store.inbox.append(first)
     second = new_delivery(id=first.id, at=T0 + 1, body='{"second": true}')
     seen = Plans()
 
@@ -936,7 +936,7 @@ def test_duplicate_delivery_id_still_in_the_inbox_is_refused_at_append(store, da
         record(store, second, [new_decision("k-2")], room_state={"n": 2}, seen=seen)
 
     assert seen.calls == []  # refused before anything was planned
-    with store.deciding(10) as batch:
+    with store.inbox.deciding(10) as batch:
         assert [(r.id, r.body, r.received_at) for r in batch.rows] == [(first.id, '{"first": true}', T0)]
     assert row_counts(store) == counts()
 
@@ -948,18 +948,18 @@ def test_listing_reads_filter_and_order(store):
     record(store, newer, [new_decision("k-b", room_id="room-b", outcome="dry-run")])
     record(store, older, [new_decision("k-a", room_id="room-a")])  # recorded last, still older
 
-    assert [d["id"] for d in store.deliveries()] == [newer.id, older.id]  # newest first
-    assert [d["id"] for d in store.deliveries(limit=1)] == [newer.id]
-    assert [d["id"] for d in store.deliveries(before=newer.id)] == [older.id]  # the next page
-    assert store.deliveries(before=older.id) == []
-    assert [d["id"] for d in store.deliveries(room_id="room-a")] == [older.id]
-    assert [d["action_key"] for d in store.decisions(room_id="room-b")] == ["k-b"]
-    assert [a["key"] for a in store.actions(status="pending")] == ["k-a"]
-    assert [a["key"] for a in store.actions(room_id="room-b")] == ["k-b"]
-    assert store.action(10_000) is None
-    assert store.delivery("no-such-delivery") is None
-    assert store.room("no-such-room") is None
-    assert store.counts() == {"pending": 1, "dry-run": 1}
+    assert [d["id"] for d in store.history.deliveries()] == [newer.id, older.id]  # newest first
+    assert [d["id"] for d in store.history.deliveries(limit=1)] == [newer.id]
+    assert [d["id"] for d in store.history.deliveries(before=newer.id)] == [older.id]  # the next page
+    assert store.history.deliveries(before=older.id) == []
+    assert [d["id"] for d in store.history.deliveries(room_id="room-a")] == [older.id]
+    assert [d["action_key"] for d in store.history.decisions(room_id="room-b")] == ["k-b"]
+    assert [a["key"] for a in store.actions.actions(status="pending")] == ["k-a"]
+    assert [a["key"] for a in store.actions.actions(room_id="room-b")] == ["k-b"]
+    assert store.actions.action(10_000) is None
+    assert store.history.delivery("no-such-delivery") is None
+    assert store.history.room("no-such-room") is None
+    assert store.actions.counts() == {"pending": 1, "dry-run": 1}
 
 
 # -- ingest: the room's state and what the plan is handed ------------------------------------
@@ -986,9 +986,9 @@ def test_room_state_is_stored_and_handed_to_the_next_plan_for_the_room(store, cl
         None,                        # known=False: no room at all
         {"n": 2, "who": []},         # the third (None) and the fifth (unknown) changed nothing
     ]
-    assert store.room("room-1") == {"room_id": "room-1", "state": {"n": 2, "who": []},
+    assert store.history.room("room-1") == {"room_id": "room-1", "state": {"n": 2, "who": []},
                                     "updated_at": T0 + 1, "last_delivery_id": "b" * 32, "closed_at": None}
-    assert store.room("room-2") == {"room_id": "room-2", "state": {"n": 9},
+    assert store.history.room("room-2") == {"room_id": "room-2", "state": {"n": 9},
                                     "updated_at": T0 + 3, "last_delivery_id": "d" * 32, "closed_at": None}
 
 
@@ -1004,7 +1004,7 @@ def test_unknown_delivery_without_a_room_touches_no_room(store):
 
 def test_a_delivery_kept_unread_is_stored_and_nothing_is_decided_on_it(store, clock):
     _, timer = start_timer(store, "hold|room-1|a", at=T0)
-    room_before = store.room("room-1")
+    room_before = store.history.room("room-1")
     seen = Plans()
     unread = new_delivery(at=T0 + 1, event_type="participant-left", participant_id=None,
                           problem="data.participantId: Missing data for required field.")
@@ -1015,10 +1015,10 @@ def test_a_delivery_kept_unread_is_stored_and_nothing_is_decided_on_it(store, cl
 
     assert seen.calls == []  # never asked
     assert receipt == Receipt(unread.id, ())
-    assert store.delivery(unread.id) == unread.__dict__
-    assert store.room("room-1") == room_before  # not even its updated_at
-    assert [(t["id"], t["status"]) for t in store.timers()] == [(timer["id"], "pending")]
-    assert store.decisions(delivery_id=unread.id) == [] and store.actions() == []
+    assert store.history.delivery(unread.id) == unread.__dict__
+    assert store.history.room("room-1") == room_before  # not even its updated_at
+    assert [(t["id"], t["status"]) for t in store.history.timers()] == [(timer["id"], "pending")]
+    assert store.history.decisions(delivery_id=unread.id) == [] and store.actions.actions() == []
     assert row_counts(store) == counts(deliveries=2, decisions=1, timers=1, rooms=1)
 
 
@@ -1060,7 +1060,7 @@ def test_concurrent_ingests_for_one_new_room_lose_no_update(make_store):
 
     errors = [r for r in results if isinstance(r, BaseException)]
     assert errors == []
-    state = stores[0].room("room-new")["state"]
+    state = stores[0].history.room("room-new")["state"]
     assert state["count"] == n  # no increment lost: each plan saw the one before it
     assert sorted(state["by"]) == list(range(n))
     assert sorted(s.get("count", 0) for s in seen) == list(range(n))
@@ -1078,16 +1078,16 @@ def test_timer_started_creates_one_pending_timer(store):
 
     [decision] = receipt.decisions
     assert (decision.outcome, decision.action_id) == ("timer-started", None)
-    [timer] = store.timers()
+    [timer] = store.history.timers()
     assert timer == {
         "id": timer["id"], "key": TIMER_KEY, "rule": "hold", "fingerprint": "fp-a",
         "room_id": "room-1", "session_id": "sess-1", "action": "deactivate",
         "delivery_id": delivery.id, "started_at": T0 + 7, "due_at": T0 + 7 + HOLD,
         "status": "pending", "resolved_at": None, "resolved_by": None, "reason": None, "notes": None,
     }
-    [row] = store.decisions(delivery_id=delivery.id)
+    [row] = store.history.decisions(delivery_id=delivery.id)
     assert (row["outcome"], row["action_id"], row["timer_id"]) == ("timer-started", None, None)
-    assert store.actions() == []
+    assert store.actions.actions() == []
 
 
 @pytest.mark.parametrize("same_delivery", [
@@ -1102,9 +1102,9 @@ def test_second_timer_for_a_pending_key_is_timer_running(store, same_delivery):
                     + record(store, new_delivery(at=T0 + 60), [timer_decision(at=T0 + 60)]).decisions)
 
     assert [d.outcome for d in outcomes] == ["timer-started", "timer-running"]
-    [timer] = store.timers()
+    [timer] = store.history.timers()
     assert (timer["started_at"], timer["due_at"]) == (T0, T0 + HOLD)  # the first, untouched
-    assert [r["outcome"] for r in store.decisions()] == ["timer-started", "timer-running"]
+    assert [r["outcome"] for r in store.history.decisions()] == ["timer-started", "timer-running"]
 
 
 def test_cancel_marks_the_pending_timer_cancelled(store):
@@ -1118,16 +1118,16 @@ def test_cancel_marks_the_pending_timer_cancelled(store):
     ])
 
     assert receipt.cancelled == (TIMER_KEY,)
-    by_key = {t["key"]: t for t in store.timers()}
+    by_key = {t["key"]: t for t in store.history.timers()}
     assert {k: by_key[TIMER_KEY][k] for k in ("status", "reason", "resolved_by", "resolved_at")} == {
         "status": "cancelled", "reason": "its condition stopped holding on participant-joined",
         "resolved_by": canceller.id, "resolved_at": T0 + 30}
     assert by_key["hold|room-1|other"]["status"] == "pending"  # only the named key
-    assert [t[0] for t in store.pending_timers_by_rule()] == [by_key["hold|room-1|other"]["id"]]
+    assert [t[0] for t in store.timers.pending_timers_by_rule()] == [by_key["hold|room-1|other"]["id"]]
 
     again = record(store, new_delivery(at=T0 + 31), cancels=[Cancel(TIMER_KEY, "again")])
     assert again.cancelled == ()  # a cancelled timer is not cancelled twice
-    assert store.timers(status="cancelled")[0]["resolved_by"] == canceller.id
+    assert store.history.timers(status="cancelled")[0]["resolved_by"] == canceller.id
 
 
 @pytest.mark.parametrize("same_delivery", [
@@ -1145,7 +1145,7 @@ def test_after_a_cancel_the_same_key_can_start_a_new_timer(store, same_delivery)
         receipt = record(store, new_delivery(at=T0 + 60), restart)
 
     assert [d.outcome for d in receipt.decisions] == ["timer-started"]
-    assert [(t["id"] == first["id"], t["status"], t["due_at"]) for t in store.timers(
+    assert [(t["id"] == first["id"], t["status"], t["due_at"]) for t in store.history.timers(
         room_id="room-1")] == [(True, "cancelled", T0 + HOLD), (False, "pending", T0 + 60 + HOLD)]
 
 
@@ -1186,12 +1186,12 @@ def test_fire_due_timer_waits_for_due_at_then_decides_with_what_it_needs(store, 
 
     for now in (T0, T0 + HOLD - 0.5):  # started; half a second before due
         clock.now = now
-        assert store.fire_due_timer(decider) is None
+        assert store.timers.fire_due_timer(decider) is None
     assert decider.calls == []
-    assert store.timers()[0]["status"] == "pending"
+    assert store.history.timers()[0]["status"] == "pending"
 
     clock.now = T0 + HOLD  # exactly due
-    write = store.fire_due_timer(decider)
+    write = store.timers.fire_due_timer(decider)
 
     assert write == fire()
     [(row, state, keys)] = decider.calls
@@ -1212,11 +1212,11 @@ def test_fire_due_timer_takes_the_most_overdue_first(store, clock):
     clock.now = T0 + HOLD
     decider = Decider(lambda row: fire(row.key, room_id=row.room_id))
 
-    while store.fire_due_timer(decider) is not None:
+    while store.timers.fire_due_timer(decider) is not None:
         pass
 
     assert [row.id for row, _, _ in decider.calls] == [early["id"], tie["id"], late["id"]]
-    assert [t[0] for t in store.pending_timers_by_rule()] == [future["id"]]
+    assert [t[0] for t in store.timers.pending_timers_by_rule()] == [future["id"]]
 
 
 def _existing_action(store):
@@ -1267,11 +1267,11 @@ def test_fire_due_timer_applies_the_verdict(store, clock, setup, write, timer_af
     existing = setup(store)
     clock.now = T0 + HOLD
 
-    assert store.fire_due_timer(Decider(write)) == write
+    assert store.timers.fire_due_timer(Decider(write)) == write
 
-    [after] = store.timers()
+    [after] = store.history.timers()
     assert {k: after[k] for k in timer_after} == timer_after
-    fired = [d for d in store.decisions() if d["timer_id"] is not None]
+    fired = [d for d in store.history.decisions() if d["timer_id"] is not None]
     if decision is None:
         assert fired == []
     else:
@@ -1282,29 +1282,29 @@ def test_fire_due_timer_applies_the_verdict(store, clock, setup, write, timer_af
         assert (row["action_id"] is not None) == has_action
         if existing is not None:
             assert row["action_id"] == existing
-    assert [a["status"] for a in store.actions()] == action_statuses
+    assert [a["status"] for a in store.actions.actions()] == action_statuses
     if action_statuses and existing is None:  # the action the timer made: its trigger's, due now
-        [action] = store.actions()
+        [action] = store.actions.actions()
         assert (action["delivery_id"], action["due_at"], action["key"]) == (
             trigger.id, T0 + HOLD, TIMER_KEY)
     if after["status"] != "pending":
-        assert store.fire_due_timer(Decider(fire())) is None  # decided once, for good
+        assert store.timers.fire_due_timer(Decider(fire())) is None  # decided once, for good
 
 
 def test_a_timer_that_waits_fires_at_its_new_due_time(store, clock):
     start_timer(store, at=T0)
     clock.now = T0 + HOLD
-    store.fire_due_timer(Decider(TimerWrite("wait", "longer", due_at=T0 + HOLD + 60)))
+    store.timers.fire_due_timer(Decider(TimerWrite("wait", "longer", due_at=T0 + HOLD + 60)))
     decider = Decider(fire())
 
     clock.now = T0 + HOLD + 59.5
-    assert store.fire_due_timer(decider) is None
+    assert store.timers.fire_due_timer(decider) is None
     clock.now = T0 + HOLD + 60
-    assert store.fire_due_timer(decider) == fire()
+    assert store.timers.fire_due_timer(decider) == fire()
 
     [(row, _, _)] = decider.calls
     assert row.due_at == T0 + HOLD + 60
-    assert store.timers()[0]["status"] == "fired"
+    assert store.history.timers()[0]["status"] == "fired"
 
 
 def test_concurrent_fire_due_timer_fires_each_timer_once(make_store):
@@ -1319,7 +1319,7 @@ def test_concurrent_fire_due_timer_fires_each_timer_once(make_store):
 
     def work(i: int) -> int:
         fired = 0
-        while stores[i].fire_due_timer(decider) is not None:
+        while stores[i].timers.fire_due_timer(decider) is not None:
             fired += 1
         return fired
 
@@ -1329,10 +1329,10 @@ def test_concurrent_fire_due_timer_fires_each_timer_once(make_store):
     assert errors == []
     assert sum(results) == len(keys)
     assert sorted(row.key for row, _, _ in decider.calls) == sorted(keys)  # each decided once
-    assert [t["status"] for t in setup.timers()] == ["fired"] * len(keys)
-    assert sorted(d["timer_id"] for d in setup.decisions() if d["timer_id"] is not None) == [
-        t["id"] for t in setup.timers()]
-    assert sorted(a["key"] for a in setup.actions()) == sorted(keys)
+    assert [t["status"] for t in setup.history.timers()] == ["fired"] * len(keys)
+    assert sorted(d["timer_id"] for d in setup.history.decisions() if d["timer_id"] is not None) == [
+        t["id"] for t in setup.history.timers()]
+    assert sorted(a["key"] for a in setup.actions.actions()) == sorted(keys)
 
 
 def test_firing_a_timer_while_a_delivery_for_its_room_arrives_does_not_deadlock(make_store, database_url,
@@ -1350,7 +1350,7 @@ def test_firing_a_timer_while_a_delivery_for_its_room_arrives_does_not_deadlock(
         return record(ingester, delivery, room_state={"n": 1})
 
     def fire_it():
-        return firer.fire_due_timer(Decider(fire()))
+        return firer.timers.fire_due_timer(Decider(fire()))
 
     if backend(database_url) == "sqlite":
         threads = [start_thread(ingest, results), start_thread(fire_it, results)]
@@ -1375,8 +1375,8 @@ def test_firing_a_timer_while_a_delivery_for_its_room_arrives_does_not_deadlock(
     assert not any(t.is_alive() for t in threads), "a store call hung"
 
     assert [r for r in results if isinstance(r, BaseException)] == []
-    assert setup.timers()[0]["status"] == "fired"
-    assert setup.delivery(delivery.id) is not None
+    assert setup.history.timers()[0]["status"] == "fired"
+    assert setup.history.delivery(delivery.id) is not None
 
 
 # -- recheck_timer and pending_timers_by_rule ------------------------------------------------------
@@ -1404,9 +1404,9 @@ def test_recheck_wait_keeps_the_timer_and_notes_only_changes(store, clock):
     ]
     for write, fingerprint, due_at, notes in steps:
         decider = Decider(write)
-        assert store.recheck_timer(timer["id"], decider) == write
+        assert store.timers.recheck_timer(timer["id"], decider) == write
         assert len(decider.calls) == 1
-        [after] = store.timers()
+        [after] = store.history.timers()
         assert (after["status"], after["fingerprint"], after["due_at"], after["notes"]) == (
             "pending", fingerprint, due_at, notes)
 
@@ -1417,7 +1417,7 @@ def test_recheck_hands_the_decider_the_timer_room_state_and_keys(store, clock):
     trigger, timer = start_timer(store, at=T0)
     decider = Decider(TimerWrite("wait", "unchanged"))
 
-    store.recheck_timer(timer["id"], decider)
+    store.timers.recheck_timer(timer["id"], decider)
 
     [(row, state, keys)] = decider.calls
     assert (row.id, row.delivery_id, row.trigger_body, row.trigger_verified) == (
@@ -1427,9 +1427,9 @@ def test_recheck_hands_the_decider_the_timer_room_state_and_keys(store, clock):
 
 @pytest.mark.parametrize("resolve", [
     # fired by the worker
-    lambda store, clock: store.fire_due_timer(Decider(fire())),
+    lambda store, clock: store.timers.fire_due_timer(Decider(fire())),
     # cancelled by a re-check
-    lambda store, clock: store.recheck_timer([t[0] for t in store.pending_timers_by_rule()][0],
+    lambda store, clock: store.timers.recheck_timer([t[0] for t in store.timers.pending_timers_by_rule()][0],
                                              Decider(TimerWrite("cancel", "rule removed"))),
     # cancelled by a delivery
     lambda store, clock: record(store, new_delivery(at=clock.now),
@@ -1439,46 +1439,46 @@ def test_recheck_of_a_timer_no_longer_pending_returns_none(store, clock, resolve
     _, timer = start_timer(store, at=T0)
     clock.now = T0 + HOLD
     resolve(store, clock)
-    before = store.timers()
+    before = store.history.timers()
     decider = Decider(fire())
 
-    assert store.recheck_timer(timer["id"], decider) is None
-    assert store.recheck_timer(10_000, decider) is None  # no such timer at all
+    assert store.timers.recheck_timer(timer["id"], decider) is None
+    assert store.timers.recheck_timer(10_000, decider) is None  # no such timer at all
 
     assert decider.calls == []
-    assert store.timers() == before
-    assert [t[0] for t in store.pending_timers_by_rule()] == []
+    assert store.history.timers() == before
+    assert [t[0] for t in store.timers.pending_timers_by_rule()] == []
 
 
 def test_recheck_cancel_records_why(store, clock):
     _, timer = start_timer(store, at=T0)
     clock.now = T0 + 10
 
-    store.recheck_timer(timer["id"], Decider(TimerWrite("cancel", "rule 'hold' was removed")))
+    store.timers.recheck_timer(timer["id"], Decider(TimerWrite("cancel", "rule 'hold' was removed")))
 
-    [after] = store.timers()
+    [after] = store.history.timers()
     assert (after["status"], after["reason"], after["resolved_at"], after["resolved_by"]) == (
         "cancelled", "rule 'hold' was removed", T0 + 10, None)
 
 
 def test_unknown_timer_verdict_raises_and_changes_nothing(store, clock):
     _, timer = start_timer(store, at=T0)
-    before = store.timers()
+    before = store.history.timers()
 
     with pytest.raises(ValueError):
-        store.recheck_timer(timer["id"], Decider(TimerWrite("explode", "?")))
+        store.timers.recheck_timer(timer["id"], Decider(TimerWrite("explode", "?")))
 
-    assert store.timers() == before
+    assert store.history.timers() == before
 
 
 def test_pending_timers_by_rule_lists_pending_timers_in_id_order(store, clock):
-    assert [t[0] for t in store.pending_timers_by_rule()] == []
+    assert [t[0] for t in store.timers.pending_timers_by_rule()] == []
     ids = [start_timer(store, f"hold|room-1|{i}", at=T0)[1]["id"] for i in range(4)]
     record(store, new_delivery(at=T0 + 1), cancels=[Cancel("hold|room-1|1", "joined")])
     clock.now = T0 + HOLD
-    store.recheck_timer(ids[2], Decider(TimerWrite("cancel", "removed")))
+    store.timers.recheck_timer(ids[2], Decider(TimerWrite("cancel", "removed")))
 
-    assert [t[0] for t in store.pending_timers_by_rule()] == [ids[0], ids[3]]
+    assert [t[0] for t in store.timers.pending_timers_by_rule()] == [ids[0], ids[3]]
 
 
 # -- claim ----------------------------------------------------------------------------------
@@ -1486,14 +1486,14 @@ def test_pending_timers_by_rule_lists_pending_timers_in_id_order(store, clock):
 
 def _leased_to_another(store, clock):
     schedule(store, "k")
-    assert store.claim("other", LEASE, MAX_ATTEMPTS) is not None
+    assert store.outbox.claim("other", LEASE, MAX_ATTEMPTS) is not None
 
 
 def _finished(outcome):
     def setup(store, clock):
         schedule(store, "k")
-        claim = store.claim("other", LEASE, MAX_ATTEMPTS)
-        assert store.finish(claim, attempt(outcome), "other")
+        claim = store.outbox.claim("other", LEASE, MAX_ATTEMPTS)
+        assert store.outbox.finish(claim, attempt(outcome), "other")
     return setup
 
 
@@ -1514,10 +1514,10 @@ def _finished(outcome):
 ], ids=["empty", "not-yet-due", "dry-run", "leased", "done", "failed", "dead", "cancelled"])
 def test_claim_returns_none_when_nothing_is_due(store, clock, setup):
     setup(store, clock)
-    before = store.actions()
+    before = store.actions.actions()
 
-    assert store.claim("w", LEASE, MAX_ATTEMPTS) is None
-    assert store.actions() == before  # looking changed nothing
+    assert store.outbox.claim("w", LEASE, MAX_ATTEMPTS) is None
+    assert store.actions.actions() == before  # looking changed nothing
 
 
 @pytest.mark.parametrize("now, claimable", [
@@ -1529,10 +1529,10 @@ def test_claim_respects_due_at(store, clock, now, claimable):
     [action_id] = schedule(store, "k", at=T0)
     clock.now = now
 
-    claim = store.claim("w", LEASE, MAX_ATTEMPTS)
+    claim = store.outbox.claim("w", LEASE, MAX_ATTEMPTS)
 
     assert (claim is not None) == claimable
-    assert store.action(action_id)["attempts"] == (1 if claimable else 0)
+    assert store.actions.action(action_id)["attempts"] == (1 if claimable else 0)
 
 
 def test_claim_leases_the_action(store, clock):
@@ -1541,12 +1541,12 @@ def test_claim_leases_the_action(store, clock):
     receipt = record(store, new_delivery(at=T0 - 1, room_id="room-9"), [decision])
     action_id = receipt.decisions[0].action_id
 
-    claim = store.claim("worker-a", LEASE, MAX_ATTEMPTS)
+    claim = store.outbox.claim("worker-a", LEASE, MAX_ATTEMPTS)
 
     assert claim == ClaimedAction(id=action_id, key="k", kind="deactivate", room_id="room-9",
                                   session_id="s-9", rule="r", attempts=1, lease_owner="worker-a",
                                   lease_until=T0 + LEASE, confirm="active-participants")
-    row = store.action(action_id)
+    row = store.actions.action(action_id)
     assert (row["status"], row["lease_owner"], row["lease_until"], row["attempts"],
             row["updated_at"]) == ("pending", "worker-a", T0 + LEASE, 1, T0)
 
@@ -1560,32 +1560,32 @@ def test_claim_leases_the_action(store, clock):
 def test_claimed_action_is_not_claimed_again_until_its_lease_runs_out(store, clock, elapsed,
                                                                       reclaimed):
     [action_id] = schedule(store, "k")
-    first = store.claim("worker-a", LEASE, MAX_ATTEMPTS)
+    first = store.outbox.claim("worker-a", LEASE, MAX_ATTEMPTS)
     clock.advance(elapsed)
 
-    second = store.claim("worker-b", LEASE, MAX_ATTEMPTS)
+    second = store.outbox.claim("worker-b", LEASE, MAX_ATTEMPTS)
 
     if reclaimed:
         assert (second.id, second.attempts, second.lease_owner) == (action_id, 2, "worker-b")
         assert second.lease_until == clock.now + LEASE
-        assert store.action(action_id)["lease_owner"] == "worker-b"
+        assert store.actions.action(action_id)["lease_owner"] == "worker-b"
     else:
         assert second is None
-        assert store.action(action_id)["lease_owner"] == "worker-a"
-        assert store.action(action_id)["lease_until"] == first.lease_until
+        assert store.actions.action(action_id)["lease_owner"] == "worker-a"
+        assert store.actions.action(action_id)["lease_until"] == first.lease_until
 
 
 def test_killed_worker_loses_nothing(store, clock):
     [action_id] = schedule(store, "k")
-    store.claim("doomed", LEASE, MAX_ATTEMPTS)  # ... and the worker is killed: no finish, no release
+    store.outbox.claim("doomed", LEASE, MAX_ATTEMPTS)  # ... and the worker is killed: no finish, no release
     clock.advance(LEASE + 1)
 
-    claim = store.claim("survivor", LEASE, MAX_ATTEMPTS)
+    claim = store.outbox.claim("survivor", LEASE, MAX_ATTEMPTS)
     assert (claim.id, claim.attempts) == (action_id, 2)
-    assert store.finish(claim, attempt("done"), "survivor") is True
+    assert store.outbox.finish(claim, attempt("done"), "survivor") is True
 
-    assert store.action(action_id)["status"] == "done"
-    assert [(a["number"], a["worker"]) for a in store.attempts(action_id)] == [(2, "survivor")]
+    assert store.actions.action(action_id)["status"] == "done"
+    assert [(a["number"], a["worker"]) for a in store.actions.attempts(action_id)] == [(2, "survivor")]
 
 
 @pytest.mark.parametrize("max_attempts", [
@@ -1595,43 +1595,43 @@ def test_killed_worker_loses_nothing(store, clock):
 def test_action_whose_claims_never_report_is_marked_dead(store, clock, max_attempts):
     [action_id] = schedule(store, "k")
     for n in range(1, max_attempts + 1):
-        claim = store.claim(f"w{n}", LEASE, max_attempts)
+        claim = store.outbox.claim(f"w{n}", LEASE, max_attempts)
         assert (claim.id, claim.attempts) == (action_id, n)
         clock.advance(LEASE + 1)  # each worker dies holding the lease
 
-    assert store.claim("w-last", LEASE, max_attempts) is None
+    assert store.outbox.claim("w-last", LEASE, max_attempts) is None
 
-    row = store.action(action_id)
+    row = store.actions.action(action_id)
     assert (row["status"], row["attempts"], row["lease_owner"], row["lease_until"]) == (
         "dead", max_attempts, None, None)
     assert "gave up" in row["last_error"]
     assert f"{max_attempts} claims ended without a recorded result" in row["last_error"]
-    assert store.attempts(action_id) == []
+    assert store.actions.attempts(action_id) == []
     clock.advance(86400)
-    assert store.claim("w-later", LEASE, max_attempts) is None
+    assert store.outbox.claim("w-later", LEASE, max_attempts) is None
 
 
 def test_action_with_recorded_retries_is_not_marked_dead_before_max_attempts(store, clock):
     [action_id] = schedule(store, "k")
     for n in range(1, 3):
-        claim = store.claim("w", LEASE, 3)
-        assert store.finish(claim, attempt("retry", status=503, next_due_at=clock.now + 1), "w")
+        claim = store.outbox.claim("w", LEASE, 3)
+        assert store.outbox.finish(claim, attempt("retry", status=503, next_due_at=clock.now + 1), "w")
         clock.advance(2)
 
-    claim = store.claim("w", LEASE, 3)
+    claim = store.outbox.claim("w", LEASE, 3)
     assert (claim.id, claim.attempts) == (action_id, 3)
 
 
 def test_claim_marking_an_action_dead_still_hands_out_the_next_due_action(store, clock):
     [exhausted] = schedule(store, "exhausted", at=T0 - 10)
     [due] = schedule(store, "due", at=T0)
-    claim = store.claim("w1", LEASE, 1)
+    claim = store.outbox.claim("w1", LEASE, 1)
     assert claim.id == exhausted  # the most overdue, first
     clock.advance(LEASE + 1)  # w1 dies
 
-    claim = store.claim("w2", LEASE, 1)
+    claim = store.outbox.claim("w2", LEASE, 1)
 
-    assert store.action(exhausted)["status"] == "dead"
+    assert store.actions.action(exhausted)["status"] == "dead"
     # The docstring: "Lease the most overdue action to `worker`, or return None if none is due."
     assert claim is not None and claim.id == due
 
@@ -1645,21 +1645,21 @@ def test_claim_hands_out_the_most_overdue_first(store, clock):
     future = schedule(store, "future", at=T0 + 60)[0]
 
     order = []
-    while (claim := store.claim("w", LEASE, MAX_ATTEMPTS)) is not None:
+    while (claim := store.outbox.claim("w", LEASE, MAX_ATTEMPTS)) is not None:
         order.append(claim.id)
 
     assert order == [early, tie_first, tie_second, late]
-    assert store.action(future)["attempts"] == 0
+    assert store.actions.action(future)["attempts"] == 0
 
 
 def test_retried_action_goes_behind_those_due_sooner(store, clock):
     first, second = schedule(store, "first", "second", at=T0 - 5)
-    claim = store.claim("w", LEASE, MAX_ATTEMPTS)
+    claim = store.outbox.claim("w", LEASE, MAX_ATTEMPTS)
     assert claim.id == first
-    store.finish(claim, attempt("retry", status=503, next_due_at=T0 + 10), "w")
+    store.outbox.finish(claim, attempt("retry", status=503, next_due_at=T0 + 10), "w")
     clock.now = T0 + 20
 
-    assert [store.claim("w", LEASE, MAX_ATTEMPTS).id for _ in range(2)] == [second, first]
+    assert [store.outbox.claim("w", LEASE, MAX_ATTEMPTS).id for _ in range(2)] == [second, first]
 
 
 # -- claim: per_minute ------------------------------------------------------------------------
@@ -1675,32 +1675,32 @@ PER_MINUTE = 3
 def test_claim_per_minute_waits_while_the_limit_is_reached(store, clock, elapsed, claimable):
     ids = schedule(store, *(f"k-{i}" for i in range(PER_MINUTE + 2)), at=T0)
     for _ in range(PER_MINUTE):
-        claim = store.claim("w", LEASE, MAX_ATTEMPTS, per_minute=PER_MINUTE)
-        assert store.finish(claim, attempt("done", started_at=clock.now), "w")
+        claim = store.outbox.claim("w", LEASE, MAX_ATTEMPTS, per_minute=PER_MINUTE)
+        assert store.outbox.finish(claim, attempt("done", started_at=clock.now), "w")
     clock.advance(elapsed)
-    before = store.actions()
+    before = store.actions.actions()
 
-    claim = store.claim("w", LEASE, MAX_ATTEMPTS, per_minute=PER_MINUTE)
+    claim = store.outbox.claim("w", LEASE, MAX_ATTEMPTS, per_minute=PER_MINUTE)
 
     if claimable:
         assert (claim.id, claim.attempts) == (ids[PER_MINUTE], 1)
     else:
         assert claim is None
-        assert store.actions() == before  # waiting changed nothing
+        assert store.actions.actions() == before  # waiting changed nothing
         # the limit is the only thing in the way: without it, the next action is handed out
-        assert store.claim("w", LEASE, MAX_ATTEMPTS).id == ids[PER_MINUTE]
+        assert store.outbox.claim("w", LEASE, MAX_ATTEMPTS).id == ids[PER_MINUTE]
 
 
 def test_claim_per_minute_counts_claims_in_flight(store, clock):
     schedule(store, "a", "b", "c", at=T0)
-    first = store.claim("w1", LEASE, MAX_ATTEMPTS, per_minute=2)
-    second = store.claim("w2", LEASE, MAX_ATTEMPTS, per_minute=2)
+    first = store.outbox.claim("w1", LEASE, MAX_ATTEMPTS, per_minute=2)
+    second = store.outbox.claim("w2", LEASE, MAX_ATTEMPTS, per_minute=2)
     assert first is not None and second is not None
 
-    assert store.claim("w3", LEASE, MAX_ATTEMPTS, per_minute=2) is None  # two in flight
+    assert store.outbox.claim("w3", LEASE, MAX_ATTEMPTS, per_minute=2) is None  # two in flight
 
-    store.release(second, "w2")  # given back without a call: it does not count
-    third = store.claim("w3", LEASE, MAX_ATTEMPTS, per_minute=2)
+    store.outbox.release(second, "w2")  # given back without a call: it does not count
+    third = store.outbox.claim("w3", LEASE, MAX_ATTEMPTS, per_minute=2)
     assert third is not None and third.id == second.id
 
 
@@ -1710,17 +1710,17 @@ def test_claim_per_minute_loses_no_action(store, clock):
     claimed_per_minute: list[list[int]] = [[]]
 
     for _ in range(5 * n):  # a bound, so a bug cannot loop forever
-        claim = store.claim("w", LEASE, MAX_ATTEMPTS, per_minute=PER_MINUTE)
+        claim = store.outbox.claim("w", LEASE, MAX_ATTEMPTS, per_minute=PER_MINUTE)
         if claim is None:
-            if store.counts() == {"done": n}:
+            if store.actions.counts() == {"done": n}:
                 break
             clock.advance(61)
             claimed_per_minute.append([])
             continue
         claimed_per_minute[-1].append(claim.id)
-        assert store.finish(claim, attempt("done", started_at=clock.now), "w")
+        assert store.outbox.finish(claim, attempt("done", started_at=clock.now), "w")
 
-    assert store.counts() == {"done": n}
+    assert store.actions.counts() == {"done": n}
     assert [len(c) for c in claimed_per_minute] == [PER_MINUTE, PER_MINUTE, 1]
     assert [i for c in claimed_per_minute for i in c] == ids  # each once, in order
     assert all(store_attempts_single(store, i) for i in ids)
@@ -1734,7 +1734,7 @@ def test_concurrent_claims_respect_per_minute(make_store, database_url, request)
     stores = [make_store(clock) for _ in range(n_workers)]
 
     def claim(i: int):
-        return stores[i].claim(f"w{i}", LEASE, MAX_ATTEMPTS, per_minute=limit)
+        return stores[i].outbox.claim(f"w{i}", LEASE, MAX_ATTEMPTS, per_minute=limit)
 
     if backend(database_url) == "sqlite":
         results = run_threads(n_workers, claim)
@@ -1760,7 +1760,7 @@ def test_concurrent_claims_respect_per_minute(make_store, database_url, request)
     assert [r for r in results if isinstance(r, BaseException)] == []
     claimed = [r for r in results if r is not None]
     assert len(claimed) == limit  # no more in flight than the limit, and the limit is used
-    assert sum(a["attempts"] for a in setup.actions()) == limit
+    assert sum(a["attempts"] for a in setup.actions.actions()) == limit
 
 
 # -- finish ---------------------------------------------------------------------------------
@@ -1784,19 +1784,19 @@ def test_concurrent_claims_respect_per_minute(make_store, database_url, request)
 ], ids=["done", "failed", "retry", "retry-no-answer", "dead", "cancelled"])
 def test_finish_moves_the_action_and_records_the_attempt(store, clock, record_, status, due_at):
     [action_id] = schedule(store, "k", at=T0)
-    claim = store.claim("w", LEASE, MAX_ATTEMPTS)
+    claim = store.outbox.claim("w", LEASE, MAX_ATTEMPTS)
     clock.advance(3)
 
-    assert store.finish(claim, record_, "w") is True
+    assert store.outbox.finish(claim, record_, "w") is True
 
-    row = store.action(action_id)
+    row = store.actions.action(action_id)
     assert {k: row[k] for k in ("status", "due_at", "lease_owner", "lease_until", "last_status",
                                 "last_error", "attempts", "updated_at")} == {
         "status": status, "due_at": due_at, "lease_owner": None, "lease_until": None,
         "last_status": record_.http_status, "last_error": record_.error, "attempts": 1,
         "updated_at": T0 + 3,
     }
-    [row] = store.attempts(action_id)
+    [row] = store.actions.attempts(action_id)
     assert {k: row[k] for k in ("action_id", "number", "worker", "started_at", "latency_ms",
                                 "http_status", "outcome", "error", "next_due_at")} == {
         "action_id": action_id, "number": 1, "worker": "w", "started_at": record_.started_at,
@@ -1805,9 +1805,9 @@ def test_finish_moves_the_action_and_records_the_attempt(store, clock, record_, 
     }
 
     clock.now = due_at - 0.5
-    assert store.claim("w2", LEASE, MAX_ATTEMPTS) is None
+    assert store.outbox.claim("w2", LEASE, MAX_ATTEMPTS) is None
     clock.now = due_at + 60
-    again = store.claim("w2", LEASE, MAX_ATTEMPTS)
+    again = store.outbox.claim("w2", LEASE, MAX_ATTEMPTS)
     if status == "pending":
         assert (again.id, again.attempts) == (action_id, 2)
     else:
@@ -1816,12 +1816,12 @@ def test_finish_moves_the_action_and_records_the_attempt(store, clock, record_, 
 
 def test_finish_keeps_the_attempts_note(store, clock):
     [action_id] = schedule(store, "k")
-    claim = store.claim("w", LEASE, MAX_ATTEMPTS)
+    claim = store.outbox.claim("w", LEASE, MAX_ATTEMPTS)
     note = "confirm: nobody active in session sess-1"
 
-    store.finish(claim, AttemptRecord(T0, 1.0, 200, "done", None, None, note=note), "w")
+    store.outbox.finish(claim, AttemptRecord(T0, 1.0, 200, "done", None, None, note=note), "w")
 
-    assert [a["note"] for a in store.attempts(action_id)] == [note]
+    assert [a["note"] for a in store.actions.attempts(action_id)] == [note]
 
 
 @pytest.mark.parametrize("late", [
@@ -1833,46 +1833,46 @@ def test_finish_keeps_the_attempts_note(store, clock):
 ], ids=["done", "failed", "retry", "dead", "cancelled"])
 def test_finish_by_a_worker_that_lost_its_lease_is_fenced(store, clock, late):
     [action_id] = schedule(store, "k")
-    stale = store.claim("worker-a", LEASE, MAX_ATTEMPTS)
+    stale = store.outbox.claim("worker-a", LEASE, MAX_ATTEMPTS)
     clock.advance(LEASE + 1)
-    current = store.claim("worker-b", LEASE, MAX_ATTEMPTS)
-    before = store.action(action_id)
+    current = store.outbox.claim("worker-b", LEASE, MAX_ATTEMPTS)
+    before = store.actions.action(action_id)
 
-    assert store.finish(stale, late, "worker-a") is False
+    assert store.outbox.finish(stale, late, "worker-a") is False
 
-    assert store.action(action_id) == before  # still worker-b's, untouched
+    assert store.actions.action(action_id) == before  # still worker-b's, untouched
     assert before["lease_owner"] == "worker-b" and before["status"] == "pending"
-    assert [(a["number"], a["worker"], a["outcome"]) for a in store.attempts(action_id)] == [
+    assert [(a["number"], a["worker"], a["outcome"]) for a in store.actions.attempts(action_id)] == [
         (1, "worker-a", late.outcome)]  # the call was made, so it is recorded anyway
 
-    assert store.finish(current, attempt("done"), "worker-b") is True
-    assert store.action(action_id)["status"] == "done"
+    assert store.outbox.finish(current, attempt("done"), "worker-b") is True
+    assert store.actions.action(action_id)["status"] == "done"
 
 
 def test_finish_after_another_worker_finished_is_fenced(store, clock):
     [action_id] = schedule(store, "k")
-    stale = store.claim("worker-a", LEASE, MAX_ATTEMPTS)
+    stale = store.outbox.claim("worker-a", LEASE, MAX_ATTEMPTS)
     clock.advance(LEASE + 1)
-    current = store.claim("worker-b", LEASE, MAX_ATTEMPTS)
-    assert store.finish(current, attempt("failed", status=404, error="room not found"), "worker-b")
+    current = store.outbox.claim("worker-b", LEASE, MAX_ATTEMPTS)
+    assert store.outbox.finish(current, attempt("failed", status=404, error="room not found"), "worker-b")
 
-    assert store.finish(stale, attempt("done"), "worker-a") is False
+    assert store.outbox.finish(stale, attempt("done"), "worker-a") is False
 
-    row = store.action(action_id)
+    row = store.actions.action(action_id)
     assert (row["status"], row["last_status"], row["last_error"]) == ("failed", 404, "room not found")
-    assert [a["worker"] for a in store.attempts(action_id)] == ["worker-b", "worker-a"]
+    assert [a["worker"] for a in store.actions.attempts(action_id)] == ["worker-b", "worker-a"]
 
 
 def test_finishing_twice_moves_the_action_once(store, clock):
     [action_id] = schedule(store, "k")
-    claim = store.claim("w", LEASE, MAX_ATTEMPTS)
+    claim = store.outbox.claim("w", LEASE, MAX_ATTEMPTS)
 
-    assert store.finish(claim, attempt("retry", status=503, next_due_at=T0 + 60), "w") is True
-    assert store.finish(claim, attempt("done"), "w") is False
+    assert store.outbox.finish(claim, attempt("retry", status=503, next_due_at=T0 + 60), "w") is True
+    assert store.outbox.finish(claim, attempt("done"), "w") is False
 
-    row = store.action(action_id)
+    row = store.actions.action(action_id)
     assert (row["status"], row["due_at"]) == ("pending", T0 + 60)
-    assert [a["outcome"] for a in store.attempts(action_id)] == ["retry", "done"]
+    assert [a["outcome"] for a in store.actions.attempts(action_id)] == ["retry", "done"]
 
 
 # -- release --------------------------------------------------------------------------------
@@ -1880,38 +1880,38 @@ def test_finishing_twice_moves_the_action_once(store, clock):
 
 def test_release_gives_the_action_back_at_once(store, clock):
     [action_id] = schedule(store, "k")
-    claim = store.claim("w", LEASE, MAX_ATTEMPTS)
+    claim = store.outbox.claim("w", LEASE, MAX_ATTEMPTS)
 
-    store.release(claim, "w")
+    store.outbox.release(claim, "w")
 
-    row = store.action(action_id)
+    row = store.actions.action(action_id)
     assert (row["status"], row["lease_owner"], row["lease_until"], row["attempts"]) == (
         "pending", None, None, 0)
-    assert store.attempts(action_id) == []
-    again = store.claim("other", LEASE, MAX_ATTEMPTS)  # same instant: no lease to wait out
+    assert store.actions.attempts(action_id) == []
+    again = store.outbox.claim("other", LEASE, MAX_ATTEMPTS)  # same instant: no lease to wait out
     assert (again.id, again.attempts, again.lease_owner) == (action_id, 1, "other")
 
 
 def test_released_claims_do_not_count_toward_max_attempts(store, clock):
     [action_id] = schedule(store, "k")
     for _ in range(5):
-        claim = store.claim("w", LEASE, 2)
+        claim = store.outbox.claim("w", LEASE, 2)
         assert claim is not None and claim.attempts == 1
-        store.release(claim, "w")
+        store.outbox.release(claim, "w")
 
-    assert store.action(action_id)["status"] == "pending"
+    assert store.actions.action(action_id)["status"] == "pending"
 
 
 def test_release_by_a_worker_that_lost_its_lease_changes_nothing(store, clock):
     [action_id] = schedule(store, "k")
-    stale = store.claim("worker-a", LEASE, MAX_ATTEMPTS)
+    stale = store.outbox.claim("worker-a", LEASE, MAX_ATTEMPTS)
     clock.advance(LEASE + 1)
-    store.claim("worker-b", LEASE, MAX_ATTEMPTS)
-    before = store.action(action_id)
+    store.outbox.claim("worker-b", LEASE, MAX_ATTEMPTS)
+    before = store.actions.action(action_id)
 
-    store.release(stale, "worker-a")
+    store.outbox.release(stale, "worker-a")
 
-    assert store.action(action_id) == before
+    assert store.actions.action(action_id) == before
     assert (before["lease_owner"], before["attempts"]) == ("worker-b", 2)
 
 
@@ -1925,29 +1925,29 @@ def _outbox_with_every_status(store, clock) -> dict[str, int]:
     [ids["pending"]] = schedule(store, "pending", at=T0 + 3600)
     [ids["dry-run"]] = schedule(store, "dry-run", at=T0, acts=False)
     for name, outcome in (("dead", "dead"), ("done", "done")):
-        claim = store.claim("w", LEASE, MAX_ATTEMPTS)
+        claim = store.outbox.claim("w", LEASE, MAX_ATTEMPTS)
         assert claim.id == ids[name]
-        store.finish(claim, attempt(outcome, status=503, error="gave up"), "w")
-    assert store.claim("w", LEASE, 1).id == ids["lost"]
+        store.outbox.finish(claim, attempt(outcome, status=503, error="gave up"), "w")
+    assert store.outbox.claim("w", LEASE, 1).id == ids["lost"]
     clock.advance(LEASE + 1)  # that worker died; the next claim marks "lost" dead
     for name, outcome in (("failed", "failed"), ("cancelled", "cancelled")):
-        claim = store.claim("w", LEASE, 1)
+        claim = store.outbox.claim("w", LEASE, 1)
         assert claim.id == ids[name]
-        store.finish(claim, attempt(outcome), "w")
-    assert store.action(ids["lost"])["status"] == "dead"
+        store.outbox.finish(claim, attempt(outcome), "w")
+    assert store.actions.action(ids["lost"])["status"] == "dead"
     return ids
 
 
 def test_redrive_makes_only_the_named_dead_actions_pending_again(store, clock):
     ids = _outbox_with_every_status(store, clock)
     clock.advance(100)
-    before = {a["id"]: a for a in store.actions()}
+    before = {a["id"]: a for a in store.actions.actions()}
 
-    redriven = store.redrive([ids["dead"], ids["done"], ids["pending"], ids["failed"],
+    redriven = store.actions.redrive([ids["dead"], ids["done"], ids["pending"], ids["failed"],
                               ids["cancelled"], ids["dry-run"], 10_000])
 
     assert redriven == [ids["dead"]]  # not the other dead one: it was not named
-    after = {a["id"]: a for a in store.actions()}
+    after = {a["id"]: a for a in store.actions.actions()}
     row = after[ids["dead"]]
     assert {k: row[k] for k in ("status", "attempts", "due_at", "lease_owner", "lease_until",
                                 "updated_at")} == {
@@ -1955,43 +1955,43 @@ def test_redrive_makes_only_the_named_dead_actions_pending_again(store, clock):
         "lease_until": None, "updated_at": clock.now}
     assert {i: a for i, a in after.items() if i != ids["dead"]} == {
         i: a for i, a in before.items() if i != ids["dead"]}  # everything else untouched
-    claim = store.claim("w", LEASE, 1)  # a fresh count: max_attempts=1 still allows one claim
+    claim = store.outbox.claim("w", LEASE, 1)  # a fresh count: max_attempts=1 still allows one claim
     assert (claim.id, claim.attempts) == (ids["dead"], 1)
-    assert len(store.attempts(ids["dead"])) == 1  # the history is kept
+    assert len(store.actions.attempts(ids["dead"])) == 1  # the history is kept
 
 
 def test_redrive_none_redrives_every_dead_action(store, clock):
     ids = _outbox_with_every_status(store, clock)
 
-    assert store.redrive([]) == []  # nothing named, nothing done
-    assert store.redrive(None) == sorted([ids["dead"], ids["lost"]])
-    assert store.redrive(None) == []  # none left
+    assert store.actions.redrive([]) == []  # nothing named, nothing done
+    assert store.actions.redrive(None) == sorted([ids["dead"], ids["lost"]])
+    assert store.actions.redrive(None) == []  # none left
 
-    assert store.counts() == {"pending": 3, "done": 1, "failed": 1, "cancelled": 1, "dry-run": 1}
-    assert [store.action(ids[n])["attempts"] for n in ("dead", "lost")] == [0, 0]
+    assert store.actions.counts() == {"pending": 3, "done": 1, "failed": 1, "cancelled": 1, "dry-run": 1}
+    assert [store.actions.action(ids[n])["attempts"] for n in ("dead", "lost")] == [0, 0]
 
 
 # -- rules versions -------------------------------------------------------------------------
 
 
 def test_remember_rules_keeps_one_row_per_hash_and_the_latest_is_last_good(store, clock):
-    assert store.last_good_rules() is None
+    assert store.rules_kept.last_good_rules() is None
 
-    store.remember_rules("a" * 64, "rules.yaml", "version: 1  # a")
+    store.rules_kept.remember_rules("a" * 64, "rules.yaml", "version: 1  # a")
     clock.advance(10)
-    store.remember_rules("b" * 64, "rules.yaml", "version: 1  # b")
-    assert store.last_good_rules()["sha256"] == "b" * 64
+    store.rules_kept.remember_rules("b" * 64, "rules.yaml", "version: 1  # b")
+    assert store.rules_kept.last_good_rules()["sha256"] == "b" * 64
     clock.advance(10)
-    store.remember_rules("a" * 64, "elsewhere.yaml", "version: 1  # a")  # a loaded again
+    store.rules_kept.remember_rules("a" * 64, "elsewhere.yaml", "version: 1  # a")  # a loaded again
 
-    assert store.last_good_rules() == {
+    assert store.rules_kept.last_good_rules() == {
         "sha256": "a" * 64, "source": "rules.yaml", "text": "version: 1  # a",
         "first_loaded_at": T0, "last_loaded_at": T0 + 20}  # the first row, its time moved on
-    assert store.rules_version("b" * 64) == {
+    assert store.rules_kept.rules_version("b" * 64) == {
         "sha256": "b" * 64, "source": "rules.yaml", "text": "version: 1  # b",
         "first_loaded_at": T0 + 10, "last_loaded_at": T0 + 10}
-    assert store.rules_version("c" * 64) is None
-    with store.engine.connect() as conn:
+    assert store.rules_kept.rules_version("c" * 64) is None
+    with store.db.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(tables.rules_versions)).scalar() == 2
 
 
@@ -1999,10 +1999,10 @@ def test_concurrent_remember_rules_keeps_one_row(make_store):
     n = 8
     stores = [make_store() for _ in range(n)]
 
-    results = run_threads(n, lambda i: stores[i].remember_rules("a" * 64, "rules.yaml", "version: 1"))
+    results = run_threads(n, lambda i: stores[i].rules_kept.remember_rules("a" * 64, "rules.yaml", "version: 1"))
 
     assert [r for r in results if isinstance(r, BaseException)] == []
-    with stores[0].engine.connect() as conn:
+    with stores[0].db.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(tables.rules_versions)).scalar() == 1
 
 
@@ -2018,12 +2018,12 @@ def test_room_story_tells_one_rooms_story_only(store, clock):
         record(store, d2, [timer_decision(f"hold|{room}|s", room_id=room, at=T0)])
         stories[room] = (d1, d2)
     clock.now = T0 + 1  # both actions due; room-1's is the older
-    claim = store.claim("w", LEASE, MAX_ATTEMPTS)
+    claim = store.outbox.claim("w", LEASE, MAX_ATTEMPTS)
     assert claim.room_id == "room-1"
-    store.finish(claim, attempt("done"), "w")
+    store.outbox.finish(claim, attempt("done"), "w")
     record(store, new_delivery(at=T0 + 2, room_id=None, known=False))  # no room at all
 
-    story = store.room_story("room-1")
+    story = store.history.room_story("room-1")
 
     d1, d2 = stories["room-1"]
     assert set(story) == {"deliveries", "decisions", "timers", "actions", "attempts", "room"}
@@ -2034,10 +2034,10 @@ def test_room_story_tells_one_rooms_story_only(store, clock):
     assert [a["key"] for a in story["actions"]] == ["k|room-1"]
     assert [(a["action_id"], a["outcome"]) for a in story["attempts"]] == [(claim.id, "done")]
     assert [(r["room_id"], r["state"]) for r in story["room"]] == [("room-1", {"room": "room-1"})]
-    other = store.room_story("room-2")
+    other = store.history.room_story("room-2")
     assert [len(other[k]) for k in ("deliveries", "decisions", "timers", "actions", "attempts",
                                     "room")] == [2, 2, 1, 1, 0, 1]
-    assert store.room_story("no-such-room") == {
+    assert store.history.room_story("no-such-room") == {
         "deliveries": [], "decisions": [], "timers": [], "actions": [], "attempts": [], "room": []}
 
 
@@ -2062,18 +2062,18 @@ def test_deliveries_since_reads_in_order_across_batches(store, since, expected, 
     for delivery in made:
         record(store, delivery)
     reads = []
-    read = store._deliveries_after
-    monkeypatch.setattr(store, "_deliveries_after",
+    read = store.history._deliveries_after
+    monkeypatch.setattr(store.history, "_deliveries_after",
                         lambda *args: reads.append(args) or read(*args))
 
-    got = list(store.deliveries_since(since, batch=3))
+    got = list(store.history.deliveries_since(since, batch=3))
 
     want = sorted((d for d in made if d.received_at >= since), key=lambda d: (d.received_at, d.id))
     assert len(want) == expected
     assert [(d["received_at"], d["id"]) for d in got] == [(d.received_at, d.id) for d in want]
     assert [d["body"] for d in got] == [d.body for d in want]  # whole rows
     assert len(reads) == expected // 3 + 1  # in batches of 3; a short batch ends it
-    assert store.count_deliveries_since(since) == expected
+    assert store.history.count_deliveries_since(since) == expected
 
 
 # -- outages --------------------------------------------------------------------------------
@@ -2090,26 +2090,26 @@ def unreachable_url(database_url, tmp_path, closed_port) -> str:
 
 
 @pytest.mark.parametrize("call", [
-    lambda s: s.ping(),
-    lambda s: s.migrate(),
-    lambda s: s.schema_version(),
+    lambda s: s.db.ping(),
+    lambda s: s.db.migrate(),
+    lambda s: s.db.schema_version(),
     lambda s: record(s, new_delivery(), [new_decision("k")]),
-    lambda s: s.append(inbox_item()),
-    lambda s: s.deciding(10).__enter__(),
-    lambda s: s.has_undecided(),
-    lambda s: s.inbox_stats(),
-    lambda s: s.claim("w", LEASE, MAX_ATTEMPTS),
-    lambda s: s.claim("w", LEASE, MAX_ATTEMPTS, per_minute=5),
-    lambda s: s.actions(),
-    lambda s: s.fire_due_timer(Decider(fire())),
-    lambda s: s.recheck_timer(1, Decider(fire())),
-    lambda s: s.pending_timers_by_rule(),
-    lambda s: s.redrive(None),
-    lambda s: s.remember_rules("a" * 64, "rules.yaml", "version: 1"),
-    lambda s: s.last_good_rules(),
-    lambda s: s.room_story("room-1"),
-    lambda s: list(s.deliveries_since(T0)),
-    lambda s: s.count_deliveries_since(T0),
+    lambda s: s.inbox.append(inbox_item()),
+    lambda s: s.inbox.deciding(10).__enter__(),
+    lambda s: s.inbox.has_undecided(),
+    lambda s: s.inbox.inbox_stats(),
+    lambda s: s.outbox.claim("w", LEASE, MAX_ATTEMPTS),
+    lambda s: s.outbox.claim("w", LEASE, MAX_ATTEMPTS, per_minute=5),
+    lambda s: s.actions.actions(),
+    lambda s: s.timers.fire_due_timer(Decider(fire())),
+    lambda s: s.timers.recheck_timer(1, Decider(fire())),
+    lambda s: s.timers.pending_timers_by_rule(),
+    lambda s: s.actions.redrive(None),
+    lambda s: s.rules_kept.remember_rules("a" * 64, "rules.yaml", "version: 1"),
+    lambda s: s.rules_kept.last_good_rules(),
+    lambda s: s.history.room_story("room-1"),
+    lambda s: list(s.history.deliveries_since(T0)),
+    lambda s: s.history.count_deliveries_since(T0),
 ], ids=["ping", "migrate", "schema_version", "ingest", "append", "deciding", "has_undecided",
         "inbox_stats", "claim", "claim-per-minute", "actions",
         "fire_due_timer", "recheck_timer", "pending_timers_by_rule", "redrive", "remember_rules",
@@ -2135,9 +2135,9 @@ def test_driver_errors_come_out_as_sqlalchemys(make_store):
     from service.store.driver import Compiled, run
 
     store = make_store()
-    broken = Compiled(text("SELECT missing_column FROM deliveries"), store.engine.dialect)
+    broken = Compiled(text("SELECT missing_column FROM deliveries"), store.db.engine.dialect)
     with pytest.raises(SQLAlchemyError) as caught:
-        with store._write() as conn:
+        with store.db.write() as conn:
             run(conn, broken, {})
     assert type(caught.value.orig).__module__.split(".")[0] in ("sqlite3", "psycopg")
     assert "missing_column" in str(caught.value.orig)
@@ -2155,14 +2155,14 @@ def test_an_interrupt_inside_a_driver_statement_does_not_return_the_connection_t
     from service.store.driver import Compiled, run
 
     store = make_store()
-    statement = Compiled(text("SELECT 1"), store.engine.dialect)
+    statement = Compiled(text("SELECT 1"), store.db.engine.dialect)
 
     def interrupted(values):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(statement, "params", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        with store._write() as conn:
+        with store.db.write() as conn:
             raw = conn.connection.driver_connection
             run(conn, statement, {})
     with pytest.raises(Exception, match="(?i)closed"):
@@ -2199,7 +2199,7 @@ def test_a_connection_dropped_mid_delivery_is_unavailable_then_recovers(make_sto
         {"n": 1}, (new_decision("k-dropped", room_id="room-dropped"),)))
     assert inbox_ids(store) == []
     assert [d.outcome for d in receipt.decisions] == ["scheduled"]
-    assert store.room("room-dropped")["state"] == {"n": 1}
+    assert store.history.room("room-dropped")["state"] == {"n": 1}
 
 
 class _Lock:
@@ -2233,7 +2233,7 @@ def test_locked_database_raises_store_unavailable_then_recovers(make_store, data
     delivery = new_delivery()
     plan = lambda *_: PlanWrite({"n": 1}, (new_decision("k"),))  # noqa: E731
     if held == "decide":
-        store.append(inbox_item(id=delivery.id, body=delivery.body))
+        store.inbox.append(inbox_item(id=delivery.id, body=delivery.body))
     lock = _Lock(database_url)
     outcome: list[object] = []
 
@@ -2244,8 +2244,8 @@ def test_locked_database_raises_store_unavailable_then_recovers(make_store, data
         writer.join(PG_LOCK_WAIT if backend(database_url) == "postgresql" else THREAD_JOIN_LIMIT)
         blocked = writer.is_alive()
         if not blocked:
-            store.ping()  # readers are not held up by the writer
-            assert store.inbox_stats()[0] == (1 if held == "decide" else 0)
+            store.db.ping()  # readers are not held up by the writer
+            assert store.inbox.inbox_stats()[0] == (1 if held == "decide" else 0)
     finally:
         lock.release()
     writer.join(THREAD_JOIN_LIMIT)
@@ -2260,9 +2260,9 @@ def test_locked_database_raises_store_unavailable_then_recovers(make_store, data
     # The lock is gone: the same store, no restart, takes the same delivery.
     receipt = ingest(store, delivery, plan) if held == "append" else decide_kept(store, delivery, plan)
     assert [d.outcome for d in receipt.decisions] == ["scheduled"]
-    assert store.delivery(delivery.id) == delivery.__dict__
-    assert store.room("room-1")["state"] == {"n": 1}
-    assert store.claim("w", LEASE, MAX_ATTEMPTS) is not None
+    assert store.history.delivery(delivery.id) == delivery.__dict__
+    assert store.history.room("room-1")["state"] == {"n": 1}
+    assert store.outbox.claim("w", LEASE, MAX_ATTEMPTS) is not None
     assert inbox_ids(store) == []
 
 
@@ -2304,7 +2304,7 @@ def test_the_batchs_copy_of_a_room_is_what_the_store_holds_after_every_delivery(
             event("session-ended")
     for i, (room, body) in enumerate(bodies):
         at = T0 + i
-        store.append(InboxItem(id=new_delivery_id(at), received_at=at, room_id=room, body=body.decode(),
+        store.inbox.append(InboxItem(id=new_delivery_id(at), received_at=at, room_id=room, body=body.decode(),
                                signature=None, verified=True))
 
     compared, outcomes = [], []
@@ -2314,14 +2314,14 @@ def test_the_batchs_copy_of_a_room_is_what_the_store_holds_after_every_delivery(
         receipt = original(batch, row, delivery, write)
         outcomes.extend(d.outcome for d in receipt.decisions)
         _, timers, keys = batch.room_inputs(delivery.room_id)
-        assert timers == store._pending_timers(batch._conn, delivery.room_id)
-        assert keys == store._action_keys(batch._conn, delivery.room_id)
+        assert timers == store.inbox.rooms.pending_timers(batch._conn, delivery.room_id)
+        assert keys == store.inbox.rooms.action_keys(batch._conn, delivery.room_id)
         compared.append(delivery.id)
         return receipt
 
     monkeypatch.setattr(InboxBatch, "record", record_and_compare)
-    decided = Decider(store, lambda: rule_set, acts=True, verifier=None).drain()
+    decided = Decider(store.inbox, lambda: rule_set, acts=True, verifier=None).drain()
     assert len(decided) == len(compared) == len(bodies)
     # Every kind of change was made: the copy was checked against each.
     assert {"timer-started", "scheduled", "duplicate"} <= set(outcomes), outcomes
-    assert any(t["status"] == "cancelled" for t in store.timers(room_id="copy-room-a"))
+    assert any(t["status"] == "cancelled" for t in store.history.timers(room_id="copy-room-a"))

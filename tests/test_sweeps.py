@@ -60,7 +60,7 @@ def clock() -> Clock:
 @pytest.fixture
 def store(tmp_path, clock):
     store = Store.from_url(f"sqlite:///{tmp_path}/s.db", clock)
-    store.migrate()
+    store.db.migrate()
     yield store
     store.close()
 
@@ -73,7 +73,7 @@ def accept(store, raw: bytes, at: float) -> str:
 
     item = InboxItem(id=new_delivery_id(at), received_at=at, room_id=read_envelope(raw)[1],
                      body=raw.decode(), signature=None, verified=True)
-    store.append(item)
+    store.inbox.append(item)
     return item.id
 
 
@@ -85,7 +85,7 @@ def inbox_rooms(store: Store) -> list[str]:
     from sqlalchemy import select
 
     from service.store.tables import inbox
-    with store.engine.connect() as conn:
+    with store.db.engine.connect() as conn:
         return list(conn.execute(select(inbox.c.room_id).order_by(inbox.c.seq)).scalars())
 
 
@@ -147,7 +147,7 @@ def make_store(database_url):
 
     def make(clock: Clock) -> Store:
         store = Store.from_url(database_url, clock)
-        store.migrate()
+        store.db.migrate()
         made.append(store)
         return store
 
@@ -161,7 +161,7 @@ def _rooms(store: Store, clock: Clock, names: list[str]) -> None:
     rules = RulesHolder(parse(SWEEP_RULES)[0])
     for name in names:
         join(store, name, T0)
-    Decider(store, lambda: rules.current, acts=True, verifier=None).drain()
+    Decider(store.inbox, lambda: rules.current, acts=True, verifier=None).drain()
 
 
 def test_a_round_appends_each_open_room_once_in_chunks_and_one_worker_holds_it(make_store):
@@ -171,21 +171,21 @@ def test_a_round_appends_each_open_room_once_in_chunks_and_one_worker_holds_it(m
     _rooms(store, clock, names)
     clock.now = T0 + 1
 
-    first = store.sweep_turn("w-1", every=600, chunk=3, lease=60)
+    first = store.sweeps.sweep_turn("w-1", every=600, chunk=3, lease=60)
     assert (first.round, first.appended, first.finished, first.started) == (1, 3, False, True)
-    held = store.sweep_turn("w-2", every=600, chunk=3, lease=60)  # another worker: not its round
+    held = store.sweeps.sweep_turn("w-2", every=600, chunk=3, lease=60)  # another worker: not its round
     assert (held.appended, held.next_look_at) == (0, T0 + 1 + 60)
-    assert store.sweep_turn("w-1", every=600, chunk=3, lease=60).appended == 3
-    last = store.sweep_turn("w-1", every=600, chunk=3, lease=60)
+    assert store.sweeps.sweep_turn("w-1", every=600, chunk=3, lease=60).appended == 3
+    last = store.sweeps.sweep_turn("w-1", every=600, chunk=3, lease=60)
     assert (last.appended, last.finished, last.rooms, last.next_look_at) == (1, True, 7, T0 + 1 + 600)
-    assert store.inbox_stats()[0] == 7
+    assert store.inbox.inbox_stats()[0] == 7
     swept = sorted(inbox_rooms(store))
     assert swept == names  # each once
 
-    not_due = store.sweep_turn("w-2", every=600, chunk=3, lease=60)
+    not_due = store.sweeps.sweep_turn("w-2", every=600, chunk=3, lease=60)
     assert (not_due.appended, not_due.next_look_at) == (0, T0 + 601)
     clock.now = T0 + 601
-    again = store.sweep_turn("w-2", every=600, chunk=100, lease=60)
+    again = store.sweeps.sweep_turn("w-2", every=600, chunk=100, lease=60)
     assert (again.round, again.appended, again.finished) == (2, 7, True)
 
 
@@ -193,9 +193,9 @@ def test_a_round_whose_owner_died_is_carried_on_from_its_cursor(make_store):
     clock = Clock(T0)
     store = make_store(clock)
     _rooms(store, clock, [f"room-{i:02d}" for i in range(5)])
-    assert store.sweep_turn("w-dead", every=600, chunk=2, lease=60).appended == 2
+    assert store.sweeps.sweep_turn("w-dead", every=600, chunk=2, lease=60).appended == 2
     clock.now = T0 + 61  # its lease ran out
-    rest = store.sweep_turn("w-2", every=600, chunk=10, lease=60)
+    rest = store.sweeps.sweep_turn("w-2", every=600, chunk=10, lease=60)
     assert (rest.round, rest.appended, rest.finished, rest.rooms) == (1, 3, True, 5)
     assert sorted(set(inbox_rooms(store))) == sorted(inbox_rooms(store)) and len(inbox_rooms(store)) == 5
 
@@ -213,7 +213,7 @@ def test_a_delivery_that_arrives_during_a_round_waits_behind_one_chunk_not_the_r
     worker = make_worker(store, clock, "http://127.0.0.1:9", rules=RulesHolder(parse(SWEEP_RULES)[0]),
                          decides=True)
     held: list[list[str]] = []  # what the inbox held each time a chunk was appended
-    turn = store.sweep_turn
+    turn = store.sweeps.sweep_turn
 
     def watched(*args):
         done = turn(*args)
@@ -221,14 +221,14 @@ def test_a_delivery_that_arrives_during_a_round_waits_behind_one_chunk_not_the_r
             held.append(inbox_rooms(store))
         return done
 
-    monkeypatch.setattr(store, "sweep_turn", watched)
+    monkeypatch.setattr(store.sweeps, "sweep_turn", watched)
     clock.now = T0 + 1
     assert worker.run_once()  # the round starts: its first chunk
     join(store, "late-room", T0 + 1, session="s-9", who="p-9")  # sorts before the cursor: not swept
     drain(worker)
     assert held == [names[0:3], names[3:6], names[6:9], names[9:]]  # the late delivery never behind two
-    assert store.inbox_stats()[0] == 0
-    assert store.sweep_state()["rooms"] == 10
+    assert store.inbox.inbox_stats()[0] == 0
+    assert store.pages.sweep_state()["rooms"] == 10
 
 
 def test_a_room_whose_delivery_waits_for_a_key_does_not_hold_a_round_back(make_store, monkeypatch):
@@ -244,13 +244,13 @@ def test_a_room_whose_delivery_waits_for_a_key_does_not_hold_a_round_back(make_s
     _rooms(store, clock, names)
     monkeypatch.setattr(sweeps, "CHUNK", 3)
     raw = event_body("participant-joined", meetingId="room-05", sessionId="s-1", participantId="p-5")
-    store.append(InboxItem(id=new_delivery_id(T0 + 1), received_at=T0 + 1, room_id="room-05", body=raw.decode(),
+    store.inbox.append(InboxItem(id=new_delivery_id(T0 + 1), received_at=T0 + 1, room_id="room-05", body=raw.decode(),
                            signature="not-checked-yet", verified=None))  # no key could be had yet
     worker = make_worker(store, clock, "http://127.0.0.1:9", rules=RulesHolder(parse(SWEEP_RULES)[0]),
                          decides=True)
     clock.now = T0 + 2
     drain(worker)
-    state = store.sweep_state()
+    state = store.pages.sweep_state()
     assert (state["round"], state["rooms"], state["finished_at"]) == (1, 10, T0 + 2)
     assert inbox_rooms(store) == ["room-05", "room-05"]  # the delivery and its room's sweep, kept in order
 
@@ -262,18 +262,18 @@ def test_a_closed_room_is_not_swept_until_a_delivery_brings_it_back(make_store):
     clock = Clock(T0)
     store = make_store(clock)
     _rooms(store, clock, ["room-open", "room-shut"])
-    with store.engine.begin() as conn:
-        store._close_room(conn, "room-shut", T0)
-    assert store.sweep_turn("w-1", every=600, chunk=10, lease=60).appended == 1
+    with store.db.engine.begin() as conn:
+        store.inbox.rooms.close_room(conn, "room-shut", T0)
+    assert store.sweeps.sweep_turn("w-1", every=600, chunk=10, lease=60).appended == 1
     assert inbox_rooms(store) == ["room-open"]
 
     rules = RulesHolder(parse(SWEEP_RULES)[0])
-    Decider(store, lambda: rules.current, acts=True, verifier=None).drain()
+    Decider(store.inbox, lambda: rules.current, acts=True, verifier=None).drain()
     join(store, "room-shut", T0 + 5, session="s-2")  # back to life
-    Decider(store, lambda: rules.current, acts=True, verifier=None).drain()
+    Decider(store.inbox, lambda: rules.current, acts=True, verifier=None).drain()
     clock.now = T0 + 601
-    assert store.sweep_turn("w-1", every=600, chunk=10, lease=60).appended == 2
-    with store.engine.begin() as conn:
+    assert store.sweeps.sweep_turn("w-1", every=600, chunk=10, lease=60).appended == 2
+    with store.db.engine.begin() as conn:
         conn.execute(update(rooms).values(closed_at=None))  # (nothing else reads closed_at)
 
 
@@ -301,18 +301,18 @@ def test_a_room_whose_leave_was_lost_is_deactivated_by_a_sweep_confirmed_by_the_
 
     assert fake_api.deactivations() == ["room-lost"]
     assert len(fake_api.calls_to(SESSIONS)) == 2  # room-live and room-lost: not the protected, not the recent
-    by_room = {a["room_id"]: a for a in store.actions()}
+    by_room = {a["room_id"]: a for a in store.actions.actions()}
     assert by_room["room-lost"]["status"] == "done"
     assert by_room["room-live"]["status"] == "cancelled"
     assert "VideoSDK lists live session s-room-live" in by_room["room-live"]["last_error"]
     assert "keep-lost" not in by_room and "room-recent" not in by_room
-    outcomes = {d["room_id"]: d["outcome"] for d in store.decisions() if d["rule"] == "close-forgotten"}
+    outcomes = {d["room_id"]: d["outcome"] for d in store.history.decisions() if d["rule"] == "close-forgotten"}
     assert outcomes == {"room-lost": "scheduled", "room-live": "scheduled", "keep-lost": "protected"}
 
     # room-lost is closed: the next round leaves it out; room-live stays in (it is in use)
     clock.now += 601
     drain(worker)
-    swept = [d["room_id"] for room in ("room-live", "room-lost") for d in store.deliveries(room_id=room, limit=100)
+    swept = [d["room_id"] for room in ("room-live", "room-lost") for d in store.history.deliveries(room_id=room, limit=100)
              if d["event_type"] == "sweep"]
     assert swept.count("room-live") == 3 and swept.count("room-lost") == 2
     assert fake_api.deactivations() == ["room-lost"]
@@ -323,13 +323,13 @@ def test_a_sweep_changes_nothing_about_the_room_and_explain_says_what_it_saw(fak
     worker = make_worker(store, clock, fake_api.base_url, rules=rules, decides=True)
     join(store, "room-x", T0, session="s-x")
     drain(worker)
-    before = store.room("room-x")
+    before = store.history.room("room-x")
     clock.now = T0 + 3 * 3600
     drain(worker)
-    after = store.room("room-x")
+    after = store.history.room("room-x")
     assert (after["state"], after["updated_at"], after["last_delivery_id"]) == (
         before["state"], before["updated_at"], before["last_delivery_id"])
-    text = "\n".join(explain.story("room-x", store.room_story("room-x"), clock.now))
+    text = "\n".join(explain.story("room-x", store.history.room_story("room-x"), clock.now))
     assert "swept at" in text and "quiet for 3h" in text
     assert "close-forgotten" in text
 
@@ -347,7 +347,7 @@ def test_an_unreadable_or_failed_live_session_check_never_deactivates(fake_api, 
         if len(fake_api.calls_to(SESSIONS)) == 2:
             break
     assert fake_api.deactivations() == []
-    [action] = store.actions()
+    [action] = store.actions.actions()
     assert action["status"] == "pending" and action["attempts"] == 2  # retried, not acted on
 
 
@@ -362,7 +362,7 @@ def test_a_404_from_the_live_session_list_is_not_read_as_no_session(fake_api, st
     clock.now = T0 + 3 * 3600
     drain(worker)
     assert len(fake_api.calls_to(SESSIONS)) == 1 and fake_api.deactivations(status=None) == []
-    [action] = store.actions()
+    [action] = store.actions.actions()
     assert action["status"] == "failed" and "confirm check failed" in action["last_error"]
 
 
@@ -421,7 +421,7 @@ def test_simulate_shows_what_a_sweep_would_do_for_one_room_as_stored(tmp_path, f
 
     clock = Clock(time.time() - 3 * 3600)
     store = Store.from_url(f"sqlite:///{tmp_path}/sim.db", clock)
-    store.migrate()
+    store.db.migrate()
     rules_path = tmp_path / "sweep-rules.yaml"
     rules_path.write_text(SWEEP_RULES)
     worker = make_worker(store, clock, fake_api.base_url, rules=RulesHolder(parse(SWEEP_RULES)[0]), decides=True)

@@ -651,7 +651,7 @@ def test_explain_shows_a_delivery_kept_unread(service, env, make_app, sign):
         "Content-Type": "application/json", "videosdk-signature": sign(unread)})
     assert answer.status_code == 202  # accepted: what it lacks is found when it is decided
     decide(app)
-    kept = app.extensions["roomwarden"].store.delivery(answer.get_json()["delivery"])
+    kept = app.extensions["roomwarden"].store.history.delivery(answer.get_json()["delivery"])
     assert kept["problem"] == "data.participantId: Missing data for required field."
     code, lines = story("room-u", env)
     assert code == 0

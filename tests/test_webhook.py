@@ -27,7 +27,7 @@ def flip_one_byte(body: bytes) -> bytes:
 
 def stored(app) -> dict[str, int]:
     store = app.extensions["roomwarden"].store
-    return {"inbox": store.inbox_stats()[0], "deliveries": len(store.deliveries()), "actions": len(store.actions())}
+    return {"inbox": store.inbox.inbox_stats()[0], "deliveries": len(store.history.deliveries()), "actions": len(store.actions.actions())}
 
 
 # (body, signature or a marker, expected status, a fragment of the error, or for a 202 what the
@@ -99,7 +99,7 @@ def test_webhook_answers(app, client, sign, body, signature, status, message):
         assert len(payload["delivery"]) == 27 and payload["verified"] == "yes"
         decide(app)  # as the worker does
         store = app.extensions["roomwarden"].store
-        delivery = store.delivery(payload["delivery"])
+        delivery = store.history.delivery(payload["delivery"])
         assert stored(app) == {"inbox": 0, "deliveries": 1, "actions": 1 if message == "acted" else 0}
         assert delivery["body"].encode() == body
         assert (delivery["known"], delivery["problem"] is not None) == {
@@ -118,7 +118,7 @@ def test_field_level_messages_of_a_kept_body_are_its_problem(app, post):
     assert response.status_code == 202
     problem = "data.meetingId: Not a valid string.; data.sessionId: Field may not be null."
     assert decided(app, response) == []
-    assert app.extensions["roomwarden"].store.delivery(response.get_json()["delivery"])["problem"] == problem
+    assert app.extensions["roomwarden"].store.history.delivery(response.get_json()["delivery"])["problem"] == problem
 
 
 def test_accepted_delivery_is_recorded_with_its_decision_and_action(app, post):
@@ -129,14 +129,14 @@ def test_accepted_delivery_is_recorded_with_its_decision_and_action(app, post):
     assert decided(app, response) == [{"rule": "close-after-session", "action": "deactivate",
                                        "outcome": "scheduled", "action_id": 1}]
     store = app.extensions["roomwarden"].store
-    delivery = store.delivery(body["delivery"])
+    delivery = store.history.delivery(body["delivery"])
     assert delivery["body"].encode() == ENDED  # byte for byte, as signed
     assert delivery["body_sha256"] == hashlib.sha256(ENDED).hexdigest()
     assert delivery["verified"] is True and delivery["known"] is True
     assert delivery["rules_hash"] == app.extensions["roomwarden"].rules.current.sha256
-    [decision] = store.decisions(delivery_id=body["delivery"])
+    [decision] = store.history.decisions(delivery_id=body["delivery"])
     assert decision["action_key"] == "close-after-session|abcd-efgh-ijkl|s-1"
-    [action] = store.actions()
+    [action] = store.actions.actions()
     assert (action["status"], action["room_id"], action["kind"]) == ("pending", "abcd-efgh-ijkl", "deactivate")
 
 
@@ -144,8 +144,8 @@ def test_repeated_delivery_never_schedules_a_second_action(app, post):
     outcomes = [decided(app, post(ENDED))[0]["outcome"] for _ in range(3)]
     assert outcomes == ["scheduled", "duplicate", "duplicate"]
     store = app.extensions["roomwarden"].store
-    assert len(store.deliveries()) == 3  # each arrival is recorded...
-    assert len(store.actions()) == 1  # ...but acted on once
+    assert len(store.history.deliveries()) == 3  # each arrival is recorded...
+    assert len(store.actions.actions()) == 1  # ...but acted on once
 
 
 def test_unknown_event_is_recorded_and_never_acted_on(app, post):
@@ -157,8 +157,8 @@ def test_unknown_event_is_recorded_and_never_acted_on(app, post):
     response = post(unknown)
     assert response.status_code == 202
     store = app.extensions["roomwarden"].store
-    assert store.delivery(response.get_json()["delivery"])["known"] is False and decided(app, response) == []
-    assert [a["room_id"] for a in app.extensions["roomwarden"].store.actions()] == ["rec-room-0001"]
+    assert store.history.delivery(response.get_json()["delivery"])["known"] is False and decided(app, response) == []
+    assert [a["room_id"] for a in app.extensions["roomwarden"].store.actions.actions()] == ["rec-room-0001"]
 
 
 @pytest.mark.parametrize("payload", sorted(p.name for p in PAYLOADS.glob("*.json")
@@ -240,7 +240,7 @@ def test_no_key_yet_keeps_the_delivery_and_verifies_it_once_a_key_can_be_had(mak
     runtime.verifier._failed_at = None  # as if the fetch back-off (5 s) had passed
     assert [d.delivery_id for d in decide(app)][0] == response.get_json()["delivery"]
     assert stored(app) == {"inbox": 0, "deliveries": 2, "actions": 2}
-    assert runtime.store.delivery(response.get_json()["delivery"])["verified"] is True
+    assert runtime.store.history.delivery(response.get_json()["delivery"])["verified"] is True
 
 
 def test_kept_unverified_then_failing_verification_is_refused_and_never_acted_on(make_app, fake_api, sign):
@@ -254,10 +254,10 @@ def test_kept_unverified_then_failing_verification_is_refused_and_never_acted_on
     [refused] = decide(app)
     assert refused.outcome == "refused"
     store = app.extensions["roomwarden"].store
-    delivery = store.delivery(response.get_json()["delivery"])
+    delivery = store.history.delivery(response.get_json()["delivery"])
     assert delivery["verified"] is False and delivery["problem"].startswith("refused: ")
     assert delivery["body"].encode() == ENDED  # kept as received
-    assert store.decisions() == [] and store.actions() == []
+    assert store.history.decisions() == [] and store.actions.actions() == []
 
 
 def test_pinned_keys_any_of_several(make_app, fake_api, public_pem, sign):
@@ -279,8 +279,8 @@ def test_verification_off_accepts_but_never_acts(make_app, fake_api):
     assert response.status_code == 202 and response.get_json()["verified"] == "off"
     assert decided(app, response)[0]["outcome"] == "dry-run"
     store = app.extensions["roomwarden"].store
-    assert store.delivery(response.get_json()["delivery"])["verified"] is False
-    assert store.actions(status="pending") == []
+    assert store.history.delivery(response.get_json()["delivery"])["verified"] is False
+    assert store.actions.actions(status="pending") == []
 
 
 def test_dry_run_records_decisions_and_schedules_nothing(make_app, sign):
@@ -289,7 +289,7 @@ def test_dry_run_records_decisions_and_schedules_nothing(make_app, sign):
                                       headers={"videosdk-signature": sign(ENDED)})
     assert response.status_code == 202
     assert decided(app, response)[0]["outcome"] == "dry-run"
-    assert [a["status"] for a in app.extensions["roomwarden"].store.actions()] == ["dry-run"]
+    assert [a["status"] for a in app.extensions["roomwarden"].store.actions.actions()] == ["dry-run"]
 
 
 ADMIN_TOKEN = "admin-token-for-webhook-tests-0123"
@@ -584,8 +584,8 @@ def test_a_known_type_missing_a_field_is_kept_and_never_decided_on(make_app, tmp
     assert [d["outcome"] for d in decided(app, post(joined))] == ["timer-started"]
 
     def recorded():
-        return {"room": store.room(KEPT_ROOM), "timers": store.timers(), "decisions": store.decisions(),
-                "actions": store.actions()}
+        return {"room": store.history.room(KEPT_ROOM), "timers": store.history.timers(), "decisions": store.history.decisions(),
+                "actions": store.actions.actions()}
 
     before, scraped = recorded(), _scrape(client)
     body = event_body(event_type, meetingId=KEPT_ROOM, **data)
@@ -596,7 +596,7 @@ def test_a_known_type_missing_a_field_is_kept_and_never_decided_on(make_app, tmp
     answer = response.get_json()
     assert answer == {"delivery": answer["delivery"], "event": event_type, "verified": "yes"}
     assert decided(app, response) == []
-    delivery = store.delivery(answer["delivery"])
+    delivery = store.history.delivery(answer["delivery"])
     assert delivery["body"].encode() == body  # byte for byte, as signed
     assert delivery["body_sha256"] == hashlib.sha256(body).hexdigest()
     assert (delivery["problem"], delivery["event_type"], delivery["known"], delivery["verified"]) == (
@@ -606,7 +606,7 @@ def test_a_known_type_missing_a_field_is_kept_and_never_decided_on(make_app, tmp
     assert recorded() == before
     assert before["timers"][0]["status"] == "pending"
     assert _count(_scrape(client), event_type, "unreadable") - _count(scraped, event_type, "unreadable") == 1
-    text = explain.story(KEPT_ROOM, store.room_story(KEPT_ROOM), time.time())
+    text = explain.story(KEPT_ROOM, store.history.room_story(KEPT_ROOM), time.time())
     assert f"{event_type} (unreadable: {problem}): kept, not decided on" in [line.strip() for line in text]
 
     # The same body with the field given is decided on: the rules above were live all along.

@@ -44,7 +44,7 @@ def clock() -> Clock:
 @pytest.fixture
 def store(tmp_path, clock):
     store = Store.from_url(f"sqlite:///{tmp_path}/w.db", clock)
-    store.migrate()
+    store.db.migrate()
     yield store
     store.close()
 
@@ -152,13 +152,13 @@ def test_outcomes(fake_api, closed_port, store, clock, case, kind):
 
     assert worker.run_once() is True
 
-    action = store.action(action_id)
+    action = store.actions.action(action_id)
     assert action["kind"] == kind
     assert action["status"] == case.status
     assert action["attempts"] == 1
     assert action["last_status"] == case.http_status
     assert action["lease_owner"] is None and action["lease_until"] is None
-    [attempt] = store.attempts(action_id)
+    [attempt] = store.actions.attempts(action_id)
     assert (attempt["number"], attempt["worker"], attempt["outcome"]) == (1, "worker-1", case.outcome)
     assert attempt["http_status"] == case.http_status
     assert attempt["started_at"] == T0
@@ -177,21 +177,21 @@ def test_outcomes(fake_api, closed_port, store, clock, case, kind):
         assert action["due_at"] == T0 + case.due_in
         clock.now = T0 + case.due_in - 0.01
         assert worker.run_once() is False  # not a moment early
-        assert len(store.attempts(action_id)) == 1
+        assert len(store.actions.attempts(action_id)) == 1
 
     clock.now = T0 + (case.due_in if case.due_in is not None else 3600.0)
     ran = worker.run_once()
 
-    action = store.action(action_id)
+    action = store.actions.action(action_id)
     if case.then is None:
         assert ran is False  # finished actions are never claimed again
         assert action["status"] == case.status
-        assert len(store.attempts(action_id)) == 1
+        assert len(store.actions.attempts(action_id)) == 1
     else:
         assert ran is True
         assert action["status"] == case.then
         assert action["attempts"] == 2
-        assert [a["http_status"] for a in store.attempts(action_id)] == [case.http_status, case.then_http_status]
+        assert [a["http_status"] for a in store.actions.attempts(action_id)] == [case.http_status, case.then_http_status]
     assert acted(fake_api, room) is case.acted
     assert fake_api.calls_to(other_path) == []  # each kind makes only its own call
     if not case.refused and not case.timeout < 1:  # a timed-out call lands at the fake later
@@ -208,7 +208,7 @@ def test_end_session_posts_room_and_session_and_leaves_the_room_usable(fake_api,
     assert (call.method, call.body) == ("POST", {"roomId": "room-1", "sessionId": "sess-77"})
     assert fake_api.session_ends() == [("room-1", "sess-77")]
     assert fake_api.calls_to(DEACTIVATE) == [] and fake_api.disabled_rooms == set()
-    action = store.action(action_id)
+    action = store.actions.action(action_id)
     assert (action["status"], action["last_status"]) == ("done", 200)
     clock.now = T0 + 3600
     assert worker.run_once() is False  # done is done
@@ -221,12 +221,12 @@ def test_refused_connection_backs_off_further_each_attempt(closed_port, store, c
 
     for _ in range(4):
         assert worker.run_once() is True
-        clock.now = store.action(action_id)["due_at"]
+        clock.now = store.actions.action(action_id)["due_at"]
         due.append(clock.now)
 
     # 3/4 of 2, 4, 8, 16 s after each attempt
     assert [b - a for a, b in zip([T0, *due], due)] == [1.5, 3.0, 6.0, 12.0]
-    assert store.action(action_id)["status"] == "pending"
+    assert store.actions.action(action_id)["status"] == "pending"
 
 
 def test_always_500_is_dead_after_max_attempts_and_kept(fake_api, store, clock):
@@ -236,27 +236,27 @@ def test_always_500_is_dead_after_max_attempts_and_kept(fake_api, store, clock):
 
     for _ in range(3):
         assert worker.run_once() is True
-        clock.now = max(clock.now, store.action(action_id)["due_at"])
+        clock.now = max(clock.now, store.actions.action(action_id)["due_at"])
     clock.now += 86_400
     assert worker.run_once() is False  # dead is never claimed again
 
-    action = store.action(action_id)
+    action = store.actions.action(action_id)
     assert action is not None  # kept, never deleted
     assert action["status"] == "dead"
     assert action["attempts"] == 3
     assert "gave up after 3 attempts" in action["last_error"]
-    rows = store.attempts(action_id)
+    rows = store.actions.attempts(action_id)
     assert [(r["number"], r["http_status"], r["outcome"]) for r in rows] == [
         (1, 500, "retry"), (2, 500, "retry"), (3, 500, "dead")]
     assert rows[-1]["next_due_at"] is None
     assert len(fake_api.calls_to(DEACTIVATE)) == 3
-    assert store.actions(status="dead")[0]["id"] == action_id
+    assert store.actions.actions(status="dead")[0]["id"] == action_id
     assert fake_api.disabled_rooms == set()
 
 
 def test_worker_that_dies_holding_a_claim(fake_api, store, clock):
     action_id = add_action(store, "room-1", at=T0)
-    stale = store.claim("dead-worker", LEASE, 10)  # claimed, then the process "dies"
+    stale = store.outbox.claim("dead-worker", LEASE, 10)  # claimed, then the process "dies"
     assert stale is not None and stale.id == action_id
     survivor = make_worker(store, clock, fake_api.base_url, worker_id="worker-2")
 
@@ -266,18 +266,18 @@ def test_worker_that_dies_holding_a_claim(fake_api, store, clock):
     clock.now = T0 + LEASE + 1  # the lease has run out
     assert survivor.run_once() is True
 
-    action = store.action(action_id)
+    action = store.actions.action(action_id)
     assert action["status"] == "done"
     assert action["attempts"] == 2  # the dead worker's claim counts
     assert fake_api.deactivations() == ["room-1"]  # exactly one successful call
-    [attempt] = store.attempts(action_id)
+    [attempt] = store.actions.attempts(action_id)
     assert (attempt["number"], attempt["worker"], attempt["http_status"]) == (2, "worker-2", 200)
 
     # the dead worker comes back and records its call late: recorded, but the action does not move
     late = AttemptRecord(started_at=T0, latency_ms=1.0, http_status=500, outcome="retry",
                          error="late", next_due_at=T0 + 5)
-    assert store.finish(stale, late, "dead-worker") is False
-    assert store.action(action_id)["status"] == "done"
+    assert store.outbox.finish(stale, late, "dead-worker") is False
+    assert store.actions.action(action_id)["status"] == "done"
     assert survivor.run_once() is False
 
 
@@ -286,12 +286,12 @@ def test_action_that_keeps_killing_its_worker_is_given_up(fake_api, store, clock
     worker = make_worker(store, clock, fake_api.base_url, policy=RetryPolicy(max_attempts=2))
     for n in range(2):  # two workers claim it and die
         clock.now = T0 + n * (LEASE + 1)
-        assert store.claim(f"dies-{n}", LEASE, 2) is not None
+        assert store.outbox.claim(f"dies-{n}", LEASE, 2) is not None
 
     clock.now = T0 + 2 * (LEASE + 1)
     assert worker.run_once() is False
 
-    action = store.action(action_id)
+    action = store.actions.action(action_id)
     assert action["status"] == "dead"
     assert "2 claims ended without a recorded result" in action["last_error"]
     assert fake_api.calls_to(DEACTIVATE) == []
@@ -312,9 +312,9 @@ def test_unknown_action_kind_is_dead_without_a_call(fake_api, store, clock):
 
     assert worker.run_once() is True
 
-    action = store.action(action_id)
+    action = store.actions.action(action_id)
     assert action["status"] == "dead"
-    [attempt] = store.attempts(action_id)
+    [attempt] = store.actions.attempts(action_id)
     assert attempt["outcome"] == "dead"
     assert attempt["http_status"] is None
     assert "cannot carry out 'mute-everyone'" in attempt["error"]
@@ -336,7 +336,7 @@ def test_most_overdue_action_goes_first(fake_api, store, clock):
     assert worker.run_once() and worker.run_once()
 
     assert fake_api.deactivations() == ["room-early", "room-late"]
-    assert store.action(early)["status"] == store.action(late)["status"] == "done"
+    assert store.actions.action(early)["status"] == store.actions.action(late)["status"] == "done"
 
 
 # -- the attempts table ------------------------------------------------------------------------
@@ -351,9 +351,9 @@ def test_each_attempt_records_status_latency_and_error(fake_api, store, clock):
 
     for _ in range(3):
         assert worker.run_once() is True
-        clock.now = max(clock.now, store.action(action_id)["due_at"])
+        clock.now = max(clock.now, store.actions.action(action_id)["due_at"])
 
-    rows = store.attempts(action_id)
+    rows = store.actions.attempts(action_id)
     # Each row: (number, http status, outcome, error, next due)
     assert [(r["number"], r["http_status"], r["outcome"], r["error"], r["next_due_at"]) for r in rows] == [
         (1, 500, "retry", "transient failure; HTTP 500: boom", T0 + 1.5),          # backoff after attempt 1
@@ -364,7 +364,7 @@ def test_each_attempt_records_status_latency_and_error(fake_api, store, clock):
     assert all(isinstance(r["latency_ms"], float) and r["latency_ms"] > 0 for r in rows)
     assert all(r["worker"] == "worker-1" for r in rows)
     assert all(r["note"] is None for r in rows)  # no confirm check, nothing to note
-    action = store.action(action_id)
+    action = store.actions.action(action_id)
     assert (action["status"], action["last_status"], action["last_error"]) == (
         "failed", 404, "room not found; HTTP 404: Room not found")
 
@@ -375,10 +375,10 @@ def test_success_attempt_records_no_error(fake_api, store, clock):
 
     worker.run_once()
 
-    [row] = store.attempts(action_id)
+    [row] = store.actions.attempts(action_id)
     assert (row["http_status"], row["outcome"], row["error"], row["next_due_at"]) == (200, "done", None, None)
     assert row["latency_ms"] > 0
-    assert store.action(action_id)["last_error"] is None
+    assert store.actions.action(action_id)["last_error"] is None
 
 
 # -- confirm: active-participants, table-driven -------------------------------------------------------
@@ -468,16 +468,16 @@ def test_confirm_active_participants(fake_api, store, clock, case):
     worker = make_worker(store, clock, fake_api.base_url,
                          rules=RulesHolder(session_rules(confirm="active-participants")))
     action_id = add_action(store, "room-1", at=T0, confirm="active-participants")
-    assert store.action(action_id)["confirm"] == "active-participants"
+    assert store.actions.action(action_id)["confirm"] == "active-participants"
 
     assert worker.run_once() is True
 
     [check] = fake_api.calls_to(CHECK)  # asked once, just before acting
     assert check.method == "GET"
     assert len(fake_api.calls_to(DEACTIVATE)) == (1 if case.status == "done" else 0)
-    action = store.action(action_id)
+    action = store.actions.action(action_id)
     assert action["status"] == case.status
-    [attempt] = store.attempts(action_id)
+    [attempt] = store.actions.attempts(action_id)
     assert attempt["outcome"] == case.outcome
     if case.http_status is not ANY:
         assert attempt["http_status"] == case.http_status
@@ -495,10 +495,10 @@ def test_confirm_active_participants(fake_api, store, clock, case):
 
     if case.then is None:
         assert ran is False  # cancelled and done are final
-        assert store.action(action_id)["status"] == case.status
+        assert store.actions.action(action_id)["status"] == case.status
     else:
         assert ran is True
-        assert store.action(action_id)["status"] == case.then
+        assert store.actions.action(action_id)["status"] == case.then
         assert len(fake_api.calls_to(CHECK)) == 2  # checked again on the retry
     assert fake_api.deactivations() == (["room-1"] if case.deactivated else [])
 
@@ -510,12 +510,12 @@ def test_confirm_unreadable_every_time_ends_dead_and_never_deactivates(fake_api,
 
     for _ in range(3):
         assert worker.run_once() is True
-        clock.now = max(clock.now, store.action(action_id)["due_at"])
+        clock.now = max(clock.now, store.actions.action(action_id)["due_at"])
     clock.now += 3600
     assert worker.run_once() is False
 
-    assert [a["outcome"] for a in store.attempts(action_id)] == ["retry", "retry", "dead"]
-    assert store.action(action_id)["status"] == "dead"
+    assert [a["outcome"] for a in store.actions.attempts(action_id)] == ["retry", "retry", "dead"]
+    assert store.actions.action(action_id)["status"] == "dead"
     assert len(fake_api.calls_to(CHECK)) == 3
     assert fake_api.calls_to(DEACTIVATE) == []
 
@@ -533,8 +533,8 @@ def test_confirm_without_a_session_is_cancelled_without_any_call(fake_api, store
 
     assert worker.run_once() is True
 
-    assert store.action(outcome.action_id)["status"] == "cancelled"
-    [attempt] = store.attempts(outcome.action_id)
+    assert store.actions.action(outcome.action_id)["status"] == "cancelled"
+    [attempt] = store.actions.attempts(outcome.action_id)
     assert "no session to check" in attempt["error"]
     assert fake_api.calls == []
 
@@ -559,12 +559,12 @@ def test_confirm_check_and_call_together_stay_within_the_lease(fake_api, store, 
     first.actor.client.active_participants = slow_check
     assert first.run_once() is True
     assert fake_api.calls_to(DEACTIVATE) == []  # no call that could outlive the lease
-    assert store.attempts(action_id) == []  # given back unused: no attempt, none counted
-    action = store.action(action_id)
+    assert store.actions.attempts(action_id) == []  # given back unused: no attempt, none counted
+    action = store.actions.action(action_id)
     assert (action["status"], action["attempts"], action["lease_owner"]) == ("pending", 0, None)
     assert second.run_once() is True  # due at once: the next attempt checks again and acts
     assert fake_api.deactivations() == ["room-1"]
-    assert store.action(action_id)["status"] == "done"
+    assert store.actions.action(action_id)["status"] == "done"
 
 
 # -- rules in force when the worker acts ----------------------------------------------------------------
@@ -579,9 +579,9 @@ def test_a_room_protected_by_a_reload_before_the_worker_acts_is_cancelled(fake_a
     holder.replace(session_rules(settings="{protect: [vip-*]}"))  # swapped, as a reload does
     assert worker.run_once() is True
 
-    action = store.action(guarded)
+    action = store.actions.action(guarded)
     assert action["status"] == "cancelled"
-    [attempt] = store.attempts(guarded)
+    [attempt] = store.actions.attempts(guarded)
     assert attempt["outcome"] == "cancelled"
     assert "room vip-room is protected by settings.protect" in attempt["error"]
     assert holder.current.short_hash in attempt["error"]  # which rules protected it
@@ -591,7 +591,7 @@ def test_a_room_protected_by_a_reload_before_the_worker_acts_is_cancelled(fake_a
     assert worker.run_once() is True  # the room that is not protected is still acted on
     assert worker.run_once() is False  # the cancelled one is never claimed again
     assert fake_api.deactivations() == ["room-2"]
-    assert store.action(other)["status"] == "done"
+    assert store.actions.action(other)["status"] == "done"
 
 
 @pytest.mark.parametrize("reloaded", [
@@ -609,8 +609,8 @@ def test_a_reload_to_dry_run_cancels_what_is_queued_before_the_worker_acts(fake_
     holder.replace(reloaded)
     assert worker.run_once() is True
 
-    assert store.action(action_id)["status"] == "cancelled"
-    [attempt] = store.attempts(action_id)
+    assert store.actions.action(action_id)["status"] == "cancelled"
+    [attempt] = store.actions.attempts(action_id)
     assert "dry_run is on" in attempt["error"] and reloaded.short_hash in attempt["error"]
     assert fake_api.calls == []
 
@@ -638,10 +638,10 @@ def test_max_actions_per_minute_holds_the_rest_back_and_loses_none(fake_api, sto
     for offset, carried_out, total in steps:
         clock.now = T0 + offset
         assert (offset, drain(), len(fake_api.deactivations())) == (offset, carried_out, total)
-        assert all(store.action(i)["status"] in ("pending", "done") for i in ids)  # held back, never dropped
+        assert all(store.actions.action(i)["status"] in ("pending", "done") for i in ids)  # held back, never dropped
 
     assert sorted(fake_api.deactivations()) == rooms  # each exactly once
-    assert all(store.action(i)["status"] == "done" and store.action(i)["attempts"] == 1 for i in ids)
+    assert all(store.actions.action(i)["status"] == "done" and store.actions.action(i)["attempts"] == 1 for i in ids)
 
 
 # -- for: timers ----------------------------------------------------------------------------------------
@@ -680,7 +680,7 @@ def join_then_leave(store, rules: RulesHolder, clock, *, verified: bool = True) 
     receipt = deliver(store, rules, clock, "participant-left", verified=verified, meetingId=ROOM,
                       sessionId=SESSION, participantId="p-1")
     assert [d.outcome for d in receipt.decisions] == ["timer-started"]
-    [timer] = store.timers(room_id=ROOM)
+    [timer] = store.history.timers(room_id=ROOM)
     assert (timer["status"], timer["started_at"], timer["due_at"]) == ("pending", LEFT_AT, DUE)
     return timer["id"]
 
@@ -693,22 +693,22 @@ def test_for_timer_fires_only_after_5_minutes_then_the_worker_deactivates(fake_a
     clock.now = DUE - 0.01
     assert worker.fire_one_timer() is False  # not a moment early
     assert worker.run_once() is False
-    assert store.actions(room_id=ROOM) == []
-    assert store.timers(room_id=ROOM)[0]["status"] == "pending"
+    assert store.actions.actions(room_id=ROOM) == []
+    assert store.history.timers(room_id=ROOM)[0]["status"] == "pending"
 
     clock.now = DUE
     assert worker.fire_one_timer() is True
-    [timer] = store.timers(room_id=ROOM)
+    [timer] = store.history.timers(room_id=ROOM)
     assert (timer["status"], timer["resolved_at"], timer["reason"]) == ("fired", DUE, "held for 5m")
-    [fired] = [d for d in store.decisions(room_id=ROOM) if d["timer_id"] == timer_id]
+    [fired] = [d for d in store.history.decisions(room_id=ROOM) if d["timer_id"] == timer_id]
     assert fired["outcome"] == "scheduled"
-    [action] = store.actions(room_id=ROOM)
+    [action] = store.actions.actions(room_id=ROOM)
     assert (action["id"], action["status"], action["due_at"]) == (fired["action_id"], "pending", DUE)
     assert fake_api.calls == []  # firing the timer calls nothing; the action does
 
     assert worker.run_once() is True
     assert fake_api.deactivations() == [ROOM]
-    assert store.action(action["id"])["status"] == "done"
+    assert store.actions.action(action["id"])["status"] == "done"
     clock.now = DUE + 3600
     assert worker.run_once() is False  # fired once, acted once
 
@@ -723,14 +723,14 @@ def test_a_join_before_the_timer_is_due_cancels_it(fake_api, store, clock):
                       participantId="p-2")
 
     assert receipt.cancelled == (f"close-when-empty|{ROOM}|{SESSION}",)
-    [timer] = store.timers(room_id=ROOM)
+    [timer] = store.history.timers(room_id=ROOM)
     assert timer["status"] == "cancelled"
     assert timer["resolved_by"] == receipt.delivery_id
     assert "condition stopped holding on participant-joined" in timer["reason"]
     for now in (DUE, DUE + 3600):  # past the old due time: nothing fires, nothing is called
         clock.now = now
         assert worker.run_once() is False
-    assert store.actions(room_id=ROOM) == []
+    assert store.actions.actions(room_id=ROOM) == []
     assert fake_api.calls == []
 
 
@@ -742,9 +742,9 @@ def test_a_due_timer_is_fired_before_a_due_action_is_carried_out(fake_api, store
 
     clock.now = DUE
     assert worker.run_once() is True  # the timer, not the action due since T0
-    assert store.timers(room_id=ROOM)[0]["status"] == "fired"
+    assert store.history.timers(room_id=ROOM)[0]["status"] == "fired"
     assert fake_api.calls == []
-    assert store.action(waiting)["attempts"] == 0
+    assert store.actions.action(waiting)["attempts"] == 0
 
     assert worker.run_once() and worker.run_once()
     assert fake_api.deactivations() == ["room-other", ROOM]  # most overdue first
@@ -760,10 +760,10 @@ def test_a_timer_whose_for_grew_without_a_reload_notice_waits_longer(fake_api, s
     clock.now = DUE
     assert worker.run_once() is True
 
-    [timer] = store.timers(room_id=ROOM)
+    [timer] = store.history.timers(room_id=ROOM)
     assert (timer["status"], timer["due_at"]) == ("pending", LEFT_AT + 600)
     assert "now waits 10m" in timer["notes"][-1]["note"]
-    assert store.actions(room_id=ROOM) == [] and fake_api.calls == []
+    assert store.actions.actions(room_id=ROOM) == [] and fake_api.calls == []
     clock.now = LEFT_AT + 600
     assert worker.run_once() is True  # fires now
     assert worker.run_once() is True  # and acts
@@ -779,12 +779,12 @@ def test_a_timer_rule_with_confirm_is_cancelled_when_someone_is_still_there(fake
 
     clock.now = DUE
     assert worker.run_once() is True  # the timer fires...
-    [action] = store.actions(room_id=ROOM)
+    [action] = store.actions.actions(room_id=ROOM)
     assert action["confirm"] == "active-participants"  # ...carrying the rule's confirm into its action
     assert worker.run_once() is True  # ...and the worker checks before acting
 
-    assert store.action(action["id"])["status"] == "cancelled"
-    assert "1 participant(s) active in session sess-1" in store.attempts(action["id"])[0]["error"]
+    assert store.actions.action(action["id"])["status"] == "cancelled"
+    assert "1 participant(s) active in session sess-1" in store.actions.attempts(action["id"])[0]["error"]
     assert len(fake_api.calls_to(CHECK)) == 1
     assert fake_api.calls_to(DEACTIVATE) == []
 
@@ -828,10 +828,10 @@ def test_how_a_due_timer_fires(fake_api, store, clock, case):
     clock.now = DUE
     assert firing.run_once() is True
 
-    assert store.timers(room_id=ROOM)[0]["status"] == "fired"
-    [fired] = [d for d in store.decisions(room_id=ROOM) if d["timer_id"] == timer_id]
+    assert store.history.timers(room_id=ROOM)[0]["status"] == "fired"
+    [fired] = [d for d in store.history.decisions(room_id=ROOM) if d["timer_id"] == timer_id]
     assert fired["outcome"] == case.outcome
-    assert [a["status"] for a in store.actions(room_id=ROOM)] == ([case.action] if case.action else [])
+    assert [a["status"] for a in store.actions.actions(room_id=ROOM)] == ([case.action] if case.action else [])
     # then a worker that acts looks for work: only a scheduled action becomes a call
     assert acting.run_once() is (case.outcome == "scheduled")
     assert acting.run_once() is False
@@ -846,8 +846,8 @@ def test_a_worker_that_does_not_act_never_claims_actions(fake_api, store, clock)
         action_id = add_action(store, f"room-{worker.acts}-{worker.actor.client is None}", at=T0)
         assert worker.acts is False
         assert worker.run_once() is False
-        assert store.action(action_id)["attempts"] == 0
-        assert store.action(action_id)["status"] == "pending"
+        assert store.actions.action(action_id)["attempts"] == 0
+        assert store.actions.action(action_id)["status"] == "pending"
     assert fake_api.calls == []
 
 
@@ -892,7 +892,7 @@ def test_reload_rechecks_pending_timers(fake_api, store, clock, case):
     worker.rules_reloaded(case.rules)
     assert worker.run_once() is True  # the re-check, before anything else
 
-    [timer] = store.timers(room_id=ROOM)
+    [timer] = store.history.timers(room_id=ROOM)
     assert timer["status"] == case.status
     if case.status == "cancelled":
         assert case.reason_has in timer["reason"]
@@ -925,8 +925,8 @@ def test_a_reload_is_rechecked_before_a_due_action_is_carried_out(fake_api, stor
 
     worker.rules_reloaded(rules.current)  # the same rules: nothing changes, but it is checked first
     assert worker.run_once() is True
-    assert fake_api.calls == [] and store.action(waiting)["attempts"] == 0
-    assert store.timers(room_id=ROOM)[0]["notes"] is None  # unchanged rules leave no note
+    assert fake_api.calls == [] and store.actions.action(waiting)["attempts"] == 0
+    assert store.history.timers(room_id=ROOM)[0]["notes"] is None  # unchanged rules leave no note
 
     assert worker.run_once() is True
     assert fake_api.deactivations() == ["room-other"]
@@ -936,7 +936,7 @@ def test_a_store_outage_during_the_recheck_does_not_lose_it(fake_api, store, clo
     rules = RulesHolder(empty_rules())
     worker = make_worker(store, clock, fake_api.base_url, rules=rules)
     join_then_leave(store, rules, clock)
-    real = store.pending_timers_by_rule
+    real = store.timers.pending_timers_by_rule
     outages = iter([StoreUnavailable("store unavailable: database is locked")])
 
     def flaky():
@@ -944,7 +944,7 @@ def test_a_store_outage_during_the_recheck_does_not_lose_it(fake_api, store, clo
             raise exc
         return real()
 
-    monkeypatch.setattr(store, "pending_timers_by_rule", flaky)
+    monkeypatch.setattr(store.timers, "pending_timers_by_rule", flaky)
     rules.replace(empty_rules(hold="2m"))
     worker.rules_reloaded(rules.current)
     with pytest.raises(StoreUnavailable):
@@ -952,7 +952,7 @@ def test_a_store_outage_during_the_recheck_does_not_lose_it(fake_api, store, clo
     worker.run_once()
 
     # the shortened `for:` must still take effect: the timer comes due 2m after the room emptied
-    assert store.timers(room_id=ROOM)[0]["due_at"] == LEFT_AT + 120
+    assert store.history.timers(room_id=ROOM)[0]["due_at"] == LEFT_AT + 120
 
 
 # -- the loop -----------------------------------------------------------------------------------
@@ -966,17 +966,17 @@ def test_run_drains_several_actions_and_stops_when_told(fake_api, store, clock):
     thread = threading.Thread(target=worker.run, args=(stop, 0.02), daemon=True)
 
     thread.start()
-    drained = fake_api.wait_for(lambda: all(store.action(i)["status"] == "done" for i in ids))
+    drained = fake_api.wait_for(lambda: all(store.actions.action(i)["status"] == "done" for i in ids))
     stop.set()
     thread.join(timeout=10)
 
     assert drained
     assert not thread.is_alive()
     assert sorted(fake_api.deactivations()) == rooms  # each room exactly once
-    assert all(len(store.attempts(i)) == 1 for i in ids)
+    assert all(len(store.actions.attempts(i)) == 1 for i in ids)
     after = add_action(store, "room-after-stop", at=T0)  # a stopped worker takes nothing more
-    assert store.action(after)["status"] == "pending"
-    assert store.action(after)["attempts"] == 0
+    assert store.actions.action(after)["status"] == "pending"
+    assert store.actions.action(after)["attempts"] == 0
 
 
 def test_run_finishes_and_records_the_call_in_flight_when_stopped(fake_api, store, clock):
@@ -988,16 +988,16 @@ def test_run_finishes_and_records_the_call_in_flight_when_stopped(fake_api, stor
     thread = threading.Thread(target=worker.run, args=(stop, 0.02), daemon=True)
 
     thread.start()
-    leased = fake_api.wait_for(lambda: store.action(action_id)["lease_owner"] == "worker-1", interval=0.01)
+    leased = fake_api.wait_for(lambda: store.actions.action(action_id)["lease_owner"] == "worker-1", interval=0.01)
     stop.set()  # while the first call is in flight
     thread.join(timeout=10)
 
     assert leased
     assert not thread.is_alive()
-    assert store.action(action_id)["status"] == "done"
-    assert [r["http_status"] for r in store.attempts(action_id)] == [200]
-    assert store.action(second)["status"] == "pending"  # not started after the stop
-    assert store.action(second)["attempts"] == 0
+    assert store.actions.action(action_id)["status"] == "done"
+    assert [r["http_status"] for r in store.actions.attempts(action_id)] == [200]
+    assert store.actions.action(second)["status"] == "pending"  # not started after the stop
+    assert store.actions.action(second)["attempts"] == 0
 
 
 def test_run_stops_on_an_empty_outbox(fake_api, store, clock):
@@ -1028,7 +1028,7 @@ def test_run_in_a_thread_fires_a_due_timer_and_acts_on_it(fake_api, store, clock
 
     assert acted
     assert not thread.is_alive()
-    assert store.timers(room_id=ROOM)[0]["status"] == "fired"
+    assert store.history.timers(room_id=ROOM)[0]["status"] == "fired"
 
 
 # -- runtime.build_worker -------------------------------------------------------------------------
@@ -1039,11 +1039,11 @@ def test_build_worker_wires_settings_to_a_working_worker(fake_api, tmp_path, rul
                         database_url=f"sqlite:///{tmp_path}/w.db", api_timeout=2.0, max_attempts=3,
                         lease_seconds=5.0, rules_file=rules_file)
     store = Store.from_url(settings.database_url)
-    store.migrate()
+    store.db.migrate()
     try:
         holder = load_rules_holder(settings, store)
         worker = build_worker(settings, store, holder)
-        action_id = add_action(store, "room-1", at=store.clock())
+        action_id = add_action(store, "room-1", at=store.db.clock())
 
         assert worker.actor.policy.max_attempts == 3
         assert worker.actor.lease_seconds == 5.0
@@ -1052,7 +1052,7 @@ def test_build_worker_wires_settings_to_a_working_worker(fake_api, tmp_path, rul
         assert worker.actor.client.base_url == fake_api.base_url
         assert worker.rules() is holder.current
         assert worker.run_once() is True
-        assert store.action(action_id)["status"] == "done"
+        assert store.actions.action(action_id)["status"] == "done"
         assert fake_api.deactivations() == ["room-1"]
 
         replaced = session_rules(settings="{protect: [room-2]}")
@@ -1079,7 +1079,7 @@ def test_build_worker_that_must_not_act(fake_api, store, clock, overrides):
 
     assert (worker.acts, worker.actor.client) == (False, None)
     assert worker.run_once() is False
-    assert store.action(action_id)["attempts"] == 0
+    assert store.actions.action(action_id)["attempts"] == 0
     assert fake_api.calls == []
 
 
@@ -1114,7 +1114,7 @@ def test_confirm_also_asks_about_the_rooms_current_session(fake_api, store, cloc
     assert fake_api.deactivations(status=None) == []
     checked = [c.path for c in fake_api.calls if c.path.endswith("/participants/active")]
     assert checked == [CHECK, "/v2/sessions/sess-2/participants/active"]
-    action = store.action(action_id)
+    action = store.actions.action(action_id)
     assert action["status"] == "cancelled" and "session sess-2" in action["last_error"]
 
 
@@ -1127,7 +1127,7 @@ def test_a_cancelled_action_frees_its_key_so_the_rule_can_act_later(fake_api, st
     clock.now = DUE
     assert worker.run_once() is True  # the timer fires: an action
     assert worker.run_once() is True  # the check finds p-1: cancelled
-    [first] = store.actions(room_id=ROOM)
+    [first] = store.actions.actions(room_id=ROOM)
     assert first["status"] == "cancelled"
 
     fake_api.set_active(SESSION, [], ROOM)  # p-1 really leaves, and says so again
@@ -1139,7 +1139,7 @@ def test_a_cancelled_action_frees_its_key_so_the_rule_can_act_later(fake_api, st
     while worker.run_once():
         pass
     assert fake_api.deactivations() == [ROOM]
-    assert sorted(a["status"] for a in store.actions(room_id=ROOM)) == ["cancelled", "done"]
+    assert sorted(a["status"] for a in store.actions.actions(room_id=ROOM)) == ["cancelled", "done"]
 
 
 def test_an_unexpected_error_does_not_stop_the_worker_loop(fake_api, store, clock, monkeypatch):
@@ -1176,7 +1176,7 @@ def test_an_unreadable_confirm_answer_counts_as_a_breaker_failure(fake_api, stor
 
     assert worker.run_once() is True
     assert worker.actor.breaker.failures == 1
-    clock.now = store.action(action_id)["due_at"]
+    clock.now = store.actions.action(action_id)["due_at"]
     assert worker.run_once() is True  # the fake's default answer: nobody active; then deactivated
     assert worker.actor.breaker.failures == 0
     assert fake_api.deactivations() == ["room-1"]
@@ -1196,7 +1196,7 @@ def test_a_store_outage_during_the_confirm_check_does_not_wedge_a_half_open_brea
     assert breaker.state == "open"
 
     clock.now = T0 + 10  # half-open: the next allow() is the trial
-    real = store.room
+    real = store.history.room
     outages = iter([StoreUnavailable("store unavailable: server closed the connection")])
 
     def flaky(room_id):
@@ -1204,13 +1204,13 @@ def test_a_store_outage_during_the_confirm_check_does_not_wedge_a_half_open_brea
             raise exc
         return real(room_id)
 
-    monkeypatch.setattr(store, "room", flaky)
+    monkeypatch.setattr(store.history, "room", flaky)
     with pytest.raises(StoreUnavailable):
         worker.run_once()  # run() logs it, waits, and calls run_once again
 
     clock.now = T0 + 3600  # the store is back, the claim's lease and any cooldown long past
     assert worker.run_once() is True  # wedged: allow() is False for ever, nothing is claimed
-    assert store.action(action_id)["status"] == "done"
+    assert store.actions.action(action_id)["status"] == "done"
     assert fake_api.deactivations() == ["room-1"]
 
 
@@ -1241,7 +1241,7 @@ def test_a_call_after_a_confirm_check_cannot_outlive_its_lease(fake_api, store, 
 
     def slow_call(room_id):
         clock.now += 5.0 + 29.0  # connect timeout on a dead address, then an answer within 30 s
-        second_claims.append(store.claim("worker-b", lease, 10))  # another worker looks meanwhile
+        second_claims.append(store.outbox.claim("worker-b", lease, 10))  # another worker looks meanwhile
         return call(room_id)
 
     first.actor.client.active_participants = slow_check
@@ -1251,7 +1251,7 @@ def test_a_call_after_a_confirm_check_cannot_outlive_its_lease(fake_api, store, 
 
     second.run_once()  # (a worker that gave the action back: the next one checks again and acts)
     assert len(fake_api.calls_to(DEACTIVATE)) == 1
-    assert store.action(action_id)["status"] == "done"
+    assert store.actions.action(action_id)["status"] == "done"
 
 
 # -- what a 2xx answer says, read as documented (issue 13) -------------------------------------------
@@ -1263,7 +1263,7 @@ def test_deactivate_records_the_documented_answer_disabled_true(fake_api, store,
 
     assert worker.run_once() is True
 
-    [attempt] = store.attempts(action_id)
+    [attempt] = store.actions.attempts(action_id)
     # payloads/deactivate-response.json spells the id meetingId; it is read as the room's id
     assert (attempt["outcome"], attempt["answer"], attempt["doubt"]) == (
         "done", {"disabled": True, "roomId": "room-1"}, None)
@@ -1277,14 +1277,14 @@ def test_a_2xx_deactivate_saying_disabled_false_is_done_but_doubtful(fake_api, s
     with caplog.at_level("WARNING", logger="roomwarden.worker"):
         assert worker.run_once() is True
 
-    [attempt] = store.attempts(action_id)
-    assert attempt["outcome"] == "done" and store.action(action_id)["status"] == "done"
+    [attempt] = store.actions.attempts(action_id)
+    assert attempt["outcome"] == "done" and store.actions.action(action_id)["status"] == "done"
     assert attempt["answer"] == {"disabled": False, "roomId": "room-1"}
     assert attempt["doubt"] == "the answer says disabled: false: the room may still be open"
     assert any("doubtful" in r.getMessage() and "disabled: false" in r.getMessage() for r in caplog.records)
     clock.now = T0 + 3600
     assert worker.run_once() is False  # done, not retried: the API took the call
-    story = explain.story("room-1", store.room_story("room-1"), clock.now)
+    story = explain.story("room-1", store.history.room_story("room-1"), clock.now)
     assert " " * 28 + "DOUBTFUL: the answer says disabled: false: the room may still be open" in story
     assert story[-1].endswith(", but doubtful: the answer says disabled: false: the room may still be open")
 
@@ -1295,7 +1295,7 @@ def test_end_session_records_the_documented_session_answer(fake_api, store, cloc
 
     assert worker.run_once() is True
 
-    [attempt] = store.attempts(action_id)
+    [attempt] = store.actions.attempts(action_id)
     assert attempt["outcome"] == "done" and attempt["doubt"] is None
     # answers/end-session.json: "status": "completed", and the end time
     assert attempt["answer"]["status"] == "completed" and attempt["answer"]["end"].endswith("Z")
@@ -1313,9 +1313,9 @@ def test_end_session_of_a_session_already_ended_is_done_not_retried(fake_api, st
     assert [c.status for c in fake_api.calls_to(END_SESSION)] == [406]
     [listed] = fake_api.calls_to("/v2/sessions")
     assert listed.method == "GET"
-    action = store.action(action_id)
+    action = store.actions.action(action_id)
     assert (action["status"], action["last_error"]) == ("done", None)
-    [attempt] = store.attempts(action_id)
+    [attempt] = store.actions.attempts(action_id)
     assert (attempt["outcome"], attempt["http_status"], attempt["error"]) == ("done", 406, None)
     assert attempt["note"] == ("session already ended: VideoSDK does not list sess-77 as live "
                                "(HTTP 406: Failed to end session)")
@@ -1333,13 +1333,13 @@ def test_a_406_from_end_session_while_the_session_is_still_live_is_retried(fake_
 
     assert worker.run_once() is True
 
-    [attempt] = store.attempts(action_id)
+    [attempt] = store.actions.attempts(action_id)
     assert (attempt["outcome"], attempt["http_status"]) == ("retry", 406)
     assert "HTTP 406: Failed to end session" in attempt["error"]
-    assert store.action(action_id)["status"] == "pending"
-    clock.now = store.action(action_id)["due_at"]
+    assert store.actions.action(action_id)["status"] == "pending"
+    clock.now = store.actions.action(action_id)["due_at"]
     assert worker.run_once() is True  # the second call ends it
-    assert store.action(action_id)["status"] == "done"
+    assert store.actions.action(action_id)["status"] == "done"
     assert fake_api.session_ends() == [("room-1", "sess-77")]
 
 
@@ -1352,10 +1352,10 @@ def test_a_406_from_end_session_with_an_unreadable_sessions_list_is_retried_and_
 
     with caplog.at_level("ERROR", logger="roomwarden.worker"):
         assert worker.run_once() is True
-        clock.now = store.action(action_id)["due_at"]
+        clock.now = store.actions.action(action_id)["due_at"]
         assert worker.run_once() is True
 
-    assert [a["outcome"] for a in store.attempts(action_id)] == ["retry", "retry"]
+    assert [a["outcome"] for a in store.actions.attempts(action_id)] == ["retry", "retry"]
     misreads = [r.getMessage() for r in caplog.records if "could not read the live sessions" in r.getMessage()]
     assert len(misreads) == 1 and "keys [sessions]" in misreads[0]
 
@@ -1368,7 +1368,7 @@ def test_an_unreadable_confirm_answer_is_logged_once_with_its_keys_not_its_value
 
     with caplog.at_level("ERROR", logger="roomwarden.worker"):
         assert worker.run_once() is True
-        clock.now = store.action(action_id)["due_at"]
+        clock.now = store.actions.action(action_id)["due_at"]
         assert worker.run_once() is True
 
     logged = [r.getMessage() for r in caplog.records if "could not read" in r.getMessage()]
@@ -1388,7 +1388,7 @@ def _accept(store, raw: bytes, at: float, *, verified: bool | None = True) -> st
 
     item = InboxItem(id=new_delivery_id(at), received_at=at, room_id=read_envelope(raw)[1],
                      body=raw.decode(), signature=None, verified=verified)
-    store.append(item)
+    store.inbox.append(item)
     return item.id
 
 
@@ -1403,14 +1403,14 @@ def test_the_worker_decides_the_inbox_in_arrival_order_as_of_each_arrival(fake_a
                                        participantId="p-1"), T0)
     left = _accept(store, event_body("participant-left", meetingId=ROOM, sessionId=SESSION,
                                      participantId="p-1"), LEFT_AT)
-    assert store.inbox_stats() == (2, T0)
+    assert store.inbox.inbox_stats() == (2, T0)
     clock.now = LEFT_AT + 60  # the worker gets to them a minute late
 
     assert worker.run_once() is True  # one batch: both
 
-    assert store.inbox_stats() == (0, None)
-    assert [d["id"] for d in store.deliveries(room_id=ROOM)][::-1] == [joined, left]
-    [timer] = store.timers(room_id=ROOM)
+    assert store.inbox.inbox_stats() == (0, None)
+    assert [d["id"] for d in store.history.deliveries(room_id=ROOM)][::-1] == [joined, left]
+    [timer] = store.history.timers(room_id=ROOM)
     # as of the leave's arrival, not of the decision: the grace period runs from the event
     assert (timer["started_at"], timer["due_at"]) == (LEFT_AT, DUE)
 
@@ -1428,9 +1428,9 @@ def test_a_delivery_that_arrived_before_a_timer_was_due_is_decided_before_the_ti
     while worker.run_once():
         pass
 
-    [timer] = store.timers(room_id=ROOM)
+    [timer] = store.history.timers(room_id=ROOM)
     assert timer["status"] == "cancelled"
-    assert store.actions(room_id=ROOM) == [] and fake_api.deactivations(status=None) == []
+    assert store.actions.actions(room_id=ROOM) == [] and fake_api.deactivations(status=None) == []
 
 
 def test_an_unverified_delivery_holds_back_its_room_but_not_others(fake_api, store, clock):
@@ -1444,10 +1444,10 @@ def test_an_unverified_delivery_holds_back_its_room_but_not_others(fake_api, sto
 
     assert worker.run_once() is True
 
-    assert [d["id"] for d in store.deliveries()] == [other]
-    assert store.inbox_stats() == (2, T0)
-    assert [a["room_id"] for a in store.actions()] == ["room-o"]
-    assert store.delivery(waiting) is None and store.delivery(behind) is None
+    assert [d["id"] for d in store.history.deliveries()] == [other]
+    assert store.inbox.inbox_stats() == (2, T0)
+    assert [a["room_id"] for a in store.actions.actions()] == ["room-o"]
+    assert store.history.delivery(waiting) is None and store.history.delivery(behind) is None
 
 
 def test_while_every_delivery_waits_for_a_key_the_inbox_is_tried_again_only_now_and_then(
@@ -1460,8 +1460,8 @@ def test_while_every_delivery_waits_for_a_key_the_inbox_is_tried_again_only_now_
     worker = _decider_worker(store, clock, fake_api.base_url, rules)
     _accept(store, event_body("session-ended", meetingId="room-w", sessionId="s-1"), T0, verified=None)
     taken = []
-    real = store.deciding
-    monkeypatch.setattr(store, "deciding", lambda limit, **kw: (taken.append(clock.now), real(limit, **kw))[1])
+    real = store.inbox.deciding
+    monkeypatch.setattr(store.inbox, "deciding", lambda limit, **kw: (taken.append(clock.now), real(limit, **kw))[1])
 
     for _ in range(5):
         worker.run_once()
@@ -1469,7 +1469,7 @@ def test_while_every_delivery_waits_for_a_key_the_inbox_is_tried_again_only_now_
     worker.run_once()
 
     assert taken == [T0, T0 + KEY_WAIT_SECONDS]
-    assert store.inbox_stats() == (1, T0)
+    assert store.inbox.inbox_stats() == (1, T0)
 
 
 def test_postgresql_decides_an_append_when_notified_and_finds_a_row_left_unnotified_within_a_second(
@@ -1481,9 +1481,9 @@ def test_postgresql_decides_an_append_when_notified_and_finds_a_row_left_unnotif
     from service.worker import LOOK_EVERY_SECONDS
 
     store = Store.from_url(pg_url, clock)
-    store.migrate()
+    store.db.migrate()
     worker = _decider_worker(store, clock, fake_api.base_url, RulesHolder(session_rules()))
-    store.wait_for_inbox(0)  # listening before any append: every NOTIFY below is heard
+    store.inbox.wait_for_inbox(0)  # listening before any append: every NOTIFY below is heard
     while worker.run_once():  # the first look, at an empty inbox, made here: the loop's next is a
         pass                  # NOTIFY's or LOOK_EVERY_SECONDS' (the clock stands still till then)
     stop = threading.Event()
@@ -1499,20 +1499,20 @@ def test_postgresql_decides_an_append_when_notified_and_finds_a_row_left_unnotif
     try:
         # The unnotified row first: were it second, the append's NOTIFY might still be queued
         # when the row came (a look made for another reason takes the append first) and wake a look.
-        with store.engine.begin() as conn:  # a row in the inbox, and no NOTIFY
+        with store.db.engine.begin() as conn:  # a row in the inbox, and no NOTIFY
             conn.execute(inbox.insert().values(
                 id="unnotified-1", received_at=T0, room_id="room-u", signature=None, verified=True,
                 body=event_body("session-ended", meetingId="room-u", sessionId="s-2").decode()))
         time.sleep(0.5)  # ten polls: the clock stands still, so no look is due yet
-        assert store.inbox_stats()[0] == 1
+        assert store.inbox.inbox_stats()[0] == 1
         clock.now = T0 + LOOK_EVERY_SECONDS
-        assert until(lambda: store.delivery("unnotified-1") is not None)
-        assert store.inbox_stats()[0] == 0
+        assert until(lambda: store.history.delivery("unnotified-1") is not None)
+        assert store.inbox.inbox_stats()[0] == 0
 
         # The clock stands still again, so only the append's NOTIFY can bring the decider to it.
         notified = _accept(store, event_body("session-ended", meetingId="room-n", sessionId="s-1"), T0)
-        assert until(lambda: store.delivery(notified) is not None)
-        assert store.inbox_stats()[0] == 0
+        assert until(lambda: store.history.delivery(notified) is not None)
+        assert store.inbox.inbox_stats()[0] == 0
     finally:
         stop.set()
         loop.join(10)
@@ -1551,13 +1551,13 @@ def test_a_delivery_that_cannot_be_decided_is_recorded_with_its_error_and_the_re
     with caplog.at_level("ERROR", logger="roomwarden.decider"):
         assert worker.run_once() is True
 
-    assert store.inbox_stats() == (0, None)
-    assert sorted(a["room_id"] for a in store.actions()) == ["room-a", "room-c"]
-    bad = store.delivery(ids["room-bad"])
+    assert store.inbox.inbox_stats() == (0, None)
+    assert sorted(a["room_id"] for a in store.actions.actions()) == ["room-a", "room-c"]
+    bad = store.history.delivery(ids["room-bad"])
     assert bad["problem"] == "not decided: internal error (RuntimeError: boom in room-bad)"
     assert bad["event_type"] == "session-ended" and bad["room_id"] == "room-bad"
-    assert store.decisions(delivery_id=ids["room-bad"]) == []
-    assert all(store.delivery(ids[room])["problem"] is None for room in ("room-a", "room-c"))
+    assert store.history.decisions(delivery_id=ids["room-bad"]) == []
+    assert all(store.history.delivery(ids[room])["problem"] is None for room in ("room-a", "room-c"))
     [traced] = [r for r in caplog.records if r.exc_info and "could not be decided" in r.getMessage()]
     assert "boom in room-bad" in str(traced.exc_info[1])
 
@@ -1568,14 +1568,14 @@ def test_a_delivery_that_cannot_even_be_recorded_stays_in_the_inbox_and_the_rest
     it is counted in its depth), skipped; the others, and later deliveries of its room, are
     decided, and the worker does not try it again on every pass."""
     _planner_fails_for(monkeypatch, "room-bad")
-    real_record = store._record
+    real_record = store.inbox.rooms.record
 
     def record(conn, delivery, write, later=None):
         if delivery.room_id == "room-bad" and delivery.problem is not None:
             raise RuntimeError("cannot record it either")
         return real_record(conn, delivery, write, later)
 
-    monkeypatch.setattr(store, "_record", record)
+    monkeypatch.setattr(store.inbox.rooms, "record", record)
     rules = RulesHolder(session_rules())
     worker = _decider_worker(store, clock, fake_api.base_url, rules)
     ids = _three_rooms_one_bad(store, clock)
@@ -1583,9 +1583,9 @@ def test_a_delivery_that_cannot_even_be_recorded_stays_in_the_inbox_and_the_rest
     with caplog.at_level("ERROR", logger="roomwarden.decider"):
         assert worker.run_once() is True
 
-    assert store.inbox_stats() == (1, T0 + 1)
-    assert store.delivery(ids["room-bad"]) is None
-    assert sorted(a["room_id"] for a in store.actions()) == ["room-a", "room-c"]
+    assert store.inbox.inbox_stats() == (1, T0 + 1)
+    assert store.history.delivery(ids["room-bad"]) is None
+    assert sorted(a["room_id"] for a in store.actions.actions()) == ["room-a", "room-c"]
     assert any("could not be recorded either" in r.getMessage() for r in caplog.records)
 
     monkeypatch.undo()  # the planner works again: a later delivery of the room is decided past it
@@ -1593,8 +1593,8 @@ def test_a_delivery_that_cannot_even_be_recorded_stays_in_the_inbox_and_the_rest
                                       participantId="p-1"), T0 + 10)
     clock.now = T0 + 20
     worker.decider.decide_once()
-    assert store.delivery(later) is not None
-    assert store.inbox_stats() == (1, T0 + 1)  # still there, skipped: not retried on every pass
+    assert store.history.delivery(later) is not None
+    assert store.inbox.inbox_stats() == (1, T0 + 1)  # still there, skipped: not retried on every pass
 
 
 def test_a_decision_that_cannot_be_written_at_the_batchs_end_is_found_and_the_rest_go_on(
@@ -1607,7 +1607,7 @@ def test_a_decision_that_cannot_be_written_at_the_batchs_end_is_found_and_the_re
     def refusing(real):
         def run(conn, statement, values):
             rows = values if isinstance(values, list) else [values]
-            if statement is store._sql.insert_decision and any(v["room_id"] == "room-bad" for v in rows):
+            if statement is store.db.sql.insert_decision and any(v["room_id"] == "room-bad" for v in rows):
                 raise RuntimeError("value too long for the decisions table")
             return real(conn, statement, values)
         return run
@@ -1620,9 +1620,9 @@ def test_a_decision_that_cannot_be_written_at_the_batchs_end_is_found_and_the_re
     with caplog.at_level("WARNING", logger="roomwarden.decider"):
         assert worker.run_once() is True
 
-    assert store.inbox_stats()[0] == 0
-    assert "internal error (RuntimeError: value too long" in store.delivery(ids["room-bad"])["problem"]
-    assert sorted(a["room_id"] for a in store.actions()) == ["room-a", "room-c"]
+    assert store.inbox.inbox_stats()[0] == 0
+    assert "internal error (RuntimeError: value too long" in store.history.delivery(ids["room-bad"])["problem"]
+    assert sorted(a["room_id"] for a in store.actions.actions()) == ["room-a", "room-c"]
     assert any("deciding it again row by row" in r.getMessage() for r in caplog.records)
 
 
@@ -1643,12 +1643,12 @@ def test_a_busy_inbox_does_not_hold_back_due_actions_or_fire_timers_past_it(fake
 
     assert worker.run_once() is True  # a full batch of 3
     assert worker.run_once() is True  # the turn of actions: the one due since T0
-    assert store.action(waiting)["status"] == "done"
-    assert store.timers(room_id=ROOM)[0]["status"] == "pending"  # not fired past the inbox
+    assert store.actions.action(waiting)["status"] == "done"
+    assert store.history.timers(room_id=ROOM)[0]["status"] == "pending"  # not fired past the inbox
     while worker.run_once():
         pass
-    assert store.inbox_stats() == (0, None)
-    assert store.timers(room_id=ROOM)[0]["status"] == "cancelled"  # by the join that had waited
+    assert store.inbox.inbox_stats() == (0, None)
+    assert store.history.timers(room_id=ROOM)[0]["status"] == "cancelled"  # by the join that had waited
     assert fake_api.deactivations() == ["room-other"]
 
 
@@ -1668,15 +1668,15 @@ def test_a_backlog_of_due_actions_gives_the_inbox_its_turn_back_after_turn_secon
     clock.now = T0 + 60
 
     assert worker.run_once() is True  # a full batch of 3
-    assert store.inbox_stats()[0] == 3
+    assert store.inbox.inbox_stats()[0] == 3
     assert worker.run_once() is True  # one due action, then the turn is over
-    assert [store.action(a)["status"] for a in backlog].count("done") == 1
+    assert [store.actions.action(a)["status"] for a in backlog].count("done") == 1
     assert worker.run_once() is True  # the inbox again, though three actions are still due
-    assert store.inbox_stats()[0] == 0
-    assert [store.action(a)["status"] for a in backlog].count("done") == 1
+    assert store.inbox.inbox_stats()[0] == 0
+    assert [store.actions.action(a)["status"] for a in backlog].count("done") == 1
     while worker.run_once():
         pass
-    assert [store.action(a)["status"] for a in backlog] == ["done"] * 4
+    assert [store.actions.action(a)["status"] for a in backlog] == ["done"] * 4
 
 
 def test_a_busy_inbox_holds_back_only_the_timers_of_rooms_with_deliveries_waiting(fake_api, store, clock):
@@ -1697,9 +1697,9 @@ def test_a_busy_inbox_holds_back_only_the_timers_of_rooms_with_deliveries_waitin
 
     assert worker.run_once() is True  # a full batch of 3
     assert worker.run_once() is True  # the timer, though six deliveries of other rooms wait
-    assert store.timers(room_id=ROOM)[0]["status"] == "fired"
-    assert store.inbox_stats()[0] == 7
+    assert store.history.timers(room_id=ROOM)[0]["status"] == "fired"
+    assert store.inbox.inbox_stats()[0] == 7
     while worker.run_once():
         pass
-    assert store.delivery(late) is not None and store.inbox_stats() == (0, None)
-    assert [t["id"] for t in store.timers(room_id=ROOM)] == [timer_id]
+    assert store.history.delivery(late) is not None and store.inbox.inbox_stats() == (0, None)
+    assert [t["id"] for t in store.history.timers(room_id=ROOM)] == [timer_id]

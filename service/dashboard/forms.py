@@ -53,7 +53,7 @@ def logout():
 
 @bp.post(f"/actions/<int(max={MAX_ID}):action_id>/redrive")
 def redrive(action_id: int):
-    if current_runtime().store.redrive([action_id]):
+    if current_runtime().store.actions.redrive([action_id]):
         flash(f"Action #{action_id} is pending again, due now.", "ok")
     else:
         flash(f"Action #{action_id} is not dead; left as it is.", "error")

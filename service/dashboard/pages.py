@@ -26,8 +26,8 @@ def overview():
     runtime = current_runtime()
     now = time.time()
     since = (math.floor(now / 60) + 1) * 60 - MINUTES * 60  # the last 24 h, whole minutes, this one last
-    series = runtime.store.activity(since, MINUTES)
-    counts = runtime.store.decision_counts()
+    series = runtime.store.pages.activity(since, MINUTES)
+    counts = runtime.store.pages.decision_counts()
     rule_set = runtime.rules.current
     rules = [present.rule_row(rule, counts.get(rule.name, {})) for rule in rule_set.rules]
     in_force = {rule.name for rule in rule_set.rules}
@@ -36,11 +36,11 @@ def overview():
         "dashboard/overview.html", rule_set=rule_set, holder=runtime.rules, rules=rules, retired=retired,
         loaded_at=present.at(runtime.rules.loaded_at),
         last_error_at=present.at(runtime.rules.last_error_at), pid=os.getpid(),
-        stats=runtime.store.outbox_stats(now), dry_run=not runtime.settings.acts,
-        inbox=present.inbox(*runtime.store.inbox_stats(), now),
-        sweep=present.sweep(runtime.store.sweep_state(), rule_set.sweep_every, now),
+        stats=runtime.store.actions.outbox_stats(now), dry_run=not runtime.settings.acts,
+        inbox=present.inbox(*runtime.store.inbox.inbox_stats(), now),
+        sweep=present.sweep(runtime.store.pages.sweep_state(), rule_set.sweep_every, now),
         workers=[present.worker_row(w, now, stale_after=3 * REPORT_EVERY)
-                 for w in runtime.store.workers_seen(now - WORKERS_SINCE)],
+                 for w in runtime.store.pages.workers_seen(now - WORKERS_SINCE)],
         charts={
             "deliveries": charts.steps(series["deliveries"], since, title="Deliveries per minute"),
             "decisions": charts.steps(series["decisions"], since, title="Decisions per minute"),
@@ -58,12 +58,12 @@ def rooms():
     with_timers = request.args.get("timers") == "1"
     after = request.args.get("after") or None
     try:
-        page, next_after = runtime.store.rooms_page(limit=PAGE, after=after, with_timers=with_timers)
+        page, next_after = runtime.store.pages.rooms_page(limit=PAGE, after=after, with_timers=with_timers)
     except ValueError:
         abort(400, "after must be a rooms page cursor, as the 'older' link gives")
     rule_set = runtime.rules.current
     return render_template("dashboard/rooms.html", rooms=[present.room_row(r, rule_set, now) for r in page],
-                           total=runtime.store.count_rooms(with_timers=with_timers), with_timers=with_timers,
+                           total=runtime.store.pages.count_rooms(with_timers=with_timers), with_timers=with_timers,
                            after=after, next_after=next_after, page_size=PAGE)
 
 
@@ -80,7 +80,7 @@ def find_room():
 def room(room_id: str):
     runtime = current_runtime()
     now = time.time()
-    rows = runtime.store.room_story(room_id)
+    rows = runtime.store.history.room_story(room_id)
     if not rows["deliveries"] and not rows["room"]:
         abort(404, f"nothing recorded for room {room_id}")
     story = explain.build(room_id, rows, now)
@@ -102,8 +102,8 @@ def actions():
     if status is not None and status not in STATUSES:
         abort(400, f"status must be one of {', '.join(STATUSES)}")
     before = id_arg("before", "an action id")
-    page, next_before = runtime.store.actions_page(status=status, limit=PAGE, before=before)
-    counts = runtime.store.counts()
+    page, next_before = runtime.store.pages.actions_page(status=status, limit=PAGE, before=before)
+    counts = runtime.store.actions.counts()
     return render_template("dashboard/actions.html", actions=page, status=status, statuses=STATUSES,
                            counts=counts, total=sum(counts.values()), before=before,
                            next_before=next_before, countdown=lambda due: present.countdown(due, now))

@@ -16,15 +16,22 @@ import logging
 import os
 import sqlite3
 import time
+import json
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from ..errors import ConfigError, StoreUnavailable
+from . import migrations
+from .driver import run
+from .guard import guarded
+from .statements import Statements
 
 log = logging.getLogger("roomwarden.store")
 
@@ -233,3 +240,126 @@ def _enable_wal(cursor) -> None:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
+
+
+class Database:
+    """One database: its engine, its clock, its transactions, its schema and its health.
+
+    The repositories (store.py) are built over one of these and reach the database only
+    through it: `write()` for a write transaction (SQLite: a turn of the writers' queue and
+    BEGIN IMMEDIATE), `read()` for a read-only one, `peek()` and `write_one()` for a single
+    statement (outside a transaction on PostgreSQL, saving two round trips), `lock_room()`
+    for a room's state inside a write transaction.
+    """
+
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time):
+        self.engine = engine
+        self.clock = clock
+        self.dialect = engine.dialect.name
+        self.insert = pg_insert if self.dialect == "postgresql" else sqlite_insert  # for ON CONFLICT
+        self.sql = Statements(self.insert, engine.dialect)
+        self.writers = writer_queue(engine)
+        self.identity_problem: str | None = None  # a new SQLite store where another was (check_identity)
+        # PostgreSQL: one-statement reads run outside a transaction, saving BEGIN and COMMIT (two
+        # round trips and most of the cost of a worker's look at what is due).
+        self._autocommit = (engine.execution_options(isolation_level="AUTOCOMMIT")
+                            if self.dialect == "postgresql" else None)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self.writers.turn(), self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(**{READ_ONLY: True})
+            with conn.begin():
+                yield conn
+
+    def peek(self):
+        """For one read statement: outside a transaction on PostgreSQL (a single statement sees
+        one snapshot anyway); a read transaction on SQLite, where BEGIN costs no round trip."""
+        return self._one_statement(self.read)
+
+    def write_one(self):
+        """For one write statement, atomic by itself: outside a transaction on PostgreSQL (no BEGIN
+        and COMMIT round trips); a write transaction on SQLite (BEGIN IMMEDIATE, see above)."""
+        return self._one_statement(self.write)
+
+    @contextmanager
+    def _one_statement(self, otherwise) -> Iterator[Connection]:
+        if self._autocommit is None:
+            with otherwise() as conn:
+                yield conn
+            return
+        with self._autocommit.connect() as conn:
+            yield conn
+
+    def lock_room(self, conn: Connection, room_id: str) -> dict:
+        """The room's stored state, locked until the transaction ends.
+
+        The row is created first if need be, so two deliveries for a new room wait
+        for each other instead of both starting from nothing (PostgreSQL); on
+        SQLite the write transaction already serializes them.
+        """
+        run(conn, self.sql.insert_room, {"room_id": room_id, "state": "{}", "updated_at": self.clock()})
+        (state,) = run(conn, self.sql.lock_room, {"room_id": room_id}).fetchone()
+        return self.sql.lock_room.json(state)
+
+    # -- schema and health -----------------------------------------------------
+
+    @guarded
+    def migrate(self) -> list[str]:
+        with self.write() as conn:
+            return migrations.apply(conn)
+
+    @guarded
+    def created_at(self) -> float | None:
+        """When this store was created (its first migration step): its identity, as far as a
+        marker beside a SQLite file needs one."""
+        from .tables import schema_migrations
+
+        with self.read() as conn:
+            return conn.execute(select(schema_migrations.c.applied_at)
+                                .where(schema_migrations.c.version == 1)).scalar()
+
+    def check_identity(self) -> str | None:
+        """SQLite: compare the store with the marker beside its file (`<file>.store`), written at
+        its first start. None when they agree, or on a first start (the marker is written then);
+        otherwise what is wrong: the file is a new store where another one was."""
+        if self.dialect != "sqlite":
+            return None
+        marker = Path(self.engine.url.database + ".store")
+        created = self.created_at()
+        mine = json.dumps({"created_at": created})
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            try:
+                was = json.loads(marker.read_text()).get("created_at")
+            except (OSError, ValueError, AttributeError):
+                was = None
+            if was == created:
+                return None
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(was)) if isinstance(was, (int, float)) else "?"
+            return (f"{self.engine.url.database} is a new store, but the store created {when} was here "
+                    f"({marker} says so): its deliveries, actions and timers are not in this one. Restore "
+                    f"the file; or, if starting afresh is meant, delete {marker}")
+        with os.fdopen(fd, "w") as out:
+            out.write(mine)
+        return None
+
+    @guarded
+    def schema_version(self) -> int:
+        with self.read() as conn:
+            return migrations.current_version(conn)
+
+    @guarded
+    def ping(self) -> None:
+        self.writers.probe()  # SQLite: still the file it opened, and its writers' lock file can be had
+        with self.read() as conn:
+            conn.execute(text("SELECT 1"))

@@ -1,20 +1,26 @@
-"""Reads of what happened: deliveries, decisions, rooms and their timers, rules versions."""
+"""Reads of what happened: deliveries, decisions, rooms and their timers; retention.
+
+The rules versions kept are rules.py's."""
 
 from __future__ import annotations
 
 from typing import Iterator
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select
 
+from .database import Database
 from .guard import guarded
 from .records import Row
-from .tables import actions, attempts, decisions, deliveries, rooms, rules_versions, timers
+from .tables import actions, attempts, decisions, deliveries, rooms, timers
 
 
-class HistoryMixin:
+class History:
+    def __init__(self, db: Database):
+        self.db = db
+
     @guarded
     def delivery(self, delivery_id: str) -> Row | None:
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = conn.execute(select(deliveries).where(deliveries.c.id == delivery_id)).mappings().first()
             return dict(row) if row else None
 
@@ -27,7 +33,7 @@ class HistoryMixin:
             query = query.where(deliveries.c.room_id == room_id)
         if before is not None:
             query = query.where(deliveries.c.id < before)
-        with self._read() as conn:
+        with self.db.read() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def deliveries_since(self, since: float, batch: int = 1000) -> Iterator[Row]:
@@ -46,12 +52,12 @@ class HistoryMixin:
                  .where((deliveries.c.received_at > received_at)
                         | ((deliveries.c.received_at == received_at) & (deliveries.c.id > delivery_id)))
                  .order_by(deliveries.c.received_at, deliveries.c.id).limit(batch))
-        with self._read() as conn:
+        with self.db.read() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     @guarded
     def count_deliveries_since(self, since: float) -> int:
-        with self._read() as conn:
+        with self.db.read() as conn:
             return conn.execute(select(func.count()).select_from(deliveries)
                                 .where(deliveries.c.received_at >= since)).scalar_one()
 
@@ -62,12 +68,12 @@ class HistoryMixin:
             query = query.where(decisions.c.delivery_id == delivery_id)
         if room_id is not None:
             query = query.where(decisions.c.room_id == room_id)
-        with self._read() as conn:
+        with self.db.read() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     @guarded
     def room(self, room_id: str) -> Row | None:
-        with self._read() as conn:
+        with self.db.read() as conn:
             row = conn.execute(select(rooms).where(rooms.c.room_id == room_id)).mappings().first()
             return dict(row) if row else None
 
@@ -78,13 +84,13 @@ class HistoryMixin:
             query = query.where(timers.c.room_id == room_id)
         if status is not None:
             query = query.where(timers.c.status == status)
-        with self._read() as conn:
+        with self.db.read() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     @guarded
     def room_story(self, room_id: str) -> dict[str, list[Row]]:
         """Everything recorded about one room, each kind oldest first (for `explain`)."""
-        with self._read() as conn:
+        with self.db.read() as conn:
             story = {
                 "deliveries": conn.execute(select(deliveries).where(deliveries.c.room_id == room_id)
                                            .order_by(deliveries.c.received_at, deliveries.c.id)).mappings(),
@@ -119,7 +125,7 @@ class HistoryMixin:
 
     @guarded
     def _prune_batch(self, before: float, batch: int) -> int:
-        with self._write() as conn:
+        with self.db.write() as conn:
             used = select(actions.c.delivery_id).union(select(timers.c.delivery_id))
             ids = list(conn.execute(
                 select(deliveries.c.id).where(deliveries.c.received_at < before, deliveries.c.id.not_in(used))
@@ -128,30 +134,3 @@ class HistoryMixin:
                 conn.execute(delete(decisions).where(decisions.c.delivery_id.in_(ids)))
                 conn.execute(delete(deliveries).where(deliveries.c.id.in_(ids)))
         return len(ids)
-
-    # -- rules versions -----------------------------------------------------------
-
-    @guarded
-    def remember_rules(self, sha256: str, source: str, text: str) -> None:
-        """Keep a rules file that loaded: the fallback for a process that finds a broken one."""
-        now = self.clock()
-        with self._write() as conn:
-            done = conn.execute(update(rules_versions).where(rules_versions.c.sha256 == sha256)
-                                .values(last_loaded_at=now)).rowcount
-            if not done:
-                conn.execute(self._insert(rules_versions).values(
-                    sha256=sha256, source=source, text=text, first_loaded_at=now, last_loaded_at=now,
-                ).on_conflict_do_nothing(index_elements=["sha256"]))
-
-    @guarded
-    def last_good_rules(self) -> Row | None:
-        with self._read() as conn:
-            row = conn.execute(select(rules_versions).order_by(rules_versions.c.last_loaded_at.desc())
-                               .limit(1)).mappings().first()
-            return dict(row) if row else None
-
-    @guarded
-    def rules_version(self, sha256: str) -> Row | None:
-        with self._read() as conn:
-            row = conn.execute(select(rules_versions).where(rules_versions.c.sha256 == sha256)).mappings().first()
-            return dict(row) if row else None

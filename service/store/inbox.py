@@ -24,8 +24,10 @@ from typing import Iterator, Sequence
 from sqlalchemy import Connection, bindparam, delete, func, select, text
 
 from ..errors import StoreUnavailable
-from .driver import run
-from .database import WriterQueue, sqlite_connect
+from .batch import GroupCommit
+from .driver import Compiled, run
+from .database import Database, WriterQueue, sqlite_connect
+from .intake import RoomWrites
 from .guard import guarded, outages
 from .offload import blocking, real_sleep
 from .records import Later, NewDelivery, PlanWrite, Receipt, TimerRow
@@ -67,8 +69,8 @@ class InboxBatch:
     deciding: a busy room's later deliveries in a batch cost little more than their own rows.
     """
 
-    def __init__(self, store, conn: Connection | None, rows: list[InboxRow], *, defer: bool = True):
-        self._store = store
+    def __init__(self, rooms: RoomWrites, conn: Connection | None, rows: list[InboxRow], *, defer: bool = True):
+        self._writes = rooms
         self._conn = conn
         self.rows = rows
         self._done: list[int] = []
@@ -78,19 +80,19 @@ class InboxBatch:
     def room_inputs(self, room_id: str) -> tuple[dict, list[TimerRow], set[str]]:
         """The room's state, its pending timers and its action keys as this batch has left them,
         locked to the end."""
-        store, conn = self._store, self._conn
+        writes, conn = self._writes, self._conn
         room = self._rooms.get(room_id)
         if room is None:
-            room = self._rooms[room_id] = _RoomSoFar(store._lock_room(conn, room_id))
+            room = self._rooms[room_id] = _RoomSoFar(writes.db.lock_room(conn, room_id))
         if room.timers is None:
-            room.timers = store._pending_timers(conn, room_id)
+            room.timers = writes.pending_timers(conn, room_id)
         if room.keys is None:
-            room.keys = store._action_keys(conn, room_id)
+            room.keys = writes.action_keys(conn, room_id)
         return room.state, list(room.timers), set(room.keys)
 
     def record(self, row: InboxRow, delivery: NewDelivery, write: PlanWrite | None) -> Receipt:
         """The delivery, and what was decided about it (None: nothing, as for a body kept unread)."""
-        receipt = self._store._record(self._conn, delivery, write, self._later)
+        receipt = self._writes.record(self._conn, delivery, write, self._later)
         self._done.append(row.seq)
         room = self._rooms.get(delivery.room_id) if delivery.known else None
         if room is not None and write is not None:
@@ -105,7 +107,7 @@ class InboxBatch:
     def finish(self) -> None:
         """Write what `record` left for the end (before the batch's rows leave the inbox)."""
         if self._later is not None:
-            self._store._write_later(self._conn, self._later)
+            self._writes.write_later(self._conn, self._later)
 
 
 class _RoomSoFar:
@@ -221,7 +223,31 @@ class InboxListener:
                 self._conn = None
 
 
-class InboxMixin:
+class Inbox:
+    """The web request's `append`; the decider's `deciding`; and what each may look at."""
+
+    def __init__(self, db: Database, rooms: RoomWrites):
+        self.db = db
+        self.rooms = rooms
+        # Group commit of inbox appends: the requests of a process that append at the same moment
+        # share one transaction. On SQLite that is one turn of the write lock and one fsync; on
+        # PostgreSQL, which flushes concurrent commits together itself, it saves the round trips
+        # (each one a wait on gevent's loop) of a transaction per request.
+        self._appender = GroupCommit(self._append_rows)
+        self._sqlite_appender = None
+        self._append_pg = Compiled(APPEND_PG, db.engine.dialect)
+        self._listener = None  # PostgreSQL: the decider's LISTEN connection, made when first waited on
+        if db.dialect == "sqlite":
+            writers = db.writers
+            self._sqlite_appender = SqliteAppender(db.engine.url.database, WriterQueue(
+                writers.path, writers.timeout, sleep=real_sleep, check=writers.check))
+
+    def close(self) -> None:
+        if self._sqlite_appender is not None:
+            self._sqlite_appender.close()
+        if self._listener is not None:
+            self._listener.close()
+
     @guarded
     def append(self, item: InboxItem) -> None:
         """Durable when it returns; raises StoreUnavailable (and nothing is kept) otherwise.
@@ -235,36 +261,36 @@ class InboxMixin:
     def _append_rows(self, items: Sequence[InboxItem]) -> list[None]:
         if self._sqlite_appender is not None:
             return self._sqlite_appender.write(items)
-        with outages(), self._write_one() as conn:
+        with outages(), self.db.write_one() as conn:
             run(conn, self._append_pg, {column: [getattr(item, column) for item in items] for column in COLUMNS})
         return [None] * len(items)
 
     def wait_for_inbox(self, timeout: float) -> bool | None:
         """Wait up to `timeout` for an append (PostgreSQL: LISTEN); None where the database cannot
         tell (SQLite: the caller polls)."""
-        if self.engine.dialect.name != "postgresql":
+        if self.db.dialect != "postgresql":
             return None
         if self._listener is None:
-            self._listener = InboxListener(self.engine.url.set(drivername="postgresql").render_as_string(
+            self._listener = InboxListener(self.db.engine.url.set(drivername="postgresql").render_as_string(
                 hide_password=False))
         return self._listener.wait(timeout)
 
     @guarded
     def has_undecided(self) -> bool:
         """Read-only: whether the inbox holds anything, so an idle decider takes no write lock."""
-        with self._peek() as conn:
+        with self.db.peek() as conn:
             return conn.execute(_ANY).first() is not None
 
     @guarded
     def in_inbox(self, delivery_id: str) -> bool:
         """Read-only: whether the delivery (or sweep) `delivery_id` is still waiting to be decided."""
-        with self._peek() as conn:
+        with self.db.peek() as conn:
             return conn.execute(_HOLDS, {"p_id": delivery_id}).first() is not None
 
     @guarded
     def inbox_stats(self) -> tuple[int, float | None]:
         """How many deliveries wait to be decided, and when the oldest of them arrived."""
-        with self._read() as conn:
+        with self.db.read() as conn:
             count, oldest = conn.execute(select(func.count(), func.min(inbox.c.received_at))).one()
         return count, oldest
 
@@ -279,11 +305,11 @@ class InboxMixin:
 
         Raises StoreUnavailable for an outage; then nothing of the batch is kept.
         """
-        if self.engine.dialect.name != "postgresql" and not self.has_undecided():
-            yield InboxBatch(self, None, [])
+        if self.db.dialect != "postgresql" and not self.has_undecided():
+            yield InboxBatch(self.rooms, None, [])
             return
-        with outages(), self._write() as conn:
-            batch = InboxBatch(self, conn, self._take(conn, limit), defer=defer)
+        with outages(), self.db.write() as conn:
+            batch = InboxBatch(self.rooms, conn, self._take(conn, limit), defer=defer)
             yield batch
             batch.finish()
             if batch._done:

@@ -1,4 +1,6 @@
-"""The action outbox: claiming due actions under a lease, recording attempts, re-driving."""
+"""The action outbox, the worker's side: claiming due actions under a lease, recording attempts.
+
+The operator's side (reading actions, re-driving dead ones) is actions.py."""
 
 from __future__ import annotations
 
@@ -6,8 +8,10 @@ import functools
 
 from sqlalchemy import and_, bindparam, func, or_, select, text, update
 
+from .database import Database
 from .guard import guarded
-from .records import AttemptRecord, ClaimedAction, Row
+from .intake import RoomWrites
+from .records import AttemptRecord, ClaimedAction
 from .tables import actions, attempts, timers
 from ..outcomes import STATUS_AFTER, ActionStatus, Attempt, TimerStatus
 
@@ -63,7 +67,13 @@ _CLAIM_UNCHECKED = _claim(PACED_CHECK)
 _RECORD_ATTEMPT = attempts.insert()
 
 
-class OutboxMixin:
+class Outbox:
+    """The worker's side of the action outbox: what is due, claims under a lease, attempts."""
+
+    def __init__(self, db: Database, rooms: RoomWrites):
+        self.db = db
+        self.rooms = rooms
+
     @guarded
     def claim(self, worker: str, lease_seconds: float, max_attempts: int,
               per_minute: int | None = None, checks_per_minute: int | None = None) -> ClaimedAction | None:
@@ -78,11 +88,11 @@ class OutboxMixin:
         `no-live-session`: each claim of one is a call to VideoSDK's sessions list), while
         other actions are claimed as usual.
         """
-        now = self.clock()
+        now = self.db.clock()
         limited = per_minute is not None or checks_per_minute is not None
         statement = _CLAIM
         # Without a rate limit, a claim is one statement (two only to mark an action dead).
-        with self._write() if limited else self._write_one() as conn:
+        with self.db.write() if limited else self.db.write_one() as conn:
             if limited:
                 if conn.dialect.name == "postgresql":  # claimers count the load one at a time
                     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": RATE_LIMIT_LOCK})
@@ -126,8 +136,8 @@ class OutboxMixin:
         if `worker` still holds its lease; False means the lease had run out and
         another worker may have the action now.
         """
-        now = self.clock()
-        with self._write() as conn:
+        now = self.db.clock()
+        with self.db.write() as conn:
             conn.execute(_RECORD_ATTEMPT, dict(
                 # The claim's number: a claim lost with its worker leaves a gap; a re-drive starts again at 1.
                 action_id=claim.id, number=claim.attempts, worker=worker,
@@ -146,64 +156,17 @@ class OutboxMixin:
                 values["p_due_at"] = attempt.next_due_at
             moved = conn.execute(_move_action(frees_key, moves_due), values).rowcount
             if moved and attempt.closes_room:
-                self._close_room(conn, claim.room_id, now)
+                self.rooms.close_room(conn, claim.room_id, now)
         return moved == 1
 
     @guarded
     def release(self, claim: ClaimedAction, worker: str) -> None:
         """Give a claimed action back without an attempt (on shutdown, say)."""
-        with self._write() as conn:
+        with self.db.write() as conn:
             conn.execute(update(actions).where(
                 actions.c.id == claim.id, actions.c.lease_owner == worker, actions.c.status == ActionStatus.PENDING,
             ).values(lease_owner=None, lease_until=None, attempts=actions.c.attempts - 1,
-                     updated_at=self.clock()))
-
-    @guarded
-    def redrive(self, action_ids: list[int] | None = None) -> list[int]:
-        """Make dead actions pending again, due now, with a fresh count of attempts.
-
-        `None` re-drives every dead action. Returns the ids re-driven; actions
-        that are not dead are left as they are.
-        """
-        now = self.clock()
-        with self._write() as conn:
-            query = select(actions.c.id).where(actions.c.status == ActionStatus.DEAD)
-            if action_ids is not None:
-                query = query.where(actions.c.id.in_(action_ids))
-            ids = list(conn.execute(query.order_by(actions.c.id)).scalars())
-            if ids:
-                conn.execute(update(actions).where(actions.c.id.in_(ids)).values(
-                    status=ActionStatus.PENDING, attempts=0, due_at=now, lease_owner=None, lease_until=None,
-                    updated_at=now))
-        return ids
-
-    @guarded
-    def action(self, action_id: int) -> Row | None:
-        with self._read() as conn:
-            row = conn.execute(select(actions).where(actions.c.id == action_id)).mappings().first()
-            return dict(row) if row else None
-
-    @guarded
-    def actions(self, *, status: str | None = None, room_id: str | None = None, limit: int = 100,
-                newest_first: bool = False, before: int | None = None) -> list[Row]:
-        """Actions by id; `newest_first` with `before` (an action id) pages back from the newest."""
-        order = actions.c.id.desc() if newest_first else actions.c.id
-        query = select(actions).order_by(order).limit(limit)
-        if status is not None:
-            query = query.where(actions.c.status == status)
-        if room_id is not None:
-            query = query.where(actions.c.room_id == room_id)
-        if before is not None:
-            query = query.where(actions.c.id < before)
-        with self._read() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
-
-    @guarded
-    def attempts(self, action_id: int) -> list[Row]:
-        with self._read() as conn:
-            return [dict(r) for r in conn.execute(
-                select(attempts).where(attempts.c.action_id == action_id).order_by(attempts.c.id)
-            ).mappings()]
+                     updated_at=self.db.clock()))
 
     @guarded
     def due_work(self, now: float) -> tuple[float | None, float | None]:
@@ -212,28 +175,6 @@ class OutboxMixin:
         One read statement, built once, so a worker can look this often without taking SQLite's
         write lock or opening a transaction on PostgreSQL.
         """
-        with self._peek() as conn:
+        with self.db.peek() as conn:
             action_due, timer_due = conn.execute(_DUE_WORK, {"p_now": now}).one()
         return action_due, timer_due
-
-    @guarded
-    def outbox_stats(self, now: float) -> dict:
-        """For the metrics: actions due, the age of the oldest due one, pending timers, by status."""
-        from .tables import timers
-
-        with self._read() as conn:
-            due = conn.execute(select(func.count(), func.min(actions.c.due_at)).where(
-                actions.c.status == ActionStatus.PENDING, actions.c.due_at <= now)).one()
-            pending_timers = conn.execute(select(func.count()).select_from(timers)
-                                          .where(timers.c.status == TimerStatus.PENDING)).scalar_one()
-            by_status = {status: n for status, n in conn.execute(
-                select(actions.c.status, func.count()).group_by(actions.c.status))}
-        return {"due": due[0], "oldest_due_age": max(0.0, now - due[1]) if due[1] is not None else 0.0,
-                "pending_timers": pending_timers, "by_status": by_status}
-
-    @guarded
-    def counts(self) -> dict[str, int]:
-        """Actions by status."""
-        with self._read() as conn:
-            return {status: n for status, n in conn.execute(
-                select(actions.c.status, func.count()).group_by(actions.c.status))}

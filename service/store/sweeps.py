@@ -3,8 +3,7 @@
 See service/sweeps.py for what a sweep is. Here: `sweep_turn` (one transaction) starts a round
 when one is due and none is running, or carries on the round this worker holds (or one whose
 owner's lease ran out), appending a sweep to the inbox for each of the next rooms after the
-round's cursor that is not closed; `close_room` marks a room deactivated (a delivery for it
-clears the mark, in the decider's room update).
+round's cursor that is not closed (a room is closed by its deactivation: intake.py's `close_room`).
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import insert, select, text, update
 
 from ..sweeps import sweep_body, sweep_id
+from .database import Database
 from .guard import guarded
 from .tables import inbox, rooms, sweeps
 
@@ -31,19 +31,24 @@ class SweepTurn:
     last_id: str | None = None  # the id of the last sweep this turn appended
 
 
-class SweepsMixin:
+class Sweeps:
+    """The worker's side of the sweep: its turns. (The dashboard reads the round from pages.py.)"""
+
+    def __init__(self, db: Database):
+        self.db = db
+
     @guarded
     def sweep_turn(self, owner: str, every: float, chunk: int, lease: float) -> SweepTurn | None:
         """Append the next chunk of a round's sweeps, starting a round if one is due. None when
         there is nothing for `owner` to do now (no round due, or another worker holds it)."""
-        now = self.clock()
-        with self._write() as conn:
+        now = self.db.clock()
+        with self.db.write() as conn:
             if conn.dialect.name == "postgresql":
-                conn.execute(self._insert(sweeps).values(name=NAME, round=0, next_at=now, rooms=0)
+                conn.execute(self.db.insert(sweeps).values(name=NAME, round=0, next_at=now, rooms=0)
                              .on_conflict_do_nothing(index_elements=["name"]))
                 row = conn.execute(select(sweeps).where(sweeps.c.name == NAME).with_for_update()).mappings().one()
             else:
-                conn.execute(self._insert(sweeps).values(name=NAME, round=0, next_at=now, rooms=0)
+                conn.execute(self.db.insert(sweeps).values(name=NAME, round=0, next_at=now, rooms=0)
                              .on_conflict_do_nothing(index_elements=["name"]))
                 row = conn.execute(select(sweeps).where(sweeps.c.name == NAME)).mappings().one()
             running = row["started_at"] is not None and row["finished_at"] is None
@@ -77,14 +82,3 @@ class SweepsMixin:
             next_at = values.get("next_at", row["next_at"])
             return SweepTurn(round_, len(found), finished, next_at if finished else now, started=not running,
                              rooms=values.get("rooms", swept), last_id=last_id)
-
-    @guarded
-    def sweep_state(self) -> dict | None:
-        """The sweep's row: its round, when it started and finished, rooms swept, when the next is due."""
-        with self._read() as conn:
-            row = conn.execute(select(sweeps).where(sweeps.c.name == NAME)).mappings().first()
-            return dict(row) if row else None
-
-    def _close_room(self, conn, room_id: str, now: float) -> None:
-        """The room was deactivated (or VideoSDK says it does not exist): sweep it no more."""
-        conn.execute(update(rooms).where(rooms.c.room_id == room_id).values(closed_at=now))

@@ -6,7 +6,9 @@ from typing import Callable
 
 from sqlalchemy import exists, select, update
 
+from .database import Database
 from .guard import guarded
+from .intake import RoomWrites
 from ..outcomes import TimerStatus
 from .records import TimerRow, TimerWrite
 from .tables import deliveries, inbox, timers
@@ -14,7 +16,13 @@ from .tables import deliveries, inbox, timers
 Decide = Callable[[TimerRow, dict, set[str]], TimerWrite]
 
 
-class TimersMixin:
+class Timers:
+    """The worker's timers: firing the due ones, re-checking pending ones after a reload."""
+
+    def __init__(self, db: Database, rooms: RoomWrites):
+        self.db = db
+        self.rooms = rooms
+
     @guarded
     def fire_due_timer(self, decide: Decide) -> TimerWrite | None:
         """Decide the most overdue pending timer, if any, in one transaction.
@@ -29,8 +37,8 @@ class TimersMixin:
         busy the inbox is.
         """
         for _ in range(10):  # another worker may take the timer we picked: pick again, in a new transaction
-            now = self.clock()
-            with self._write() as conn:
+            now = self.db.clock()
+            with self.db.write() as conn:
                 candidate = conn.execute(
                     select(timers.c.id, timers.c.room_id)
                     .where(timers.c.status == TimerStatus.PENDING, timers.c.due_at <= now, ~exists().where(
@@ -49,7 +57,7 @@ class TimersMixin:
     @guarded
     def pending_timers_by_rule(self) -> list[tuple[int, str, str]]:
         """(id, rule, fingerprint) of every pending timer, read-only: what a reload must re-check."""
-        with self._read() as conn:
+        with self.db.read() as conn:
             return [tuple(row) for row in conn.execute(
                 select(timers.c.id, timers.c.rule, timers.c.fingerprint)
                 .where(timers.c.status == TimerStatus.PENDING).order_by(timers.c.id))]
@@ -57,8 +65,8 @@ class TimersMixin:
     @guarded
     def recheck_timer(self, timer_id: int, decide: Decide) -> TimerWrite | None:
         """Re-decide one pending timer now (after a reload), if it is still pending."""
-        now = self.clock()
-        with self._write() as conn:
+        now = self.db.clock()
+        with self.db.write() as conn:
             room_id = conn.execute(select(timers.c.room_id).where(
                 timers.c.id == timer_id, timers.c.status == TimerStatus.PENDING)).scalar()
             if room_id is None:
@@ -67,7 +75,7 @@ class TimersMixin:
 
     def _decide_locked(self, conn, timer_id: int, room_id: str, decide: Decide, now: float) -> TimerWrite | None:
         """Lock the room, then the timer; decide it if it is still pending."""
-        state = self._lock_room(conn, room_id)
+        state = self.db.lock_room(conn, room_id)
         row = conn.execute(
             select(timers, deliveries.c.body.label("trigger_body"),
                    deliveries.c.verified.label("trigger_verified"))
@@ -78,7 +86,7 @@ class TimersMixin:
         if row is None:
             return None
         timer = TimerRow.from_mapping(row)
-        write = decide(timer, state, self._action_keys(conn, room_id))
+        write = decide(timer, state, self.rooms.action_keys(conn, room_id))
         self._apply_timer(conn, timer, write, now)
         return write
 
@@ -88,7 +96,7 @@ class TimersMixin:
             conn.execute(update(timers).where(where).values(status=TimerStatus.FIRED, resolved_at=now,
                                                            reason=write.reason))
             if write.decision is not None:
-                self._record_decision(conn, timer.delivery_id, write.decision, now, timer_id=timer.id)
+                self.rooms.record_decision(conn, timer.delivery_id, write.decision, now, timer_id=timer.id)
         elif write.verdict == "cancel":
             conn.execute(update(timers).where(where).values(status=TimerStatus.CANCELLED, resolved_at=now,
                                                            reason=write.reason))

@@ -1,4 +1,5 @@
-"""Reads for the dashboard: counts by rule, activity per minute, and pages of rooms and actions.
+"""Reads for the dashboard: counts by rule, activity per minute, pages of rooms and actions, the
+sweep's round and the workers' breakers. Nothing here writes.
 
 Every read is one indexed query (or a few), paged by keyset, so a page costs the
 same with ten rooms or a million: rooms by (updated_at, room_id) newest first,
@@ -11,20 +12,25 @@ import math
 
 from sqlalchemy import Integer, and_, cast, func, literal_column, or_, select
 
+from .database import Database
 from .guard import guarded
 from ..outcomes import TimerStatus
 from .records import Row
-from .tables import actions, attempts, decisions, deliveries, rooms, timers
+from .sweeps import NAME as SWEEP
+from .tables import actions, attempts, decisions, deliveries, rooms, sweeps, timers, workers
 
 
-class DashboardMixin:
+class Pages:
+    def __init__(self, db: Database):
+        self.db = db
+
     def _minute(self, column):
         """The minute since the epoch that `column` (seconds since the epoch) falls in.
 
         No bound parameters in it, so GROUP BY repeats it word for word on PostgreSQL.
         """
         minutes = column / literal_column("60.0")
-        if self.engine.dialect.name == "postgresql":
+        if self.db.dialect == "postgresql":
             minutes = func.floor(minutes)  # PostgreSQL's cast rounds; SQLite's truncates
         return cast(minutes, Integer)
 
@@ -32,7 +38,7 @@ class DashboardMixin:
     def decision_counts(self) -> dict[str, dict[str, int]]:
         """{rule: {outcome: decisions}} over everything recorded."""
         counts: dict[str, dict[str, int]] = {}
-        with self._read() as conn:
+        with self.db.read() as conn:
             for rule, outcome, n in conn.execute(
                     select(decisions.c.rule, decisions.c.outcome, func.count())
                     .group_by(decisions.c.rule, decisions.c.outcome)):
@@ -51,7 +57,7 @@ class DashboardMixin:
         series["latency_max"] = [None] * minutes
         until = since + minutes * 60
         first = int(since // 60)
-        with self._read() as conn:
+        with self.db.read() as conn:
             for name, table, column in (("deliveries", deliveries, deliveries.c.received_at),
                                         ("decisions", decisions, decisions.c.created_at),
                                         ("actions", actions, actions.c.created_at)):
@@ -75,7 +81,7 @@ class DashboardMixin:
         query = select(func.count()).select_from(rooms)
         if with_timers:
             query = query.where(rooms.c.room_id.in_(self._rooms_with_timers()))
-        with self._read() as conn:
+        with self.db.read() as conn:
             return conn.execute(query).scalar_one()
 
     def _rooms_with_timers(self):
@@ -95,7 +101,7 @@ class DashboardMixin:
         query = (select(rooms).order_by(rooms.c.updated_at.desc(), rooms.c.room_id.desc()).limit(limit + 1))
         if with_timers:
             query = query.where(rooms.c.room_id.in_(self._rooms_with_timers()))
-        with self._read() as conn:
+        with self.db.read() as conn:
             if after is not None:
                 anchor, room_id = _room_cursor(after)
                 if anchor is None:
@@ -131,11 +137,26 @@ class DashboardMixin:
             query = query.where(actions.c.status == status)
         if before is not None:
             query = query.where(actions.c.id < before)
-        with self._read() as conn:
+        with self.db.read() as conn:
             page = [dict(r) for r in conn.execute(query).mappings()]
         more = len(page) > limit
         page = page[:limit]
         return page, (page[-1]["id"] if more else None)
+
+    @guarded
+    def sweep_state(self) -> dict | None:
+        """The sweep's row: its round, when it started and finished, rooms swept, when the next is due."""
+        with self.db.read() as conn:
+            row = conn.execute(select(sweeps).where(sweeps.c.name == SWEEP)).mappings().first()
+            return dict(row) if row else None
+
+    @guarded
+    def workers_seen(self, since: float) -> list[Row]:
+        """Workers heard from since `since`, most recently started first."""
+        with self.db.read() as conn:
+            return [dict(r) for r in conn.execute(
+                select(workers).where(workers.c.seen_at >= since)
+                .order_by(workers.c.started_at.desc(), workers.c.worker_id)).mappings()]
 
 
 def _room_cursor(cursor: str) -> tuple[float | None, str]:
