@@ -26,7 +26,7 @@ from . import metrics
 from .errors import KeyUnavailable, PayloadInvalid, SignatureInvalid, StoreUnavailable
 from .events import Event, parse_event, read_envelope
 from .planner import plan_event
-from .planrows import pending_timer, plan_write, room_state
+from .planrows import plan_write, room_state
 from .rules.model import RuleSet
 from .signature import SignatureVerifier
 from .sweeps import is_sweep_id
@@ -199,9 +199,9 @@ class Decider:
         if room_id is None:
             write = plan_write(plan_event(rule_set, event, now, None, [], set(), acts=acts))
         else:
-            stored, timer_rows, acted = batch.room_inputs(room_id)
+            stored, timers, acted = batch.room_inputs(room_id)
             write = plan_write(plan_event(rule_set, event, now, room_state(room_id, stored),
-                                          [pending_timer(r) for r in timer_rows], acted, acts=acts))
+                                          timers, acted, acts=acts))
         if sweep:  # no news from the room: its state, its last delivery and closed mark stay as they are
             write = replace(write, room_state=None)
         receipt = batch.record(row, delivery, write)

@@ -22,9 +22,11 @@ room as it is now, then act, cancel (and say why), or wait longer (the rule's
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Iterable
 
-from .events import SWEEP, Event
+from .errors import PayloadInvalid
+from .events import SWEEP, Event, parse_event
 from .rooms import RoomState, advance
 from .rules.conditions import Trace
 from .rules.durations import format_duration
@@ -44,6 +46,9 @@ def action_key(rule: str, room_id: str, session_id: str | None) -> str:
 
 @dataclass(frozen=True)
 class PendingTimer:
+    """A `for:` timer waiting to come due: one value for the store, which keeps it, and the
+    planner, which decides it. The store's rows come in through `from_row`."""
+
     key: str
     rule: str
     fingerprint: str
@@ -53,6 +58,42 @@ class PendingTimer:
     due_at: float
     trigger: Event | None  # the event whose rule started it; None if its stored body no longer parses
     id: int | None = None
+    # As stored (none of these is read in deciding): the action it leads to, the delivery that
+    # started it, that delivery's body and whether its signature was verified.
+    action: str = ""
+    delivery_id: str = ""
+    trigger_body: str = ""
+    trigger_verified: bool = True
+
+    @classmethod
+    def from_row(cls, row) -> "PendingTimer":
+        """A stored timer (a mapping with every field but `trigger`), its trigger read again from
+        `trigger_body`. A trigger that no longer parses (validation tightened in an upgrade) is
+        None, and the planner cancels the timer, saying why: it must not poison every later
+        delivery for its room."""
+        body = row["trigger_body"]
+        trigger = _cached_trigger(body) if len(body) <= CACHED_TRIGGER_MAX else _trigger(body)
+        return cls(trigger=trigger, **{name: row[name] for name in _STORED})
+
+
+# Every later delivery for a room reads its pending timers again, inside the room's write lock:
+# parsing each trigger once per process keeps that work (about 0.1 ms a timer) off the serial
+# path. An Event is frozen and nothing writes into its data, so one may be shared. Only ordinary
+# bodies are kept: a 64 KiB body can parse into megabytes, and 512 of those would be a process's
+# memory.
+CACHED_TRIGGER_MAX = 4096
+_STORED = tuple(name for name in PendingTimer.__dataclass_fields__ if name != "trigger")
+
+
+def _trigger(body: str) -> Event | None:
+    try:
+        event = parse_event(body.encode("utf-8"))
+    except PayloadInvalid:
+        return None
+    return event if event.problem is None else None  # read, but no longer readable as its type
+
+
+_cached_trigger = lru_cache(maxsize=512)(_trigger)
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,11 @@ from . import metrics, sweeps
 from .actor import Actor
 from .decider import Decider
 from .errors import StoreUnavailable
-from .planner import fire_timer, recheck_timer
-from .planrows import pending_timer, room_state, timer_write
+from .planner import PendingTimer, fire_timer, recheck_timer
+from .planrows import room_state, timer_write
 from .rules.durations import format_duration
 from .rules.model import RuleSet
-from .store import Store, TimerRow
+from .store import Store
 
 log = logging.getLogger("roomwarden.worker")
 
@@ -215,9 +215,9 @@ class Worker:
         rule_set = self.rules()
         now = self.clock()
 
-        def decide(row: TimerRow, stored: dict, acted: set[str]):
-            return timer_write(fire_timer(rule_set, pending_timer(row), now, room_state(row.room_id, stored),
-                                          acted, acts=self.acts and row.trigger_verified))
+        def decide(timer: PendingTimer, stored: dict, acted: set[str]):
+            return timer_write(fire_timer(rule_set, timer, now, room_state(timer.room_id, stored),
+                                          acted, acts=self.acts and timer.trigger_verified))
 
         write = self.store.timers.fire_due_timer(decide)
         if write is not None:
@@ -238,9 +238,8 @@ class Worker:
                 continue  # its rule did not change: nothing to write
             now = self.clock()
 
-            def decide(row: TimerRow, stored: dict, acted: set[str]):
-                return timer_write(recheck_timer(rule_set, pending_timer(row), now,
-                                                 room_state(row.room_id, stored)))
+            def decide(timer: PendingTimer, stored: dict, acted: set[str]):
+                return timer_write(recheck_timer(rule_set, timer, now, room_state(timer.room_id, stored)))
 
             write = self.store.timers.recheck_timer(timer_id, decide)
             if write is not None and write.reason != "unchanged":

@@ -439,42 +439,38 @@ def test_a_timer_whose_trigger_no_longer_parses_is_cancelled_not_fatal():
         assert verdict.verdict == "cancel" and "no longer parses" in verdict.reason
 
 
-def test_plans_pending_timer_reads_an_unparseable_trigger_as_none():
-    from service.planrows import pending_timer
-    from service.store import TimerRow
-
-    row = TimerRow(id=1, key=KEY_EMPTY, rule="empty", fingerprint="f", room_id=ROOM, session_id="s-1",
-                   action="deactivate", delivery_id="d", started_at=NOW, due_at=NOW + 300,
-                   trigger_body='{"webhookType": "participant-left", "data": {}}', trigger_verified=True)
-    assert pending_timer(row).trigger is None
+def test_a_stored_timer_reads_an_unparseable_trigger_as_none():
+    row = PendingTimer.from_row(dict(id=1, key=KEY_EMPTY, rule="empty", fingerprint="f", room_id=ROOM,
+                                     session_id="s-1", action="deactivate", delivery_id="d", started_at=NOW,
+                                     due_at=NOW + 300, trigger_verified=True,
+                                     trigger_body='{"webhookType": "participant-left", "data": {}}'))
+    assert row.trigger is None
 
 
-def test_plans_pending_timer_parses_each_stored_trigger_once_per_process():
+def test_a_stored_timer_parses_each_trigger_once_per_process():
     # Every delivery for a room reads its pending timers again, inside the room's write lock:
     # the trigger is parsed once and the same immutable Event comes back after that.
-    from service.planrows import pending_timer
-    from service.store import TimerRow
-
     body = ('{"webhookType": "participant-left", "data": {"meetingId": "cache-room", "sessionId": "s-9", '
             '"participantId": "p-1", "participantName": "A"}}')
 
     def row(id_):
-        return TimerRow(id=id_, key=KEY_EMPTY, rule="empty", fingerprint="f", room_id="cache-room",
-                        session_id="s-9", action="deactivate", delivery_id="d", started_at=NOW,
-                        due_at=NOW + 300, trigger_body=body, trigger_verified=True)
+        return PendingTimer.from_row(dict(id=id_, key=KEY_EMPTY, rule="empty", fingerprint="f",
+                                          room_id="cache-room", session_id="s-9", action="deactivate",
+                                          delivery_id="d", started_at=NOW, due_at=NOW + 300, trigger_body=body,
+                                          trigger_verified=True))
 
-    first, second = pending_timer(row(1)).trigger, pending_timer(row(2)).trigger
+    first, second = row(1).trigger, row(2).trigger
     assert first is not None and first.room_id == "cache-room" and first.participant_id == "p-1"
     assert second is first
     with pytest.raises(TypeError):
         first.data["meetingId"] = "other"  # shared, so it must not be writable
 
     # A large body is parsed each time instead: 512 of them kept could be a process's memory.
-    from service.planrows import CACHED_TRIGGER_MAX
+    from service.planner import CACHED_TRIGGER_MAX
 
     padding = "x" * CACHED_TRIGGER_MAX
     body = body.replace('"A"', f'"A", "note": "{padding}"')
-    large, again = pending_timer(row(3)).trigger, pending_timer(row(4)).trigger
+    large, again = row(3).trigger, row(4).trigger
     assert large is not None and again is not None and large.room_id == again.room_id == "cache-room"
     assert again is not large
 

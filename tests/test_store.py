@@ -35,9 +35,9 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError, Statement
 
 from service.errors import StoreUnavailable, Unavailable
 from service.accept import new_delivery_id
-from service.planner import Cancel, Outcome
+from service.planner import Cancel, Outcome, PendingTimer
 from service.rules.conditions import Trace
-from service.store import AttemptRecord, ClaimedAction, NewDelivery, PlanWrite, Receipt, Store, TimerRow, TimerWrite
+from service.store import AttemptRecord, ClaimedAction, NewDelivery, PlanWrite, Receipt, Store, TimerWrite
 from service.store import database as store_database
 from service.store import migrations, tables
 from service.store.inbox import InboxItem, InboxRow
@@ -100,7 +100,7 @@ class Plans:
     """What `ingest` handed each plan callback: (stored state, pending timers, action keys)."""
 
     def __init__(self):
-        self.calls: list[tuple[dict | None, list[TimerRow], set[str]]] = []
+        self.calls: list[tuple[dict | None, list[PendingTimer], set[str]]] = []
 
 
 def record(store: Store, delivery: NewDelivery, decisions=(), *, room_state: dict | None = None,
@@ -1037,10 +1037,10 @@ def test_plan_is_handed_the_rooms_pending_timers_and_action_keys_only(store, clo
 
     [(stored, pending, keys)] = seen.calls
     # the cancelled timer and room-2's are not handed over; the trigger comes with the timer
-    assert pending == [TimerRow(id=timer["id"], key="hold|room-1|a", rule="hold", fingerprint="fp-1",
-                                room_id="room-1", session_id="sess-1", action="deactivate",
-                                delivery_id=trigger.id, started_at=T0 + 1, due_at=T0 + 1 + HOLD,
-                                trigger_body='{"trigger": 1}', trigger_verified=False)]
+    assert pending == [PendingTimer.from_row(dict(
+        id=timer["id"], key="hold|room-1|a", rule="hold", fingerprint="fp-1", room_id="room-1", session_id="sess-1",
+        action="deactivate", delivery_id=trigger.id, started_at=T0 + 1, due_at=T0 + 1 + HOLD,
+        trigger_body='{"trigger": 1}', trigger_verified=False))]
     assert keys == {"k-room-1", "k-dry"}  # dry-run actions took their key too
 
 
@@ -1155,12 +1155,12 @@ def test_after_a_cancel_the_same_key_can_start_a_new_timer(store, same_delivery)
 class Decider:
     """A `decide` callback that returns `write` and keeps what it was handed."""
 
-    def __init__(self, write: TimerWrite | Callable[[TimerRow], TimerWrite]):
+    def __init__(self, write: TimerWrite | Callable[[PendingTimer], TimerWrite]):
         self.write = write
-        self.calls: list[tuple[TimerRow, dict, set[str]]] = []
+        self.calls: list[tuple[PendingTimer, dict, set[str]]] = []
         self._lock = threading.Lock()
 
-    def __call__(self, row: TimerRow, state: dict, keys: set[str]) -> TimerWrite:
+    def __call__(self, row: PendingTimer, state: dict, keys: set[str]) -> TimerWrite:
         with self._lock:
             self.calls.append((row, copy.deepcopy(state), set(keys)))
         return self.write(row) if callable(self.write) else self.write
@@ -1195,11 +1195,10 @@ def test_fire_due_timer_waits_for_due_at_then_decides_with_what_it_needs(store, 
 
     assert write == fire()
     [(row, state, keys)] = decider.calls
-    assert row == TimerRow(id=timer["id"], key=TIMER_KEY, rule="hold", fingerprint="fp-1",
-                           room_id="room-1", session_id="sess-1", action="deactivate",
-                           delivery_id=trigger.id, started_at=T0, due_at=T0 + HOLD,
-                           trigger_body='{"webhookType": "participant-left"}',
-                           trigger_verified=verified)
+    assert row == PendingTimer.from_row(dict(
+        id=timer["id"], key=TIMER_KEY, rule="hold", fingerprint="fp-1", room_id="room-1", session_id="sess-1",
+        action="deactivate", delivery_id=trigger.id, started_at=T0, due_at=T0 + HOLD,
+        trigger_body='{"webhookType": "participant-left"}', trigger_verified=verified))
     assert state == {"empty_since": T0 - 5}
     assert keys == {"k-done-before"}  # this room's keys only
 

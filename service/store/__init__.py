@@ -5,9 +5,8 @@ All SQL is in this package: `store.py` composes a repository per kind of record 
 `Database` (database.py); the schema is in `tables.py`; `migrations.py` versions it.
 """
 
-from .records import (AttemptRecord, ClaimedAction, DecisionOutcome, NewDelivery, PlanWrite, Receipt, TimerRow,
-                      TimerWrite)
+from .records import (AttemptRecord, ClaimedAction, DecisionOutcome, NewDelivery, PlanWrite, Receipt, TimerWrite)
 from .store import Store, WebStore
 
 __all__ = ["Store", "WebStore", "NewDelivery", "DecisionOutcome", "Receipt", "ClaimedAction",
-           "AttemptRecord", "PlanWrite", "TimerRow", "TimerWrite"]
+           "AttemptRecord", "PlanWrite", "TimerWrite"]

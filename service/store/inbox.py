@@ -30,7 +30,8 @@ from .database import Database, WriterQueue, sqlite_connect
 from .intake import RoomWrites
 from .guard import guarded, outages
 from .offload import blocking, real_sleep
-from .records import Later, NewDelivery, PlanWrite, Receipt, TimerRow
+from ..planner import PendingTimer
+from .records import Later, NewDelivery, PlanWrite, Receipt
 from .tables import inbox
 from ..outcomes import Decided, holds_key
 
@@ -77,7 +78,7 @@ class InboxBatch:
         self._rooms: dict[str, _RoomSoFar] = {}
         self._later = Later() if defer else None  # None: every row written as it is recorded
 
-    def room_inputs(self, room_id: str) -> tuple[dict, list[TimerRow], set[str]]:
+    def room_inputs(self, room_id: str) -> tuple[dict, list[PendingTimer], set[str]]:
         """The room's state, its pending timers and its action keys as this batch has left them,
         locked to the end."""
         writes, conn = self._writes, self._conn
@@ -117,7 +118,7 @@ class _RoomSoFar:
 
     def __init__(self, state: dict):
         self.state = state
-        self.timers: list[TimerRow] | None = None
+        self.timers: list[PendingTimer] | None = None
         self.keys: set[str] | None = None
 
     def apply(self, delivery: NewDelivery, write: PlanWrite, receipt: Receipt) -> None:
@@ -135,11 +136,11 @@ class _RoomSoFar:
             if holds_key(done.outcome) and self.keys is not None:
                 self.keys.add(decision.key)
             elif done.outcome == Decided.TIMER_STARTED and self.timers is not None:
-                self.timers.append(TimerRow(
+                self.timers.append(PendingTimer.from_row(dict(
                     id=done.timer_id, key=decision.key, rule=decision.rule, fingerprint=decision.fingerprint,
                     room_id=decision.room_id, session_id=decision.session_id, action=decision.action,
                     delivery_id=delivery.id, started_at=delivery.received_at, due_at=decision.due_at,
-                    trigger_body=delivery.body, trigger_verified=delivery.verified))
+                    trigger_body=delivery.body, trigger_verified=delivery.verified)))
 
 
 class SqliteAppender:

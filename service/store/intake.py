@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import Connection, update
 
 from .driver import run, run_many, to_json
-from ..planner import Outcome
-from .records import DecisionOutcome, Later, NewDelivery, PlanWrite, Receipt, TimerRow
+from ..planner import Outcome, PendingTimer
+from .records import DecisionOutcome, Later, NewDelivery, PlanWrite, Receipt
 from ..outcomes import ActionStatus, Decided, TimerStatus, makes_action
 from .database import Database
 from .tables import rooms
@@ -70,13 +70,13 @@ class RoomWrites:
             run_many(conn, self.db.sql.insert_delivery, later.deliveries)
             later.deliveries = []
 
-    def pending_timers(self, conn: Connection, room_id: str) -> list[TimerRow]:
+    def pending_timers(self, conn: Connection, room_id: str) -> list[PendingTimer]:
         cursor = run(conn, self.db.sql.pending_timers, {"room_id": room_id})
         names = [column[0] for column in cursor.description]
         rows = [dict(zip(names, row)) for row in cursor.fetchall()]
         for row in rows:
             row["trigger_verified"] = bool(row["trigger_verified"])  # SQLite stores booleans as 0 and 1
-        return [TimerRow.from_mapping(row) for row in rows]
+        return [PendingTimer.from_row(row) for row in rows]
 
     def action_keys(self, conn: Connection, room_id: str) -> set[str]:
         return {key for (key,) in run(conn, self.db.sql.action_keys, {"room_id": room_id}).fetchall()}

@@ -1,5 +1,6 @@
 """The values that cross the store's boundary, in and out. Plain, frozen, no SQL. What a plan
-writes is the planner's own values (planner.Outcome, planner.Cancel), not copies of them."""
+writes is the planner's own values (planner.Outcome, planner.Cancel), not copies of them, and
+a pending timer is read as the planner's PendingTimer."""
 
 from __future__ import annotations
 
@@ -32,26 +33,6 @@ class PlanWrite:
     room_state: dict | None
     decisions: tuple[Outcome, ...] = ()  # as planned; the store turns scheduled into duplicate on a taken key
     cancels: tuple[Cancel, ...] = ()
-
-
-@dataclass(frozen=True)
-class TimerRow:
-    id: int
-    key: str
-    rule: str
-    fingerprint: str
-    room_id: str
-    session_id: str | None
-    action: str
-    delivery_id: str
-    started_at: float
-    due_at: float
-    trigger_body: str  # the body of the delivery that started it
-    trigger_verified: bool  # whether that delivery's signature was verified
-
-    @classmethod
-    def from_mapping(cls, row) -> "TimerRow":
-        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)

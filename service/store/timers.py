@@ -10,10 +10,11 @@ from .database import Database
 from .guard import guarded
 from .intake import RoomWrites
 from ..outcomes import TimerStatus
-from .records import TimerRow, TimerWrite
+from ..planner import PendingTimer
+from .records import TimerWrite
 from .tables import deliveries, inbox, timers
 
-Decide = Callable[[TimerRow, dict, set[str]], TimerWrite]
+Decide = Callable[[PendingTimer, dict, set[str]], TimerWrite]
 
 
 class Timers:
@@ -85,12 +86,12 @@ class Timers:
         ).mappings().first()
         if row is None:
             return None
-        timer = TimerRow.from_mapping(row)
+        timer = PendingTimer.from_row(row)
         write = decide(timer, state, self.rooms.action_keys(conn, room_id))
         self._apply_timer(conn, timer, write, now)
         return write
 
-    def _apply_timer(self, conn, timer: TimerRow, write: TimerWrite, now: float) -> None:
+    def _apply_timer(self, conn, timer: PendingTimer, write: TimerWrite, now: float) -> None:
         where = (timers.c.id == timer.id) & (timers.c.status == TimerStatus.PENDING)
         if write.verdict == "fire":
             conn.execute(update(timers).where(where).values(status=TimerStatus.FIRED, resolved_at=now,
