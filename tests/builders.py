@@ -18,9 +18,8 @@ from service.rules.model import RuleSet
 from service.videosdk import TokenSource, VideoSDKClient
 from service.worker import Worker
 
-from .conftest import API_KEY, SECRET, deliver as deliver_raw, event_body
+from .conftest import API_KEY, SECRET, T0, deliver as deliver_raw, event_body  # T0: one place for builders
 
-T0 = 1_700_000_000.0
 HALF = lambda: 0.5  # noqa: E731  backoff = 3/4 of its ceiling: 1.5 s after attempt 1, 3 s after attempt 2
 LEASE = 30.0
 SESSION = "sess-1"

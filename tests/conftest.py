@@ -8,7 +8,6 @@ import json
 import os
 import secrets
 import socket
-import sys
 import uuid
 from pathlib import Path
 
@@ -21,11 +20,12 @@ from service.config import Settings
 from service.runtime import build_decider, build_worker, open_store
 
 from .fakeapi import FakeVideoSDK
-from .procs import Processes, free_port
+from .procs import Processes, service_env
 
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOADS = ROOT / "examples"
 API_KEY = "test-api-key"
+T0 = 1_700_000_000.0  # the tests' "now" on a fake clock: a fixed epoch second
 SECRET = "test-secret-" + secrets.token_hex(16)  # unique per run, so a leak test can search for it
 PG_ENV = "ROOMWARDEN_TEST_POSTGRES_URL"
 
@@ -187,6 +187,23 @@ def client(app):
     return app.test_client()
 
 
+@pytest.fixture
+def clock():
+    """A fake clock standing at T0; the test moves it."""
+    return Clock(T0)
+
+
+@pytest.fixture
+def store(tmp_path, clock):
+    """A migrated store in a fresh SQLite file, on `clock` (test_store's runs on both databases)."""
+    from service.store import Store
+
+    store = Store.from_url(f"sqlite:///{tmp_path}/store.db", clock)
+    store.db.migrate()
+    yield store
+    store.close()
+
+
 def ingest(store, delivery, plan):
     """A delivery through the store's real path, with `plan` standing in for the planner: appended
     to the inbox, then taken out in a decider's transaction (`Store.deciding`), where `plan` is
@@ -196,7 +213,13 @@ def ingest(store, delivery, plan):
     from service.store.inbox import InboxItem
 
     store.inbox.append(InboxItem(id=delivery.id, received_at=delivery.received_at, room_id=delivery.room_id,
-                           body=delivery.body, signature=None, verified=delivery.verified))
+                                 body=delivery.body, signature=None, verified=delivery.verified))
+    return decide_appended(store, delivery, plan)
+
+
+def decide_appended(store, delivery, plan):
+    """The decider's part of `ingest`, for a delivery already in the inbox (appended, or left there
+    by a failed try: the retry a decider makes)."""
     while True:
         with store.inbox.deciding(10_000) as batch:
             for row in batch.rows:
@@ -312,23 +335,9 @@ def database_url(request, tmp_path) -> str:
 @pytest.fixture
 def processes(tmp_path, fake_api, rules_file):
     """Starts Procfile commands against the fake API and a fresh SQLite file; stops them after."""
-    venv_bin = str(Path(sys.executable).parent)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("VIDEOSDK_", "DATABASE_URL"))},
-        "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
-        "PORT": str(free_port()),
-        "HOST": "127.0.0.1",
-        "WEB_CONCURRENCY": "2",
-        "VIDEOSDK_API_KEY": API_KEY,
-        "VIDEOSDK_SECRET_KEY": SECRET,
-        "VIDEOSDK_API_BASE": fake_api.base_url,
-        "RULES_FILE": str(rules_file),
-        "DATABASE_URL": f"sqlite:///{tmp_path}/e2e.db",
-        "VIDEOSDK_TIMEOUT_SECONDS": "1",
-        "ACTION_LEASE_SECONDS": "3",
-        "WORKER_POLL_SECONDS": "0.05",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-    }
+    env = service_env(api_key=API_KEY, secret=SECRET, api_base=fake_api.base_url, rules_file=rules_file,
+                      database_url=f"sqlite:///{tmp_path}/e2e.db",
+                      PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
     procs = Processes(tmp_path, env)
     yield procs
     procs.stop_all()

@@ -29,6 +29,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def service_env(*, api_key: str, secret: str, api_base: str, rules_file: Path, database_url: str,
+                **more: str) -> dict[str, str]:
+    """The environment the Procfile's processes get in a test: this one's, less any VideoSDK or
+    database setting, with this virtualenv first on PATH, a free port on loopback, two web
+    workers, the fake API's address and credentials, short timeouts; `more` adds or overrides."""
+    import sys
+
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("VIDEOSDK_", "DATABASE_URL"))},
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+        "PORT": str(free_port()),
+        "HOST": "127.0.0.1",
+        "WEB_CONCURRENCY": "2",
+        "VIDEOSDK_API_KEY": api_key,
+        "VIDEOSDK_SECRET_KEY": secret,
+        "VIDEOSDK_API_BASE": api_base,
+        "RULES_FILE": str(rules_file),
+        "DATABASE_URL": database_url,
+        "VIDEOSDK_TIMEOUT_SECONDS": "1",
+        "ACTION_LEASE_SECONDS": "3",
+        "WORKER_POLL_SECONDS": "0.05",
+        **more,
+    }
+
+
 class Processes:
     """Starts Procfile commands the way a process manager would, and cleans up after."""
 

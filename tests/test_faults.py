@@ -43,7 +43,7 @@ from service.store import Store
 
 from .conftest import API_KEY, ROOT, SECRET, SESSION_TIMES, ended
 from .fakeapi import FakeVideoSDK, Reply
-from .procs import Processes, free_port, wait_until_up
+from .procs import Processes, free_port, service_env, wait_until_up
 
 pytestmark = pytest.mark.e2e
 
@@ -249,23 +249,10 @@ class TrialFake(FakeVideoSDK):
 
 
 def _trial_env(workdir: Path, fake: FakeVideoSDK, rules_file: Path) -> dict[str, str]:
-    venv_bin = str(Path(sys.executable).parent)
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("VIDEOSDK_", "DATABASE_URL"))},
-        "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
-        "PORT": str(free_port()),
-        "HOST": "127.0.0.1",
-        "WEB_CONCURRENCY": "2",
-        "VIDEOSDK_API_KEY": API_KEY,
-        "VIDEOSDK_SECRET_KEY": SECRET,
-        "VIDEOSDK_API_BASE": fake.base_url,
-        "RULES_FILE": str(rules_file),
-        "DATABASE_URL": f"sqlite:///{workdir}/trial.db",
-        "VIDEOSDK_TIMEOUT_SECONDS": "1",
-        "ACTION_LEASE_SECONDS": "2.1",  # must exceed twice the timeout
-        "WORKER_POLL_SECONDS": "0.05",
-        "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
-    }
+    return service_env(api_key=API_KEY, secret=SECRET, api_base=fake.base_url, rules_file=rules_file,
+                       database_url=f"sqlite:///{workdir}/trial.db",
+                       ACTION_LEASE_SECONDS="2.1",  # must exceed twice the timeout
+                       PROMETHEUS_MULTIPROC_DIR=str(workdir / "metrics"))
 
 
 def run_trial(seed: int, workdir: Path, public_pem: str, sign, rules_file: Path) -> dict:

@@ -23,10 +23,8 @@ import base64
 import gzip
 import http.client
 import json
-import os
 import socket
 import sqlite3
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -45,7 +43,7 @@ from service.schemas import KNOWN_EVENTS
 
 from .conftest import API_KEY, SECRET, TEST_RULES, sign_with
 from .fakeapi import FakeVideoSDK
-from .procs import Processes, free_port, wait_until_up
+from .procs import Processes, service_env, wait_until_up
 
 pytestmark = pytest.mark.e2e
 
@@ -72,24 +70,9 @@ def server(tmp_path_factory, public_pem, private_key, request):
     rules.write_text(TEST_RULES)
     fake = FakeVideoSDK(API_KEY, SECRET, public_pem)
     fake.start()
-    venv_bin = str(Path(sys.executable).parent)
     db = tmp / "hostile.db"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("VIDEOSDK_", "DATABASE_URL"))},
-        "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
-        "PORT": str(free_port()),
-        "HOST": "127.0.0.1",
-        "WEB_CONCURRENCY": "2",
-        "VIDEOSDK_API_KEY": API_KEY,
-        "VIDEOSDK_SECRET_KEY": SECRET,
-        "VIDEOSDK_API_BASE": fake.base_url,
-        "VIDEOSDK_WEBHOOK_PUBLIC_KEY": public_pem,  # pinned: no fetch
-        "RULES_FILE": str(rules),
-        "DATABASE_URL": f"sqlite:///{db}",
-        "VIDEOSDK_TIMEOUT_SECONDS": "1",
-        "ACTION_LEASE_SECONDS": "3",
-        "WORKER_POLL_SECONDS": "0.05",
-    }
+    env = service_env(api_key=API_KEY, secret=SECRET, api_base=fake.base_url, rules_file=rules,
+                      database_url=f"sqlite:///{db}", VIDEOSDK_WEBHOOK_PUBLIC_KEY=public_pem)  # pinned: no fetch
     procs = Processes(tmp, env)
     try:
         web = procs.start("web")

@@ -46,18 +46,6 @@ DAY = 86400.0
 WRONG_SECRET = "wrong-secret-" + secrets.token_hex(16)
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(T0)
-
-
-@pytest.fixture
-def store(tmp_path, clock):
-    store = Store.from_url(f"sqlite:///{tmp_path}/ops.db", clock)
-    store.db.migrate()
-    yield store
-    store.close()
-
 
 SESSION_RULES = RULES_HEAD + SESSION_RULE
 

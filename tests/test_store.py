@@ -42,7 +42,7 @@ from service.store import database as store_database
 from service.store import migrations, tables
 from service.store.inbox import InboxItem, InboxRow
 
-from .conftest import EMPTY_RULE, RULES_HEAD, SESSION_RULE, Clock, ingest
+from .conftest import EMPTY_RULE, RULES_HEAD, SESSION_RULE, Clock, decide_appended, ingest
 
 T0 = 1_700_000_000.0  # the tests' "now": a fixed epoch second
 LEASE = 30.0
@@ -120,16 +120,7 @@ def decide_kept(store: Store, delivery: NewDelivery, plan) -> Receipt:
     """Decide a delivery whose row is already in the inbox (a failed try left it there), as
     conftest's `ingest` does once it has appended: the retry a decider makes."""
     assert delivery.id in inbox_ids(store), f"{delivery.id} is not in the inbox"
-    while True:
-        with store.inbox.deciding(10_000) as batch:
-            for row in batch.rows:
-                if row.id != delivery.id:
-                    batch.keep(row)
-                    continue
-                room_id = delivery.room_id if delivery.known else None
-                inputs = batch.room_inputs(room_id) if room_id is not None else (None, [], set())
-                return batch.record(row, delivery, plan(*inputs))
-        # another decider's transaction holds this row's room (PostgreSQL): take turns
+    return decide_appended(store, delivery, plan)
 
 
 def inbox_item(*, id: str | None = None, at: float = T0, room_id: str | None = "room-1",

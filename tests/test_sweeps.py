@@ -22,11 +22,10 @@ from service.store import Store
 from service.sweeps import is_sweep_id, sweep_body, sweep_id
 from service.worker import Worker
 
-from .builders import make_worker
+from .builders import T0, make_worker
 from .conftest import Clock, event_body
 from .fakeapi import Reply
 
-T0 = 1_700_000_000.0
 HALF = lambda: 0.5  # noqa: E731
 SESSIONS = "/v2/sessions"
 
@@ -51,18 +50,6 @@ def parse(text: str):
     assert rule_set is not None, [str(p) for p in problems]
     return rule_set, list(rule_set.warnings)
 
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(T0)
-
-
-@pytest.fixture
-def store(tmp_path, clock):
-    store = Store.from_url(f"sqlite:///{tmp_path}/s.db", clock)
-    store.db.migrate()
-    yield store
-    store.close()
 
 
 

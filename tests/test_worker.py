@@ -26,7 +26,7 @@ from service.runtime import build_worker, load_rules_holder
 from service.planner import Outcome
 from service.store import AttemptRecord, NewDelivery, PlanWrite, Store
 
-from .conftest import API_KEY, Clock, SECRET, event_body, ingest
+from .conftest import API_KEY, SECRET, event_body, ingest
 from .builders import LEASE, SESSION, T0, add_action, deliver, make_worker, parse, session_rules
 from .fakeapi import Reply, participant
 
@@ -35,18 +35,6 @@ END_SESSION = "/v2/sessions/end"
 WRONG_SECRET = "wrong-secret-" + "w" * 32
 CHECK = f"/v2/sessions/{SESSION}/participants/active"
 
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(T0)
-
-
-@pytest.fixture
-def store(tmp_path, clock):
-    store = Store.from_url(f"sqlite:///{tmp_path}/w.db", clock)
-    store.db.migrate()
-    yield store
-    store.close()
 
 
 # -- outcomes, table-driven -----------------------------------------------------------------------
