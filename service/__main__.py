@@ -1,7 +1,15 @@
-from . import promdir
+"""`python -m service ...`, and the `roomwarden` command an install makes (pyproject.toml)."""
 
-promdir.ensure()  # before prometheus_client is imported: see promdir.py
 
-from .cli import main  # noqa: E402
+def run() -> None:
+    from . import promdir
 
-raise SystemExit(main())
+    promdir.ensure()  # before prometheus_client is imported: see promdir.py
+
+    from .cli import main
+
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import explain, logs, metrics, replay, ruletest, simulate
+from . import ciformat, explain, logs, metrics, replay, ruletest, simulate
 from .config import Settings
 from .errors import PayloadInvalid, RoomwardenError, RulesError
 from .events import read_envelope
@@ -35,21 +35,53 @@ def _default_rules() -> str:
 
 
 def cmd_check(args) -> int:
-    path = args.file or _default_rules()
+    reports, failed = [], False
+    files = args.files or [_default_rules()]
+    for path in files:
+        report = _check_one(path, args, named=len(files) > 1)
+        failed = failed or not report["ok"]
+        reports.append(report)
+    if args.format == "json":
+        print(ciformat.as_json({"ok": not failed, "strict": args.strict, "files": reports}))
+    return 1 if failed else 0
+
+
+def _check_one(path: str, args, *, named: bool) -> dict:
+    """Check one rules file: print its problems in the format asked, and say how it went (`named`:
+    the failure lines name the file, one of several)."""
     try:
         rule_set = load_rules(path)
     except RulesError as exc:
-        for problem in exc.problems:
-            print(problem)
-        print(f"{len(exc.problems)} error(s)", file=sys.stderr)
-        return 1
-    for warning in rule_set.warnings:
-        print(warning)
-    if rule_set.warnings and args.strict:
-        print(f"{len(rule_set.warnings)} warning(s), and --strict", file=sys.stderr)
-        return 1
-    print(f"{path}: ok, {len(rule_set.rules)} rule(s), sha256 {rule_set.short_hash}"
-          + (f", {len(rule_set.warnings)} warning(s)" if rule_set.warnings else ""))
+        found, rule_set = exc.found, None
+    else:
+        found = list(rule_set.warnings)
+    errors = [p for p in found if p.severity == "error"]
+    warnings = [p for p in found if p.severity != "error"]
+    failed = bool(errors) or bool(warnings and args.strict)
+    if args.format != "json":
+        for problem in found:
+            print(ciformat.github(problem.severity, problem.message, file=problem.source, line=problem.line,
+                                  col=problem.col) if args.format == "github" else problem)
+    # The summary: on stdout for people; on stderr when stdout is for a machine, or on failure.
+    summary = sys.stdout if args.format == "text" and not failed else sys.stderr
+    which = f"{path}: " if named else ""
+    if errors:
+        print(f"{which}{len(errors)} error(s)", file=sys.stderr)
+    elif failed:
+        print(f"{which}{len(warnings)} warning(s), and --strict", file=sys.stderr)
+    else:
+        print(f"{path}: ok, {len(rule_set.rules)} rule(s), sha256 {rule_set.short_hash}"
+              + (f", {len(warnings)} warning(s)" if warnings else ""), file=summary)
+    return {"file": str(path), "ok": not failed, "errors": len(errors), "warnings": len(warnings),
+            "rules": len(rule_set.rules) if rule_set else None, "sha256": rule_set.sha256 if rule_set else None,
+            "problems": [ciformat.problem_dict(p) for p in found]}
+
+
+def cmd_schema(args) -> int:
+    """The JSON Schema of a rules file (docs/rules.schema.json is a copy of it)."""
+    from .rules.schema import schema_text
+
+    sys.stdout.write(schema_text())
     return 0
 
 
@@ -97,31 +129,50 @@ def _stored_room(room_id: str | None) -> RoomState | None:
 
 
 def cmd_test(args) -> int:
-    runs, passed, failed = [], 0, 0
+    runs, passed, failed, suites = [], 0, 0, []
+    text = args.format == "text"
     for path in args.files:
         try:
             test_file = ruletest.load_tests(Path(path), Path(args.rules) if args.rules else None)
         except ruletest.TestFileError as exc:
-            print(f"ERROR {exc}")
             failed += 1
+            suites.append({"name": path, "file": path, "error": str(exc), "cases": []})
+            if text:
+                print(f"ERROR {exc}")
+            elif args.format == "github":
+                print(ciformat.github("error", str(exc), file=path))
             continue
         results = ruletest.run_file(test_file)
         runs.append((test_file, results))
+        cases = []
         for result in results:
-            if result.passed:
-                passed += 1
-                print(f"ok    {path}: {result.case.name}")
-                continue
-            failed += 1
-            print(f"FAIL  {path}: {result.case.name}")
-            for line in result.diff():
-                print(f"      {line}")
-    if args.coverage:
-        missing = ruletest.uncovered(runs)
+            failure = None if result.passed else "\n".join(result.diff())
+            cases.append({"name": result.case.name, "line": result.case.line, "failure": failure,
+                          "expected": [e.line() for e in result.case.expect],
+                          "actual": [a.line() for a in result.actual]})
+            passed, failed = passed + result.passed, failed + (not result.passed)
+            if text:
+                print(f"{'ok  ' if result.passed else 'FAIL'}  {path}: {result.case.name}")
+                for line in ([] if result.passed else result.diff()):
+                    print(f"      {line}")
+            elif args.format == "github" and failure is not None:
+                print(ciformat.github("error", f"test failed: {result.case.name}\n{failure}", file=path,
+                                      line=result.case.line, title=f"rule test: {result.case.name}"))
+        suites.append({"name": path, "file": path, "error": None, "cases": cases})
+    missing = ruletest.uncovered(runs) if args.coverage else {}
+    if args.coverage and text:
         for source, names in missing.items():
             print(f"not exercised by any test in {source}: {', '.join(names)}")
         if runs and not missing:
             print("every rule was exercised by a test")
+    elif args.coverage and args.format == "github":
+        for source, names in missing.items():
+            print(ciformat.github("warning", f"not exercised by any test: {', '.join(names)}", file=source))
+    if args.format == "json":
+        print(ciformat.as_json({"passed": passed, "failed": failed, "files": suites,
+                                **({"not_exercised": missing} if args.coverage else {})}))
+    if args.junit:
+        Path(args.junit).write_bytes(ciformat.junit(suites))
     print(f"{passed} passed, {failed} failed", file=sys.stderr)
     return 1 if failed else 0
 
@@ -273,10 +324,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="do all the work that is due, then exit")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("check", help="validate a rules file; one file:line:col: message per error")
-    p.add_argument("file", nargs="?", metavar="RULES_FILE", help="default: $RULES_FILE or rules.yaml")
+    p = sub.add_parser("check", help="validate rules files; one file:line:col: message per error")
+    p.add_argument("files", nargs="*", metavar="RULES_FILE", help="default: $RULES_FILE or rules.yaml")
     p.add_argument("--strict", action="store_true", help="fail on warnings too")
+    p.add_argument("--format", choices=ciformat.FORMATS, default="text",
+                   help="text (default); github: GitHub Actions annotations; json")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of a rules file, for editors (docs/rules.schema.json)")
+    p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("simulate", help="show which rules an event matches and why; no side effects")
     p.add_argument("event", metavar="EVENT_JSON", help="a JSON file, '-' for stdin, or the JSON itself")
@@ -291,6 +347,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE", help="rule test files")
     p.add_argument("--rules", metavar="FILE", help="test this rules file instead of the one each test names")
     p.add_argument("--coverage", action="store_true", help="list the rules no test exercised")
+    p.add_argument("--format", choices=ciformat.FORMATS, default="text",
+                   help="text (default); github: an annotation per failed test; json")
+    p.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report to FILE")
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("replay", help="re-decide recorded deliveries under a candidate rules file")

@@ -33,11 +33,13 @@ class ConfigError(RoomwardenError):
 class RulesError(RoomwardenError):
     """A rules file failed to load.
 
-    `problems` holds one `file:line:col: message` string per error, in file order.
+    `found` holds each error with its place (rules.loader.Problem: file, line, col, message), in
+    file order; `problems` the same as `file:line:col: message` strings.
     """
 
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
+    def __init__(self, found: list):
+        self.found = list(found)
+        self.problems = [str(problem) for problem in self.found]
         super().__init__("\n".join(self.problems))
 
 

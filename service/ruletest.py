@@ -40,7 +40,7 @@ from typing import Any
 from .errors import PayloadInvalid, RoomwardenError, RulesError
 from .events import Event, parse_event, parse_timestamp
 from .rules.durations import format_duration, parse_duration
-from .rules.loader import load_rules, read_yaml
+from .rules.loader import item_lines, load_rules, read_yaml
 from .rules.model import RuleSet
 from .virtualclock import Simulation
 from .outcomes import TimerStatus, decided_as
@@ -80,6 +80,7 @@ class Case:
     name: str
     events: tuple[tuple[float, Event], ...]
     expect: tuple[Expected, ...]
+    line: int = 0  # where the test starts in its file (0: not known)
 
 
 @dataclass
@@ -138,7 +139,8 @@ def _event(path: Path, where: str, item: dict) -> Event:
 def load_tests(path: Path, rules_override: Path | None = None) -> TestFile:
     path = Path(path)
     try:
-        doc = read_yaml(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        doc = read_yaml(text)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise TestFileError(f"{path}: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("tests"), list):
@@ -155,6 +157,7 @@ def load_tests(path: Path, rules_override: Path | None = None) -> TestFile:
     if start is None:
         _fail(path, "start", "not a timestamp such as 2026-01-05T09:00:00Z")
     test_file = TestFile(path, rule_set, start.timestamp())
+    lines = item_lines(text, "tests")
     for index, case in enumerate(doc["tests"], 1):
         if not isinstance(case, dict) or not isinstance(case.get("events"), list):
             _fail(path, f"test {index}", "needs `name:`, `events:` (a list) and `expect:`")
@@ -184,7 +187,8 @@ def load_tests(path: Path, rules_override: Path | None = None) -> TestFile:
             expect.append(Expected(_seconds(path, f"{where}, expected action {n}", item["at"]),
                                    str(item["action"]), str(item["room"]), str(item["rule"]),
                                    str(item.get("outcome") or _default_outcome(rule_set, str(item["rule"])))))
-        test_file.cases.append(Case(name, tuple(events), tuple(sorted(expect, key=_order))))
+        test_file.cases.append(Case(name, tuple(events), tuple(sorted(expect, key=_order)),
+                                    lines[index - 1] if index <= len(lines) else 0))
     return test_file
 
 

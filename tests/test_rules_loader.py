@@ -56,7 +56,7 @@ def test_shipped_rules_file_loads_without_problems():
     assert empty.on == ("participant-left", "session-ended")  # `on:` is the key "on", not the boolean true
     assert empty.description == "deactivate rooms left empty for five minutes"
     assert (empty.line, empty.action, empty.for_seconds, empty.confirm, empty.dry_run) == (
-        22, "deactivate", 300.0, "active-participants", False)
+        23, "deactivate", 300.0, "active-participants", False)
     assert isinstance(empty.when, Compare)
     assert (empty.when.field, empty.when.op, empty.when.operand) == ("room.participants", "eq", 0)
     # end-marathon-sessions: session.age >= 4h and not a weekend, in shadow mode

@@ -6,7 +6,7 @@ import math
 import re
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)([smhd]))+\Z")
+DURATION_FORM = re.compile(r"^(?:(\d+(?:\.\d+)?)([smhd]))+\Z")
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 
 
@@ -22,7 +22,7 @@ def parse_duration(value) -> float:
         if not math.isfinite(seconds) or seconds < 0:
             raise ValueError("a duration must be a finite number of seconds, not negative")
         return seconds
-    if isinstance(value, str) and _DURATION.match(value.strip()):
+    if isinstance(value, str) and DURATION_FORM.match(value.strip()):
         seconds = float(sum(float(n) * _UNITS[u] for n, u in _PART.findall(value.strip())))
         if not math.isfinite(seconds):
             raise ValueError(f"{value!r} is too long a duration")

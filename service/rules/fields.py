@@ -106,11 +106,11 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
 )}
 
 DATA_PREFIX = "data."
-_DATA_PATH = re.compile(r"^data(\.[A-Za-z0-9_-]+)+\Z")
+DATA_PATH = re.compile(r"^data(\.[A-Za-z0-9_-]+)+\Z")
 
 
 def is_field(name: str) -> bool:
-    return name in FIELDS or bool(_DATA_PATH.match(name))
+    return name in FIELDS or bool(DATA_PATH.match(name))
 
 
 def field_kind(name: str) -> str | None:

@@ -82,14 +82,37 @@ def _construct_int(loader: _Loader, node: ScalarNode) -> int:
 
 _Loader.add_constructor(_INT, _construct_int)
 
-TOP_KEYS = ("version", "settings", "rules")
+# The keys a rules file may use, each with the line an editor shows for it (rules/schema.py);
+# docs/rules.md says more of each.
+TOP_KEYS = {
+    "version": "always 1",
+    "settings": "settings for the whole file",
+    "rules": "a list of rules, evaluated in file order; an empty list is valid and does nothing",
+}
 MIN_SWEEP_EVERY = 1.0  # seconds: a shorter sweep is a busy loop over every known room
-SETTINGS_KEYS = ("timezone", "dry_run", "max_actions_per_minute", "protect", "sweep_every", "max_checks_per_minute")
-RULE_KEYS = ("name", "description", "on", "when", "for", "confirm", "dry_run", "action")
+SETTINGS_KEYS = {
+    "timezone": "the IANA timezone of now.time and now.weekday (Europe/Berlin, America/New_York); default UTC",
+    "dry_run": "every rule in shadow mode: decisions recorded as 'would', nothing called",
+    "max_actions_per_minute": "at most this many calls to VideoSDK a minute, across all workers; none is dropped",
+    "protect": "room ids or globs (demo-*) never acted on, whatever a rule says",
+    "sweep_every": f"how often a sweep raises a sweep event for every open room: a duration, at least "
+                   f"{MIN_SWEEP_EVERY:g}s; default 15m when a rule is on: sweep",
+    "max_checks_per_minute": "at most this many no-live-session checks a minute, across all workers; default 60",
+}
+RULE_KEYS = {
+    "name": "unique in the file; letters, digits, _, . and -; part of the action key",
+    "description": "free text, for people",
+    "on": "the event type (webhookType) the rule is for: one name, a list, or globs (recording-*)",
+    "when": "conditions that must all hold; without it, every event of the rule's types matches",
+    "for": "a duration (90s, 5m, 2h, 1d): the condition must hold that long before the rule acts",
+    "confirm": "a check made just before acting; a room in use cancels the action",
+    "dry_run": "true: shadow mode for this rule; decisions recorded as 'would', nothing called",
+    "action": "what to do to the event's room",
+}
 COMBINATORS = ("all", "any", "not")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
-_EVENT_PATTERN = re.compile(r"^[a-z0-9*?\[\]._-]{1,100}\Z")
-_ROOM_PATTERN = re.compile(r"^[A-Za-z0-9_.:*?\[\]-]{1,128}\Z")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
+EVENT_PATTERN = re.compile(r"^[a-z0-9*?\[\]._-]{1,100}\Z")
+ROOM_PATTERN = re.compile(r"^[A-Za-z0-9_.:*?\[\]-]{1,128}\Z")
 _KNOWN_EVENT_PATTERNS = tuple(pattern for pattern, _ in KNOWN_EVENTS)
 
 
@@ -298,7 +321,7 @@ class _Reader:
                 patterns = []
                 for item in items:
                     pattern = self.string(item, "a room id or glob in 'protect'")
-                    if pattern is not None and not _ROOM_PATTERN.match(pattern):
+                    if pattern is not None and not ROOM_PATTERN.match(pattern):
                         self.error(item, f"'{pattern}' is not a room id or glob")
                     elif pattern is not None:
                         patterns.append(pattern)
@@ -342,7 +365,7 @@ class _Reader:
             if required not in present:
                 self.error(node, f"a rule needs '{required}:'")
         name = self.string(present["name"], "'name'") if "name" in present else None
-        if name is not None and not _NAME.match(name):
+        if name is not None and not NAME_PATTERN.match(name):
             self.error(present["name"], "'name' may hold only letters, digits, '_', '.' and '-'")
         on = self.on(present["on"]) if "on" in present else ()
         action = None
@@ -409,7 +432,7 @@ class _Reader:
             pattern = self.string(item, "an event type in 'on'")
             if pattern is None:
                 continue
-            if not _EVENT_PATTERN.match(pattern):
+            if not EVENT_PATTERN.match(pattern):
                 self.error(item, f"'{pattern}' is not an event type or glob (lowercase, digits, '-', '*', '?')")
                 continue
             patterns.append(pattern)
@@ -553,7 +576,27 @@ def read_yaml(text: str) -> Any:
         raise ValueError(f"not valid YAML: {exc}") from None
 
 
+def item_lines(text: str, key: str) -> list[int]:
+    """The line (from 1) where each item of the top-level list `key` starts, so that a report can
+    point at one (a rule test that failed); [] when the text has no such list. Call it on text
+    `read_yaml` has read: it does not report errors of its own."""
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+    except (yaml.YAMLError, RecursionError):
+        return []
+    if not isinstance(root, MappingNode):
+        return []
+    for key_node, value in root.value:
+        if isinstance(key_node, ScalarNode) and key_node.value == key and isinstance(value, SequenceNode):
+            return [item.start_mark.line + 1 for item in value.value]
+    return []
+
+
 MAX_RULES_BYTES = 1024 * 1024  # ample: 10,000 rules take about 1 MiB
+
+
+def _unread(path, why: str) -> Problem:
+    return Problem(str(path), 1, 1, f"cannot read the rules file: {why}")
 
 
 def read_rules_file(path: str | Path) -> bytes:
@@ -564,26 +607,25 @@ def read_rules_file(path: str | Path) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once, with no writer
     except OSError as exc:
-        raise RulesError([f"{path}:1:1: cannot read the rules file: {exc.strerror}"]) from None
+        raise RulesError([_unread(path, exc.strerror)]) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a directory" if stat.S_ISDIR(st.st_mode)
                     else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a file")
-            raise RulesError([f"{path}:1:1: cannot read the rules file: it is {kind}, not a regular file; not read"])
+            raise RulesError([_unread(path, f"it is {kind}, not a regular file; not read")])
         if st.st_size > MAX_RULES_BYTES:
-            raise RulesError([f"{path}:1:1: cannot read the rules file: it is {st.st_size:,} bytes; the limit "
-                              f"is {MAX_RULES_BYTES:,} (1 MiB); not read"])
+            raise RulesError([_unread(path, f"it is {st.st_size:,} bytes; the limit is {MAX_RULES_BYTES:,} "
+                                                "(1 MiB); not read")])
         chunks, left = [], MAX_RULES_BYTES + 1
         while left > 0 and (chunk := os.read(fd, min(left, 65536))):
             chunks.append(chunk)
             left -= len(chunk)
         if left <= 0:  # it grew past the limit while being read
-            raise RulesError([f"{path}:1:1: cannot read the rules file: it grew past {MAX_RULES_BYTES:,} bytes "
-                              f"(1 MiB) while read; not read"])
+            raise RulesError([_unread(path, f"it grew past {MAX_RULES_BYTES:,} bytes (1 MiB) while read; not read")])
         return b"".join(chunks)
     except OSError as exc:
-        raise RulesError([f"{path}:1:1: cannot read the rules file: {exc.strerror}"]) from None
+        raise RulesError([_unread(path, exc.strerror)]) from None
     finally:
         os.close(fd)
 
@@ -595,8 +637,8 @@ def load_rules(path: str | Path) -> RuleSet:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise RulesError([f"{path}:1:1: the rules file is not UTF-8"]) from None
+        raise RulesError([Problem(str(path), 1, 1, "the rules file is not UTF-8")]) from None
     rule_set, problems = parse_rules(text, str(path))
     if problems:
-        raise RulesError([str(p) for p in problems])
+        raise RulesError(problems)
     return rule_set

@@ -20,7 +20,7 @@ from .fields import MISSING, WEEKDAYS
 
 NUMERIC_KINDS = ("number", "duration")
 STRING_KINDS = ("string", "time", "weekday")
-_TIME = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]\Z")
+TIME = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]\Z")
 
 
 def _is_number(value: Any) -> bool:
@@ -74,6 +74,10 @@ class Operator:
     check: Callable[[Any, str | None], str | None]  # (operand, field kind) -> error or None
     test: Callable[[Any, Any], bool | None]  # (actual or MISSING, compiled operand)
     compile: Callable[[Any], Any] = lambda operand: operand
+    # What the operand is, for the JSON Schema (rules/schema.py): "value" (one of the field's
+    # kind), "values" (a non-empty list of them), "ordered" (a number, duration or time),
+    # "pattern" (a regular expression), "flag" (true or false).
+    operand: str = "value"
 
 
 def coerce(operand: Any, kind: str | None) -> tuple[Any, str | None]:
@@ -88,16 +92,16 @@ def coerce(operand: Any, kind: str | None) -> tuple[Any, str | None]:
             return parse_duration(operand), None
         except ValueError as exc:
             return operand, str(exc)
-    if kind == "time" and isinstance(operand, str) and not _TIME.match(operand):
+    if kind == "time" and isinstance(operand, str) and not TIME.match(operand):
         return operand, f"{operand!r} is not a time; write it as HH:MM, 24-hour (\"08:30\", \"22:00\")"
     if kind == "weekday" and isinstance(operand, str):
-        if operand.lower() not in _WEEKDAY_NAMES:
+        if operand.lower() not in WEEKDAY_NAMES:
             return operand, f"{operand!r} is not a weekday; use {', '.join(WEEKDAYS)}"
         return operand.lower()[:3], None
     return operand, None
 
 
-_WEEKDAY_NAMES = set(WEEKDAYS) | {"monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
+WEEKDAY_NAMES = set(WEEKDAYS) | {"monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
                                   "sunday"}
 
 
@@ -190,16 +194,20 @@ def _matches(actual, pattern):
 OPERATORS: dict[str, Operator] = {op.name: op for op in (
     Operator("eq", "equal to the operand (also written `field: value`)", _check_scalar, _eq),
     Operator("ne", "not equal to the operand", _check_scalar, _ne),
-    Operator("in", "equal to one of the listed values", _check_list, _in_list, compile=_member),
-    Operator("not_in", "equal to none of the listed values", _check_list, _not_in_list, compile=_member),
-    Operator("gt", "a number, duration or time after the operand", _check_ordered, _ordered(operator.gt)),
+    Operator("in", "equal to one of the listed values", _check_list, _in_list, compile=_member,
+             operand="values"),
+    Operator("not_in", "equal to none of the listed values", _check_list, _not_in_list, compile=_member,
+             operand="values"),
+    Operator("gt", "a number, duration or time after the operand", _check_ordered, _ordered(operator.gt),
+             operand="ordered"),
     Operator("gte", "a number, duration or time equal to or after the operand", _check_ordered,
-             _ordered(operator.ge)),
-    Operator("lt", "a number, duration or time before the operand", _check_ordered, _ordered(operator.lt)),
+             _ordered(operator.ge), operand="ordered"),
+    Operator("lt", "a number, duration or time before the operand", _check_ordered, _ordered(operator.lt),
+             operand="ordered"),
     Operator("lte", "a number, duration or time equal to or before the operand", _check_ordered,
-             _ordered(operator.le)),
+             _ordered(operator.le), operand="ordered"),
     Operator("matches", "a string in which the regular expression finds a match (Python `re.search`)",
-             _check_regex, _matches, compile=re.compile),
+             _check_regex, _matches, compile=re.compile, operand="pattern"),
     Operator("exists", "`true`: the field is present and not null; `false`: it is absent or null",
-             _check_bool, _exists),
+             _check_bool, _exists, operand="flag"),
 )}
