@@ -1,10 +1,18 @@
 """`python -m service ...`, and the `roomwarden` command an install makes (pyproject.toml)."""
 
 
+# The commands whose counters /metrics shows (the worker's); the others (check, test, schema, ...)
+# write no metrics files where they are run, such as a rules repository under pre-commit.
+SERVING = ("worker",)
+
+
 def run() -> None:
+    import sys
+
     from . import promdir
 
-    promdir.ensure()  # before prometheus_client is imported: see promdir.py
+    if any(arg in SERVING for arg in sys.argv[1:2]):
+        promdir.ensure()  # before prometheus_client is imported: see promdir.py
 
     from .cli import main
 

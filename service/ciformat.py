@@ -9,6 +9,7 @@ Pure formatting: values in, text out. `check` and `test` (cli.py) choose with `-
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from typing import Iterable
 
@@ -50,27 +51,41 @@ def as_json(value) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False)
 
 
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # characters XML 1.0 cannot hold
+
+
+def _xml(text: str) -> str:
+    return _NOT_XML.sub("\ufffd", text)
+
+
+def _classname(name: str) -> str:
+    """Jenkins splits a classname at its dots into package and class: none here."""
+    return name.replace(".", "_")
+
+
 def junit(suites: Iterable[dict]) -> bytes:
     """JUnit XML for rule tests. Each suite: {"name", "file", "error" (a file that did not load,
     or None), "cases": [{"name", "line", "failure" (None, or the text of what differed)}]}."""
-    root = ET.Element("testsuites", name="roomwarden rule tests")
+    root = ET.Element("testsuites", name="roomwarden rule tests", time="0")
     totals = {"tests": 0, "failures": 0, "errors": 0}
     for suite in suites:
         cases = suite["cases"]
         failures = sum(1 for case in cases if case["failure"] is not None)
         errors = 1 if suite.get("error") else 0
-        element = ET.SubElement(root, "testsuite", name=suite["name"], file=suite["file"],
+        element = ET.SubElement(root, "testsuite", name=_xml(suite["name"]), file=_xml(suite["file"]),
                                 tests=str(len(cases) + errors), failures=str(failures), errors=str(errors),
-                                skipped="0")
+                                skipped="0", time="0")  # a virtual clock: no time worth reporting
         if errors:
-            case = ET.SubElement(element, "testcase", name="(the test file)", classname=suite["name"],
-                                 file=suite["file"])
-            ET.SubElement(case, "error", message=suite["error"].splitlines()[0]).text = suite["error"]
+            case = ET.SubElement(element, "testcase", name="(the test file)", classname=_classname(_xml(suite["name"])),
+                                 file=_xml(suite["file"]), time="0")
+            ET.SubElement(case, "error", message=_xml(suite["error"].splitlines()[0])).text = _xml(suite["error"])
         for item in cases:
-            case = ET.SubElement(element, "testcase", name=item["name"], classname=suite["name"], file=suite["file"],
-                                 line=str(item["line"]))
+            case = ET.SubElement(element, "testcase", name=_xml(item["name"]), classname=_classname(_xml(suite["name"])),
+                                 file=_xml(suite["file"]), time="0")
+            if item["line"]:
+                case.set("line", str(item["line"]))
             if item["failure"] is not None:
-                ET.SubElement(case, "failure", message="the actions differ from those expected").text = item["failure"]
+                ET.SubElement(case, "failure", message="the actions differ from those expected").text = _xml(item["failure"])
         totals["tests"] += len(cases) + errors
         totals["failures"] += failures
         totals["errors"] += errors

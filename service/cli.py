@@ -46,6 +46,13 @@ def cmd_check(args) -> int:
     return 1 if failed else 0
 
 
+def _relative(path: str) -> str:
+    """A path as GitHub matches annotations to a pull request's files: relative to the checkout
+    (the working directory) when it is inside it, as given otherwise."""
+    absolute, here = os.path.abspath(path), os.getcwd()
+    return os.path.relpath(absolute, here) if absolute.startswith(here + os.sep) else path
+
+
 def _check_one(path: str, args, *, named: bool) -> dict:
     """Check one rules file: print its problems in the format asked, and say how it went (`named`:
     the failure lines name the file, one of several)."""
@@ -60,7 +67,7 @@ def _check_one(path: str, args, *, named: bool) -> dict:
     failed = bool(errors) or bool(warnings and args.strict)
     if args.format != "json":
         for problem in found:
-            print(ciformat.github(problem.severity, problem.message, file=problem.source, line=problem.line,
+            print(ciformat.github(problem.severity, problem.message, file=_relative(problem.source), line=problem.line,
                                   col=problem.col) if args.format == "github" else problem)
     # The summary: on stdout for people; on stderr when stdout is for a machine, or on failure.
     summary = sys.stdout if args.format == "text" and not failed else sys.stderr
@@ -129,6 +136,12 @@ def _stored_room(room_id: str | None) -> RoomState | None:
 
 
 def cmd_test(args) -> int:
+    if not args.files:
+        args.files = sorted(str(p) for pattern in ("**/*.test.yaml", "**/*.test.yml") for p in Path().glob(pattern)
+                            if ".git" not in p.parts)
+        if not args.files:
+            print("no rule test files (*.test.yaml) below this directory", file=sys.stderr)
+            return 1
     runs, passed, failed, suites = [], 0, 0, []
     text = args.format == "text"
     for path in args.files:
@@ -140,7 +153,7 @@ def cmd_test(args) -> int:
             if text:
                 print(f"ERROR {exc}")
             elif args.format == "github":
-                print(ciformat.github("error", str(exc), file=path))
+                print(ciformat.github("error", str(exc), file=_relative(path)))
             continue
         results = ruletest.run_file(test_file)
         runs.append((test_file, results))
@@ -156,7 +169,7 @@ def cmd_test(args) -> int:
                 for line in ([] if result.passed else result.diff()):
                     print(f"      {line}")
             elif args.format == "github" and failure is not None:
-                print(ciformat.github("error", f"test failed: {result.case.name}\n{failure}", file=path,
+                print(ciformat.github("error", f"test failed: {result.case.name}\n{failure}", file=_relative(path),
                                       line=result.case.line, title=f"rule test: {result.case.name}"))
         suites.append({"name": path, "file": path, "error": None, "cases": cases})
     missing = ruletest.uncovered(runs) if args.coverage else {}
@@ -167,7 +180,7 @@ def cmd_test(args) -> int:
             print("every rule was exercised by a test")
     elif args.coverage and args.format == "github":
         for source, names in missing.items():
-            print(ciformat.github("warning", f"not exercised by any test: {', '.join(names)}", file=source))
+            print(ciformat.github("warning", f"not exercised by any test: {', '.join(names)}", file=_relative(source)))
     if args.format == "json":
         print(ciformat.as_json({"passed": passed, "failed": failed, "files": suites,
                                 **({"not_exercised": missing} if args.coverage else {})}))
@@ -344,7 +357,8 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("test", help="run rule unit tests written in YAML, on a virtual clock")
-    p.add_argument("files", nargs="+", metavar="FILE", help="rule test files")
+    p.add_argument("files", nargs="*", metavar="FILE",
+                   help="rule test files (default: every *.test.yaml and *.test.yml below this directory)")
     p.add_argument("--rules", metavar="FILE", help="test this rules file instead of the one each test names")
     p.add_argument("--coverage", action="store_true", help="list the rules no test exercised")
     p.add_argument("--format", choices=ciformat.FORMATS, default="text",

@@ -63,7 +63,7 @@ class PendingTimer:
     action: str = ""
     delivery_id: str = ""
     trigger_body: str = ""
-    trigger_verified: bool = True
+    trigger_verified: bool = False  # never act on a trigger not known to be verified
 
     @classmethod
     def from_row(cls, row) -> "PendingTimer":

@@ -206,7 +206,7 @@ def store(tmp_path, clock):
 
 def ingest(store, delivery, plan):
     """A delivery through the store's real path, with `plan` standing in for the planner: appended
-    to the inbox, then taken out in a decider's transaction (`Store.deciding`), where `plan` is
+    to the inbox, then taken out in a decider's transaction (`Inbox.deciding`), where `plan` is
     handed the room's locked state, pending timers and action keys, and what it returns is
     recorded with the delivery. A delivery kept unread (`problem`) is recorded without asking
     `plan`, as the decider does. Rows of other deliveries are left for their own callers."""

@@ -213,7 +213,7 @@ def test_test_junit_report(test_files, tmp_path):
     assert result.returncode == 1
     assert "FAIL  " in result.stdout.decode()  # the text report is still printed
     root = ET.fromstring(report.read_bytes())
-    assert root.tag == "testsuites"
+    assert root.tag == "testsuites" and root.get("time") == "0"
     assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("3", "1", "1")
     good, bad = root.findall("testsuite")
     assert (good.get("name"), good.get("tests"), good.get("failures"), good.get("errors")) == (str(failing), "2", "1", "0")
@@ -221,7 +221,36 @@ def test_test_junit_report(test_files, tmp_path):
     assert [(c.get("name"), c.get("line"), c.find("failure") is not None) for c in cases] == [
         ("passes", "4", False), ("expects the wrong time", "10", True)]
     assert "close-after-session" in cases[1].find("failure").text
+    assert all(c.get("time") == "0" and "." not in c.get("classname") for c in cases)  # Jenkins splits at dots
     assert bad.find("testcase/error") is not None and "do not load" in bad.find("testcase/error").text
+
+
+def test_test_without_files_runs_every_test_file_below_here(test_files):
+    failing, broken = test_files
+    result = run_in(failing.parent, "test", "--format", "json")
+    report = json.loads(result.stdout)
+    assert sorted(f["file"] for f in report["files"]) == ["broken.test.yaml", "failing.test.yaml"]
+    assert result.returncode == 1
+
+
+def run_in(directory, *args):
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "service", *args], cwd=directory, env=env, capture_output=True,
+                          timeout=60)
+
+
+def test_junit_xml_holds_no_character_xml_cannot(tmp_path):
+    xml = ciformat.junit([{"name": "a.test.yaml", "file": "a.test.yaml", "error": None,
+                           "cases": [{"name": "bell\x07 and escape\x1b", "line": 0, "failure": "x\x00y"}]}])
+    case = ET.fromstring(xml).find("testsuite/testcase")  # parses: nothing XML 1.0 refuses
+    assert case.get("name") == "bell\ufffd and escape\ufffd" and case.get("line") is None
+    assert case.find("failure").text == "x\ufffdy"
 
 
 def test_test_junit_report_of_the_shipped_tests_all_pass(tmp_path):

@@ -76,6 +76,7 @@ def test_the_check_hook_passes_good_rules_and_fails_a_mistake_at_its_line(rules_
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "Failed" in bad.stdout
     assert f"rules.yaml:{line}:" in bad.stdout and "unknown operator 'gtee'; did you mean 'gte'?" in bad.stdout
+    assert not (rules_repo / "instance").exists()  # no metrics files left in the user's repository
 
 
 def test_the_test_hook_runs_the_rule_tests(rules_repo, hook_home):
@@ -90,3 +91,16 @@ def test_the_test_hook_runs_the_rule_tests(rules_repo, hook_home):
     bad = try_repo(rules_repo, "roomwarden-test", hook_home)
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "Failed" in bad.stdout and "FAIL  rules.test.yaml: a room left empty for five minutes" in bad.stdout
+
+
+def test_a_change_to_the_rules_alone_runs_the_rule_tests(rules_repo, hook_home):
+    """A rules change can break its tests: the test hook runs on it, though no test file changed."""
+    text = (rules_repo / "rules.yaml").read_text()
+    assert "for: 5m" in text
+    (rules_repo / "rules.yaml").write_text(text.replace("for: 5m", "for: 6m", 1))
+    git(rules_repo, "add", "rules.yaml")
+    env = {**os.environ, "PRE_COMMIT_HOME": str(hook_home), "PRE_COMMIT_COLOR": "never"}
+    done = subprocess.run([*PRE_COMMIT, "try-repo", str(ROOT), "roomwarden-test", "--files", "rules.yaml",
+                           "--verbose"], cwd=rules_repo, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAIL  rules.test.yaml: a room left empty for five minutes" in done.stdout

@@ -168,6 +168,8 @@ BOTH_REFUSE = [
     ("a day that is not one", rules(RULE + "    when:\n      now.weekday: funday\n"),
      ["rules", 0, "when", "now.weekday"]),
     ("no operator", rules(RULE + "    when:\n      room.id: {}\n"), ["rules", 0, "when", "room.id"]),
+    ("an empty description", rules(RULE + "    description: ''\n"), ["rules", 0, "description"]),
+    ("an empty timezone", "version: 1\nsettings:\n  timezone: ''\nrules: []\n", ["settings", "timezone"]),
     ("an empty 'all'", rules(RULE + "    when:\n      all: []\n"), ["rules", 0, "when", "all"]),
 ]
 
@@ -189,6 +191,7 @@ BOTH_ACCEPT = [
           "      data.count: {ne: null}\n"),
     "version: 1\nsettings:\n  protect: demo-*\n  sweep_every: 10m\n  timezone: Europe/Berlin\n"
     "  max_checks_per_minute: 30\nrules:\n",
+    rules(RULE + "    when:\n      room.empty_for: {gt: -1}\n"),  # any number compares
     rules("  - name: quiet\n    on: sweep\n    when:\n      room.quiet_for: {gte: 7200}\n"
           "    confirm: no-live-session\n    action: deactivate\n"),
 ]
@@ -207,6 +210,7 @@ LOADER_ONLY = [
     ("a regular expression that does not compile", rules(RULE + "    when:\n      room.id: {matches: '('}\n")),
     ("a duration string of zero", rules(RULE + "    for: 0s\n")),
     ("a sweep string shorter than a second", "version: 1\nsettings:\n  sweep_every: 0.5s\nrules: []\n"),
+    ("a whole number written with a point", "version: 1.0\nsettings:\n  max_actions_per_minute: 5.0\nrules: []\n"),
     ("a duplicate key", rules(RULE.replace("action: deactivate", "action: deactivate\n    action: end-session"))),
 ]
 

@@ -45,8 +45,8 @@ def _value(kind: str | None) -> dict:
         return {"type": "string"}
     if kind == "number":
         return {"type": "number"}
-    if kind == "duration":
-        return {"$ref": "#/definitions/duration"}
+    if kind == "duration":  # an operand: any number compares (the loader takes -1 as well as 300)
+        return {"anyOf": [{"type": "number"}, {"type": "string", "pattern": _pattern(DURATION_FORM)}]}
     if kind == "time":
         return {"type": "string", "pattern": _pattern(TIME), "description": "HH:MM, 24-hour"}
     if kind == "weekday":
@@ -110,7 +110,7 @@ def rules_schema() -> dict[str, Any]:
     event = {"anyOf": [{"enum": [*DOCUMENTED_EVENT_TYPES, SWEEP]},
                        {"type": "string", "pattern": _pattern(loader.EVENT_PATTERN)}]}
     settings = {
-        "timezone": {"type": "string"},
+        "timezone": {"type": "string", "minLength": 1},
         "dry_run": {"type": "boolean"},
         "max_actions_per_minute": {"type": "integer", "minimum": 1},
         "protect": {"anyOf": [{"type": "string", "pattern": _pattern(loader.ROOM_PATTERN)},
@@ -123,7 +123,7 @@ def rules_schema() -> dict[str, Any]:
     assert list(settings) == list(loader.SETTINGS_KEYS)
     rule = {
         "name": {"type": "string", "pattern": _pattern(loader.NAME_PATTERN)},
-        "description": {"type": "string"},
+        "description": {"type": "string", "minLength": 1},
         "on": _listed(event),
         "when": {"$ref": "#/definitions/condition"},
         "for": {"$ref": "#/definitions/positive_duration"},
@@ -170,8 +170,6 @@ def rules_schema() -> dict[str, Any]:
             },
             **{f"test_{kind}": _test(kind) for kind in kinds},
             "test_data": _test(None),
-            "duration": {"description": "seconds, or 90s, 5m, 2h, 1d, 1h30m",
-                         "anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": _pattern(DURATION_FORM)}]},
             "positive_duration": {"description": "longer than zero: seconds, or 90s, 5m, 2h, 1d, 1h30m",
                                   "anyOf": [{"type": "number", "exclusiveMinimum": 0},
                                             {"type": "string", "pattern": _pattern(DURATION_FORM)}]},

@@ -1,6 +1,6 @@
 """Reads of what happened: deliveries, decisions, rooms and their timers; retention.
 
-The rules versions kept are rules.py's."""
+The rules versions kept are rulesversions.py's."""
 
 from __future__ import annotations
 

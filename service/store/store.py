@@ -17,7 +17,9 @@ and the outbox share it inside their own transactions, and no process is handed 
 
 A process is handed what it uses: the worker's loop the whole store; the decider the inbox;
 the actor the outbox and the workers' table; the web process a `WebStore`, which has no
-outbox, timers or sweeps: the dashboard and the admin API cannot claim an action.
+outbox, timers or sweeps: the dashboard and the admin API cannot claim an action or fire a
+timer. (Its inbox is the whole inbox, the decider's side included: the tests decide behind an
+app's requests through it. Splitting the request's side from the decider's is left to do.)
 
 How it fails: a database that is locked past its timeout, unreachable or restarting raises
 `StoreUnavailable` (the HTTP layer answers 503); nothing is half-written, since each method is
@@ -76,7 +78,7 @@ class Store:
 class WebStore:
     """The web process's store: the request appends to the inbox; /readyz, /metrics, the admin
     API and the dashboard read; an operator re-drives dead actions. Nothing in it claims an
-    action, fires a timer or decides a delivery's rules."""
+    action, fires a timer or takes a sweep turn."""
 
     db: Database
     inbox: Inbox
