@@ -7,11 +7,14 @@ SERVING = ("worker",)
 
 
 def run() -> None:
+    import os
     import sys
 
     from . import promdir
 
-    if any(arg in SERVING for arg in sys.argv[1:2]):
+    # A directory the environment names is made whatever the command (prometheus_client writes
+    # there as soon as it counts); the default one only for a process whose counters are served.
+    if os.environ.get(promdir.ENV) or any(arg in SERVING for arg in sys.argv[1:2]):
         promdir.ensure()  # before prometheus_client is imported: see promdir.py
 
     from .cli import main
