@@ -12,7 +12,8 @@ import pytest
 
 from service import ciformat
 
-from .test_cli import run
+from .conftest import RULES_HEAD, SESSION_RULE
+from .test_cli import BAD, run
 
 # `::error file=F,line=L,col=C::message` (or ::warning), F and the message escaped as the runner
 # reads them back: no raw ',' or ':' in a property, no raw newline anywhere.
@@ -20,14 +21,6 @@ ANNOTATION = re.compile(r"::(error|warning) file=[^,:\r\n]+,line=[1-9][0-9]*,col
 ANNOTATION_NO_COL = re.compile(
     r"::(error|warning) file=[^,:\r\n]+(,line=[1-9][0-9]*)?(,title=[^,:\r\n]+)?::[^\r\n]+")
 
-BAD = ("version: 1\n"
-       "rules:\n"
-       "  - name: a\n"
-       "    on: session-ended\n"
-       "    when:\n"
-       "      room.idd: x\n"
-       "      session.duration: {gte_: 5}\n"
-       "    action: deactivate\n")
 WARNED = ("version: 1\n"
           "rules:\n"
           "  - name: leave\n"
@@ -151,13 +144,7 @@ tests:
       - {at: 1m, action: deactivate, room: abcd-efgh-ijkl, rule: close-after-session}
 """
 
-RULES = """\
-version: 1
-rules:
-  - name: close-after-session
-    on: session-ended
-    action: deactivate
-"""
+RULES = RULES_HEAD + SESSION_RULE
 
 
 @pytest.fixture

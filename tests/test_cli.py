@@ -29,21 +29,23 @@ def test_check_reads_RULES_FILE_by_default(rules_file):
     assert result.returncode == 0 and str(rules_file) in result.stdout.decode()
 
 
+# A rules file with two mistakes, at lines 6 and 7 (test_ciformat checks the other formats on it).
+BAD = ("version: 1\n"
+       "rules:\n"
+       "  - name: a\n"
+       "    on: session-ended\n"
+       "    when:\n"
+       "      room.idd: x\n"
+       "      session.duration: {gte_: 5}\n"
+       "    action: deactivate\n")
+
+
 def test_check_prints_one_line_per_error_and_exits_1(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text(
-        "version: 1\n"
-        "rules:\n"
-        "  - name: a\n"
-        "    on: session-ended\n"
-        "    when:\n"
-        "      room.idd: x\n"
-        "      session.duration: {gte_: 5}\n"
-        "    action: deactivate\n"
-        "  - name: a\n"
-        "    on: session-ended\n"
-        "    action: deactivate\n"
-    )
+    path.write_text(BAD +
+                    "  - name: a\n"
+                    "    on: session-ended\n"
+                    "    action: deactivate\n")
     result = run("check", str(path))
     assert result.returncode == 1
     assert result.stdout.decode().splitlines() == [
