@@ -202,6 +202,8 @@ class Decider:
             stored, timers, acted = batch.room_inputs(room_id)
             write = plan_write(plan_event(rule_set, event, now, room_state(room_id, stored),
                                           timers, acted, acts=acts))
+        if write.room_state is not None:  # the head count as decided: the rooms list's sparklines
+            delivery = replace(delivery, participants=len(write.room_state["participants"]))
         if sweep:  # no news from the room: its state, its last delivery and closed mark stay as they are
             write = replace(write, room_state=None)
         receipt = batch.record(row, delivery, write)

@@ -13,7 +13,7 @@ entries as HTML.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from .events import SWEEP
@@ -31,6 +31,9 @@ class Line:
     indent: int = 0  # spaces before the text, within its entry
     kind: str = "note"  # head | decision | condition | timer | cancel | note | error
     result: bool | None = None  # a condition's result (kind "condition")
+    # What the line is about, for the dashboard's timeline to find it: "delivery:<id>",
+    # "decision:<id>", "timer:<id>:start", "timer:<id>:end", "timer:<id>:note:<n>", "attempt:<id>".
+    ref: str | None = None
 
     def render(self) -> str:
         return " " * self.indent + self.text
@@ -46,6 +49,11 @@ class Entry:
     @property
     def head(self) -> Line:
         return self.lines[0]
+
+    @property
+    def anchor(self) -> str:
+        """The entry's id in the room page (its head's ref, as an HTML id)."""
+        return "entry-" + (self.head.ref or f"{self.kind}-{self.at}").replace(":", "-")
 
     @property
     def body(self) -> tuple[Line, ...]:
@@ -65,10 +73,21 @@ class Story:
         """The story as `python -m service explain` prints it."""
         out = [self.header]
         for entry in self.entries:
-            out.append(f"{when(entry.at)}  {entry.head.render()}")
-            out.extend(" " * 26 + line.render() for line in entry.body)
+            out.append(printed(entry, entry.head))
+            out.extend(printed(entry, line) for line in entry.body)
         out.append(self.outcome)
         return out
+
+    def refs(self) -> dict[str, tuple[Entry, Line]]:
+        """Each line that is about something (its `ref`), with its entry."""
+        return {line.ref: (entry, line) for entry in self.entries for line in entry.lines if line.ref}
+
+
+def printed(entry: Entry, line: Line) -> str:
+    """A line of an entry as `explain` prints it: the head after the entry's time, the rest under it."""
+    if line is entry.head:
+        return f"{when(entry.at)}  {line.render()}"
+    return " " * 26 + line.render()
 
 
 def when(seconds: float) -> str:
@@ -84,7 +103,7 @@ def _decision_lines(decision: dict, actions_by_id: dict, indent: int) -> list[Li
     action = actions_by_id.get(decision["action_id"])
     if action is not None and holds_key(decision["outcome"]):
         text += f" -> action #{action['id']} {action['kind']} ({action['status']})"
-    lines = [Line(text, indent, "decision")]
+    lines = [Line(text, indent, "decision", ref=f"decision:{decision['id']}")]
     if decision.get("trace"):
         lines += _trace_lines(Trace.from_dict(decision["trace"]), indent + 2)
     return lines
@@ -117,11 +136,11 @@ def build(room_id: str, rows: dict[str, list[dict]], now: float) -> Story:
         if delivery["event_type"] == SWEEP and delivery["known"]:
             quiet = "" if last_heard is None else f", quiet for {format_duration(delivery['received_at'] - last_heard)}"
             lines = [Line(f"swept at {when(delivery['received_at'])}{quiet} [rules {delivery['rules_hash'][:12]}]",
-                          0, "head")]
+                          0, "head", ref=f"delivery:{delivery['id']}")]
             for decision in decisions_by_delivery.get(delivery["id"], []):
                 lines += _decision_lines(decision, actions_by_id, 2)
             if not decisions_by_delivery.get(delivery["id"]):
-                lines[0] = Line(lines[0].text + ": no rule matched", 0, "head")
+                lines[0] = replace(lines[0], text=lines[0].text + ": no rule matched")
             entries.append(Entry(delivery["received_at"], 0, "delivery", tuple(lines)))
             continue
         last_heard = delivery["received_at"]
@@ -129,14 +148,16 @@ def build(room_id: str, rows: dict[str, list[dict]], now: float) -> Story:
                 + (f" participant={delivery['participant_id']}" if delivery["participant_id"] else "")
                 + (f" session={delivery['session_id']}" if delivery["session_id"] else "")
                 + f" [{'verified' if delivery['verified'] else 'UNVERIFIED'}, rules {delivery['rules_hash'][:12]}]")
-        lines = [Line(head, 0, "head")]
+        lines = [Line(head, 0, "head", ref=f"delivery:{delivery['id']}")]
         for decision in decisions_by_delivery.get(delivery["id"], []):
             lines += _decision_lines(decision, actions_by_id, 2)
             timer = started_by.get((delivery["id"], decision["rule"]))
             if decision["outcome"] == Decided.TIMER_STARTED and timer is not None:
-                lines.append(Line(f"timer #{timer['id']} due {when(timer['due_at'])}", 4, "timer"))
+                lines.append(Line(f"timer #{timer['id']} due {when(timer['due_at'])}", 4, "timer",
+                                  ref=f"timer:{timer['id']}:start"))
         for timer in cancelled_by.get(delivery["id"], []):
-            lines.append(Line(f"cancelled timer #{timer['id']} ({timer['rule']}): {timer['reason']}", 2, "cancel"))
+            lines.append(Line(f"cancelled timer #{timer['id']} ({timer['rule']}): {timer['reason']}", 2, "cancel",
+                              ref=f"timer:{timer['id']}:end"))
         problem = delivery.get("problem")
         if problem:
             lines.append(Line(f"{delivery['event_type']} (unreadable: {problem}): kept, not decided on", 2, "error"))
@@ -147,25 +168,27 @@ def build(room_id: str, rows: dict[str, list[dict]], now: float) -> Story:
         entries.append(Entry(delivery["received_at"], 0, "delivery", tuple(lines)))
 
     for timer in rows["timers"]:
-        for note in timer.get("notes") or []:
+        for n, note in enumerate(timer.get("notes") or []):
             entries.append(Entry(note["at"], 1, "timer",
-                                 (Line(f"timer #{timer['id']} ({timer['rule']}): {note['note']}", 0, "head"),)))
+                                 (Line(f"timer #{timer['id']} ({timer['rule']}): {note['note']}", 0, "head",
+                                       ref=f"timer:{timer['id']}:note:{n}"),)))
         if timer["status"] == TimerStatus.FIRED:
-            lines = [Line(f"timer #{timer['id']} ({timer['rule']}) fired: {timer['reason']}", 0, "head")]
+            lines = [Line(f"timer #{timer['id']} ({timer['rule']}) fired: {timer['reason']}", 0, "head",
+                          ref=f"timer:{timer['id']}:end")]
             for decision in decisions_by_timer.get(timer["id"], []):
                 lines += _decision_lines(decision, actions_by_id, 2)
             entries.append(Entry(timer["resolved_at"], 1, "timer", tuple(lines)))
         elif timer["status"] == TimerStatus.CANCELLED and timer["resolved_by"] is None:
             entries.append(Entry(timer["resolved_at"], 1, "timer",
                                  (Line(f"timer #{timer['id']} ({timer['rule']}) cancelled: {timer['reason']}",
-                                       0, "head"),)))
+                                       0, "head", ref=f"timer:{timer['id']}:end"),)))
 
     for attempt in rows["attempts"]:
         action = actions_by_id[attempt["action_id"]]
         status = f"HTTP {attempt['http_status']}" if attempt["http_status"] else "no answer"
         text = (f"action #{action['id']} {action['kind']} attempt {attempt['number']}: {status}, "
                 f"{attempt['outcome']} ({attempt['latency_ms']:.0f} ms)")
-        lines = [Line(text, 0, "head")]
+        lines = [Line(text, 0, "head", ref=f"attempt:{attempt['id']}")]
         if attempt["note"]:
             lines.append(Line(attempt["note"], 2))
         if attempt.get("doubt"):  # a 2xx whose words leave the effect in doubt (docs/videosdk.md)

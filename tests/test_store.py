@@ -52,7 +52,8 @@ ALL_STEPS = ["1: initial: deliveries, decisions, actions, attempts, rooms, timer
              "2: deliveries.problem (kept but unreadable); attempts.answer and attempts.doubt (what a 2xx said)",
              "3: inbox: accepted deliveries not yet decided on",
              "4: workers: each worker's circuit breaker, as last reported",
-             "5: sweeps: rooms.closed_at, and the sweep's round"]
+             "5: sweeps: rooms.closed_at, and the sweep's round",
+             "6: deliveries.participants: the room's head count once each delivery was decided"]
 THREAD_JOIN_LIMIT = 120.0  # a hang guard for worker threads, never a timing assertion
 PG_LOCK_WAIT = 10.0  # how long a PostgreSQL lock may block a write before it must give up
 ALL_TABLES = (tables.deliveries, tables.decisions, tables.actions, tables.attempts, tables.rooms,
@@ -273,14 +274,14 @@ def test_migrate_applies_each_step_once(make_store):
     assert store.db.migrate() == ALL_STEPS
     assert store.db.migrate() == []
     assert make_store(migrate=False).db.migrate() == []  # another process, later
-    assert store.db.schema_version() == migrations.LATEST == 5
+    assert store.db.schema_version() == migrations.LATEST == 6
 
     with store.db.engine.connect() as conn:
         names = set(inspect(conn).get_table_names())
         migrated = conn.execute(select(tables.schema_migrations.c.version)).scalars().all()
     assert {"schema_migrations", "deliveries", "decisions", "actions", "attempts", "rooms",
             "timers", "rules_versions", "workers", "sweeps"} <= names
-    assert migrated == [1, 2, 3, 4, 5]
+    assert migrated == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_workers_breaker_report_replaces_the_last_and_old_workers_are_forgotten(store, clock):
@@ -393,9 +394,9 @@ def test_concurrent_migrations_all_succeed_and_apply_once(make_store):
     errors = [r for r in results if isinstance(r, BaseException)]
     assert errors == []
     assert sorted(results, key=len) == [[], [], [], ALL_STEPS]
-    assert stores[0].db.schema_version() == 5
+    assert stores[0].db.schema_version() == 6
     with stores[0].db.engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(tables.schema_migrations)).scalar() == 5
+        assert conn.execute(select(func.count()).select_from(tables.schema_migrations)).scalar() == 6
 
 
 def test_first_connection_to_a_new_sqlite_file_waits_for_a_writer(make_store, database_url,

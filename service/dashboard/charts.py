@@ -106,3 +106,41 @@ def dots(average: list[float | None], slowest: list[float | None], since: float,
     return _frame(count, since, peak, unit, title, summary,
                   f'<path class="chart-dots chart-dots-max" d="{path(slowest)}"/>'
                   f'<path class="chart-dots chart-dots-avg" d="{path(average)}"/>')
+
+
+SPARK_W, SPARK_H = 120, 24
+
+
+def sparkline(values: list[int | None], *, hours: float, title: str) -> Markup:
+    """A small head-count chart for a table cell: one value per bucket, None where nothing is
+    known (drawn as a dashed base line); the peak fills the height."""
+    known = [v for v in values if v is not None]
+    peak = max(known, default=0)
+    now = values[-1] if values else None
+    hours_text = _number(hours)
+    if not known:
+        summary = f"no head counts recorded in the last {hours_text} h"
+    else:
+        summary = (f"at most {peak:,} in the room in the last {hours_text} h"
+                   + (f", {now:,} now" if now is not None else ""))
+    parts = [f'<svg class="spark" viewBox="0 0 {SPARK_W} {SPARK_H}" role="img" aria-label="{escape(title)}: '
+             f'{escape(summary)}" xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}: {escape(summary)}</title>']
+    base, step = SPARK_H - 1, SPARK_W / max(len(values), 1)
+    if not peak:
+        css = "spark-none" if not known else "spark-area"
+        parts.append(f'<line class="{css}" x1="0" y1="{base}" x2="{SPARK_W}" y2="{base}"/>')
+    else:
+        path, previous, started = [], None, False
+        for i, value in enumerate(values):
+            if value is None:
+                continue
+            if not started:
+                path.append(f"M{_n(i * step)} {base}")
+                started = True
+            if value != previous:
+                path.append(f"H{_n(i * step)}V{_n(base - value / peak * (SPARK_H - 3))}")
+                previous = value
+        path.append(f"H{SPARK_W}V{base}Z")
+        parts.append(f'<path class="spark-area" d="{"".join(path)}"/>')
+    parts.append("</svg>")
+    return Markup("".join(parts))

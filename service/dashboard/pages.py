@@ -8,16 +8,17 @@ import time
 
 from flask import abort, redirect, render_template, request, url_for
 
-from .. import explain
+from .. import explain, presence
 from ..actor import REPORT_EVERY
 from ..requestctx import current_runtime, id_arg
 from ..outcomes import ActionStatus, TimerStatus
-from . import bp, charts, present
+from . import bp, charts, present, timeline
 
 PAGE = 50  # rows a page
 STORY_ENTRIES = 500  # a room's story shows its latest entries, unless ?all=1
 STATUSES = tuple(ActionStatus)
 MINUTES = 24 * 60
+SPARK_STEP, SPARK_BUCKETS = 300.0, 72  # the rooms list's sparklines: 6 h in 5-minute buckets
 WORKERS_SINCE = 3600.0  # seconds: the overview lists the workers heard from within the last hour
 
 
@@ -62,7 +63,12 @@ def rooms():
     except ValueError:
         abort(400, "after must be a rooms page cursor, as the 'older' link gives")
     rule_set = runtime.rules.current
+    since = (math.floor(now / SPARK_STEP) + 1) * SPARK_STEP - SPARK_BUCKETS * SPARK_STEP  # this bucket last
+    counts = runtime.store.pages.occupancy([r["room_id"] for r in page], since, SPARK_STEP, SPARK_BUCKETS)
+    sparks = {room: charts.sparkline(values, hours=SPARK_BUCKETS * SPARK_STEP / 3600, title="In the room")
+              for room, values in counts.items()}
     return render_template("dashboard/rooms.html", rooms=[present.room_row(r, rule_set, now) for r in page],
+                           sparks=sparks,
                            total=runtime.store.pages.count_rooms(with_timers=with_timers), with_timers=with_timers,
                            after=after, next_after=next_after, page_size=PAGE)
 
@@ -86,9 +92,16 @@ def room(room_id: str):
     story = explain.build(room_id, rows, now)
     show_all = request.args.get("all") == "1"
     entries = story.entries if show_all else story.entries[-STORY_ENTRIES:]
+    shown = {entry.anchor for entry in entries}
+    everything = url_for(".room", room_id=room_id, all=1)
+
+    def link(anchor: str) -> str:  # a mark's link: to its story entry, on this page or the whole story
+        return f"#{anchor}" if anchor in shown else f"{everything}#{anchor}"
+
+    picture = timeline.draw(story, rows, presence.fold(room_id, rows["deliveries"]), now, link)
     rule_set = runtime.rules.current
     pending = [present.timer_row(t, rule_set, now) for t in rows["timers"] if t["status"] == TimerStatus.PENDING]
-    return render_template("dashboard/room.html", story=story, entries=entries,
+    return render_template("dashboard/room.html", story=story, entries=entries, timeline=picture,
                            hidden=len(story.entries) - len(entries),
                            protected=rule_set.settings.is_protected(room_id), timers=pending,
                            actions=rows["actions"])

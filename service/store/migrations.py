@@ -47,6 +47,8 @@ STEPS: tuple[tuple[int, str, Callable[[Connection], None]], ...] = (
     (3, "inbox: accepted deliveries not yet decided on", _sql_file("0003_inbox")),
     (4, "workers: each worker's circuit breaker, as last reported", _sql_file("0004_workers")),
     (5, "sweeps: rooms.closed_at, and the sweep's round", _sql_file("0005_sweeps")),
+    (6, "deliveries.participants: the room's head count once each delivery was decided",
+     _sql_file("0006_occupancy")),
 )
 
 

@@ -129,6 +129,62 @@ class Pages:
         return page, (f"{page[-1]['updated_at']!r}~{page[-1]['room_id']}" if more else None)
 
     @guarded
+    def occupancy(self, room_ids: list[str], since: float, step: float, count: int) -> dict[str, list[int | None]]:
+        """Each room's head count in `count` buckets of `step` seconds from `since`: the most
+        that were in it during the bucket (the count it came in with, or a delivery's after it);
+        None before anything is known (no delivery with a head count before or in it).
+
+        From `deliveries.participants`, as the decider wrote it: one indexed look back per room
+        for the count the window starts with, and one row per room and bucket that had
+        deliveries, so a page costs the same whatever the rooms' traffic."""
+        if not room_ids:
+            return {}
+        seeds, buckets = self._occupancy_rows(room_ids, since, step, count)
+        series = {}
+        for room_id in room_ids:
+            carry, values, found = seeds.get(room_id), [], buckets.get(room_id, {})
+            for k in range(count):
+                peak_last = found.get(k)
+                if peak_last is None:
+                    values.append(carry)
+                    continue
+                peak, last = peak_last
+                values.append(max(peak, carry) if carry is not None else peak)
+                carry = last
+            series[room_id] = values
+        return series
+
+    @guarded
+    def _occupancy_rows(self, room_ids, since, step, count):
+        counted = and_(deliveries.c.participants.is_not(None), deliveries.c.room_id.in_(room_ids))
+        seed = (select(deliveries.c.participants)
+                .where(deliveries.c.room_id == rooms.c.room_id, deliveries.c.received_at < since,
+                       deliveries.c.participants.is_not(None))
+                .order_by(deliveries.c.received_at.desc(), deliveries.c.id.desc()).limit(1)
+                .scalar_subquery())
+        offset = deliveries.c.received_at - literal_column(repr(float(since)))
+        bucket = offset / literal_column(repr(float(step)))
+        if self.db.dialect == "postgresql":
+            bucket = func.floor(bucket)  # PostgreSQL's cast rounds; SQLite's truncates
+        bucket = cast(bucket, Integer).label("k")
+        grouped = (select(deliveries.c.room_id, bucket, func.max(deliveries.c.participants).label("peak"),
+                          func.max(deliveries.c.received_at).label("last_at"))
+                   .where(counted, deliveries.c.received_at >= since,
+                          deliveries.c.received_at < since + step * count)
+                   .group_by(deliveries.c.room_id, bucket).subquery())
+        last = (select(func.max(deliveries.c.participants))
+                .where(deliveries.c.room_id == grouped.c.room_id, deliveries.c.received_at == grouped.c.last_at,
+                       deliveries.c.participants.is_not(None))
+                .scalar_subquery())
+        with self.db.read() as conn:
+            seeds = {room: value for room, value in conn.execute(
+                select(rooms.c.room_id, seed).where(rooms.c.room_id.in_(room_ids))) if value is not None}
+            buckets: dict[str, dict[int, tuple[int, int]]] = {}
+            for room, k, peak, after in conn.execute(select(grouped.c.room_id, grouped.c.k, grouped.c.peak, last)):
+                buckets.setdefault(room, {})[int(k)] = (peak, after)
+        return seeds, buckets
+
+    @guarded
     def actions_page(self, *, status: str | None = None, limit: int = 50,
                      before: int | None = None) -> tuple[list[Row], int | None]:
         """Actions newest first, of one status or all; `before` is the last id of the previous page."""

@@ -24,6 +24,7 @@ class NewDelivery:
     body: str
     rules_hash: str
     problem: str | None = None  # a body of a known type that could not be read: kept, never decided on
+    participants: int | None = None  # the room's head count once this was decided; None: no room state
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ _TIMER_WITH_TRIGGER = (timers, deliveries.c.body.label("trigger_body"),
                        deliveries.c.verified.label("trigger_verified"))
 
 DELIVERY_COLUMNS = ["id", "received_at", "event_type", "room_id", "session_id", "participant_id", "known",
-                    "verified", "body_sha256", "body", "rules_hash", "problem"]
+                    "verified", "body_sha256", "body", "rules_hash", "problem", "participants"]
 DECISION_COLUMNS = ["delivery_id", "created_at", "rule", "action", "room_id", "session_id", "action_key",
                     "outcome", "action_id", "timer_id", "trace"]
 ACTION_COLUMNS = ["key", "kind", "room_id", "session_id", "rule", "delivery_id", "status", "confirm",

@@ -32,6 +32,9 @@ deliveries = Table(
     # Why a body of a known type could not be read (a field it needs is missing or invalid):
     # kept, answered 2xx, never decided on. Null when it was read.
     Column("problem", Text),
+    # How many were in the room once the delivery was decided (rooms.py's presence): the rooms
+    # list's occupancy sparklines. Null when it told nothing about a room, and before step 6.
+    Column("participants", Integer),
     Index("ix_deliveries_room", "room_id", "received_at"),
     Index("ix_deliveries_room_id", "room_id", "id"),
     Index("ix_deliveries_received", "received_at"),

@@ -1,0 +1,342 @@
+"""A room's story as a picture: inline SVG drawn on the server, no script (pure).
+
+Rows, top to bottom, on one time axis:
+
+- sessions, as bands from start to end;
+- how many were in the room, as a step area;
+- a lane per participant, a bar for each stay (joined to left), while there are at
+  most `LANES` of them; beyond that the lanes collapse into the count above, and a
+  line says so;
+- a lane per rule's `for:` timers, each a span from start to fire or cancel, ended by
+  a mark for how it ended;
+- marks for the room's deliveries, its decisions, the sweeps that looked at it and
+  the attempts at VideoSDK, shaped and coloured by outcome;
+- "now", as a line (or, when now is far past the story, a note at the right edge).
+
+Every mark carries an SVG `<title>` (what hovering shows) holding the line
+`python -m service explain` prints for it, and links to that entry in the story
+below. Marks closer than a few pixels are drawn as one, whose title lists the
+first of them and how many more: the picture's size grows with its width, not with
+the room's history, so a room with thousands of deliveries stays readable and small.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from markupsafe import Markup, escape
+
+from .. import explain
+from ..events import SWEEP
+from ..outcomes import Decided, TimerStatus, makes_action
+from ..presence import Presence, Span
+from ..rules.durations import format_duration
+
+WIDTH = 960
+LABEL = 140  # the lanes' names, left of the plot
+PLOT = WIDTH - LABEL - 20
+AXIS = 42  # the range, the time axis's labels, then the rows
+LANES = 24  # participant lanes drawn; past this, the lanes collapse into the head count
+BIN = 5.0  # pixels: marks closer than this are drawn as one
+MERGED_TITLES = 8  # lines a merged mark's title lists before "and N more"
+TICKS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
+         2 * 86400, 7 * 86400, 14 * 86400, 28 * 86400)
+MAX_TICKS = 8
+
+
+@dataclass(frozen=True)
+class Mark:
+    at: float
+    kind: str  # its CSS class: mark-<kind>
+    title: str  # the line explain prints
+    anchor: str  # the story entry it links to
+    rank: int = 0  # which kind a merged mark takes: the highest
+
+
+@dataclass(frozen=True)
+class Scale:
+    start: float
+    end: float
+    beyond: float | None  # how far past `end` now is, when the axis stops short of it
+
+    def x(self, t: float) -> float:
+        return LABEL + (min(max(t, self.start), self.end) - self.start) / (self.end - self.start) * PLOT
+
+
+def _n(value: float) -> str:
+    text = f"{value:.1f}"
+    return text[:-2] if text.endswith(".0") else text
+
+
+def draw(story: explain.Story, rows: dict[str, list[dict]], presence: Presence, now: float,
+         link) -> Markup:
+    """The timeline as one <svg>. `link(anchor)` is the href that shows a story entry (the
+    page may hide the earliest entries; the link then asks for all of them)."""
+    refs = story.refs()
+    scale = _scale(story, presence, now)
+    out: list[str] = []
+    y = AXIS
+
+    def title(ref: str) -> str | None:
+        found = refs.get(ref)
+        return explain.printed(*found).strip() if found else None
+
+    def anchor(ref: str) -> str:
+        found = refs.get(ref)
+        return found[0].anchor if found else ""
+
+    def lane_label(text: str, top: float, height: float, css: str = "tl-label") -> None:
+        out.append(f'<text class="{css}" x="{LABEL - 8}" y="{_n(top + height / 2 + 4)}" text-anchor="end">'
+                   f"{escape(_clip(text, 20))}</text>")
+
+    # Sessions.
+    height = 14
+    lane_label("sessions", y, height)
+    for band in presence.sessions:
+        out.append(_span(scale, band, y + 1, height - 2, "tl-session", now,
+                         _titles(title, band, "session"), anchor(f"delivery:{band.start_delivery}"), link)[2])
+    y += height + 6
+
+    # Head count.
+    height = 36
+    peak = presence.peak
+    lane_label(f"in the room (≤{peak})", y, height)
+    out.append(_count_area(scale, presence, y, height, now))
+    y += height + 6
+
+    # Participants.
+    people = presence.participants
+    if len(people) > LANES:
+        lane_label(f"{len(people):,} participants", y, 14, "tl-label tl-collapsed")
+        out.append(f'<text class="tl-note" x="{LABEL}" y="{y + 11}">lanes collapsed into the count above: '
+                   f"more than {LANES} participants</text>")
+        y += 20
+    else:
+        by_who: dict[str, list[Span]] = {}
+        for stay in presence.stays:
+            by_who.setdefault(stay.who, []).append(stay)
+        for who in people:
+            lane_label(who, y, 10, "tl-label tl-person")
+            marks = [_span(scale, stay, y, 10, "tl-stay", now, _titles(title, stay, "participant"),
+                           anchor(f"delivery:{stay.start_delivery}"), link) for stay in by_who[who]]
+            out.extend(_thin(marks, len(by_who[who]), y, 10, "tl-stay"))
+            y += 13
+        y += 3
+
+    # Timers, a lane per rule.
+    timers_by_rule: dict[str, list[dict]] = {}
+    for timer in rows["timers"]:
+        timers_by_rule.setdefault(timer["rule"], []).append(timer)
+    for rule, timers in timers_by_rule.items():
+        lane_label(f"timer {rule}", y, 12, "tl-label tl-timer-label")
+        spans, ends = [], []
+        for timer in timers:
+            end = timer["resolved_at"] if timer["status"] != TimerStatus.PENDING else None
+            start_title = title(f"timer:{timer['id']}:start") or f"timer #{timer['id']} ({rule})"
+            end_title = title(f"timer:{timer['id']}:end")
+            css = {TimerStatus.FIRED: "fired", TimerStatus.CANCELLED: "cancelled"}.get(timer["status"], "pending")
+            span = Span(str(timer["id"]), timer["started_at"], end, timer["delivery_id"], None)
+            spans.append(_span(scale, span, y + 3, 6, f"tl-timer tl-timer-{css}", now,
+                               "\n".join(filter(None, (start_title, end_title))) or None,
+                               anchor(f"timer:{timer['id']}:start"), link))
+            if end is not None and end_title is not None:
+                ends.append(Mark(end, f"timer-{css}", end_title, anchor(f"timer:{timer['id']}:end"),
+                                 2 if css == "fired" else 1))
+        out.extend(_thin(spans, len(timers), y + 3, 6, "tl-timer"))
+        out.extend(_marks(scale, ends, y + 6, link))
+        y += 16
+
+    # Deliveries, decisions, sweeps, attempts.
+    marks = _story_marks(story, rows)
+    for name, kind in (("deliveries", "delivery"), ("decisions", "decision"), ("sweeps", "sweep"),
+                       ("attempts", "attempt")):
+        row = marks[kind]
+        if not row and kind == "sweep":
+            continue
+        lane_label(name, y, 14)
+        out.append(f'<line class="tl-rail" x1="{LABEL}" y1="{y + 7}" x2="{LABEL + PLOT}" y2="{y + 7}"/>')
+        out.extend(_marks(scale, row, y + 7, link))
+        y += 18
+
+    return _frame(scale, story, presence, now, y, "".join(out))
+
+
+def _scale(story: explain.Story, presence: Presence, now: float) -> Scale:
+    times = [e.at for e in story.entries] + [s.start for s in presence.stays]
+    times += [s.end for s in presence.stays if s.end is not None]
+    if not times:
+        return Scale(now - 60, now, None)
+    first, last = min(times), max(times)
+    length = max(last - first, 60.0)
+    if now - last <= max(length * 0.5, 60.0):  # now is near: the axis runs to it
+        end = max(now, last)
+    else:  # now is far past the story: stop short, and say how far
+        end = last + length * 0.05
+    start = min(first, end - 60.0)
+    start -= (end - start) * 0.02
+    return Scale(start, end, now - end if now > end else None)
+
+
+def _frame(scale: Scale, story: explain.Story, presence: Presence, now: float, height: float,
+           body: str) -> Markup:
+    total = height + 6
+    span = scale.end - scale.start
+    step = next((s for s in TICKS if span / s <= MAX_TICKS), TICKS[-1])
+    fmt = "%H:%M:%S" if step < 60 else "%H:%M" if step < 86400 else "%m-%d"
+    summary = (f"room {story.room_id} from {explain.when(scale.start)} to {explain.when(scale.end)}: "
+               f"{len(presence.sessions)} session(s), {len(presence.participants)} participant(s), "
+               f"at most {presence.peak} at once; {len(story.entries)} story entries")
+    parts = [f'<svg class="timeline" viewBox="0 0 {WIDTH} {_n(total)}" role="group" '
+             f'aria-label="{escape(summary)}" xmlns="http://www.w3.org/2000/svg">',
+             f"<desc>{escape(summary)}</desc>",
+             f'<text class="tl-range" x="{LABEL}" y="13">{escape(explain.when(scale.start))} to '
+             f"{escape(explain.when(scale.end))} (UTC)</text>"]
+    first = math.ceil(scale.start / step) * step
+    tick = first
+    while tick <= scale.end:
+        x = _n(scale.x(tick))
+        label = datetime.fromtimestamp(tick, timezone.utc).strftime(fmt)
+        parts.append(f'<line class="tl-grid" x1="{x}" y1="{AXIS - 6}" x2="{x}" y2="{_n(height)}"/>'
+                     f'<text class="tl-tick" x="{x}" y="{AXIS - 9}" text-anchor="middle">{label}</text>')
+        tick += step
+    parts.append(body)
+    if scale.beyond is None:
+        x = _n(scale.x(now))
+        parts.append(f'<line class="tl-now" x1="{x}" y1="{AXIS - 4}" x2="{x}" y2="{_n(height)}">'
+                     f"<title>now: {escape(explain.when(now))}</title></line>"
+                     f'<text class="tl-now-label" x="{x}" y="{_n(height + 4)}" text-anchor="middle">now</text>')
+    else:
+        parts.append(f'<text class="tl-now-label" x="{LABEL + PLOT}" y="12" text-anchor="end">'
+                     f"now is {escape(format_duration(scale.beyond))} later →"
+                     f"<title>now: {escape(explain.when(now))}</title></text>")
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def _clip(text: str, size: int) -> str:
+    return text if len(text) <= size else text[: size - 1] + "…"
+
+
+def _titles(title, span: Span, what: str) -> str | None:
+    began = title(f"delivery:{span.start_delivery}")
+    ended = title(f"delivery:{span.end_delivery}") if span.end_delivery else None
+    if began is None and ended is None:
+        return None
+    still = "" if span.end is not None else f"({what} still in the room)" if what == "participant" else \
+        f"({what} still live)"
+    return "\n".join(filter(None, (began, ended, still)))
+
+
+def _link(href: str, inner: str, title: str | None) -> str:
+    head = f"<title>{escape(title)}</title>" if title else ""
+    if not href:
+        return f"<g>{head}{inner}</g>"
+    return f'<a href="{escape(href)}">{head}{inner}</a>'
+
+
+def _span(scale: Scale, span: Span, top: float, height: float, css: str, now: float, title: str | None,
+          anchor: str, link) -> tuple[float, float, str]:
+    x1 = scale.x(span.start)
+    x2 = scale.x(span.end if span.end is not None else now)
+    width = max(x2 - x1, 1.5)
+    live = " tl-open" if span.end is None else ""
+    rect = (f'<rect class="{css}{live}" x="{_n(x1)}" y="{_n(top)}" width="{_n(width)}" '
+            f'height="{_n(height)}"/>')
+    return x1, x1 + width, _link(link(anchor) if anchor else "", rect, title)
+
+
+def _thin(spans: list[tuple[float, float, str]], count: int, top: float, height: float, css: str) -> list[str]:
+    """A lane's spans as drawn: each with its own title while they are few and apart; many in a
+    lane are drawn as merged bars (one per run closer than BIN), whose title says how many."""
+    if count <= 60:
+        return [markup for _, _, markup in spans]
+    out, run = [], None
+    for x1, x2, _ in sorted(spans):
+        if run is not None and x1 - run[1] < BIN:
+            run = [run[0], max(run[1], x2), run[2] + 1]
+            continue
+        if run is not None:
+            out.append(run)
+        run = [x1, x2, 1]
+    if run is not None:
+        out.append(run)
+    return [f'<rect class="{css} tl-merged" x="{_n(a)}" y="{_n(top)}" width="{_n(b - a)}" height="{_n(height)}">'
+            f"<title>{n} here (too close to tell apart at this scale: the story below lists each)</title></rect>"
+            for a, b, n in out]
+
+
+def _marks(scale: Scale, marks: list[Mark], middle: float, link) -> list[str]:
+    """Marks on a row, each a shape by kind; marks within BIN pixels of each other drawn as one."""
+    bins: dict[int, list[Mark]] = {}
+    for mark in marks:
+        bins.setdefault(int(scale.x(mark.at) // BIN), []).append(mark)
+    out = []
+    for group in bins.values():
+        group.sort(key=lambda m: m.at)
+        lead = max(group, key=lambda m: m.rank)
+        x = scale.x(group[0].at) if len(group) == 1 else sum(scale.x(m.at) for m in group) / len(group)
+        if len(group) == 1:
+            text = lead.title
+            radius = 3.5
+        else:
+            shown = [m.title for m in group[:MERGED_TITLES]]
+            more = len(group) - len(shown)
+            text = f"{len(group)} marks here:\n" + "\n".join(shown) + (f"\n… and {more} more" if more else "")
+            radius = 5
+        shape = (f'<circle class="mark mark-{lead.kind}{" mark-many" if len(group) > 1 else ""}" '
+                 f'cx="{_n(x)}" cy="{_n(middle)}" r="{radius}"/>')
+        out.append(_link(link(group[0].anchor) if group[0].anchor else "", shape, text))
+    return out
+
+
+def _count_area(scale: Scale, presence: Presence, top: float, height: float, now: float) -> str:
+    base = top + height
+    peak = presence.peak
+    out = [f'<line class="tl-rail" x1="{LABEL}" y1="{_n(base)}" x2="{LABEL + PLOT}" y2="{_n(base)}"/>']
+    if not presence.counts or not peak:
+        return "".join(out)
+    path = [f"M{_n(scale.x(presence.counts[0][0]))} {_n(base)}"]
+    for at, count in presence.counts:
+        path.append(f"H{_n(scale.x(at))}V{_n(base - count / peak * height)}")
+    path.append(f"H{_n(scale.x(now))}V{_n(base)}Z")
+    now_count = presence.counts[-1][1]
+    out.append(f'<path class="tl-count" d="{"".join(path)}"><title>in the room: at most {peak} at once, '
+               f"{now_count} at the end</title></path>")
+    return "".join(out)
+
+
+def _story_marks(story: explain.Story, rows: dict[str, list[dict]]) -> dict[str, list[Mark]]:
+    """The marks of the story's deliveries, decisions, sweeps and attempts, from explain's lines."""
+    deliveries = {d["id"]: d for d in rows["deliveries"]}
+    decisions = {d["id"]: d for d in rows["decisions"]}
+    attempts = {a["id"]: a for a in rows["attempts"]}
+    marks: dict[str, list[Mark]] = {"delivery": [], "decision": [], "sweep": [], "attempt": []}
+    for entry in story.entries:
+        for line in entry.lines:
+            if not line.ref:
+                continue
+            kind, _, key = line.ref.partition(":")
+            text = explain.printed(entry, line).strip()
+            if kind == "delivery":
+                d = deliveries.get(key)
+                if d is None:
+                    continue
+                if d["event_type"] == SWEEP:
+                    marks["sweep"].append(Mark(entry.at, "sweep", text, entry.anchor))
+                else:
+                    css = ("unread" if d.get("problem") else "unverified" if not d["verified"]
+                           else "delivery" if d["known"] else "unknown")
+                    marks["delivery"].append(Mark(entry.at, css, text, entry.anchor,
+                                                  2 if css in ("unread", "unverified") else 0))
+            elif kind == "decision":
+                outcome = decisions[int(key)]["outcome"]
+                css, rank = (("act", 3) if makes_action(outcome) else ("started", 2)
+                             if outcome == Decided.TIMER_STARTED else ("quiet", 0))
+                marks["decision"].append(Mark(entry.at, css, text, entry.anchor, rank))
+            elif kind == "attempt":
+                outcome = attempts[int(key)]["outcome"]
+                css, rank = {"done": ("done", 1), "retry": ("retry", 2)}.get(outcome, ("failed", 3))
+                marks["attempt"].append(Mark(entry.at, css, text, entry.anchor, rank))
+    return marks

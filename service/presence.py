@@ -1,0 +1,89 @@
+"""Who was in a room, and when, folded from its recorded deliveries (pure).
+
+The dashboard's room timeline draws what roomwarden believed at each moment, which
+is what its rules decided on: each recorded delivery is folded through the same
+`rooms.advance` the decider uses, in the order the decider took them (arrival,
+then id). So a late leave from an earlier session moves no one, a session-ended
+empties the room, and a join after its session ended is not a stay. Deliveries
+kept unread, of an unknown type, or raised by a sweep change nothing, as in the
+decider.
+
+What it cannot show: deliveries pruned by retention (`RETENTION_DAYS`) are not
+in the store, so a room older than that starts its picture from what is left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Iterable
+
+from .events import SWEEP, Event
+from .rooms import RoomState, advance
+
+_NO_DATA = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class Span:
+    """A stretch of time: a participant's stay, or a session. `end` None: still going."""
+
+    who: str  # the participant's id, or the session's
+    start: float
+    end: float | None
+    start_delivery: str  # the delivery that began it
+    end_delivery: str | None  # the one that ended it
+
+
+@dataclass(frozen=True)
+class Presence:
+    stays: tuple[Span, ...]  # in the order they began
+    sessions: tuple[Span, ...]
+    counts: tuple[tuple[float, int], ...]  # (when, how many were in the room from then on), at each change
+
+    @property
+    def peak(self) -> int:
+        return max((count for _, count in self.counts), default=0)
+
+    @property
+    def participants(self) -> list[str]:
+        """Everyone who stayed, in the order they first came."""
+        return list(dict.fromkeys(stay.who for stay in self.stays))
+
+
+def fold(room_id: str, deliveries: Iterable[dict]) -> Presence:
+    """The room's stays, sessions and head count from its delivery rows (as `room_story` reads
+    them: id, received_at, event_type, session_id, participant_id, known, problem)."""
+    state: RoomState | None = None
+    open_stays: dict[str, int] = {}
+    stays: list[list] = []
+    sessions: list[list] = []
+    counts: list[tuple[float, int]] = []
+    for row in sorted(deliveries, key=lambda d: (d["received_at"], d["id"])):
+        if not row["known"] or row.get("problem") or row["event_type"] == SWEEP:
+            continue
+        at = row["received_at"]
+        event = Event(type=row["event_type"], data=_NO_DATA, known=True, room_id=room_id,
+                      session_id=row["session_id"], participant_id=row["participant_id"])
+        before = state
+        state = advance(state, event, at)
+        if state is None or state is before:
+            continue
+        was_in = before.participants if before is not None else frozenset()
+        for who in sorted(was_in - state.participants):
+            stays[open_stays.pop(who)][3:5] = [at, row["id"]]
+        for who in sorted(state.participants - was_in):
+            open_stays[who] = len(stays)
+            stays.append([who, at, row["id"], None, None])
+        was_live = before is not None and before.session_active
+        same = before is not None and before.session_id == state.session_id
+        if was_live and sessions and (not same or not state.session_active):
+            sessions[-1][3:5] = [at, row["id"]]
+        if state.session_active and (not same or not was_live):
+            sessions.append([state.session_id, at, row["id"], None, None])
+        if len(state.participants) != len(was_in) or not counts:
+            counts.append((at, len(state.participants)))
+    return Presence(
+        stays=tuple(Span(who, start, end, first, last) for who, start, first, end, last in stays),
+        sessions=tuple(Span(who, start, end, first, last) for who, start, first, end, last in sessions),
+        counts=tuple(counts))
