@@ -333,6 +333,26 @@ def database_url(request, tmp_path) -> str:
 
 
 @pytest.fixture
+def make_store(database_url):
+    """Stores on the test database (SQLite and PostgreSQL, by `database_url`), each with its own
+    engine, on a Clock at T0 unless given one; all closed at teardown."""
+    from service.store import Store
+
+    made: list = []
+
+    def make(clock=None, *, migrate: bool = True, url: str | None = None):
+        store = Store.from_url(url or database_url, clock or Clock(T0))
+        made.append(store)
+        if migrate:
+            store.db.migrate()
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+@pytest.fixture
 def processes(tmp_path, fake_api, rules_file):
     """Starts Procfile commands against the fake API and a fresh SQLite file; stops them after."""
     env = service_env(api_key=API_KEY, secret=SECRET, api_base=fake_api.base_url, rules_file=rules_file,

@@ -242,24 +242,6 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def make_store(database_url):
-    """Stores on the test database, each with its own engine; all closed at teardown."""
-    made: list[Store] = []
-
-    def make(clock: Callable[[], float] | None = None, *, migrate: bool = True,
-             url: str | None = None) -> Store:
-        store = Store.from_url(url or database_url, clock or Clock(T0))
-        made.append(store)
-        if migrate:
-            store.db.migrate()
-        return store
-
-    yield make
-    for store in made:
-        store.close()
-
-
-@pytest.fixture
 def store(make_store, clock) -> Store:
     return make_store(clock)
 

@@ -111,17 +111,17 @@ def dots(average: list[float | None], slowest: list[float | None], since: float,
 SPARK_W, SPARK_H = 120, 24
 
 
-def sparkline(values: list[int | None], *, hours: float, title: str) -> Markup:
-    """A small head-count chart for a table cell: one value per bucket, None where nothing is
-    known (drawn as a dashed base line); the peak fills the height."""
+def sparkline(values: list[int | None], *, hours: float, title: str, now: int | None = None) -> Markup:
+    """A small head-count chart for a table cell: one value per bucket (its peak), None where
+    nothing is known (drawn as a dashed base line); the peak fills the height. `now`: the count
+    the room's state holds, for the summary (a bucket's peak is not the count now)."""
     known = [v for v in values if v is not None]
     peak = max(known, default=0)
-    now = values[-1] if values else None
     hours_text = _number(hours)
     if not known:
         summary = f"no head counts recorded in the last {hours_text} h"
     else:
-        summary = (f"at most {peak:,} in the room in the last {hours_text} h"
+        summary = (f"at most {peak:,} in the last {hours_text} h"
                    + (f", {now:,} now" if now is not None else ""))
     parts = [f'<svg class="spark" viewBox="0 0 {SPARK_W} {SPARK_H}" role="img" aria-label="{escape(title)}: '
              f'{escape(summary)}" xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}: {escape(summary)}</title>']

@@ -65,10 +65,10 @@ def rooms():
     rule_set = runtime.rules.current
     since = (math.floor(now / SPARK_STEP) + 1) * SPARK_STEP - SPARK_BUCKETS * SPARK_STEP  # this bucket last
     counts = runtime.store.pages.occupancy([r["room_id"] for r in page], since, SPARK_STEP, SPARK_BUCKETS)
-    sparks = {room: charts.sparkline(values, hours=SPARK_BUCKETS * SPARK_STEP / 3600, title="In the room")
-              for room, values in counts.items()}
-    return render_template("dashboard/rooms.html", rooms=[present.room_row(r, rule_set, now) for r in page],
-                           sparks=sparks,
+    shown = [present.room_row(r, rule_set, now) for r in page]
+    sparks = {room["id"]: charts.sparkline(counts[room["id"]], hours=SPARK_BUCKETS * SPARK_STEP / 3600,
+                                           title="In the room", now=room["participants"]) for room in shown}
+    return render_template("dashboard/rooms.html", rooms=shown, sparks=sparks,
                            total=runtime.store.pages.count_rooms(with_timers=with_timers), with_timers=with_timers,
                            after=after, next_after=next_after, page_size=PAGE)
 

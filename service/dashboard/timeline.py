@@ -44,6 +44,7 @@ MERGED_TITLES = 8  # lines a merged mark's title lists before "and N more"
 TICKS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
          2 * 86400, 7 * 86400, 14 * 86400, 28 * 86400)
 MAX_TICKS = 8
+MIN_SPAN = 10.0  # seconds: the shortest axis
 
 
 @dataclass(frozen=True)
@@ -164,18 +165,17 @@ def draw(story: explain.Story, rows: dict[str, list[dict]], presence: Presence, 
 
 
 def _scale(story: explain.Story, presence: Presence, now: float) -> Scale:
+    """From the story's first moment to now; or, when now is far past the story (more than half
+    its length again), to just past its last moment, with a note of how far now is."""
     times = [e.at for e in story.entries] + [s.start for s in presence.stays]
     times += [s.end for s in presence.stays if s.end is not None]
     if not times:
-        return Scale(now - 60, now, None)
+        return Scale(now - MIN_SPAN, now, None)
     first, last = min(times), max(times)
-    length = max(last - first, 60.0)
-    if now - last <= max(length * 0.5, 60.0):  # now is near: the axis runs to it
-        end = max(now, last)
-    else:  # now is far past the story: stop short, and say how far
-        end = last + length * 0.05
-    start = min(first, end - 60.0)
-    start -= (end - start) * 0.02
+    length = max(last - first, MIN_SPAN)
+    end = max(now, last) if now - last <= length * 0.5 else last + length * 0.05
+    end = max(end, first + MIN_SPAN)
+    start = first - (end - first) * 0.02
     return Scale(start, end, now - end if now > end else None)
 
 
