@@ -1,7 +1,7 @@
 """python -m bench [--quick] [--only SECTIONS] [--events N] [--out FILE] [--keep]
 
 Runs the benchmarks of issues 7, 14 and 16 (ingest, sustained intake and deciding, slow clients, rule
-evaluation, reaction, memory, sweeps), prints their tables and writes them, with the machine, the
+evaluation, reaction, memory, sweeps, dashboard pages), prints their tables and writes them, with the machine, the
 commands and the date, to bench/RESULTS.md (--quick: bench/out/RESULTS-quick.md, so a check run never
 overwrites the figures of record). Use bench/run, which sets up .venv first.
 """
@@ -19,11 +19,11 @@ import timeit
 import traceback
 from pathlib import Path
 
-from . import ingest, memory, reaction, rules_eval, slow_clients, sustained, sweep
+from . import ingest, memory, pages, reaction, rules_eval, slow_clients, sustained, sweep
 from .common import BENCH, ROOT, Processes, Signer, log, machine, postgres_base_url, table
 
 # In the order they run (and are numbered): sustained takes the rate ingest measured.
-SECTIONS = ("ingest", "sustained", "slow_clients", "rules", "reaction", "memory", "sweep")
+SECTIONS = ("ingest", "sustained", "slow_clients", "rules", "reaction", "memory", "sweep", "pages")
 
 
 def cpu_probe() -> float:
@@ -100,8 +100,10 @@ def main(argv=None) -> int:
                 elif section == "memory":
                     rows, text = memory.run(signer, run_dir, procs, events, every, 3.0 if args.quick else 10.0,
                                             commands)
-                else:
+                elif section == "sweep":
                     rows, text = sweep.run(args.quick, run_dir, pg_base)
+                else:
+                    rows, text = pages.run(args.quick, run_dir, pg_base)
             except KeyboardInterrupt:
                 raise
             except Exception:  # noqa: BLE001 - one section failing must not hide the others
