@@ -109,6 +109,13 @@ def _decision_lines(decision: dict, actions_by_id: dict, indent: int) -> list[Li
     return lines
 
 
+def _started(decision: dict, timer: dict | None) -> list[Line]:
+    """The timer a decision started, if it did."""
+    if decision["outcome"] != Decided.TIMER_STARTED or timer is None:
+        return []
+    return [Line(f"timer #{timer['id']} due {when(timer['due_at'])}", 4, "timer", ref=f"timer:{timer['id']}:start")]
+
+
 def story(room_id: str, rows: dict[str, list[dict]], now: float) -> list[str]:
     """The room's story as text lines; `rows` is what Store.room_story returned."""
     return build(room_id, rows, now).text()
@@ -139,6 +146,7 @@ def build(room_id: str, rows: dict[str, list[dict]], now: float) -> Story:
                           0, "head", ref=f"delivery:{delivery['id']}")]
             for decision in decisions_by_delivery.get(delivery["id"], []):
                 lines += _decision_lines(decision, actions_by_id, 2)
+                lines += _started(decision, started_by.get((delivery["id"], decision["rule"])))
             if not decisions_by_delivery.get(delivery["id"]):
                 lines[0] = replace(lines[0], text=lines[0].text + ": no rule matched")
             entries.append(Entry(delivery["received_at"], 0, "delivery", tuple(lines)))
@@ -151,10 +159,7 @@ def build(room_id: str, rows: dict[str, list[dict]], now: float) -> Story:
         lines = [Line(head, 0, "head", ref=f"delivery:{delivery['id']}")]
         for decision in decisions_by_delivery.get(delivery["id"], []):
             lines += _decision_lines(decision, actions_by_id, 2)
-            timer = started_by.get((delivery["id"], decision["rule"]))
-            if decision["outcome"] == Decided.TIMER_STARTED and timer is not None:
-                lines.append(Line(f"timer #{timer['id']} due {when(timer['due_at'])}", 4, "timer",
-                                  ref=f"timer:{timer['id']}:start"))
+            lines += _started(decision, started_by.get((delivery["id"], decision["rule"])))
         for timer in cancelled_by.get(delivery["id"], []):
             lines.append(Line(f"cancelled timer #{timer['id']} ({timer['rule']}): {timer['reason']}", 2, "cancel",
                               ref=f"timer:{timer['id']}:end"))

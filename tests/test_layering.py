@@ -1,4 +1,4 @@
-"""The pure core imports nothing that does I/O: the rule engine, the planner, room state, the retry
+"""The pure core imports nothing that does I/O: the rule engine, the planner, room state (and the presence folded from it), the retry
 policy, the breaker and the API answer readers decide from their arguments alone, so they are tested without a server,
 a database or a network, and cannot reach one by accident."""
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 PURE = ["service.rules.engine", "service.rules.loader", "service.planner", "service.rooms", "service.retrypolicy",
-        "service.breaker", "service.answers", "service.outcomes"]
+        "service.breaker", "service.answers", "service.outcomes", "service.presence"]
 IO = {"flask", "werkzeug", "requests", "urllib3", "sqlalchemy", "psycopg", "sqlite3", "jwt",
       "prometheus_client", "gunicorn"}
 

@@ -431,3 +431,12 @@ def test_the_room_timeline_in_a_browser(browser, processes, rules_file, fake_api
     page.screenshot(path=str(shots / "rooms.png"), full_page=True)
     assert not problems, problems
     context.close()
+
+
+def test_a_room_whose_deliveries_were_pruned_draws_an_empty_picture():
+    rows = {"deliveries": [], "decisions": [], "timers": [], "actions": [], "attempts": [],
+            "room": [{"room_id": ROOM, "state": {"participants": []}}]}
+    story = explain.build(ROOM, rows, T0)
+    svg = parse_svg(timeline.draw(story, rows, presence.fold(ROOM, []), T0, lambda a: f"#{a}"))
+    assert marks_of(svg) == [] and svg.find(f".//{SVG}line[@class='tl-now']") is not None
+    assert "0 participant(s), at most 0 at once" in svg.find(f"{SVG}desc").text

@@ -11,8 +11,8 @@ are answered by the app's shared JSON error handling in web.py.
 | page                          | what                                                        |
 |-------------------------------|-------------------------------------------------------------|
 | `GET /dashboard/`             | rules in force, decisions by rule, 24 h of activity charts  |
-| `GET /dashboard/rooms`        | rooms, most recent first: occupancy, session, timers        |
-| `GET /dashboard/rooms/<id>`   | a room's story: what `python -m service explain` prints     |
+| `GET /dashboard/rooms`        | rooms, most recent first: occupancy (now, and 6 h of it), session, timers |
+| `GET /dashboard/rooms/<id>`   | a room's timeline (timeline.py), then its story as `explain` prints it |
 | `GET /dashboard/actions`      | the outbox by status; dead actions can be re-driven         |
 | `GET/POST /dashboard/try`     | paste an event body, see its decision trace; no side effects |
 """

@@ -135,7 +135,7 @@ def draw(story: explain.Story, rows: dict[str, list[dict]], presence: Presence, 
         spans, ends = [], []
         for timer in timers:
             end = timer["resolved_at"] if timer["status"] != TimerStatus.PENDING else None
-            start_title = title(f"timer:{timer['id']}:start") or f"timer #{timer['id']} ({rule})"
+            start_title = title(f"timer:{timer['id']}:start")
             end_title = title(f"timer:{timer['id']}:end")
             css = {TimerStatus.FIRED: "fired", TimerStatus.CANCELLED: "cancelled"}.get(timer["status"], "pending")
             span = Span(str(timer["id"]), timer["started_at"], end, timer["delivery_id"], None)
@@ -292,15 +292,28 @@ def _marks(scale: Scale, marks: list[Mark], middle: float, link) -> list[str]:
 
 
 def _count_area(scale: Scale, presence: Presence, top: float, height: float, now: float) -> str:
+    """The head count as a step area, one step a pixel at most: each pixel column drawn at the
+    most that were in the room during it, so a busy room's path has the plot's width, not a
+    step per delivery, and no peak is lost."""
     base = top + height
     peak = presence.peak
     out = [f'<line class="tl-rail" x1="{LABEL}" y1="{_n(base)}" x2="{LABEL + PLOT}" y2="{_n(base)}"/>']
     if not presence.counts or not peak:
         return "".join(out)
-    path = [f"M{_n(scale.x(presence.counts[0][0]))} {_n(base)}"]
-    for at, count in presence.counts:
-        path.append(f"H{_n(scale.x(at))}V{_n(base - count / peak * height)}")
-    path.append(f"H{_n(scale.x(now))}V{_n(base)}Z")
+    columns: dict[int, int] = {}
+    ends = [at for at, _ in presence.counts[1:]] + [max(now, presence.counts[-1][0])]
+    for (at, count), until in zip(presence.counts, ends):
+        for column in range(int(scale.x(at)), int(scale.x(until)) + 1):
+            if count > columns.get(column, -1):
+                columns[column] = count
+    first = min(columns)
+    path, previous = [f"M{first} {_n(base)}"], None
+    for column in range(first, max(columns) + 1):
+        count = columns.get(column, 0)
+        if count != previous:
+            path.append(f"H{column}V{_n(base - count / peak * height)}")
+            previous = count
+    path.append(f"H{max(columns) + 1}V{_n(base)}Z")
     now_count = presence.counts[-1][1]
     out.append(f'<path class="tl-count" d="{"".join(path)}"><title>in the room: at most {peak} at once, '
                f"{now_count} at the end</title></path>")
