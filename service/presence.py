@@ -22,6 +22,7 @@ from .events import SWEEP, Event
 from .rooms import RoomState, advance
 
 _NO_DATA = MappingProxyType({})
+_ONE_PARTICIPANT = ("participant-joined", "participant-left")  # rooms.advance moves only its participant
 
 
 @dataclass(frozen=True)
@@ -70,13 +71,18 @@ def fold(room_id: str, deliveries: Iterable[dict]) -> Presence:
         if state is None or state is before:
             continue
         was_in = before.participants if before is not None else frozenset()
-        for who in sorted(was_in - state.participants):
+        same = before is not None and before.session_id == state.session_id
+        if same and row["event_type"] in _ONE_PARTICIPANT:  # a join or a leave in the session: at most its
+            moved = {row["participant_id"]} if len(was_in) != len(state.participants) else set()  # one moves
+            gone, came = (moved, set()) if len(state.participants) < len(was_in) else (set(), moved)
+        else:  # a session's start or end: anyone may have moved
+            gone, came = was_in - state.participants, state.participants - was_in
+        for who in sorted(gone):
             stays[open_stays.pop(who)][3:5] = [at, row["id"]]
-        for who in sorted(state.participants - was_in):
+        for who in sorted(came):
             open_stays[who] = len(stays)
             stays.append([who, at, row["id"], None, None])
         was_live = before is not None and before.session_active
-        same = before is not None and before.session_id == state.session_id
         if was_live and sessions and (not same or not state.session_active):
             sessions[-1][3:5] = [at, row["id"]]
         if state.session_active and (not same or not was_live):

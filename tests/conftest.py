@@ -332,6 +332,30 @@ def database_url(request, tmp_path) -> str:
     return request.getfixturevalue("pg_url")
 
 
+CHROMIUM = "/usr/bin/chromium"  # Debian's; bin/test installs it, Playwright never downloads one
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium through Playwright, for the dashboard's browser tests; skipped, with the
+    reason, when it is missing or does not start."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (bin/test installs Debian's chromium with apt-get when it can)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        pytest.skip(f"playwright is not installed: {exc}")
+    with sync_playwright() as playwright:
+        try:
+            chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        except Exception as exc:  # noqa: BLE001 - whatever stops the browser, say it and skip
+            pytest.skip(f"{CHROMIUM} does not start: {str(exc).splitlines()[0]}")
+        yield chromium
+        chromium.close()
+
+
 @pytest.fixture
 def make_store(database_url):
     """Stores on the test database (SQLite and PostgreSQL, by `database_url`), each with its own

@@ -39,7 +39,7 @@ from .builders import SESSION, deliver, make_worker, parse
 from .conftest import ROOT, T0, deliver as deliver_raw, ended, joined, left
 from .fakeapi import Reply
 from .procs import wait_until_up
-from .test_dashboard import ARTIFACTS, TOKEN, browser, sign_in  # noqa: F401  (browser: a fixture)
+from .test_dashboard import ARTIFACTS, TOKEN, sign_in
 
 SVG = "{http://www.w3.org/2000/svg}"
 ROOM = "room-story"
@@ -358,7 +358,7 @@ def test_the_rooms_list_draws_a_sparkline_per_room(dash):
 
 
 @pytest.mark.e2e
-def test_the_room_timeline_in_a_browser(browser, processes, rules_file, fake_api, sign):  # noqa: F811
+def test_the_room_timeline_in_a_browser(browser, processes, rules_file, fake_api, sign):
     """The scripted room through gunicorn and the worker: the picture is there without a script,
     each mark's hover text is a line the CLI prints, following one lands on its entry; the
     rooms list's sparkline is there. Screenshots go to test-artifacts/timeline/."""
@@ -440,3 +440,17 @@ def test_a_room_whose_deliveries_were_pruned_draws_an_empty_picture():
     svg = parse_svg(timeline.draw(story, rows, presence.fold(ROOM, []), T0, lambda a: f"#{a}"))
     assert marks_of(svg) == [] and svg.find(f".//{SVG}line[@class='tl-now']") is not None
     assert "0 participant(s), at most 0 at once" in svg.find(f"{SVG}desc").text
+
+
+def test_a_lane_of_hundreds_of_stays_draws_a_bounded_number_of_bars(store):
+    big_room(store, parse(RULES), people=20, deliveries=6000)  # 20 lanes of 150 stays each
+    rows = store.history.room_story(ROOM)
+    now = T0 + 6000
+    story = explain.build(ROOM, rows, now)
+    svg = parse_svg(timeline.draw(story, rows, presence.fold(ROOM, rows["deliveries"]), now, lambda a: f"#{a}"))
+    people = [t.text for t in svg.iter(f"{SVG}text") if "tl-person" in (t.get("class") or "")]
+    assert people == [f"p{i:04d}" for i in range(20)]
+    stays = [(c, t) for c, t, _ in marks_of(svg) if c.startswith("tl-stay")]
+    assert len(stays) <= 20 * (timeline.PLOT / timeline.BIN + 1)
+    assert sum(int(t.split(" ", 1)[0]) if "tl-merged" in c else 1 for c, t in stays) == 3000  # none lost
+    assert any(re.match(r"\d+ here:\n", t) for c, t in stays if "tl-merged" in c)

@@ -88,6 +88,10 @@ def draw(story: explain.Story, rows: dict[str, list[dict]], presence: Presence, 
         found = refs.get(ref)
         return found[0].anchor if found else ""
 
+    def href(ref: str) -> str:
+        found = anchor(ref)
+        return link(found) if found else ""
+
     def lane_label(text: str, top: float, height: float, css: str = "tl-label") -> None:
         out.append(f'<text class="{css}" x="{LABEL - 8}" y="{_n(top + height / 2 + 4)}" text-anchor="end">'
                    f"{escape(_clip(text, 20))}</text>")
@@ -95,9 +99,8 @@ def draw(story: explain.Story, rows: dict[str, list[dict]], presence: Presence, 
     # Sessions.
     height = 14
     lane_label("sessions", y, height)
-    for band in presence.sessions:
-        out.append(_span(scale, band, y + 1, height - 2, "tl-session", now,
-                         _titles(title, band, "session"), anchor(f"delivery:{band.start_delivery}"), link)[2])
+    out.extend(_bars([_bar(scale, band, "tl-session", now, _titles(title, band, "session"),
+                           href(f"delivery:{band.start_delivery}")) for band in presence.sessions], y + 1, height - 2))
     y += height + 6
 
     # Head count.
@@ -120,9 +123,8 @@ def draw(story: explain.Story, rows: dict[str, list[dict]], presence: Presence, 
             by_who.setdefault(stay.who, []).append(stay)
         for who in people:
             lane_label(who, y, 10, "tl-label tl-person")
-            marks = [_span(scale, stay, y, 10, "tl-stay", now, _titles(title, stay, "participant"),
-                           anchor(f"delivery:{stay.start_delivery}"), link) for stay in by_who[who]]
-            out.extend(_thin(marks, len(by_who[who]), y, 10, "tl-stay"))
+            out.extend(_bars([_bar(scale, stay, "tl-stay", now, _titles(title, stay, "participant"),
+                                   href(f"delivery:{stay.start_delivery}")) for stay in by_who[who]], y, 10))
             y += 13
         y += 3
 
@@ -139,13 +141,13 @@ def draw(story: explain.Story, rows: dict[str, list[dict]], presence: Presence, 
             end_title = title(f"timer:{timer['id']}:end")
             css = {TimerStatus.FIRED: "fired", TimerStatus.CANCELLED: "cancelled"}.get(timer["status"], "pending")
             span = Span(str(timer["id"]), timer["started_at"], end, timer["delivery_id"], None)
-            spans.append(_span(scale, span, y + 3, 6, f"tl-timer tl-timer-{css}", now,
-                               "\n".join(filter(None, (start_title, end_title))) or None,
-                               anchor(f"timer:{timer['id']}:start"), link))
+            spans.append(_bar(scale, span, f"tl-timer tl-timer-{css}", now,
+                              "\n".join(filter(None, (start_title, end_title))) or None,
+                              href(f"timer:{timer['id']}:start"), {"fired": 2, "cancelled": 1}.get(css, 0)))
             if end is not None and end_title is not None:
                 ends.append(Mark(end, f"timer-{css}", end_title, anchor(f"timer:{timer['id']}:end"),
                                  2 if css == "fired" else 1))
-        out.extend(_thin(spans, len(timers), y + 3, 6, "tl-timer"))
+        out.extend(_bars(spans, y + 3, 6))
         out.extend(_marks(scale, ends, y + 6, link))
         y += 16
 
@@ -236,35 +238,50 @@ def _link(href: str, inner: str, title: str | None) -> str:
     return f'<a href="{escape(href)}">{head}{inner}</a>'
 
 
-def _span(scale: Scale, span: Span, top: float, height: float, css: str, now: float, title: str | None,
-          anchor: str, link) -> tuple[float, float, str]:
+@dataclass(frozen=True)
+class Bar:
+    x1: float
+    x2: float
+    css: str
+    title: str | None
+    href: str
+    rank: int = 0  # which class a merged bar takes: the highest
+
+
+def _bar(scale: Scale, span: Span, css: str, now: float, title: str | None, href: str, rank: int = 0) -> Bar:
     x1 = scale.x(span.start)
-    x2 = scale.x(span.end if span.end is not None else now)
-    width = max(x2 - x1, 1.5)
-    live = " tl-open" if span.end is None else ""
-    rect = (f'<rect class="{css}{live}" x="{_n(x1)}" y="{_n(top)}" width="{_n(width)}" '
-            f'height="{_n(height)}"/>')
-    return x1, x1 + width, _link(link(anchor) if anchor else "", rect, title)
+    x2 = max(scale.x(span.end if span.end is not None else now), x1 + 1.5)
+    return Bar(x1, x2, css + (" tl-open" if span.end is None else ""), title, href, rank)
 
 
-def _thin(spans: list[tuple[float, float, str]], count: int, top: float, height: float, css: str) -> list[str]:
-    """A lane's spans as drawn: each with its own title while they are few and apart; many in a
-    lane are drawn as merged bars (one per run closer than BIN), whose title says how many."""
-    if count <= 60:
-        return [markup for _, _, markup in spans]
-    out, run = [], None
-    for x1, x2, _ in sorted(spans):
-        if run is not None and x1 - run[1] < BIN:
-            run = [run[0], max(run[1], x2), run[2] + 1]
-            continue
-        if run is not None:
-            out.append(run)
-        run = [x1, x2, 1]
-    if run is not None:
-        out.append(run)
-    return [f'<rect class="{css} tl-merged" x="{_n(a)}" y="{_n(top)}" width="{_n(b - a)}" height="{_n(height)}">'
-            f"<title>{n} here (too close to tell apart at this scale: the story below lists each)</title></rect>"
-            for a, b, n in out]
+def _bars(bars: list[Bar], top: float, height: float) -> list[str]:
+    """A lane's bars, each a rect with its title and link. Bars closer than a pixel and a half
+    (BIN, when the lane has more than 60) are drawn as one, whose title lists the first few
+    and how many there are, so a lane costs at most its width in elements."""
+    gap = 1.5 if len(bars) <= 60 else BIN
+    runs: list[list[Bar]] = []
+    reach = 0.0  # where the last run ends
+    for bar in sorted(bars, key=lambda b: b.x1):
+        if runs and bar.x1 - reach < gap:
+            runs[-1].append(bar)
+        else:
+            runs.append([bar])
+        reach = max(reach, bar.x2) if len(runs[-1]) > 1 else bar.x2
+    out = []
+    for run in runs:
+        x1, x2 = run[0].x1, max(b.x2 for b in run)
+        lead = max(run, key=lambda b: b.rank)
+        if len(run) == 1:
+            css, title = lead.css, lead.title
+        else:
+            shown = [b.title for b in run[:MERGED_TITLES // 2] if b.title]
+            more = len(run) - len(shown)
+            css = lead.css + " tl-merged"
+            title = f"{len(run)} here:\n" + "\n".join(shown) + (f"\n… and {more} more" if more else "")
+        rect = (f'<rect class="{css}" x="{_n(x1)}" y="{_n(top)}" width="{_n(x2 - x1)}" '
+                f'height="{_n(height)}"/>')
+        out.append(_link(run[0].href, rect, title))
+    return out
 
 
 def _marks(scale: Scale, marks: list[Mark], middle: float, link) -> list[str]:
