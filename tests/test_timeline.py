@@ -454,3 +454,17 @@ def test_a_lane_of_hundreds_of_stays_draws_a_bounded_number_of_bars(store):
     assert len(stays) <= 20 * (timeline.PLOT / timeline.BIN + 1)
     assert sum(int(t.split(" ", 1)[0]) if "tl-merged" in c else 1 for c, t in stays) == 3000  # none lost
     assert any(re.match(r"\d+ here:\n", t) for c, t in stays if "tl-merged" in c)
+
+
+def test_a_sparkline_starts_where_a_count_is_first_known_and_peaks_at_the_top():
+    from service.dashboard import charts
+
+    svg = parse_svg(charts.sparkline([None, None, 1, 2, 0, 0], hours=0.5, title="In the room", now=0))
+    assert svg.find(f"{SVG}title").text == "In the room: at most 2 in the last 0.5 h, 0 now"
+    path = svg.find(f".//{SVG}path[@class='spark-area']").get("d")
+    step, base, top = charts.SPARK_W / 6, charts.SPARK_H - 1, charts.SPARK_H - 1 - (charts.SPARK_H - 3)
+    assert path == (f"M{2 * step:g} {base}H{2 * step:g}V{base - (charts.SPARK_H - 3) / 2:g}H{3 * step:g}V{top:g}"
+                    f"H{4 * step:g}V{base}H{charts.SPARK_W}V{base}Z")
+    unknown = parse_svg(charts.sparkline([None] * 6, hours=0.5, title="In the room"))
+    assert unknown.find(f"{SVG}title").text == "In the room: no head counts recorded in the last 0.5 h"
+    assert unknown.find(f".//{SVG}path") is None and unknown.find(f".//{SVG}line[@class='spark-none']") is not None

@@ -126,6 +126,7 @@ def sparkline(values: list[int | None], *, hours: float, title: str, now: int | 
     parts = [f'<svg class="spark" viewBox="0 0 {SPARK_W} {SPARK_H}" role="img" aria-label="{escape(title)}: '
              f'{escape(summary)}" xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}: {escape(summary)}</title>']
     base, step = SPARK_H - 1, SPARK_W / max(len(values), 1)
+    parts.append(f'<line class="spark-base" x1="0" y1="{base}" x2="{SPARK_W}" y2="{base}"/>')
     if not peak:
         css = "spark-none" if not known else "spark-area"
         parts.append(f'<line class="{css}" x1="0" y1="{base}" x2="{SPARK_W}" y2="{base}"/>')
