@@ -9,7 +9,8 @@ kept unread, of an unknown type, or raised by a sweep change nothing, as in the
 decider.
 
 What it cannot show: deliveries pruned by retention (`RETENTION_DAYS`) are not
-in the store, so a room older than that starts its picture from what is left.
+in the store, so the fold starts at the retention horizon (`since`), and says how
+many older deliveries it left out.
 """
 
 from __future__ import annotations
@@ -40,7 +41,13 @@ class Span:
 class Presence:
     stays: tuple[Span, ...]  # in the order they began
     sessions: tuple[Span, ...]
-    counts: tuple[tuple[float, int], ...]  # (when, how many were in the room from then on), at each change
+    # (when, how many were in the room from then on), at each change: the count the decider wrote
+    # beside each delivery (deliveries.participants), or the fold's where it wrote none.
+    counts: tuple[tuple[float, int], ...]
+    since: float | None = None  # deliveries before this were left out (pruned history has holes)
+    left_out: int = 0  # how many
+    disagree: int = 0  # deliveries after which the fold's head count is not the decider's
+    first_disagreement: str | None = None  # the earliest of them
 
     @property
     def peak(self) -> int:
@@ -52,23 +59,37 @@ class Presence:
         return list(dict.fromkeys(stay.who for stay in self.stays))
 
 
-def fold(room_id: str, deliveries: Iterable[dict]) -> Presence:
+def fold(room_id: str, deliveries: Iterable[dict], since: float | None = None) -> Presence:
     """The room's stays, sessions and head count from its delivery rows (as `room_story` reads
-    them: id, received_at, event_type, session_id, participant_id, known, problem)."""
+    them: id, received_at, event_type, session_id, participant_id, known, problem, participants).
+
+    `since`: fold only the deliveries received from then on. Retention prunes a room's older
+    deliveries but keeps those that started a timer or an action, so before the retention
+    horizon the record has holes, and folding across them would invent stays and sessions.
+
+    Where the decider wrote its head count beside a delivery, the fold's is checked against it:
+    they differ after a hole in the record (a prune with a shorter age than the retention), or
+    where two deliveries came in an order the store cannot tell apart (the same millisecond);
+    `disagree` counts those deliveries, and the count drawn is the decider's."""
     state: RoomState | None = None
     open_stays: dict[str, int] = {}
     stays: list[list] = []
     sessions: list[list] = []
     counts: list[tuple[float, int]] = []
+    left_out = disagree = 0
+    first_disagreement = None
     for row in sorted(deliveries, key=lambda d: (d["received_at"], d["id"])):
         if not row["known"] or row.get("problem") or row["event_type"] == SWEEP:
             continue
         at = row["received_at"]
+        if since is not None and at < since:
+            left_out += 1
+            continue
         event = Event(type=row["event_type"], data=_NO_DATA, known=True, room_id=room_id,
                       session_id=row["session_id"], participant_id=row["participant_id"])
         before = state
         state = advance(state, event, at)
-        if state is None or state is before:
+        if state is None:
             continue
         was_in = before.participants if before is not None else frozenset()
         same = before is not None and before.session_id == state.session_id
@@ -87,9 +108,16 @@ def fold(room_id: str, deliveries: Iterable[dict]) -> Presence:
             sessions[-1][3:5] = [at, row["id"]]
         if state.session_active and (not same or not was_live):
             sessions.append([state.session_id, at, row["id"], None, None])
-        if len(state.participants) != len(was_in) or not counts:
-            counts.append((at, len(state.participants)))
+        count = len(state.participants)
+        written = row.get("participants")
+        if written is not None and written != count:
+            disagree += 1
+            first_disagreement = first_disagreement or row["id"]
+            count = written
+        if not counts or counts[-1][1] != count:
+            counts.append((at, count))
     return Presence(
         stays=tuple(Span(who, start, end, first, last) for who, start, first, end, last in stays),
         sessions=tuple(Span(who, start, end, first, last) for who, start, first, end, last in sessions),
-        counts=tuple(counts))
+        counts=tuple(counts), since=since, left_out=left_out, disagree=disagree,
+        first_disagreement=first_disagreement)

@@ -98,11 +98,13 @@ def test_the_fold_says_what_the_decider_wrote_after_every_delivery(make_store):
     store = make_store()
     rules = parse(RULES)
     rng = random.Random(19)
-    people, sessions = ["p1", "p2", "p3", "p4"], ["s1"]
+    # Session ids shaped as VideoSDK's (an ObjectId: its creation time first), so that a late
+    # event for an older session is told apart by its id as well as by the recent ones kept.
+    people, sessions = ["p1", "p2", "p3", "p4"], [f"{int(T0):08x}{'0' * 16}"]
     for i in range(120):
         at = T0 + i
         if rng.random() < 0.04:
-            sessions.append(f"s{len(sessions) + 1}")
+            sessions.append(f"{int(at):08x}{len(sessions):016x}")
         session = sessions[-1] if rng.random() < 0.9 else rng.choice(sessions)  # now and then, a late one
         kind = rng.choice(["participant-joined", "participant-joined", "participant-left", "session-ended"]
                           if rng.random() < 0.1 else ["participant-joined", "participant-left"])
@@ -113,7 +115,11 @@ def test_the_fold_says_what_the_decider_wrote_after_every_delivery(make_store):
         story = store.history.room_story(ROOM)
         folded = presence.fold(ROOM, story["deliveries"])
         in_room = {s.who for s in folded.stays if s.end is None}
-        assert sorted(in_room) == story["room"][0]["state"]["participants"], i
+        stored = story["room"][0]["state"]
+        assert sorted(in_room) == stored["participants"], i
+        live = [s.who for s in folded.sessions if s.end is None]
+        assert live == ([stored["session_id"]] if stored["session_active"] else []), i
+        assert folded.disagree == 0, i
         [newest] = [d for d in story["deliveries"] if d["received_at"] == at]
         assert newest["participants"] == folded.counts[-1][1] == len(in_room), i
 
@@ -142,7 +148,7 @@ def scripted_room(store, clock, fake_api) -> dict:
     return store.history.room_story(ROOM)
 
 
-NOT_EXPLAIN = re.compile(r"\d+ marks here:|… and \d+ more|\((participant still in the room|session still live)\)")
+NOT_EXPLAIN = re.compile(r"\d+ (marks )?here:|… and \d+ more|\((participant still in the room|session still live)\)")
 
 
 def explain_lines(title: str) -> set[str]:
@@ -155,7 +161,9 @@ def parse_svg(markup: str) -> ET.Element:
 
 
 def marks_of(svg: ET.Element) -> list[tuple[str, str, str]]:
-    """(class, title, href) of every linked mark: circles and the spans' rects."""
+    """(class, title, href) of every linked mark: circles and the spans' rects. Every mark is
+    linked: one whose entry was not found would be drawn in a bare <g>, and fail here."""
+    assert svg.findall(f".//{SVG}g") == [], "a mark without a link to its story entry"
     out = []
     for link in svg.iter(f"{SVG}a"):
         shape = next(child for child in link if child.tag != f"{SVG}title")
@@ -331,13 +339,21 @@ def test_occupancy_buckets_start_from_the_count_before_and_take_each_buckets_pea
     send(since + 10, joined("room-a", "bob"))  # bucket 0: 2
     send(since + 20, left("room-a", "bob"))  # ... and back to 1
     send(since + 2 * step + 5, left("room-a", "ann"))  # bucket 2: came in with 1, leaves 0
+    send(since + 3.75 * step, joined("room-a", "dan"))  # bucket 3 (rounding would say 4)
+    send(since + 3.8 * step, left("room-a", "dan"))
     send(since + 4 * step, joined("room-b", "cy"))  # room-b: nothing known before bucket 4
+    send(since + 6 * step, joined("room-b", "eve"))  # past the last bucket: not counted
     store.inbox.append(InboxItem(id=sweep_id(since + 5 * step, 1, "room-a"), received_at=since + 5 * step,
                                  room_id="room-a", body=sweep_body("room-a", 1), signature=None, verified=True))
     Decider(store.inbox, lambda: rules, acts=True, verifier=None).drain()  # a sweep: no news, the count stays
     series = store.pages.occupancy(["room-a", "room-b", "room-none"], since, step, 6)
-    assert series == {"room-a": [2, 1, 1, 0, 0, 0], "room-b": [None, None, None, None, 1, 1],
+    assert series == {"room-a": [2, 1, 1, 1, 0, 0], "room-b": [None, None, None, None, 1, 1],
                       "room-none": [None] * 6}
+    later = store.pages.occupancy(["room-a", "room-b", "room-old"], since + 7 * step, step, 2,
+                                  now={"room-a": 0, "room-b": 2, "room-old": 3})
+    # No delivery in the window: the count it started with, or (nothing counted before it, as for a
+    # room decided before schema step 6) the count its state holds now.
+    assert later == {"room-a": [0, 0], "room-b": [2, 2], "room-old": [3, 3]}
 
 
 def test_the_rooms_list_draws_a_sparkline_per_room(dash):
@@ -468,3 +484,69 @@ def test_a_sparkline_starts_where_a_count_is_first_known_and_peaks_at_the_top():
     unknown = parse_svg(charts.sparkline([None] * 6, hours=0.5, title="In the room"))
     assert unknown.find(f"{SVG}title").text == "In the room: no head counts recorded in the last 0.5 h"
     assert unknown.find(f".//{SVG}path") is None and unknown.find(f".//{SVG}line[@class='spark-none']") is not None
+
+
+def test_back_to_back_sessions_are_two_bands_and_hostile_ids_are_text():
+    hostile = '<script>alert("x")</script>&'
+    rows = {"deliveries": [row(1, 0, "participant-joined", hostile, "s1", verified=True, rules_hash="ab" * 32),
+                           row(2, 1800, "participant-joined", "bob", "s2", verified=True, rules_hash="ab" * 32)],
+            "decisions": [], "timers": [], "actions": [], "attempts": [], "room": []}
+    story = explain.build(ROOM, rows, T0 + 3600)
+    markup = str(timeline.draw(story, rows, presence.fold(ROOM, rows["deliveries"]), T0 + 3600, lambda a: f"#{a}"))
+    assert "<script>" not in markup
+    svg = parse_svg(markup)
+    bands = [t for c, t, _ in marks_of(svg) if c.startswith("tl-session")]
+    assert len(bands) == 2 and bands[0].startswith(explain.when(T0)) and bands[1].endswith("(session still live)")
+    [label] = [t.text for t in svg.iter(f"{SVG}text") if "tl-person" in (t.get("class") or "")][:1]
+    assert label == hostile[:19] + "…"
+
+
+def test_a_merged_mark_shows_and_links_its_weightiest_line_first():
+    rows = {"deliveries": [], "decisions": [], "timers": [], "actions": [], "attempts": [], "room": []}
+    for i in range(3):  # three deliveries within a pixel; the last is unverified
+        rows["deliveries"].append(row(i, i * 0.01, "participant-joined", f"p{i}", verified=i != 2,
+                                      rules_hash="ab" * 32))
+    story = explain.build(ROOM, rows, T0 + 3600)
+    svg = parse_svg(timeline.draw(story, rows, presence.fold(ROOM, rows["deliveries"]), T0 + 3600,
+                                  lambda a: f"#{a}"))
+    [(css, title, href)] = [m for m in marks_of(svg) if m[0].startswith("mark mark-")]
+    assert css == "mark mark-unverified mark-many"
+    assert title.split("\n")[1].endswith("UNVERIFIED, rules abababababab]") and href == f"#{story.entries[2].anchor}"
+
+
+def test_now_before_the_story_is_said_not_drawn_at_the_edge(scripted):
+    rows, story, _ = scripted
+    svg = parse_svg(timeline.draw(story, rows, presence.fold(ROOM, rows["deliveries"]), T0 - 3600,
+                                  lambda a: f"#{a}"))
+    assert svg.find(f".//{SVG}line[@class='tl-now']") is None
+    [note] = [t for t in svg.iter(f"{SVG}text") if t.get("class") == "tl-now-label"]
+    assert "".join(note.itertext()).startswith("← now is 59m48s before the picture begins")  # 2% margin
+
+
+def test_the_fold_leaves_out_what_retention_pruned_and_flags_counts_the_decider_did_not_write():
+    rows = [row(1, 0, "participant-joined", "ann", participants=1),
+            row(2, 100, "participant-joined", "bob", participants=2),
+            row(3, 200, "participant-left", "bob", participants=1)]
+    cut = presence.fold(ROOM, rows, since=T0 + 50)  # ann's join is before the horizon
+    assert (cut.left_out, [s.who for s in cut.stays]) == (1, ["bob"])
+    # After the cut the fold counts bob alone; the decider wrote 2, then 1: the count drawn is its.
+    assert (cut.disagree, cut.first_disagreement) == (2, "d0002")
+    assert [(at - T0, n) for at, n in cut.counts] == [(100, 2), (200, 1)]
+    assert [n.split(": ")[0] for n in timeline.notes(cut)] == [
+        f"1 deliveries before {explain.when(T0 + 50)} are left out of the lanes and the count",
+        "The lanes disagree with the head count the decider wrote after 2 deliveries (the first"]
+    whole = presence.fold(ROOM, rows)
+    assert (whole.left_out, whole.disagree, timeline.notes(whole)) == (0, 0, [])
+
+
+def test_the_room_page_folds_from_the_retention_horizon_and_says_so(dash):
+    client, _ = sign_in(dash)
+    runtime = dash.extensions["roomwarden"]
+    assert runtime.settings.retention_days == 30
+    now = time.time()
+    deliver_raw(runtime.store, runtime.rules.current, joined(ROOM, "ann", "s-old"), at=now - 40 * 86400)
+    deliver_raw(runtime.store, runtime.rules.current, joined(ROOM, "bob", "s-new"), at=now - 60)
+    page = client.get(f"/dashboard/rooms/{ROOM}").get_data(as_text=True)
+    assert re.findall(r'<text class="tl-label tl-person"[^>]*>([^<]+)</text>', page) == ["bob"]
+    [note] = re.findall(r'<p class="timeline-note">([^<]+)</p>', page)
+    assert note.startswith("1 deliveries before ") and "RETENTION_DAYS" in note

@@ -64,8 +64,9 @@ def rooms():
         abort(400, "after must be a rooms page cursor, as the 'older' link gives")
     rule_set = runtime.rules.current
     since = (math.floor(now / SPARK_STEP) + 1) * SPARK_STEP - SPARK_BUCKETS * SPARK_STEP  # this bucket last
-    counts = runtime.store.pages.occupancy([r["room_id"] for r in page], since, SPARK_STEP, SPARK_BUCKETS)
     shown = [present.room_row(r, rule_set, now) for r in page]
+    counts = runtime.store.pages.occupancy([r["id"] for r in shown], since, SPARK_STEP, SPARK_BUCKETS,
+                                           now={r["id"]: r["participants"] for r in shown})
     sparks = {room["id"]: charts.sparkline(counts[room["id"]], hours=SPARK_BUCKETS * SPARK_STEP / 3600,
                                            title="In the room", now=room["participants"]) for room in shown}
     return render_template("dashboard/rooms.html", rooms=shown, sparks=sparks,
@@ -98,10 +99,14 @@ def room(room_id: str):
     def link(anchor: str) -> str:  # a mark's link: to its story entry, on this page or the whole story
         return f"#{anchor}" if anchor in shown else f"{everything}#{anchor}"
 
-    picture = timeline.draw(story, rows, presence.fold(room_id, rows["deliveries"]), now, link)
+    retention = runtime.settings.retention_days  # before its horizon the record has holes: not folded
+    since = now - retention * 86400 if retention > 0 else None
+    folded = presence.fold(room_id, rows["deliveries"], since)
+    picture = timeline.draw(story, rows, folded, now, link)
     rule_set = runtime.rules.current
     pending = [present.timer_row(t, rule_set, now) for t in rows["timers"] if t["status"] == TimerStatus.PENDING]
     return render_template("dashboard/room.html", story=story, entries=entries, timeline=picture,
+                           timeline_notes=timeline.notes(folded),
                            hidden=len(story.entries) - len(entries),
                            protected=rule_set.settings.is_protected(room_id), timers=pending,
                            actions=rows["actions"])

@@ -41,8 +41,9 @@ AXIS = 42  # the range, the time axis's labels, then the rows
 LANES = 24  # participant lanes drawn; past this, the lanes collapse into the head count
 BIN = 5.0  # pixels: marks closer than this are drawn as one
 MERGED_TITLES = 8  # lines a merged mark's title lists before "and N more"
-TICKS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
-         2 * 86400, 7 * 86400, 14 * 86400, 28 * 86400)
+DAY = 86400
+TICKS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, DAY,
+         2 * DAY, 7 * DAY, 14 * DAY, 28 * DAY, 91 * DAY, 182 * DAY, 365 * DAY, 730 * DAY, 1825 * DAY)
 MAX_TICKS = 8
 MIN_SPAN = 10.0  # seconds: the shortest axis
 
@@ -51,9 +52,14 @@ MIN_SPAN = 10.0  # seconds: the shortest axis
 class Mark:
     at: float
     kind: str  # its CSS class: mark-<kind>
-    title: str  # the line explain prints
-    anchor: str  # the story entry it links to
-    rank: int = 0  # which kind a merged mark takes: the highest
+    entry: explain.Entry  # the story entry it links to
+    line: explain.Line  # the line it shows
+    rank: int = 0  # which kind a merged mark takes (and whose line comes first): the highest
+
+    @property
+    def title(self) -> str:
+        """The line as explain prints it (made only for the marks whose titles are drawn)."""
+        return explain.printed(self.entry, self.line).strip()
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class Scale:
     start: float
     end: float
     beyond: float | None  # how far past `end` now is, when the axis stops short of it
+    before: float | None = None  # how far before `start` now is (a clock behind the story's)
 
     def x(self, t: float) -> float:
         return LABEL + (min(max(t, self.start), self.end) - self.start) / (self.end - self.start) * PLOT
@@ -136,7 +143,9 @@ def draw(story: explain.Story, rows: dict[str, list[dict]], presence: Presence, 
         lane_label(f"timer {rule}", y, 12, "tl-label tl-timer-label")
         spans, ends = [], []
         for timer in timers:
-            end = timer["resolved_at"] if timer["status"] != TimerStatus.PENDING else None
+            end = None  # pending: the span runs to now
+            if timer["status"] != TimerStatus.PENDING:  # resolved (a resolved one without a time: a point)
+                end = timer["resolved_at"] if timer["resolved_at"] is not None else timer["started_at"]
             start_title = title(f"timer:{timer['id']}:start")
             end_title = title(f"timer:{timer['id']}:end")
             css = {TimerStatus.FIRED: "fired", TimerStatus.CANCELLED: "cancelled"}.get(timer["status"], "pending")
@@ -144,15 +153,16 @@ def draw(story: explain.Story, rows: dict[str, list[dict]], presence: Presence, 
             spans.append(_bar(scale, span, f"tl-timer tl-timer-{css}", now,
                               "\n".join(filter(None, (start_title, end_title))) or None,
                               href(f"timer:{timer['id']}:start"), {"fired": 2, "cancelled": 1}.get(css, 0)))
-            if end is not None and end_title is not None:
-                ends.append(Mark(end, f"timer-{css}", end_title, anchor(f"timer:{timer['id']}:end"),
-                                 2 if css == "fired" else 1))
+            found = refs.get(f"timer:{timer['id']}:end")
+            if end is not None and found is not None:
+                ends.append(Mark(end, f"timer-{css}", *found, 2 if css == "fired" else 1))
         out.extend(_bars(spans, y + 3, 6))
         out.extend(_marks(scale, ends, y + 6, link))
         y += 16
 
     # Deliveries, decisions, sweeps, attempts.
     marks = _story_marks(story, rows)
+
     for name, kind in (("deliveries", "delivery"), ("decisions", "decision"), ("sweeps", "sweep"),
                        ("attempts", "attempt")):
         row = marks[kind]
@@ -164,6 +174,20 @@ def draw(story: explain.Story, rows: dict[str, list[dict]], presence: Presence, 
         y += 18
 
     return _frame(scale, story, presence, now, y, "".join(out))
+
+
+def notes(presence: Presence) -> list[str]:
+    """What the picture leaves out or cannot vouch for, said under it."""
+    out = []
+    if presence.left_out:
+        out.append(f"{presence.left_out:,} deliveries before {explain.when(presence.since)} are left out of the lanes "
+                   f"and the count: retention (RETENTION_DAYS) has pruned that stretch, and what it kept would "
+                   f"tell a wrong story. The story below lists them.")
+    if presence.disagree:
+        out.append(f"The lanes disagree with the head count the decider wrote after {presence.disagree:,} "
+                   f"deliveries (the first: {presence.first_disagreement}): a hole in the record, or deliveries "
+                   f"the store cannot put in order. The count drawn is the decider's.")
+    return out
 
 
 def _scale(story: explain.Story, presence: Presence, now: float) -> Scale:
@@ -178,7 +202,7 @@ def _scale(story: explain.Story, presence: Presence, now: float) -> Scale:
     end = max(now, last) if now - last <= length * 0.5 else last + length * 0.05
     end = max(end, first + MIN_SPAN)
     start = first - (end - first) * 0.02
-    return Scale(start, end, now - end if now > end else None)
+    return Scale(start, end, now - end if now > end else None, start - now if now < start else None)
 
 
 def _frame(scale: Scale, story: explain.Story, presence: Presence, now: float, height: float,
@@ -186,7 +210,7 @@ def _frame(scale: Scale, story: explain.Story, presence: Presence, now: float, h
     total = height + 6
     span = scale.end - scale.start
     step = next((s for s in TICKS if span / s <= MAX_TICKS), TICKS[-1])
-    fmt = "%H:%M:%S" if step < 60 else "%H:%M" if step < 86400 else "%m-%d"
+    fmt = "%H:%M:%S" if step < 60 else "%H:%M" if step < DAY else "%m-%d" if step < 28 * DAY else "%Y-%m"
     summary = (f"room {story.room_id} from {explain.when(scale.start)} to {explain.when(scale.end)}: "
                f"{len(presence.sessions)} session(s), {len(presence.participants)} participant(s), "
                f"at most {presence.peak} at once; {len(story.entries)} story entries")
@@ -204,7 +228,11 @@ def _frame(scale: Scale, story: explain.Story, presence: Presence, now: float, h
                      f'<text class="tl-tick" x="{x}" y="{AXIS - 9}" text-anchor="middle">{label}</text>')
         tick += step
     parts.append(body)
-    if scale.beyond is None:
+    if scale.before is not None:
+        parts.append(f'<text class="tl-now-label" x="{LABEL}" y="{_n(height + 4)}">'
+                     f"← now is {escape(format_duration(scale.before))} before the picture begins (a clock behind?)"
+                     f"<title>now: {escape(explain.when(now))}</title></text>")
+    elif scale.beyond is None:
         x = _n(scale.x(now))
         parts.append(f'<line class="tl-now" x1="{x}" y1="{AXIS - 4}" x2="{x}" y2="{_n(height)}">'
                      f"<title>now: {escape(explain.when(now))}</title></line>"
@@ -255,18 +283,21 @@ def _bar(scale: Scale, span: Span, css: str, now: float, title: str | None, href
 
 
 def _bars(bars: list[Bar], top: float, height: float) -> list[str]:
-    """A lane's bars, each a rect with its title and link. Bars closer than a pixel and a half
-    (BIN, when the lane has more than 60) are drawn as one, whose title lists the first few
-    and how many there are, so a lane costs at most its width in elements."""
+    """A lane's bars, each a rect with its title and link. Bars narrower than a pixel and a half
+    (BIN, when the lane has more than 60) and as close to each other are drawn as one, whose
+    title lists the first few and how many there are; wider ones are drawn each on its own. A
+    lane costs at most its width in elements, as long as its bars do not overlap."""
     gap = 1.5 if len(bars) <= 60 else BIN
     runs: list[list[Bar]] = []
     reach = 0.0  # where the last run ends
     for bar in sorted(bars, key=lambda b: b.x1):
-        if runs and bar.x1 - reach < gap:
+        small = bar.x2 - bar.x1 < gap  # only bars too thin to tell apart merge: a wide one stands alone
+        if runs and small and bar.x1 - reach < gap and runs[-1][-1].x2 - runs[-1][-1].x1 < gap:
             runs[-1].append(bar)
+            reach = max(reach, bar.x2)
         else:
             runs.append([bar])
-        reach = max(reach, bar.x2) if len(runs[-1]) > 1 else bar.x2
+            reach = bar.x2
     out = []
     for run in runs:
         x1, x2 = run[0].x1, max(b.x2 for b in run)
@@ -291,9 +322,9 @@ def _marks(scale: Scale, marks: list[Mark], middle: float, link) -> list[str]:
         bins.setdefault(int(scale.x(mark.at) // BIN), []).append(mark)
     out = []
     for group in bins.values():
-        group.sort(key=lambda m: m.at)
-        lead = max(group, key=lambda m: m.rank)
-        x = scale.x(group[0].at) if len(group) == 1 else sum(scale.x(m.at) for m in group) / len(group)
+        group.sort(key=lambda m: (-m.rank, m.at))  # the weightiest first: its colour, line and link
+        lead = group[0]
+        x = scale.x(lead.at) if len(group) == 1 else sum(scale.x(m.at) for m in group) / len(group)
         if len(group) == 1:
             text = lead.title
             radius = 3.5
@@ -304,7 +335,7 @@ def _marks(scale: Scale, marks: list[Mark], middle: float, link) -> list[str]:
             radius = 5
         shape = (f'<circle class="mark mark-{lead.kind}{" mark-many" if len(group) > 1 else ""}" '
                  f'cx="{_n(x)}" cy="{_n(middle)}" r="{radius}"/>')
-        out.append(_link(link(group[0].anchor) if group[0].anchor else "", shape, text))
+        out.append(_link(link(lead.entry.anchor), shape, text))
     return out
 
 
@@ -348,25 +379,24 @@ def _story_marks(story: explain.Story, rows: dict[str, list[dict]]) -> dict[str,
             if not line.ref:
                 continue
             kind, _, key = line.ref.partition(":")
-            text = explain.printed(entry, line).strip()
             if kind == "delivery":
                 d = deliveries.get(key)
                 if d is None:
                     continue
                 if d["event_type"] == SWEEP:
-                    marks["sweep"].append(Mark(entry.at, "sweep", text, entry.anchor))
+                    marks["sweep"].append(Mark(entry.at, "sweep", entry, line))
                 else:
                     css = ("unread" if d.get("problem") else "unverified" if not d["verified"]
                            else "delivery" if d["known"] else "unknown")
-                    marks["delivery"].append(Mark(entry.at, css, text, entry.anchor,
+                    marks["delivery"].append(Mark(entry.at, css, entry, line,
                                                   2 if css in ("unread", "unverified") else 0))
             elif kind == "decision":
                 outcome = decisions[int(key)]["outcome"]
                 css, rank = (("act", 3) if makes_action(outcome) else ("started", 2)
                              if outcome == Decided.TIMER_STARTED else ("quiet", 0))
-                marks["decision"].append(Mark(entry.at, css, text, entry.anchor, rank))
+                marks["decision"].append(Mark(entry.at, css, entry, line, rank))
             elif kind == "attempt":
                 outcome = attempts[int(key)]["outcome"]
                 css, rank = {"done": ("done", 1), "retry": ("retry", 2)}.get(outcome, ("failed", 3))
-                marks["attempt"].append(Mark(entry.at, css, text, entry.anchor, rank))
+                marks["attempt"].append(Mark(entry.at, css, entry, line, rank))
     return marks

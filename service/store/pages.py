@@ -20,6 +20,9 @@ from .sweeps import NAME as SWEEP
 from .tables import actions, attempts, decisions, deliveries, rooms, sweeps, timers, workers
 
 
+SEED_LOOKBACK = 86400.0  # seconds before a sparkline's window to look for the count it starts with
+
+
 class Pages:
     def __init__(self, db: Database):
         self.db = db
@@ -129,20 +132,26 @@ class Pages:
         return page, (f"{page[-1]['updated_at']!r}~{page[-1]['room_id']}" if more else None)
 
     @guarded
-    def occupancy(self, room_ids: list[str], since: float, step: float, count: int) -> dict[str, list[int | None]]:
+    def occupancy(self, room_ids: list[str], since: float, step: float, count: int,
+                  now: dict[str, int] | None = None) -> dict[str, list[int | None]]:
         """Each room's head count in `count` buckets of `step` seconds from `since`: the most
         that were in it during the bucket (the count it came in with, or a delivery's after it);
-        None before anything is known (no delivery with a head count before or in it).
+        None before anything is known.
 
         From `deliveries.participants`, as the decider wrote it: one indexed look back per room
-        for the count the window starts with, and one row per room and bucket that had
-        deliveries, so a page costs the same whatever the rooms' traffic."""
+        (at most SEED_LOOKBACK) for the count the window starts with, and one row per room and
+        bucket that had deliveries, so a page costs the same whatever the rooms' traffic. A room
+        with no counted delivery in the window has held the count its state holds now (`now`,
+        room id to head count) all along: only a delivery changes it."""
         if not room_ids:
             return {}
         seeds, buckets = self._occupancy_rows(room_ids, since, step, count)
+        now = now or {}
         series = {}
         for room_id in room_ids:
             carry, values, found = seeds.get(room_id), [], buckets.get(room_id, {})
+            if not found:
+                carry = now.get(room_id, carry)
             for k in range(count):
                 peak_last = found.get(k)
                 if peak_last is None:
@@ -159,7 +168,7 @@ class Pages:
         counted = and_(deliveries.c.participants.is_not(None), deliveries.c.room_id.in_(room_ids))
         seed = (select(deliveries.c.participants)
                 .where(deliveries.c.room_id == rooms.c.room_id, deliveries.c.received_at < since,
-                       deliveries.c.participants.is_not(None))
+                       deliveries.c.received_at >= since - SEED_LOOKBACK, deliveries.c.participants.is_not(None))
                 .order_by(deliveries.c.received_at.desc(), deliveries.c.id.desc()).limit(1)
                 .scalar_subquery())
         offset = deliveries.c.received_at - literal_column(repr(float(since)))
