@@ -40,7 +40,7 @@ PLOT = WIDTH - LABEL - 20
 AXIS = 42  # the range, the time axis's labels, then the rows
 LANES = 24  # participant lanes drawn; past this, the lanes collapse into the head count
 BIN = 5.0  # pixels: marks closer than this are drawn as one
-MERGED_TITLES = 8  # lines a merged mark's title lists before "and N more"
+MERGED_TITLES = 5  # lines a merged mark's title lists before "and N more" (they are most of a big room's picture)
 DAY = 86400
 TICKS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, DAY,
          2 * DAY, 7 * DAY, 14 * DAY, 28 * DAY, 91 * DAY, 182 * DAY, 365 * DAY, 730 * DAY, 1825 * DAY)
