@@ -179,13 +179,17 @@ class Decider:
         except PayloadInvalid as exc:  # the request checked the envelope: only a bug comes here
             event = Event(type="unreadable", data={}, known=False, problem=exc.message, room_id=row.room_id)
         problem = refused or event.problem
-        delivery = NewDelivery(
-            id=row.id, received_at=row.received_at, event_type=event.type,
-            room_id=event.room_id or row.room_id, session_id=event.session_id,
-            participant_id=event.participant_id, known=event.known, verified=bool(verified),
-            body_sha256=hashlib.sha256(raw).hexdigest(), body=row.body, rules_hash=rule_set.sha256,
-            problem=problem)
+
+        def as_recorded(participants: int | None = None) -> NewDelivery:
+            return NewDelivery(
+                id=row.id, received_at=row.received_at, event_type=event.type,
+                room_id=event.room_id or row.room_id, session_id=event.session_id,
+                participant_id=event.participant_id, known=event.known, verified=bool(verified),
+                body_sha256=hashlib.sha256(raw).hexdigest(), body=row.body, rules_hash=rule_set.sha256,
+                problem=problem, participants=participants)
+
         if problem is not None:
+            delivery = as_recorded()
             receipt = batch.record(row, delivery, None)
             outcome = "refused" if refused else "unreadable"
             log.warning("delivery %s (%s) kept, not decided on: %s", row.id, event.type, problem,
@@ -202,8 +206,8 @@ class Decider:
             stored, timers, acted = batch.room_inputs(room_id)
             write = plan_write(plan_event(rule_set, event, now, room_state(room_id, stored),
                                           timers, acted, acts=acts))
-        if write.room_state is not None:  # the head count as decided: the rooms list's sparklines
-            delivery = replace(delivery, participants=len(write.room_state["participants"]))
+        # With the head count as decided (the rooms list's sparklines, the room page's check).
+        delivery = as_recorded(len(write.room_state["participants"]) if write.room_state is not None else None)
         if sweep:  # no news from the room: its state, its last delivery and closed mark stay as they are
             write = replace(write, room_state=None)
         receipt = batch.record(row, delivery, write)
