@@ -162,7 +162,7 @@ def test_worker_once_decides_the_inbox_and_delivers_due_actions(app, client, sig
 
 def test_migrate_reports_the_version(tmp_path):
     result = run("migrate", env={"DATABASE_URL": f"sqlite:///{tmp_path}/m.db", "DRY_RUN": "1"})
-    assert result.returncode == 0 and result.stdout.decode().strip() == "schema at version 5"
+    assert result.returncode == 0 and result.stdout.decode().strip() == "schema at version 6"
 
 
 @pytest.mark.parametrize("args", [[], ["nope"], ["simulate"]])
