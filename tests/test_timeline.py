@@ -432,9 +432,9 @@ def test_the_room_timeline_in_a_browser(browser, processes, rules_file, fake_api
     assert sum(1 for c in classes if c.startswith("tl-stay")) == 3
     assert [c for c in classes if c.startswith("tl-timer")] == ["tl-timer tl-timer-cancelled", "tl-timer tl-timer-fired"]
     assert [c for c in classes if c in ("mark mark-retry", "mark mark-done")] == ["mark mark-retry", "mark mark-done"]
-    box = page.locator("svg.timeline").bounding_box()
+    box = page.locator("section.timeline-card").bounding_box()  # the picture and its legend
     page.screenshot(path=str(shots / "room-timeline.png"),
-                    clip={"x": 0, "y": 0, "width": 1280, "height": box["y"] + box["height"] + 24})
+                    clip={"x": 0, "y": 0, "width": 1280, "height": box["y"] + box["height"] + 12})
     # Following the retry's mark lands on its entry in the story below.
     page.locator("svg.timeline a:has(circle.mark-retry)").click()
     target = page.evaluate("location.hash")
