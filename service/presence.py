@@ -67,10 +67,12 @@ def fold(room_id: str, deliveries: Iterable[dict], since: float | None = None) -
     deliveries but keeps those that started a timer or an action, so before the retention
     horizon the record has holes, and folding across them would invent stays and sessions.
 
-    Where the decider wrote its head count beside a delivery, the fold's is checked against it:
-    they differ after a hole in the record (a prune with a shorter age than the retention), or
-    where two deliveries came in an order the store cannot tell apart (the same millisecond);
-    `disagree` counts those deliveries, and the count drawn is the decider's."""
+    Where the decider wrote its head count beside a delivery, the count drawn is the decider's,
+    and the fold's is checked against it: they differ after a hole in the record (a prune with a
+    shorter age than the retention), or where two deliveries came in an order the store cannot
+    tell apart (the same millisecond); `disagree` counts those deliveries. Folding from `since`,
+    the people already in the room then are unknown to the fold until they leave, so the check
+    starts once the two counts first agree."""
     state: RoomState | None = None
     open_stays: dict[str, int] = {}
     stays: list[list] = []
@@ -78,6 +80,7 @@ def fold(room_id: str, deliveries: Iterable[dict], since: float | None = None) -
     counts: list[tuple[float, int]] = []
     left_out = disagree = 0
     first_disagreement = None
+    checking = since is None  # from the start of the record, the fold knows all there is
     for row in sorted(deliveries, key=lambda d: (d["received_at"], d["id"])):
         if not row["known"] or row.get("problem") or row["event_type"] == SWEEP:
             continue
@@ -110,9 +113,12 @@ def fold(room_id: str, deliveries: Iterable[dict], since: float | None = None) -
             sessions.append([state.session_id, at, row["id"], None, None])
         count = len(state.participants)
         written = row.get("participants")
-        if written is not None and written != count:
-            disagree += 1
-            first_disagreement = first_disagreement or row["id"]
+        if written is not None:
+            if written == count:
+                checking = True
+            elif checking:
+                disagree += 1
+                first_disagreement = first_disagreement or row["id"]
             count = written
         if not counts or counts[-1][1] != count:
             counts.append((at, count))

@@ -351,9 +351,16 @@ def test_occupancy_buckets_start_from_the_count_before_and_take_each_buckets_pea
                       "room-none": [None] * 6}
     later = store.pages.occupancy(["room-a", "room-b", "room-old"], since + 7 * step, step, 2,
                                   now={"room-a": 0, "room-b": 2, "room-old": 3})
-    # No delivery in the window: the count it started with, or (nothing counted before it, as for a
-    # room decided before schema step 6) the count its state holds now.
+    # No delivery in the window: the count its state holds now held all along (for a room decided
+    # before schema step 6, nothing counted says otherwise).
     assert later == {"room-a": [0, 0], "room-b": [2, 2], "room-old": [3, 3]}
+    # With deliveries in the window, the count now is not what the window started with: the look
+    # back is, and the buckets follow the deliveries.
+    again = store.pages.occupancy(["room-a"], since, step, 6, now={"room-a": 7})
+    assert again == {"room-a": [2, 1, 1, 1, 0, 0]}
+    # And when nothing came in the window, the count now wins over the look back (they agree but
+    # for a delivery decided before step 6, which the count now has seen and the look back has not).
+    assert store.pages.occupancy(["room-a"], since + 7 * step, step, 2, now={"room-a": 4}) == {"room-a": [4, 4]}
 
 
 def test_the_rooms_list_draws_a_sparkline_per_room(dash):
@@ -459,17 +466,20 @@ def test_a_room_whose_deliveries_were_pruned_draws_an_empty_picture():
 
 
 def test_a_lane_of_hundreds_of_stays_draws_a_bounded_number_of_bars(store):
-    big_room(store, parse(RULES), people=20, deliveries=6000)  # 20 lanes of 150 stays each
+    big_room(store, parse(RULES), people=4, deliveries=6000)  # 4 lanes of 750 stays, one every 8 s
     rows = store.history.room_story(ROOM)
     now = T0 + 6000
     story = explain.build(ROOM, rows, now)
     svg = parse_svg(timeline.draw(story, rows, presence.fold(ROOM, rows["deliveries"]), now, lambda a: f"#{a}"))
     people = [t.text for t in svg.iter(f"{SVG}text") if "tl-person" in (t.get("class") or "")]
-    assert people == [f"p{i:04d}" for i in range(20)]
+    assert people == [f"p{i:04d}" for i in range(4)]
     stays = [(c, t) for c, t, _ in marks_of(svg) if c.startswith("tl-stay")]
-    assert len(stays) <= 20 * (timeline.PLOT / timeline.BIN + 1)
+    assert len(stays) <= 4 * (timeline.PLOT / timeline.BIN + 1) < 3000
     assert sum(int(t.split(" ", 1)[0]) if "tl-merged" in c else 1 for c, t in stays) == 3000  # none lost
     assert any(re.match(r"\d+ here:\n", t) for c, t in stays if "tl-merged" in c)
+    # Merging keeps the gaps: no bar wider than two columns, so a lane is many bars, not one.
+    widths = [float(rect.get("width")) for rect in svg.iter(f"{SVG}rect") if "tl-stay" in rect.get("class")]
+    assert max(widths) <= 2 * timeline.BIN and len(widths) >= 4 * 100
 
 
 def test_a_sparkline_starts_where_a_count_is_first_known_and_peaks_at_the_top():
@@ -523,20 +533,25 @@ def test_now_before_the_story_is_said_not_drawn_at_the_edge(scripted):
     assert "".join(note.itertext()).startswith("← now is 59m48s before the picture begins")  # 2% margin
 
 
-def test_the_fold_leaves_out_what_retention_pruned_and_flags_counts_the_decider_did_not_write():
+def test_the_fold_starts_at_the_horizon_and_flags_counts_the_decider_did_not_write():
     rows = [row(1, 0, "participant-joined", "ann", participants=1),
             row(2, 100, "participant-joined", "bob", participants=2),
             row(3, 200, "participant-left", "bob", participants=1)]
     cut = presence.fold(ROOM, rows, since=T0 + 50)  # ann's join is before the horizon
     assert (cut.left_out, [s.who for s in cut.stays]) == (1, ["bob"])
-    # After the cut the fold counts bob alone; the decider wrote 2, then 1: the count drawn is its.
-    assert (cut.disagree, cut.first_disagreement) == (2, "d0002")
+    # After the cut the fold counts bob alone, the decider 2, then 1: the count drawn is its, and
+    # ann (unknown to the fold since before the horizon) is no disagreement.
     assert [(at - T0, n) for at, n in cut.counts] == [(100, 2), (200, 1)]
-    assert [n.split(": ")[0] for n in timeline.notes(cut)] == [
-        f"1 deliveries before {explain.when(T0 + 50)} are left out of the lanes and the count",
-        "The lanes disagree with the head count the decider wrote after 2 deliveries (the first"]
+    assert cut.disagree == 0
+    [note] = timeline.notes(cut)
+    assert note.startswith(f"The lanes start at {explain.when(T0 + 50)}, the retention horizon") and \
+        "(1 deliveries, listed in the story below)" in note
     whole = presence.fold(ROOM, rows)
     assert (whole.left_out, whole.disagree, timeline.notes(whole)) == (0, 0, [])
+    # Once the counts have agreed, a difference is a disagreement (here: a count written wrong).
+    wrong = presence.fold(ROOM, rows[:2] + [row(3, 200, "participant-left", "bob", participants=2)])
+    assert (wrong.disagree, wrong.first_disagreement, wrong.counts[-1][1]) == (1, "d0003", 2)
+    assert timeline.notes(wrong)[0].startswith("The lanes disagree with the head count the decider wrote after 1")
 
 
 def test_the_room_page_folds_from_the_retention_horizon_and_says_so(dash):
@@ -549,4 +564,21 @@ def test_the_room_page_folds_from_the_retention_horizon_and_says_so(dash):
     page = client.get(f"/dashboard/rooms/{ROOM}").get_data(as_text=True)
     assert re.findall(r'<text class="tl-label tl-person"[^>]*>([^<]+)</text>', page) == ["bob"]
     [note] = re.findall(r'<p class="timeline-note">([^<]+)</p>', page)
-    assert note.startswith("1 deliveries before ") and "RETENTION_DAYS" in note
+    assert note.startswith("The lanes start at ") and "RETENTION_DAYS" in note and "(1 deliveries" in note
+
+
+def test_thin_touching_stays_are_one_bar_and_wide_ones_each_their_own():
+    rows = {"deliveries": [], "decisions": [], "timers": [], "actions": [], "attempts": [], "room": []}
+    at = 0.0
+    for i, (kind, who) in enumerate([("participant-joined", "ann"), ("participant-left", "ann")] * 3):
+        rows["deliveries"].append(row(i, at, kind, who, verified=True, rules_hash="ab" * 32))
+        at += 0.2  # three stays of 0.2 s, 0.2 s apart: well under a pixel on a 10-minute axis
+    rows["deliveries"] += [row(10, 300, "participant-joined", "ann", verified=True, rules_hash="ab" * 32),
+                           row(11, 400, "participant-left", "ann", verified=True, rules_hash="ab" * 32),
+                           row(12, 400, "participant-joined", "ann", verified=True, rules_hash="ab" * 32)]
+    now = T0 + 600
+    story = explain.build(ROOM, rows, now)
+    svg = parse_svg(timeline.draw(story, rows, presence.fold(ROOM, rows["deliveries"]), now, lambda a: f"#{a}"))
+    stays = [(c, t) for c, t, _ in marks_of(svg) if c.startswith("tl-stay")]
+    assert [c for c, _ in stays] == ["tl-stay tl-merged", "tl-stay", "tl-stay tl-open"]
+    assert stays[0][1].startswith("3 here:\n")

@@ -15,9 +15,10 @@ Rows, top to bottom, on one time axis:
 
 Every mark carries an SVG `<title>` (what hovering shows) holding the line
 `python -m service explain` prints for it, and links to that entry in the story
-below. Marks closer than a few pixels are drawn as one, whose title lists the
-first of them and how many more: the picture's size grows with its width, not with
-the room's history, so a room with thousands of deliveries stays readable and small.
+below. Marks in one column a few pixels wide (and bars too thin to tell apart) are
+drawn as one, whose title lists the weightiest of them and how many more: the
+picture's size grows with its width, not with the room's history, so a room with
+thousands of deliveries stays readable and small.
 """
 
 from __future__ import annotations
@@ -180,9 +181,10 @@ def notes(presence: Presence) -> list[str]:
     """What the picture leaves out or cannot vouch for, said under it."""
     out = []
     if presence.left_out:
-        out.append(f"{presence.left_out:,} deliveries before {explain.when(presence.since)} are left out of the lanes "
-                   f"and the count: retention (RETENTION_DAYS) has pruned that stretch, and what it kept would "
-                   f"tell a wrong story. The story below lists them.")
+        out.append(f"The lanes start at {explain.when(presence.since)}, the retention horizon (RETENTION_DAYS): "
+                   f"retention may have pruned deliveries before it, and what it kept would tell a wrong story "
+                   f"({presence.left_out:,} deliveries, listed in the story below). Anyone already in the room "
+                   f"then has no lane for that stay; the head count is the decider's, and counts them.")
     if presence.disagree:
         out.append(f"The lanes disagree with the head count the decider wrote after {presence.disagree:,} "
                    f"deliveries (the first: {presence.first_disagreement}): a hole in the record, or deliveries "
@@ -269,39 +271,43 @@ def _link(href: str, inner: str, title: str | None) -> str:
 @dataclass(frozen=True)
 class Bar:
     x1: float
-    x2: float
+    x2: float  # drawn at least MIN_BAR wide
+    width: float  # as wide as the span is at this scale (what decides whether it merges)
     css: str
     title: str | None
     href: str
-    rank: int = 0  # which class a merged bar takes: the highest
+    rank: int = 0  # which class a merged bar takes, and whose title and link come first: the highest
+
+
+MIN_BAR = 1.5  # pixels: the thinnest bar drawn
 
 
 def _bar(scale: Scale, span: Span, css: str, now: float, title: str | None, href: str, rank: int = 0) -> Bar:
     x1 = scale.x(span.start)
-    x2 = max(scale.x(span.end if span.end is not None else now), x1 + 1.5)
-    return Bar(x1, x2, css + (" tl-open" if span.end is None else ""), title, href, rank)
+    x2 = scale.x(span.end if span.end is not None else now)
+    return Bar(x1, max(x2, x1 + MIN_BAR), x2 - x1, css + (" tl-open" if span.end is None else ""), title,
+               href, rank)
 
 
 def _bars(bars: list[Bar], top: float, height: float) -> list[str]:
-    """A lane's bars, each a rect with its title and link. Bars narrower than a pixel and a half
-    (BIN, when the lane has more than 60) and as close to each other are drawn as one, whose
-    title lists the first few and how many there are; wider ones are drawn each on its own. A
-    lane costs at most its width in elements, as long as its bars do not overlap."""
-    gap = 1.5 if len(bars) <= 60 else BIN
+    """A lane's bars, each a rect with its title and link. Bars too thin to tell apart (narrower
+    than MIN_BAR; than BIN, when the lane has more than 60) that begin within that many pixels of
+    the first of a run are drawn as one, no wider than twice that, whose title lists the
+    weightiest few and how many there are; wider bars are drawn each on its own. A lane costs at
+    most its width over that many pixels in merged bars, and its gaps stay visible."""
+    gap = MIN_BAR if len(bars) <= 60 else BIN
     runs: list[list[Bar]] = []
-    reach = 0.0  # where the last run ends
     for bar in sorted(bars, key=lambda b: b.x1):
-        small = bar.x2 - bar.x1 < gap  # only bars too thin to tell apart merge: a wide one stands alone
-        if runs and small and bar.x1 - reach < gap and runs[-1][-1].x2 - runs[-1][-1].x1 < gap:
+        thin = bar.width < gap
+        if runs and thin and runs[-1][0].width < gap and bar.x1 - runs[-1][0].x1 < gap:
             runs[-1].append(bar)
-            reach = max(reach, bar.x2)
         else:
             runs.append([bar])
-            reach = bar.x2
     out = []
     for run in runs:
         x1, x2 = run[0].x1, max(b.x2 for b in run)
-        lead = max(run, key=lambda b: b.rank)
+        run.sort(key=lambda b: (-b.rank, b.x1))  # the weightiest first: its colour, title and link
+        lead = run[0]
         if len(run) == 1:
             css, title = lead.css, lead.title
         else:
@@ -311,12 +317,13 @@ def _bars(bars: list[Bar], top: float, height: float) -> list[str]:
             title = f"{len(run)} here:\n" + "\n".join(shown) + (f"\n… and {more} more" if more else "")
         rect = (f'<rect class="{css}" x="{_n(x1)}" y="{_n(top)}" width="{_n(x2 - x1)}" '
                 f'height="{_n(height)}"/>')
-        out.append(_link(run[0].href, rect, title))
+        out.append(_link(lead.href, rect, title))
     return out
 
 
 def _marks(scale: Scale, marks: list[Mark], middle: float, link) -> list[str]:
-    """Marks on a row, each a shape by kind; marks within BIN pixels of each other drawn as one."""
+    """Marks on a row, each a shape by kind; the marks in one column BIN pixels wide are drawn as
+    one (at their mean), whose title lists the weightiest few and how many there are."""
     bins: dict[int, list[Mark]] = {}
     for mark in marks:
         bins.setdefault(int(scale.x(mark.at) // BIN), []).append(mark)
