@@ -36,23 +36,14 @@ from service.decider import Decider
 from service.sweeps import sweep_body, sweep_id
 
 from .builders import SESSION, deliver, make_worker, parse
-from .conftest import ROOT, T0, deliver as deliver_raw, ended, joined, left
+from .conftest import EMPTY_RULE, ROOT, RULES_HEAD, T0, deliver as deliver_raw, ended, joined, left
 from .fakeapi import Reply
 from .procs import wait_until_up
 from .test_dashboard import ARTIFACTS, TOKEN, sign_in
 
 SVG = "{http://www.w3.org/2000/svg}"
 ROOM = "room-story"
-RULES = """\
-version: 1
-rules:
-  - name: close-when-empty
-    on: participant-left
-    when:
-      room.participants: 0
-    for: 5m
-    action: deactivate
-"""
+RULES = RULES_HEAD + EMPTY_RULE  # a room left empty for 5 minutes
 
 
 # == the fold ======================================================================================
