@@ -34,19 +34,12 @@ from service.rules.loader import parse_rules
 from service.store import Store
 from service.store.inbox import InboxItem
 
+from tests.conftest import EMPTY_RULE, RULES_HEAD
+
 from .common import ThrowawayDatabase, fmt, log, table
 
 TOKEN = "bench-dashboard-token-0123456789abcdef"
-RULES = """\
-version: 1
-rules:
-  - name: close-when-empty
-    on: participant-left
-    when:
-      room.participants: 0
-    for: 5m
-    action: deactivate
-"""
+RULES = RULES_HEAD + EMPTY_RULE  # a room left empty for 5 minutes (the tests' rule)
 FULL_ROOMS = ((3, 20), (30, 600), (300, 6_000), (300, 20_000))
 QUICK_ROOMS = ((3, 20), (30, 600), (300, 6_000))
 LIST_ROOMS, LIST_EACH = 50, 400
